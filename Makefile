@@ -1,0 +1,32 @@
+# Two commands on a fresh machine: `make dev` and `make test`.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: dev test lint bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+dev: $(STAMP)
+	$(VENV)/bin/aplus dev
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check bot bridge tests
+	$(VENV)/bin/ruff format --check bot bridge tests
+	$(VENV)/bin/mypy bot bridge
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+bench: $(STAMP)
+	$(VENV)/bin/pytest -q -s -p no:cacheprovider tests/bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,175 @@
+"""Business vocabulary shared by every layer: pure data, no I/O.
+
+Names follow Administration+: demande, mandat, aidant, instructeur, groupe,
+organisation, territoire (a département code).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from enum import StrEnum
+
+
+class OrganisationKind(StrEnum):
+    AIDANT = "aidant"
+    OPERATEUR = "operateur"
+
+
+class Role(StrEnum):
+    AIDANT = "aidant"
+    INSTRUCTEUR = "instructeur"
+    RESPONSABLE = "responsable"
+    OPERATEUR = "operateur"
+
+
+class Status(StrEnum):
+    NOUVELLE = "nouvelle"
+    EN_COURS = "en_cours"
+    TRAITEE = "traitee"
+    CLOTUREE = "cloturee"
+
+    @property
+    def label(self) -> str:
+        return STATUS_LABELS[self]
+
+
+STATUS_LABELS: dict[Status, str] = {
+    Status.NOUVELLE: "nouvelle",
+    Status.EN_COURS: "en cours",
+    Status.TRAITEE: "traitée",
+    Status.CLOTUREE: "clôturée",
+}
+
+
+class MandatType(StrEnum):
+    PAPIER = "papier"
+    ORAL = "oral"
+    SMS = "sms"
+
+
+class Usefulness(StrEnum):
+    """Answer to « La réponse vous semble-t-elle utile pour l'usager ? »."""
+
+    UTILE = "utile"
+    NESAISPAS = "nesaispas"
+    INUTILE = "inutile"
+
+
+@dataclass(frozen=True, slots=True)
+class Organisation:
+    id: str
+    name: str
+    kind: OrganisationKind
+
+
+@dataclass(frozen=True, slots=True)
+class Departement:
+    code: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    id: int
+    name: str
+    organisation_id: str
+    departements: frozenset[str]
+    bal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A person in the directory. Matrix ID and email are each optional, not both."""
+
+    id: int
+    first_name: str
+    last_name: str
+    email: str | None
+    matrix_id: str | None
+    group_id: int | None
+    roles: frozenset[Role]
+    active: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip()
+
+    @property
+    def email_only(self) -> bool:
+        return self.matrix_id is None
+
+    def has(self, role: Role) -> bool:
+        return role in self.roles
+
+
+@dataclass(frozen=True, slots=True)
+class Usager:
+    prenom: str
+    nom: str
+    date_naissance: date
+    nir: str | None = None
+    numero_allocataire_caf: str | None = None
+    nif: str | None = None
+    adresse: str | None = None
+    telephone: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Mandat:
+    type: MandatType
+    date: date
+    attestation: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DemandeForm:
+    """A validated opening form: everything needed to open a demande."""
+
+    territoire: str
+    organisations: tuple[str, ...]
+    categorie: str | None
+    objet: str
+    usager: Usager
+    description: str
+    mandat: Mandat
+
+
+@dataclass(frozen=True, slots=True)
+class StatusTimes:
+    """When each step happened; the headline metric needs created → traitée/clôturée."""
+
+    created_at: datetime
+    first_answer_at: datetime | None = None
+    last_answer_at: datetime | None = None
+    treated_at: datetime | None = None
+    closed_at: datetime | None = None
+    reopened_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Participant:
+    """One line of a demande's ledger of authorised participants."""
+
+    agent_id: int
+    matrix_id: str | None
+    email: str | None
+    group_id: int | None
+    kind: str  # "aidant" | "instructeur" | "invite"
+    active: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class DemandeSummary:
+    """Metadata of a demande: never the usager's data."""
+
+    id: int
+    reference: str
+    territoire: str
+    organisations: tuple[str, ...]
+    status: Status
+    aidant_agent_id: int
+    room_id: str | None
+    times: StatusTimes
+    usefulness: Usefulness | None = None
+    group_ids: tuple[int, ...] = field(default_factory=tuple)
