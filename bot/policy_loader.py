@@ -70,9 +70,12 @@ def _read(path: Path) -> tuple[dict[str, Any] | None, PolicyProblem | None]:
 
 
 def _syntax_message(detail: str) -> str:
+    if detail.endswith("(at end of document)"):
+        reason = detail.removesuffix("(at end of document)").strip()
+        return f"syntaxe TOML invalide en fin de fichier : {reason}"
     match = _TOML_POSITION.search(detail)
     if match is None:
         return f"syntaxe TOML invalide : {detail}"
     line, column = match.groups()
-    reason = detail[: match.start()]
+    reason = detail[: match.start()].strip()
     return f"syntaxe TOML invalide ligne {line}, colonne {column} : {reason}"

@@ -29,8 +29,9 @@ POLICY_FILES: tuple[str, ...] = (
 )
 
 _SLUG = re.compile(r"[a-z][a-z0-9_]*\Z")
-# Metropolitan 01-95 (20 does not exist since 1976: Corsica is 2A/2B), overseas 97x.
-_DEPARTEMENT_CODE = re.compile(r"(?:0[1-9]|1[0-9]|2[1-9AB]|[3-8][0-9]|9[0-5]|97[1-6])\Z")
+# Metropolitan 01-95 (no 20 since 1976: Corsica is 2A/2B); overseas 971-974 and 976
+# (975, Saint-Pierre-et-Miquelon, is a collectivité, not a département).
+_DEPARTEMENT_CODE = re.compile(r"(?:0[1-9]|1[0-9]|2[1-9AB]|[3-8][0-9]|9[0-5]|97[1-46])\Z")
 _DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _SERVER_NAME = re.compile(
     rf"(?P<host>\[[0-9A-Fa-f:.]{{2,45}}\]|{_DNS_LABEL}(?:\.{_DNS_LABEL})*)(?::(?P<port>[0-9]{{1,5}}))?\Z"
