@@ -1,0 +1,161 @@
+"""Engine, transactions and schema upgrades.
+
+One `Store` per event loop: an async engine's pooled connections belong to the
+loop that created them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+
+from bot.store.crypto import FieldCipher
+from bot.store.repository import Tx
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Serialises concurrent upgrades of one PostgreSQL database (two bot processes starting).
+_PG_MIGRATION_LOCK = 0x41504C55  # "APLU"
+
+
+def alembic_config(connection: Connection | None = None) -> Config:
+    """Alembic configured in code: no alembic.ini needed at runtime."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def _upgrade_sync(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+    command.upgrade(alembic_config(connection), "head")
+
+
+def _revision_sync(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take over transaction control from the driver, whose implicit BEGIN
+        # leaves reads outside the transaction and DDL uncommitted.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        # synchronous stays FULL: a commit must survive power loss (we answer 250 to SMTP).
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front: a deferred transaction that reads
+        # then writes can fail with SQLITE_BUSY without waiting for busy_timeout.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ValueError(
+                "La base SQLite doit être un fichier (chaque connexion verrait sinon "
+                "une base vide différente)."
+            )
+        engine = create_async_engine(url)
+        _configure_sqlite(engine)
+        return engine
+    # pre_ping: after a database restart, stale pooled connections are replaced
+    # instead of failing the next transaction.
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+class Store:
+    def __init__(self, engine: AsyncEngine, cipher: FieldCipher) -> None:
+        self._engine = engine
+        self._cipher = cipher
+        self._dialect = engine.dialect.name
+        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    async def open(cls, url: str, cipher: FieldCipher) -> Store:
+        """Connects and upgrades the schema to the latest migration."""
+        engine = create_engine(url)
+        try:
+            async with engine.begin() as conn:
+                await conn.run_sync(_upgrade_sync)
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, cipher)
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    async def ping(self) -> None:
+        """Raises if the database cannot answer (for the health endpoint)."""
+        async with self._engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Tx]:
+        """One transaction: committed on normal exit, rolled back on exception."""
+        async with self._sessions() as session, session.begin():
+            yield Tx(session, self._cipher, self._dialect)
+
+    async def current_revision(self) -> str | None:
+        async with self._engine.connect() as conn:
+            return await conn.run_sync(_revision_sync)
+
+
+async def _upgrade_async(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_sync)
+    finally:
+        await engine.dispose()
+
+
+async def _revision_async(url: str) -> str | None:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as conn:
+            return await conn.run_sync(_revision_sync)
+    finally:
+        await engine.dispose()
+
+
+def upgrade(url: str) -> None:
+    """Upgrades the schema to head (for the CLI; runs its own event loop)."""
+    asyncio.run(_upgrade_async(url))
+
+
+def current_revision(url: str) -> str | None:
+    """The database's migration revision, None if never migrated (for the CLI)."""
+    return asyncio.run(_revision_async(url))
