@@ -1,0 +1,1 @@
+"""Shared helpers for the tests (real homeserver, real clients)."""

@@ -1,0 +1,341 @@
+# The waits take a `timeout` on purpose (ASYNC109): it bounds a polling loop and fails the
+# test with what was awaited, where asyncio.timeout would give a bare TimeoutError.
+# ruff: noqa: ASYNC109
+"""Real Matrix clients for the integration tests: users, E2EE nio clients, syncing.
+
+Every helper talks to the session's real Synapse (`bot.devserver.LocalSynapse`). Waiting
+is bounded by a timeout that *fails* the test with a description of what was awaited;
+no test asserts on durations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import itertools
+import secrets
+import time
+import weakref
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import nio
+
+from bot.devserver import LocalSynapse, RegisteredUser
+
+# Test accounts share one password: it is a fixture of a throwaway homeserver.
+TEST_PASSWORD = "mot-de-passe-de-test"
+
+# Filled by the session fixture; printed by the timing test (`pytest -s`).
+SESSION_TIMINGS: dict[str, float] = {}
+
+# Short long-polls: a sync returns as soon as something happens, and a wait loop
+# re-checks its predicate at least this often.
+SYNC_POLL_MS = 300
+
+_counter = itertools.count(1)
+
+
+class WaitTimeout(AssertionError):
+    """A bounded wait ended without the awaited condition."""
+
+
+def unique(prefix: str) -> str:
+    """A Matrix localpart that no other test (or earlier run) uses."""
+    return f"{prefix.lower()}-{next(_counter)}-{secrets.token_hex(3)}"
+
+
+async def make_user(synapse: LocalSynapse, prefix: str, *, admin: bool = False) -> RegisteredUser:
+    return await synapse.register(unique(prefix), TEST_PASSWORD, admin=admin)
+
+
+# -- decrypted messages, collected per client ----------------------------------
+
+
+class Inbox:
+    """What a client has seen in rooms: decrypted texts and undecryptable events."""
+
+    def __init__(self, client: nio.AsyncClient) -> None:
+        self.texts: dict[str, list[str]] = defaultdict(list)
+        self.undecryptable: dict[str, list[nio.MegolmEvent]] = defaultdict(list)
+        client.add_event_callback(self._on_text, nio.RoomMessageText)
+        client.add_event_callback(self._on_megolm, nio.MegolmEvent)
+
+    def _on_text(self, room: nio.MatrixRoom, event: nio.RoomMessageText) -> None:
+        self.texts[room.room_id].append(event.body)
+
+    def _on_megolm(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
+        # nio hands the callback a MegolmEvent only when it could not decrypt it.
+        self.undecryptable[room.room_id].append(event)
+
+
+_inboxes: weakref.WeakKeyDictionary[nio.AsyncClient, Inbox] = weakref.WeakKeyDictionary()
+
+
+def inbox(client: nio.AsyncClient) -> Inbox:
+    """The client's inbox (attached when the client is built, before its first sync)."""
+    if client not in _inboxes:
+        _inboxes[client] = Inbox(client)
+    return _inboxes[client]
+
+
+def texts(client: nio.AsyncClient, room_id: str) -> list[str]:
+    return list(inbox(client).texts[room_id])
+
+
+# -- clients ---------------------------------------------------------------------
+
+
+def _client_config(pickle_key: str) -> nio.AsyncClientConfig:
+    return nio.AsyncClientConfig(
+        encryption_enabled=True,
+        store_sync_tokens=True,
+        pickle_key=pickle_key,
+    )
+
+
+def _store_path(store_dir: Path) -> str:
+    store_dir.mkdir(parents=True, exist_ok=True)
+    return str(store_dir)
+
+
+async def restore_client(
+    synapse: LocalSynapse,
+    user_id: str,
+    device_id: str,
+    access_token: str,
+    store_dir: Path,
+    *,
+    pickle_key: str | None = None,
+) -> nio.AsyncClient:
+    """A nio client on an existing device and store; keys uploaded if needed, no sync."""
+    config = _client_config(pickle_key or secrets.token_hex(16))
+    client = nio.AsyncClient(
+        synapse.base_url,
+        user_id,
+        device_id=device_id,
+        store_path=_store_path(store_dir),
+        config=config,
+    )
+    inbox(client)
+    client.restore_login(user_id, device_id, access_token)  # loads the vodozemac store
+    if client.should_upload_keys:
+        await _ok(client.keys_upload(), "keys_upload")
+    return client
+
+
+async def make_client(
+    synapse: LocalSynapse, prefix_or_user: str | RegisteredUser, store_dir: Path
+) -> nio.AsyncClient:
+    """A logged-in E2EE client (new user unless one is given), keys uploaded, first sync done.
+
+    The client uses the device that registration (or login) created; its pickle key is
+    `client.config.pickle_key`, needed to reopen the same store with `restore_client`.
+    """
+    if isinstance(prefix_or_user, RegisteredUser):
+        user = prefix_or_user
+    else:
+        user = await make_user(synapse, prefix_or_user)
+    client = await restore_client(
+        synapse, user.user_id, user.device_id, user.access_token, store_dir
+    )
+    await sync_once(client, timeout_ms=0, full_state=True)
+    return client
+
+
+async def close_client(client: nio.AsyncClient) -> None:
+    await client.close()
+    if client.store is not None:
+        client.store.database.close()
+
+
+async def close_clients(*clients: nio.AsyncClient) -> None:
+    for client in clients:
+        await close_client(client)
+
+
+# -- syncing and waiting --------------------------------------------------------
+
+
+async def _ok(call: Awaitable[Any], what: str) -> Any:
+    response = await call
+    if isinstance(response, nio.ErrorResponse):
+        raise AssertionError(f"{what} failed: {response}")
+    return response
+
+
+async def sync_once(
+    client: nio.AsyncClient, *, timeout_ms: int = SYNC_POLL_MS, full_state: bool = False
+) -> nio.SyncResponse:
+    """One sync plus the E2EE housekeeping that `sync_forever` would do after it."""
+    response = await _ok(
+        client.sync(timeout=timeout_ms, full_state=full_state or None), f"{client.user_id} sync"
+    )
+    if client.should_upload_keys:
+        await _ok(client.keys_upload(), "keys_upload")
+    if client.should_query_keys:
+        await _ok(client.keys_query(), "keys_query")
+    if client.should_claim_keys:
+        await _ok(client.keys_claim(client.get_users_for_key_claiming()), "keys_claim")
+    await client.send_to_device_messages()
+    assert isinstance(response, nio.SyncResponse)
+    return response
+
+
+async def sync_until(
+    client: nio.AsyncClient,
+    predicate: Callable[[], bool],
+    timeout: float = 30,
+    what: str | None = None,
+) -> None:
+    """Sync (short long-polls) until `predicate()` holds; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            description = what or getattr(predicate, "__name__", repr(predicate))
+            raise WaitTimeout(
+                f"{client.user_id}: still waiting after {timeout} s for {description}"
+            )
+        await sync_once(client, timeout_ms=max(0, min(SYNC_POLL_MS, int(remaining * 1000))))
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]],
+    timeout: float = 10,
+    what: str | None = None,
+    interval: float = 0.05,
+) -> None:
+    """Poll a plain or async predicate until it is true; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            description = what or getattr(predicate, "__name__", repr(predicate))
+            raise WaitTimeout(f"still waiting after {timeout} s for {description}")
+        await asyncio.sleep(interval)
+
+
+def has_joined(client: nio.AsyncClient, room_id: str, user_id: str) -> bool:
+    """Whether `client`'s view of the room has `user_id` as a joined member."""
+    room = client.rooms.get(room_id)
+    return room is not None and user_id in room.users and not room.users[user_id].invited
+
+
+async def accept_invite(client: nio.AsyncClient, room_id: str, timeout: float = 30) -> None:
+    """Wait for the invite to reach the client, join, and sync the room in."""
+    await sync_until(
+        client,
+        lambda: room_id in client.invited_rooms or room_id in client.rooms,
+        timeout,
+        f"an invite to {room_id}",
+    )
+    if room_id not in client.rooms:
+        await _ok(client.join(room_id), f"{client.user_id} join {room_id}")
+    await sync_until(client, lambda: room_id in client.rooms, timeout, f"joined {room_id}")
+
+
+async def join_and_read(
+    client: nio.AsyncClient, room_id: str, count: int = 1, timeout: float = 30
+) -> list[str]:
+    """Join (accepting the invite if needed) and return the first `count` decrypted texts."""
+    await accept_invite(client, room_id, timeout)
+    return await read_texts(client, room_id, count, timeout)
+
+
+async def read_texts(
+    client: nio.AsyncClient, room_id: str, count: int = 1, timeout: float = 30
+) -> list[str]:
+    """Sync until the client has decrypted `count` texts in the room; return them all.
+
+    Fails early, with the reason, if an event of the room cannot be decrypted.
+    """
+    box = inbox(client)
+
+    def enough() -> bool:
+        if box.undecryptable[room_id]:
+            event = box.undecryptable[room_id][0]
+            raise AssertionError(
+                f"{client.user_id} cannot decrypt {event.event_id} in {room_id} "
+                f"(session {event.session_id} from {event.sender}/{event.device_id})"
+            )
+        return len(box.texts[room_id]) >= count
+
+    await sync_until(client, enough, timeout, f"{count} decrypted message(s) in {room_id}")
+    return texts(client, room_id)
+
+
+# -- rooms ----------------------------------------------------------------------
+
+
+def locked_power_levels(users: dict[str, int] | None = None) -> dict[str, Any]:
+    """Power levels where only level 100 changes state, invites, kicks or bans.
+
+    Room v12: the creator has unlimited power and must NOT appear in `users`.
+    """
+    return {
+        "users": dict(users or {}),
+        "users_default": 0,
+        "events_default": 0,
+        "state_default": 100,
+        "invite": 100,
+        "kick": 100,
+        "ban": 100,
+        "redact": 100,
+        "events": {},
+    }
+
+
+async def create_encrypted_room(
+    client: nio.AsyncClient,
+    invite: Sequence[str] = (),
+    *,
+    name: str | None = None,
+    power_users: dict[str, int] | None = None,
+) -> str:
+    """A private, encrypted, locked-down room; synced into `client.rooms` before returning."""
+    response = await _ok(
+        client.room_create(
+            name=name,
+            preset=nio.RoomPreset.private_chat,
+            invite=list(invite),
+            initial_state=[
+                {
+                    "type": "m.room.encryption",
+                    "state_key": "",
+                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+                },
+                {
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": {"history_visibility": "invited"},
+                },
+            ],
+            power_level_override=locked_power_levels(power_users),
+        ),
+        f"{client.user_id} createRoom",
+    )
+    room_id: str = response.room_id
+    await sync_until(client, lambda: room_id in client.rooms, what=f"own room {room_id}")
+    return room_id
+
+
+async def send_text(client: nio.AsyncClient, room_id: str, body: str) -> str:
+    """Send an encrypted text (unverified devices included, as the bot does)."""
+    response = await _ok(
+        client.room_send(
+            room_id,
+            "m.room.message",
+            {"msgtype": "m.text", "body": body},
+            ignore_unverified_devices=True,
+        ),
+        f"{client.user_id} send to {room_id}",
+    )
+    event_id: str = response.event_id
+    return event_id
