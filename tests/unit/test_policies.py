@@ -484,3 +484,16 @@ def test_server_names(name: str, valid: bool) -> None:
 )
 def test_matrix_user_ids(user_id: str, valid: bool) -> None:
     assert is_valid_matrix_user_id(user_id) is valid
+
+
+def test_duplicate_ids_and_codes_are_refused_by_toml_with_their_line(tmp_path: Path) -> None:
+    folder = write(
+        tmp_path,
+        organisations=ORGANISATIONS
+        + '\n[organisations.caf]\nname = "CAF bis"\nkind = "operateur"\n',
+        departements=DEPARTEMENTS + '"95" = "Val-d\'Oise bis"\n',
+    )
+    problems = problems_of(folder)
+    assert len(problems) == 2
+    assert problems[0].startswith("organisations.toml: syntaxe TOML invalide ligne 10")
+    assert problems[1].startswith("departements.toml: syntaxe TOML invalide ligne 5")
