@@ -105,15 +105,16 @@ class MembershipRules:
     is not in the file and the caller adds it with `with_homeserver`.
     """
 
-    allowed_homeservers: frozenset[str]
+    allowed_homeservers: tuple[str, ...]  # lowercase, in file order
     cross_departement_invitations: bool
     invitable_roles: frozenset[Role]
     invitable_organisation_kinds: frozenset[OrganisationKind]
     max_participants: int
 
     def with_homeserver(self, server_name: str) -> MembershipRules:
+        name = server_name.lower()
         return MembershipRules(
-            allowed_homeservers=self.allowed_homeservers | {server_name.lower()},
+            allowed_homeservers=tuple(dict.fromkeys([*self.allowed_homeservers, name])),
             cross_departement_invitations=self.cross_departement_invitations,
             invitable_roles=self.invitable_roles,
             invitable_organisation_kinds=self.invitable_organisation_kinds,
@@ -404,7 +405,7 @@ def _membership(content: Mapping[str, Any], sink: list[PolicyProblem]) -> Member
     report.keys(content, (), fields)
     before = len(sink)
 
-    servers: set[str] = set()
+    servers: list[str] = []
     if "allowed_homeservers" in content:
         items = report.string_list(content["allowed_homeservers"], "allowed_homeservers")
         for index, server in items or []:
@@ -414,7 +415,7 @@ def _membership(content: Mapping[str, Any], sink: list[PolicyProblem]) -> Member
             elif server.lower() in servers:
                 report.add(where, f"serveur « {server} » en double")
             else:
-                servers.add(server.lower())
+                servers.append(server.lower())
 
     cross = content.get("cross_departement_invitations")
     if "cross_departement_invitations" in content and not isinstance(cross, bool):
@@ -437,7 +438,7 @@ def _membership(content: Mapping[str, Any], sink: list[PolicyProblem]) -> Member
         return None
     assert isinstance(cross, bool) and isinstance(maximum, int)
     return MembershipRules(
-        allowed_homeservers=frozenset(servers),
+        allowed_homeservers=tuple(servers),
         cross_departement_invitations=cross,
         invitable_roles=frozenset(roles),
         invitable_organisation_kinds=frozenset(kinds),

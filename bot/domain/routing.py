@@ -20,8 +20,8 @@ class RoutingResult:
     """Either where the demande goes, or why it cannot go anywhere (never both)."""
 
     groups: tuple[Group, ...] = ()
-    invitees: tuple[Agent, ...] = ()  # instructeurs with a Matrix ID: invited to the room
-    email_only: tuple[Agent, ...] = ()  # recorded as participants, reached by email
+    matrix_instructeurs: tuple[Agent, ...] = ()  # invited to the room
+    email_instructeurs: tuple[Agent, ...] = ()  # recorded as participants, reached by email
     errors: tuple[str, ...] = ()
 
     @property
@@ -102,8 +102,8 @@ def route(
         return RoutingResult(errors=tuple(errors))
     return RoutingResult(
         groups=tuple(routed),
-        invitees=tuple(a for a in members if a.matrix_id is not None),
-        email_only=tuple(a for a in members if a.matrix_id is None),
+        matrix_instructeurs=tuple(a for a in members if a.matrix_id is not None),
+        email_instructeurs=tuple(a for a in members if a.matrix_id is None),
     )
 
 

@@ -60,7 +60,7 @@ def policies() -> Policies:
 
 def rules(**changes: object) -> MembershipRules:
     base = MembershipRules(
-        allowed_homeservers=frozenset({"bot.example.org"}),
+        allowed_homeservers=("bot.example.org",),
         cross_departement_invitations=True,
         invitable_roles=frozenset({Role.INSTRUCTEUR, Role.RESPONSABLE, Role.AIDANT}),
         invitable_organisation_kinds=frozenset(OrganisationKind),
@@ -76,8 +76,8 @@ def test_named_organisation_routes_to_every_covering_group(policies: Policies) -
     result = route("95", ["caf"], None, GROUPS, AGENTS, policies)
     assert result == RoutingResult(
         groups=(CAF_95, CAF_IDF),
-        invitees=(JEANNE, LEA),
-        email_only=(PAUL,),
+        matrix_instructeurs=(JEANNE, LEA),
+        email_instructeurs=(PAUL,),
     )
     assert result.ok
 
@@ -85,7 +85,7 @@ def test_named_organisation_routes_to_every_covering_group(policies: Policies) -
 def test_organisation_found_by_name_and_deduplicated(policies: Policies) -> None:
     result = route("78", ["CAF", "caf"], None, GROUPS, AGENTS, policies)
     assert result.groups == (CAF_IDF, CAF_78)
-    assert result.invitees == (LEA, MARC)
+    assert result.matrix_instructeurs == (LEA, MARC)
 
 
 def test_named_organisations_win_over_the_category(policies: Policies) -> None:
@@ -96,7 +96,7 @@ def test_named_organisations_win_over_the_category(policies: Policies) -> None:
 def test_category_targets_all_its_organisations(policies: Policies) -> None:
     # Santé/Handicap = CPAM, MSA, MDPH: none has an active instructeur in the 95.
     result = route("95", [], "sante_handicap", GROUPS, AGENTS, policies)
-    assert result.groups == () and result.invitees == ()
+    assert result.groups == () and result.matrix_instructeurs == ()
     assert result.errors == (
         "aucun groupe de l'organisation CPAM avec des instructeurs dans le 95 (Val-d'Oise)",
         "aucun groupe de l'organisation MSA avec des instructeurs dans le 95 (Val-d'Oise)",
@@ -118,8 +118,8 @@ def test_category_routing_succeeds_when_groups_exist(policies: Policies) -> None
         policies,
     )
     assert result.groups == (CPAM_95, MSA_95, mdph)
-    assert result.invitees == (cpam_agent, mdph_agent)
-    assert result.email_only == (msa_agent,)
+    assert result.matrix_instructeurs == (cpam_agent, mdph_agent)
+    assert result.email_instructeurs == (msa_agent,)
 
 
 def test_territoire_typed_loosely(policies: Policies) -> None:
@@ -135,7 +135,9 @@ def test_all_errors_at_once(policies: Policies) -> None:
         "organisation inconnue « cafx »",
         "aucun groupe de l'organisation MSA avec des instructeurs dans le 95 (Val-d'Oise)",
     )
-    assert result.groups == () and result.invitees == () and result.email_only == ()
+    assert (
+        result.groups == () and result.matrix_instructeurs == () and result.email_instructeurs == ()
+    )
     assert not result.ok
 
 
