@@ -60,10 +60,10 @@ import nio
 import pytest
 
 from bot.devserver import LocalSynapse
-from tests.conftest import Clients
 from tests.support.matrix import (
     SESSION_TIMINGS,
     TEST_PASSWORD,
+    Clients,
     accept_invite,
     create_encrypted_room,
     has_joined,

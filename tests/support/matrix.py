@@ -156,6 +156,57 @@ async def close_clients(*clients: nio.AsyncClient) -> None:
         await close_client(client)
 
 
+class Clients:
+    """Creates users and E2EE clients for one test; closes every client afterwards."""
+
+    def __init__(self, synapse: LocalSynapse, root: Path) -> None:
+        self.synapse = synapse
+        self._root = root
+        self._open: list[nio.AsyncClient] = []
+
+    def store_dir(self, user_id: str) -> Path:
+        return self._root / user_id.lstrip("@").replace(":", "_")
+
+    async def user(self, prefix: str, *, admin: bool = False) -> RegisteredUser:
+        return await make_user(self.synapse, prefix, admin=admin)
+
+    async def client(self, prefix_or_user: str | RegisteredUser) -> nio.AsyncClient:
+        if isinstance(prefix_or_user, str):
+            prefix_or_user = await self.user(prefix_or_user)
+        client = await make_client(
+            self.synapse, prefix_or_user, self.store_dir(prefix_or_user.user_id)
+        )
+        self._open.append(client)
+        return client
+
+    async def reopen(self, client: nio.AsyncClient) -> nio.AsyncClient:
+        """Close `client` and reopen its device from its store, as a restarted bot would.
+
+        No sync is done: the new client has the stored sync token and no rooms.
+        """
+        assert client.user_id and client.device_id and client.access_token
+        await self.close(client)
+        reopened = await restore_client(
+            self.synapse,
+            client.user_id,
+            client.device_id,
+            client.access_token,
+            self.store_dir(client.user_id),
+            pickle_key=client.config.pickle_key,
+        )
+        self._open.append(reopened)
+        return reopened
+
+    async def close(self, client: nio.AsyncClient) -> None:
+        if client in self._open:
+            self._open.remove(client)
+        await close_client(client)
+
+    async def aclose(self) -> None:
+        while self._open:
+            await close_client(self._open.pop())
+
+
 # -- syncing and waiting --------------------------------------------------------
 
 
