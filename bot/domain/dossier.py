@@ -1,0 +1,327 @@
+"""French texts of the bot: the dossier of a demande, the recap before
+`!confirmer`, and the short replies and notices.
+
+Every message has a plain `body` and an HTML `formatted_body`; every value that
+comes from a user goes through `html.escape`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from html import escape
+
+from bot.domain.form import ATTESTATION, FormErrors, form_template, format_date
+from bot.domain.model import DemandeForm, MandatType, Status, Usefulness
+
+
+@dataclass(frozen=True, slots=True)
+class ParticipantView:
+    display_name: str
+    organisation_name: str | None = None
+    group_name: str | None = None
+    email_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedMessage:
+    body: str
+    formatted_body: str
+
+    def content(self, msgtype: str = "m.text") -> dict[str, str]:
+        """An `m.room.message` content."""
+        return {
+            "msgtype": msgtype,
+            "body": self.body,
+            "format": "org.matrix.custom.html",
+            "formatted_body": self.formatted_body,
+        }
+
+
+def _e(value: str) -> str:
+    return escape(value, quote=True)
+
+
+_MANDAT_LABELS: dict[MandatType, str] = {
+    MandatType.PAPIER: "papier (mandat écrit)",
+    MandatType.ORAL: "oral",
+    MandatType.SMS: "SMS",
+}
+
+USEFULNESS_LABELS: dict[Usefulness, str] = {
+    Usefulness.UTILE: "oui",
+    Usefulness.NESAISPAS: "je ne sais pas",
+    Usefulness.INUTILE: "non",
+}
+
+
+def _nir_display(nir: str) -> str:
+    # The groups printed on the carte Vitale: 1 80 02 75 123 456 78.
+    cuts = (1, 3, 5, 7, 10, 13)
+    parts, start = [], 0
+    for cut in cuts:
+        parts.append(nir[start:cut])
+        start = cut
+    parts.append(nir[start:])
+    return " ".join(p for p in parts if p)
+
+
+def _participant_line(p: ParticipantView) -> str:
+    where = " · ".join(x for x in (p.organisation_name, p.group_name) if x)
+    line = p.display_name + (f" — {where}" if where else "")
+    return line + (" (par courriel)" if p.email_only else "")
+
+
+class _Doc:
+    """Builds the plain and HTML versions side by side so they never diverge."""
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.html: list[str] = []
+        self._items: list[str] | None = None
+
+    def para(self, text: str, *, strong: bool = False) -> None:
+        self._close()
+        self.text.append(text)
+        inner = f"<strong>{_e(text)}</strong>" if strong else _e(text)
+        self.html.append(f"<p>{inner}</p>")
+
+    def title(self, text: str) -> None:
+        self._close()
+        self.text.extend(["", text.upper()])
+        self.html.append(f"<h4>{_e(text)}</h4>")
+
+    def item(self, label: str, value: str) -> None:
+        if self._items is None:
+            self._items = []
+        self.text.append(f"- {label} : {value}")
+        self._items.append(f"<li><strong>{_e(label)} :</strong> {_e(value)}</li>")
+
+    def bullet(self, value: str) -> None:
+        if self._items is None:
+            self._items = []
+        self.text.append(f"- {value}")
+        self._items.append(f"<li>{_e(value)}</li>")
+
+    def block(self, text: str) -> None:
+        self._close()
+        self.text.append(text)
+        self.html.append("<p>" + "<br>".join(_e(line) for line in text.split("\n")) + "</p>")
+
+    def _close(self) -> None:
+        if self._items is not None:
+            self.html.append("<ul>" + "".join(self._items) + "</ul>")
+            self._items = None
+
+    def render(self) -> RenderedMessage:
+        self._close()
+        return RenderedMessage("\n".join(self.text).strip("\n"), "".join(self.html))
+
+
+def _organisations(form: DemandeForm, names: Mapping[str, str] | None) -> str:
+    labels = [(names or {}).get(o, o) for o in form.organisations]
+    return ", ".join(labels)
+
+
+def _usager(doc: _Doc, form: DemandeForm, *, full: bool) -> None:
+    u = form.usager
+    doc.title("Usager")
+    doc.item("Prénom", u.prenom)
+    doc.item("Nom", u.nom)
+    doc.item("Date de naissance", format_date(u.date_naissance))
+    if not full:
+        return
+    optional = (
+        ("NIR", _nir_display(u.nir) if u.nir else None),
+        ("Numéro allocataire CAF", u.numero_allocataire_caf),
+        ("NIF", u.nif),
+        ("Adresse", u.adresse),
+        ("Téléphone", u.telephone),
+    )
+    for label, value in optional:
+        if value:
+            doc.item(label, value)
+
+
+def _mandat(doc: _Doc, form: DemandeForm) -> None:
+    doc.title("Mandat")
+    doc.item("Type", _MANDAT_LABELS[form.mandat.type])
+    doc.item("Date", format_date(form.mandat.date))
+    attested = "oui" if form.mandat.attestation else "non"
+    doc.item("Attestation", f"« {ATTESTATION} » : {attested}")
+
+
+def render_dossier(
+    reference: str,
+    form: DemandeForm,
+    status: Status,
+    participants: Sequence[ParticipantView],
+    aidant: ParticipantView,
+    *,
+    repost: bool = False,
+    organisation_names: Mapping[str, str] | None = None,
+) -> RenderedMessage:
+    """The dossier posted first in the room, and re-posted for later participants."""
+    doc = _Doc()
+    doc.para(f"Demande {reference}", strong=True)
+    if repost:
+        doc.para(
+            "Dossier republié pour les participants arrivés après l'ouverture : "
+            "les messages échangés avant votre arrivée ne vous sont pas lisibles."
+        )
+    doc.item("Statut", status.label)
+    doc.item("Territoire", form.territoire)
+    if form.organisations:
+        doc.item("Organismes", _organisations(form, organisation_names))
+    if form.categorie:
+        doc.item("Catégorie", form.categorie)
+    doc.item("Objet", form.objet)
+    _usager(doc, form, full=True)
+    doc.title("Description")
+    doc.block(form.description)
+    _mandat(doc, form)
+    doc.title("Participants")
+    doc.item("Aidant", _participant_line(aidant))
+    for participant in participants:
+        doc.bullet(_participant_line(participant))
+    return doc.render()
+
+
+def render_recap(
+    reference: str | None,
+    form: DemandeForm,
+    groups: Sequence[str],
+    invitees: Sequence[ParticipantView],
+    email_only: Sequence[ParticipantView],
+    *,
+    organisation_names: Mapping[str, str] | None = None,
+) -> RenderedMessage:
+    """What will happen on `!confirmer`: who receives the demande, and how."""
+    doc = _Doc()
+    title = f"Demande {reference} : récapitulatif" if reference else "Récapitulatif de la demande"
+    doc.para(title, strong=True)
+    doc.item("Territoire", form.territoire)
+    if form.organisations:
+        doc.item("Organismes", _organisations(form, organisation_names))
+    if form.categorie:
+        doc.item("Catégorie", form.categorie)
+    doc.item("Objet", form.objet)
+    _usager(doc, form, full=False)
+    doc.item("Mandat", f"{_MANDAT_LABELS[form.mandat.type]}, du {format_date(form.mandat.date)}")
+    doc.title("Destinataires")
+    if groups:
+        doc.item("Groupes", ", ".join(groups))
+    else:
+        doc.bullet("Aucun groupe ne traite encore ces organismes sur ce territoire.")
+    for participant in invitees:
+        doc.bullet(_participant_line(participant))
+    for participant in email_only:
+        line = _participant_line(participant)
+        doc.bullet(line if participant.email_only else line + " (par courriel)")
+    doc.para("Envoyez !confirmer pour ouvrir la demande, ou !annuler.", strong=True)
+    return doc.render()
+
+
+def render_form_template() -> RenderedMessage:
+    """The blank form, in a code block so that copying it keeps every line as is."""
+    template = form_template()
+    intro = "Copiez le formulaire ci-dessous, complétez-le et renvoyez-le dans ce salon."
+    return RenderedMessage(
+        f"{intro}\n\n{template}",
+        f"<p>{_e(intro)}</p><pre><code>{_e(template)}</code></pre>",
+    )
+
+
+def render_form_errors(errors: FormErrors) -> RenderedMessage:
+    doc = _Doc()
+    count = len(errors.messages)
+    doc.para(
+        "Le formulaire n'a pas pu être accepté"
+        + (f" ({count} points à corriger) :" if count > 1 else " :"),
+        strong=True,
+    )
+    for message in errors.messages:
+        doc.bullet(message)
+    doc.para("Corrigez-le et renvoyez le formulaire complet.")
+    return doc.render()
+
+
+def plain(text: str) -> RenderedMessage:
+    return RenderedMessage(text, _e(text))
+
+
+# ---------------------------------------------------------------------------
+# Short replies
+
+REFUSAL_NOT_AIDANT = (
+    "Seuls les aidants peuvent ouvrir une demande. Si vous pensez être aidant, "
+    "demandez au responsable de votre structure de vérifier votre compte."
+)
+REFUSAL_UNENCRYPTED_ROOM = (
+    "Ce salon n'est pas chiffré de bout en bout : je ne traite pas de formulaire ici, "
+    "car il contient des données personnelles de l'usager (identité, NIR, adresse…). "
+    "Supprimez votre message, puis ouvrez avec moi une discussion privée chiffrée "
+    "et envoyez-y !demande."
+)
+ALREADY_CONFIRMED = "Cette demande est déjà ouverte : il n'y a plus rien à confirmer."
+NOTHING_TO_CONFIRM = (
+    "Il n'y a rien à confirmer : envoyez d'abord !demande, puis le formulaire complété."
+)
+NOTHING_TO_CANCEL = "Il n'y a aucune demande en préparation à annuler."
+CANCELLED = "Demande annulée : rien n'a été envoyé. Envoyez !demande pour recommencer."
+
+
+def demande_opened(reference: str) -> str:
+    return (
+        f"Demande {reference} ouverte. Vous avez été invité(e) dans son salon : "
+        "la suite des échanges se fait là-bas."
+    )
+
+
+def intruder_removed(user_id: str, *, banned: bool) -> str:
+    """Notice for the room when the bot removed someone who had no business there."""
+    if banned:
+        return (
+            f"{user_id} a de nouveau tenté d'accéder à cette demande sans y être autorisé(e) : "
+            "son accès est désormais bloqué."
+        )
+    return (
+        f"{user_id} a été retiré(e) de cette demande : seuls les participants désignés "
+        "par le service peuvent y être."
+    )
+
+
+# ---------------------------------------------------------------------------
+# Status notices and refusals (used by bot.domain.status)
+
+NOTICE_EN_COURS = "La demande passe au statut « en cours » : un instructeur a répondu."
+NOTICE_TRAITEE = (
+    "La demande est marquée « traitée ». Si la réponse convient, l'aidant peut la clore "
+    "avec !clore utile, !clore nesaispas ou !clore inutile."
+)
+REFUSAL_ALREADY_TREATED = "La demande est déjà marquée comme traitée."
+REFUSAL_TREAT_CLOSED = (
+    "La demande est clôturée : rouvrez-la avec !rouvrir avant de la marquer comme traitée."
+)
+REFUSAL_ALREADY_CLOSED = "La demande est déjà clôturée."
+
+
+def notice_closed(usefulness: Usefulness) -> str:
+    return (
+        "La demande est clôturée. La réponse vous semble-t-elle utile pour l'usager ? "
+        f"« {USEFULNESS_LABELS[usefulness]} »."
+    )
+
+
+def refusal_not_closed(status: Status) -> str:
+    return f"La demande n'est pas clôturée (statut « {status.label} ») : il n'y a rien à rouvrir."
+
+
+def notice_reopened(status: Status) -> str:
+    return f"La demande est rouverte (statut « {status.label} »)."
+
+
+def notice_reopened_by_message(status: Status) -> str:
+    return (
+        f"La demande est rouverte par un nouveau message de l'aidant (statut « {status.label} »)."
+    )
