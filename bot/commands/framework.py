@@ -1,0 +1,734 @@
+"""Declared commands: strict parsing, generated help, dispatch returning a Reply.
+
+Pure: no nio, no I/O. The Matrix side turns a message body into ``parse(...)``,
+passes the result to ``dispatch(...)`` and renders the ``Reply`` it gets back.
+
+Tokenising: whitespace-separated words; a value with spaces goes in "…", « … »
+or “…”. The apostrophe is NOT a quote (French text is full of them), which is
+why ``shlex`` is not used: it treats ``'`` as a quote, has no asymmetric quotes
+such as « », and gives no position for the verbatim remainder of a ``rest``
+argument.
+
+Destructive commands run in two steps. ``dispatch`` calls the handler with
+``dry_run=True`` and returns a ``PendingConfirmation`` (what would be done, plus
+a short code); the caller keeps it per (room, sender) and passes it back with
+the next ``dispatch``; ``!confirmer`` then runs the handler with
+``dry_run=False``. With ``--dry-run`` only the summary is shown. After a
+``Parsed`` whose ``settles_pending`` is true (``!confirmer``, ``!annuler``) the
+caller drops the stored pending confirmation; expiry is the caller's too.
+"""
+
+from __future__ import annotations
+
+import difflib
+import html
+import logging
+import re
+import secrets
+import unicodedata
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from types import MappingProxyType
+from typing import Any, Final, Generic, Literal, Protocol, TypeAlias, TypeVar
+
+ArgKind: TypeAlias = Literal["text", "int", "choice", "matrix_id", "email", "date", "rest"]
+ARG_KINDS: Final[frozenset[str]] = frozenset(
+    {"text", "int", "choice", "matrix_id", "email", "date", "rest"}
+)
+
+DRY_RUN: Final = "dry-run"
+HELP_COMMAND: Final = "aide"
+CONFIRM_COMMAND: Final = "confirmer"
+CANCEL_COMMAND: Final = "annuler"
+BUILTIN_SECTION: Final = "Aide et confirmation"
+DEFAULT_SECTION: Final = "Général"
+
+_log = logging.getLogger(__name__)
+
+
+def fold(text: str) -> str:
+    """Case- and accent-insensitive key: ``Traitée`` → ``traitee``."""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+# --------------------------------------------------------------------------- declarations
+
+
+@dataclass(frozen=True, slots=True)
+class Arg:
+    name: str
+    kind: ArgKind
+    help: str
+    choices: tuple[str, ...] = ()
+    optional: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ARG_KINDS:
+            raise ValueError(f"unknown argument kind {self.kind!r}")
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise ValueError(f"argument name {self.name!r}: lowercase identifier expected")
+        if (self.kind == "choice") != bool(self.choices):
+            raise ValueError(f"argument {self.name!r}: choices go with kind 'choice' only")
+        if len({fold(c) for c in self.choices}) != len(self.choices):
+            raise ValueError(f"argument {self.name!r}: choices must differ beyond case/accents")
+
+    @property
+    def placeholder(self) -> str:
+        word = f"{self.name}…" if self.kind == "rest" else self.name
+        return f"[{word}]" if self.optional else f"<{word}>"
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    """An option such as ``--dry-run``; handlers receive its bare name (``dry-run``)."""
+
+    name: str
+    help: str
+
+    def __post_init__(self) -> None:
+        bare = self.name.removeprefix("--")
+        if not re.fullmatch(r"[a-z][a-z0-9-]*", bare):
+            raise ValueError(f"flag name {self.name!r}: lowercase word expected")
+        object.__setattr__(self, "name", bare)
+
+    @property
+    def display(self) -> str:
+        return f"--{self.name}"
+
+
+DRY_RUN_FLAG: Final = Flag(DRY_RUN, "Montre ce qui serait fait, sans rien changer.")
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    name: str
+    args: tuple[Arg, ...]
+    help: str
+    destructive: bool = False
+    flags: tuple[Flag, ...] = ()
+    aliases: tuple[str, ...] = ()
+    section: str = ""
+
+    def __post_init__(self) -> None:
+        for word in (self.name, *self.aliases):
+            if not re.fullmatch(r"[^\W\d_][\w-]*", word):
+                raise ValueError(f"command name {word!r}: a word without '!' expected")
+        names = [a.name for a in self.args]
+        if len(set(names)) != len(names):
+            raise ValueError(f"!{self.name}: duplicate argument names")
+        for i, arg in enumerate(self.args):
+            if arg.kind == "rest" and i != len(self.args) - 1:
+                raise ValueError(f"!{self.name}: a 'rest' argument must come last")
+            if i and self.args[i - 1].optional and not arg.optional:
+                raise ValueError(f"!{self.name}: optional arguments must come last")
+        flag_names = [f.name for f in self.flags]
+        if len(set(flag_names)) != len(flag_names):
+            raise ValueError(f"!{self.name}: duplicate flags")
+        if self.destructive and DRY_RUN not in flag_names:
+            object.__setattr__(self, "flags", (*self.flags, DRY_RUN_FLAG))
+        elif not self.destructive and DRY_RUN in flag_names:
+            raise ValueError(f"!{self.name}: --dry-run is reserved to destructive commands")
+
+    @property
+    def usage(self) -> str:
+        parts = [f"!{self.name}", *(a.placeholder for a in self.args)]
+        parts += [f"[{f.display}]" for f in self.flags]
+        return " ".join(parts)
+
+    @property
+    def summary(self) -> str:
+        first = self.help.strip().splitlines()[0] if self.help.strip() else ""
+        return first + (" (demande confirmation)" if self.destructive else "")
+
+
+# --------------------------------------------------------------------------- replies
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a command answers; the Matrix side renders it (m.notice by default)."""
+
+    text: str
+    html: str | None = None
+    notice: bool = True
+    attachments: tuple[Attachment, ...] = ()
+    is_error: bool = False
+
+    @classmethod
+    def error(cls, text: str, html: str | None = None) -> Reply:
+        return cls(text=text, html=html, is_error=True)
+
+    @classmethod
+    def table(
+        cls,
+        headers: Sequence[str],
+        rows: Iterable[Sequence[object]],
+        *,
+        title: str | None = None,
+        empty: str = "Aucun résultat.",
+    ) -> Reply:
+        text, markup = render_table(headers, rows, title=title, empty=empty)
+        return cls(text=text, html=markup)
+
+
+def render_table(
+    headers: Sequence[str],
+    rows: Iterable[Sequence[object]],
+    *,
+    title: str | None = None,
+    empty: str = "Aucun résultat.",
+) -> tuple[str, str]:
+    """A small table as aligned plain text and as escaped HTML."""
+    cells = [["—" if v is None else str(v) for v in row] for row in rows]
+    for row in cells:
+        if len(row) != len(headers):
+            raise ValueError("every row needs one cell per header")
+    head_html = f"<p><strong>{html.escape(title)}</strong></p>" if title else ""
+    head_text = [title] if title else []
+    if not cells:
+        return "\n".join([*head_text, empty]), f"{head_html}<p>{html.escape(empty)}</p>"
+    widths = [max(len(line[i]) for line in [list(headers), *cells]) for i in range(len(headers))]
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) for v, w in zip(values, widths, strict=True)).rstrip()
+
+    text_lines = [*head_text, line(headers), line(["-" * w for w in widths])]
+    text_lines += [line(row) for row in cells]
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row) + "</tr>" for row in cells
+    )
+    markup = f"{head_html}<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    return "\n".join(text_lines), markup
+
+
+# --------------------------------------------------------------------------- parse results
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    spec: CommandSpec
+    args: Mapping[str, Any]
+    flags: frozenset[str]
+
+    @property
+    def dry_run(self) -> bool:
+        return DRY_RUN in self.flags
+
+    @property
+    def settles_pending(self) -> bool:
+        """After this command the caller forgets its pending confirmation."""
+        return self.spec.name in (CONFIRM_COMMAND, CANCEL_COMMAND)
+
+
+@dataclass(frozen=True, slots=True)
+class ParseFailure:
+    message: str
+    usage: str | None = None
+
+    def reply(self) -> Reply:
+        if self.usage is None:
+            return Reply.error(self.message)
+        text = f"{self.message}\nUsage : {self.usage}"
+        markup = f"{html.escape(self.message)}<br/>Usage : <code>{html.escape(self.usage)}</code>"
+        return Reply.error(text, markup)
+
+
+@dataclass(frozen=True, slots=True)
+class NotACommand:
+    """An ordinary message: the command layer has nothing to say."""
+
+
+@dataclass(frozen=True, slots=True)
+class PendingConfirmation:
+    """A destructive command waiting for ``!confirmer``; kept by the caller."""
+
+    summary: Reply  # to send now: what would be done + how to confirm
+    token: str
+    parsed: Parsed
+
+
+ParseResult: TypeAlias = Parsed | ParseFailure | NotACommand
+
+# --------------------------------------------------------------------------- handlers
+
+CtxT = TypeVar("CtxT")
+CtxT_contra = TypeVar("CtxT_contra", contravariant=True)
+
+Handler: TypeAlias = Callable[[CtxT, Mapping[str, Any], frozenset[str]], Awaitable[Reply]]
+
+
+class DestructiveHandler(Protocol[CtxT_contra]):
+    def __call__(
+        self,
+        ctx: CtxT_contra,
+        args: Mapping[str, Any],
+        flags: frozenset[str],
+        /,
+        *,
+        dry_run: bool,
+    ) -> Awaitable[Reply]: ...
+
+
+ErrorCallback: TypeAlias = Callable[[BaseException, str, Parsed], None]
+
+
+def _log_error(exc: BaseException, reference: str, parsed: Parsed) -> None:
+    _log.error("command !%s failed (%s)", parsed.spec.name, reference, exc_info=exc)
+
+
+# Unambiguous alphabet: no 0/O, 1/I/L.
+_CODE_ALPHABET: Final = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+
+
+def _code(length: int) -> str:
+    return "".join(secrets.choice(_CODE_ALPHABET) for _ in range(length))
+
+
+def new_error_reference() -> str:
+    return f"ERR-{_code(6)}"
+
+
+# --------------------------------------------------------------------------- tokeniser
+
+_QUOTES: Final = {'"': '"', "«": "»", "“": "”"}  # straight, French, curly
+_DASHES: Final = ("--", "—", "–")  # phones turn "--" into a dash
+
+
+class _TokenError(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Token:
+    value: str
+    quoted: bool
+
+
+def _next_token(text: str, pos: int) -> tuple[_Token | None, int]:
+    n = len(text)
+    while pos < n and text[pos].isspace():
+        pos += 1
+    if pos >= n:
+        return None, pos
+    opening = text[pos]
+    if opening in _QUOTES:
+        end = text.find(_QUOTES[opening], pos + 1)
+        if end < 0:
+            raise _TokenError(f"Guillemet {opening} non fermé.")
+        value = text[pos + 1 : end]
+        if opening == "«":
+            value = value.strip()  # « texte » carries typographic spaces
+        if end + 1 < n and not text[end + 1].isspace():
+            raise _TokenError(
+                f"Il manque une espace après le guillemet fermant {_QUOTES[opening]}."
+            )
+        return _Token(value, quoted=True), end + 1
+    start = pos
+    while pos < n and not text[pos].isspace():
+        pos += 1
+    return _Token(text[start:pos], quoted=False), pos
+
+
+def _flag_name(token: _Token) -> str | None:
+    if token.quoted:
+        return None
+    for dash in _DASHES:
+        rest = token.value.removeprefix(dash)
+        if rest != token.value and rest[:1].isalpha():
+            return rest.casefold()
+    return None
+
+
+# --------------------------------------------------------------------------- argument types
+
+_MATRIX_ID_RE: Final = re.compile(
+    r"@[\x21-\x39\x3b-\x7e]+:(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(?::[0-9]{1,5})?"
+)
+_EMAIL_RE: Final = re.compile(r"[^@\s\"<>(),;:]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)+")
+_DATE_FR_RE: Final = re.compile(r"([0-9]{1,2})/([0-9]{1,2})/([0-9]{4})")
+_DATE_ISO_RE: Final = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})")
+_INT_RE: Final = re.compile(r"[+-]?[0-9]+")
+
+
+def _convert(arg: Arg, raw: str) -> object:
+    """The typed value, or raise ``_TokenError`` with a French message."""
+    if not raw.strip():
+        raise _TokenError(f"L'argument {arg.name} ne peut pas être vide.")
+    if arg.kind in ("text", "rest"):
+        return raw
+    if arg.kind == "int":
+        if not _INT_RE.fullmatch(raw):
+            raise _TokenError(f"« {raw} » n'est pas un nombre entier (argument {arg.name}).")
+        return int(raw)
+    if arg.kind == "choice":
+        for choice in arg.choices:
+            if fold(choice) == fold(raw):
+                return choice
+        raise _TokenError(
+            f"« {raw} » n'est pas une valeur possible pour {arg.name} : {', '.join(arg.choices)}."
+        )
+    if arg.kind == "matrix_id":
+        if not _MATRIX_ID_RE.fullmatch(raw):
+            raise _TokenError(
+                f"« {raw} » n'est pas un identifiant Matrix (forme @nom:serveur) "
+                f"(argument {arg.name})."
+            )
+        return raw
+    if arg.kind == "email":
+        if len(raw) > 254 or not _EMAIL_RE.fullmatch(raw):
+            raise _TokenError(
+                f"« {raw} » n'est pas une adresse e-mail valide (argument {arg.name})."
+            )
+        local, _, domain = raw.rpartition("@")
+        return f"{local}@{domain.lower()}"
+    return _convert_date(arg, raw)
+
+
+def _convert_date(arg: Arg, raw: str) -> date:
+    if match := _DATE_FR_RE.fullmatch(raw):
+        day, month, year = (int(g) for g in match.groups())
+    elif match := _DATE_ISO_RE.fullmatch(raw):
+        year, month, day = (int(g) for g in match.groups())
+    else:
+        raise _TokenError(
+            f"« {raw} » n'est pas une date (argument {arg.name}) : "
+            "écrivez JJ/MM/AAAA ou AAAA-MM-JJ."
+        )
+    try:
+        return date(year, month, day)
+    except ValueError:
+        raise _TokenError(f"La date « {raw} » n'existe pas (argument {arg.name}).") from None
+
+
+_KIND_LABELS: Final[Mapping[str, str]] = {
+    "text": "texte (entre guillemets s'il contient des espaces)",
+    "int": "nombre entier",
+    "choice": "au choix",
+    "matrix_id": "identifiant Matrix (@nom:serveur)",
+    "email": "adresse e-mail",
+    "date": "date (JJ/MM/AAAA ou AAAA-MM-JJ)",
+    "rest": "texte libre jusqu'à la fin du message",
+}
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry(Generic[CtxT]):
+    spec: CommandSpec
+    handler: Handler[CtxT] | None = None
+    destructive_handler: DestructiveHandler[CtxT] | None = None
+
+
+class CommandSet(Generic[CtxT]):
+    """The declared commands, with ``!aide``, ``!confirmer`` and ``!annuler`` built in."""
+
+    def __init__(self, *, on_error: ErrorCallback | None = None) -> None:
+        self._on_error: ErrorCallback = on_error or _log_error
+        self._entries: dict[str, _Entry[CtxT]] = {}  # folded name or alias → entry
+        self._order: list[_Entry[CtxT]] = []
+        self._help = self._builtin(
+            CommandSpec(
+                HELP_COMMAND,
+                (Arg("commande", "text", "Une commande, pour son détail.", optional=True),),
+                "Affiche la liste des commandes, ou le détail de l'une d'elles.",
+                aliases=("help",),
+                section=BUILTIN_SECTION,
+            )
+        )
+        self._confirm = self._builtin(
+            CommandSpec(
+                CONFIRM_COMMAND,
+                (Arg("code", "text", "Le code donné avec le résumé.", optional=True),),
+                "Exécute la commande qui attend votre confirmation.",
+                section=BUILTIN_SECTION,
+            )
+        )
+        self._cancel = self._builtin(
+            CommandSpec(
+                CANCEL_COMMAND,
+                (),
+                "Abandonne la commande qui attend votre confirmation.",
+                section=BUILTIN_SECTION,
+            )
+        )
+
+    # -- registration
+
+    def _builtin(self, spec: CommandSpec) -> CommandSpec:
+        self._register(_Entry(spec))
+        return spec
+
+    def _register(self, entry: _Entry[CtxT]) -> None:
+        keys = [fold(w) for w in (entry.spec.name, *entry.spec.aliases)]
+        for key in keys:
+            if key in self._entries or keys.count(key) > 1:
+                raise ValueError(f"command name !{key} declared twice")
+        for key in keys:
+            self._entries[key] = entry
+        self._order.append(entry)
+
+    def add(self, spec: CommandSpec, handler: Handler[CtxT]) -> None:
+        if spec.destructive:
+            raise TypeError(f"!{spec.name} is destructive: use add_destructive()")
+        self._register(_Entry(spec, handler=handler))
+
+    def add_destructive(self, spec: CommandSpec, handler: DestructiveHandler[CtxT]) -> None:
+        """The handler gets ``dry_run``: true → say what would be done, change nothing."""
+        if not spec.destructive:
+            raise TypeError(f"!{spec.name} is not destructive: use add()")
+        self._register(_Entry(spec, destructive_handler=handler))
+
+    def command(self, spec: CommandSpec) -> Callable[[Handler[CtxT]], Handler[CtxT]]:
+        def register(handler: Handler[CtxT]) -> Handler[CtxT]:
+            self.add(spec, handler)
+            return handler
+
+        return register
+
+    def destructive(
+        self, spec: CommandSpec
+    ) -> Callable[[DestructiveHandler[CtxT]], DestructiveHandler[CtxT]]:
+        def register(handler: DestructiveHandler[CtxT]) -> DestructiveHandler[CtxT]:
+            self.add_destructive(spec, handler)
+            return handler
+
+        return register
+
+    @property
+    def specs(self) -> tuple[CommandSpec, ...]:
+        return tuple(e.spec for e in self._order)
+
+    def find(self, name: str) -> CommandSpec | None:
+        entry = self._entries.get(fold(name.removeprefix("!")))
+        return entry.spec if entry else None
+
+    # -- parsing
+
+    def _unknown(self, name: str) -> str:
+        close = difflib.get_close_matches(fold(name), list(self._entries), n=1, cutoff=0.6)
+        hint = f" Vouliez-vous dire !{self._entries[close[0]].spec.name} ?" if close else ""
+        return f"Commande inconnue : !{name}.{hint} Tapez !{HELP_COMMAND} pour la liste."
+
+    def parse(self, text: str) -> ParseResult:
+        text = text.strip()
+        if not text.startswith("!") or not text[1:2].isalpha():
+            return NotACommand()
+        head, pos = _next_token(text, 0)
+        assert head is not None  # text starts with "!"
+        name = head.value[1:]
+        entry = self._entries.get(fold(name))
+        if entry is None:
+            return ParseFailure(self._unknown(name))
+        spec = entry.spec
+        try:
+            values, flags = self._parse_args(spec, text, pos)
+        except _TokenError as exc:
+            return ParseFailure(str(exc), spec.usage)
+        return Parsed(spec, MappingProxyType(values), frozenset(flags))
+
+    def _parse_args(
+        self, spec: CommandSpec, text: str, pos: int
+    ) -> tuple[dict[str, Any], set[str]]:
+        values: dict[str, Any] = {}
+        flags: set[str] = set()
+        known_flags = {f.name for f in spec.flags}
+
+        def add_flag(name: str) -> None:
+            if name not in known_flags:
+                allowed = ", ".join(f.display for f in spec.flags)
+                hint = f"options possibles : {allowed}" if allowed else "aucune option ici"
+                raise _TokenError(f"Option inconnue : --{name} ({hint}).")
+            flags.add(name)
+
+        index = 0
+        while index < len(spec.args):
+            arg = spec.args[index]
+            if arg.kind == "rest":
+                pos = self._leading_flags(text, pos, add_flag)
+                rest = self._trailing_flags(text[pos:].strip(), known_flags, flags)
+                if rest:
+                    values[arg.name] = rest
+                    index += 1
+                pos = len(text)
+                break
+            token, pos = _next_token(text, pos)
+            if token is None:
+                break
+            if (flag := _flag_name(token)) is not None:
+                add_flag(flag)
+                continue
+            values[arg.name] = _convert(arg, token.value)
+            index += 1
+        missing = [a for a in spec.args[index:] if not a.optional]
+        if missing:
+            names = ", ".join(a.name for a in missing)
+            plural = "s" if len(missing) > 1 else ""
+            raise _TokenError(f"Argument{plural} manquant{plural} : {names}.")
+        for arg in spec.args[index:]:
+            values[arg.name] = None
+        while True:
+            token, pos = _next_token(text, pos)
+            if token is None:
+                break
+            if (flag := _flag_name(token)) is None:
+                raise _TokenError(f"Trop d'arguments : « {token.value} » n'était pas attendu.")
+            add_flag(flag)
+        return values, flags
+
+    @staticmethod
+    def _leading_flags(text: str, pos: int, add_flag: Callable[[str], None]) -> int:
+        while True:
+            try:
+                token, after = _next_token(text, pos)
+            except _TokenError:
+                return pos  # an unclosed quote is just part of free text
+            if token is None or (flag := _flag_name(token)) is None:
+                return pos
+            add_flag(flag)
+            pos = after
+
+    @staticmethod
+    def _trailing_flags(rest: str, known: set[str], flags: set[str]) -> str:
+        # `!clore le motif --dry-run`: a declared flag ending free text is a flag.
+        while True:
+            head, _, last = rest.rpartition(" ")
+            flag = _flag_name(_Token(last, quoted=False))
+            if flag is None or flag not in known:
+                return rest
+            flags.add(flag)
+            rest = head.rstrip()
+
+    # -- help
+
+    def help_text(self, name: str | None = None) -> str:
+        if name is None:
+            return self._overview()
+        spec = self.find(name)
+        if spec is None:
+            return self._unknown(name.removeprefix("!"))
+        return self._detail(spec)
+
+    def _overview(self) -> str:
+        sections: dict[str, list[CommandSpec]] = {}
+        for entry in self._order:
+            if entry.spec.section != BUILTIN_SECTION:
+                sections.setdefault(entry.spec.section or DEFAULT_SECTION, []).append(entry.spec)
+        sections[BUILTIN_SECTION] = [self._help, self._confirm, self._cancel]
+        lines = ["Commandes disponibles :"]
+        for title, specs in sections.items():
+            lines += ["", f"{title} :"]
+            lines += [f"  {s.usage} — {s.summary}" for s in specs]
+        lines += ["", f"Tapez « !{HELP_COMMAND} <commande> » pour le détail d'une commande."]
+        return "\n".join(lines)
+
+    def _detail(self, spec: CommandSpec) -> str:
+        lines = [f"Commande !{spec.name}", f"Usage : {spec.usage}", "", spec.help.strip()]
+        if spec.destructive:
+            lines += [
+                "",
+                "Commande à confirmer (demande confirmation) : elle montre d'abord ce qui "
+                f"sera fait, puis attend « !{CONFIRM_COMMAND} ».",
+            ]
+        if spec.args:
+            lines += ["", "Arguments :"]
+            for arg in spec.args:
+                kind = _KIND_LABELS[arg.kind]
+                if arg.choices:
+                    kind = f"{kind} : {', '.join(arg.choices)}"
+                optional = ", facultatif" if arg.optional else ""
+                lines.append(f"  {arg.placeholder} — {arg.help} ({kind}{optional})")
+        if spec.flags:
+            lines += ["", "Options :"]
+            lines += [f"  {f.display} — {f.help}" for f in spec.flags]
+        if spec.aliases:
+            lines += ["", "Autres noms : " + ", ".join(f"!{a}" for a in spec.aliases)]
+        return "\n".join(lines)
+
+    # -- dispatch
+
+    async def dispatch(
+        self, parsed: Parsed, ctx: CtxT, *, pending: PendingConfirmation | None = None
+    ) -> Reply | PendingConfirmation:
+        """Run a parsed command; ``pending`` is the caller's stored confirmation, if any."""
+        spec = parsed.spec
+        if spec is self._help:
+            topic = parsed.args["commande"]
+            text = self.help_text(topic)
+            return Reply.error(text) if topic and self.find(topic) is None else Reply(text)
+        if spec is self._cancel:
+            if pending is None:
+                return Reply.error("Aucune commande n'attend de confirmation.")
+            return Reply(f"Commande !{pending.parsed.spec.name} abandonnée : rien n'a été fait.")
+        if spec is self._confirm:
+            return await self._confirmed(parsed, ctx, pending)
+        if not spec.destructive:
+            return await self._run(parsed, ctx, dry_run=False)
+        summary = await self._run(parsed, ctx, dry_run=True)
+        if parsed.dry_run or summary.is_error:
+            return summary
+        return self._pending(parsed, summary)
+
+    async def _confirmed(
+        self, parsed: Parsed, ctx: CtxT, pending: PendingConfirmation | None
+    ) -> Reply:
+        if pending is None:
+            return Reply.error("Aucune commande n'attend de confirmation.")
+        code = parsed.args["code"]
+        if code is not None and fold(code) != fold(pending.token):
+            return Reply.error(
+                f"Code « {code} » incorrect : la commande !{pending.parsed.spec.name} est "
+                "abandonnée, rien n'a été fait. Relancez-la pour obtenir un nouveau code."
+            )
+        return await self._run(pending.parsed, ctx, dry_run=False)
+
+    @staticmethod
+    def _pending(parsed: Parsed, summary: Reply) -> PendingConfirmation:
+        token = _code(4)
+        how = f"Pour exécuter : !{CONFIRM_COMMAND} {token} — pour abandonner : !{CANCEL_COMMAND}"
+        markup = None
+        if summary.html is not None:
+            markup = f"{summary.html}<p><strong>{html.escape(how)}</strong></p>"
+        confirm = Reply(
+            text=f"{summary.text}\n\n{how}",
+            html=markup,
+            notice=summary.notice,
+            attachments=summary.attachments,
+        )
+        return PendingConfirmation(summary=confirm, token=token, parsed=parsed)
+
+    async def _run(self, parsed: Parsed, ctx: CtxT, *, dry_run: bool) -> Reply:
+        entry = self._entries[fold(parsed.spec.name)]
+        try:
+            if entry.destructive_handler is not None:
+                flags = parsed.flags - {DRY_RUN}
+                reply = await entry.destructive_handler(ctx, parsed.args, flags, dry_run=dry_run)
+            elif entry.handler is not None:
+                reply = await entry.handler(ctx, parsed.args, parsed.flags)
+            else:
+                raise LookupError(f"!{parsed.spec.name} has no handler")
+            if not isinstance(reply, Reply):
+                raise TypeError(f"!{parsed.spec.name} returned {type(reply).__name__}")
+        except Exception as exc:
+            reference = new_error_reference()
+            try:
+                self._on_error(exc, reference, parsed)
+            except Exception:
+                _log_error(exc, reference, parsed)
+            return Reply.error(
+                f"Une erreur inattendue s'est produite (référence {reference}). "
+                "Il n'est pas certain que la commande ait abouti : vérifiez avant de la relancer, "
+                "et donnez cette référence à l'équipe technique si le problème persiste."
+            )
+        return reply
