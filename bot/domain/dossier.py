@@ -82,7 +82,7 @@ class _Doc:
 
     def para(self, text: str, *, strong: bool = False) -> None:
         self._close()
-        self.text.append(text)
+        self.text.extend(["", text])
         inner = f"<strong>{_e(text)}</strong>" if strong else _e(text)
         self.html.append(f"<p>{inner}</p>")
 
@@ -206,8 +206,8 @@ def render_recap(
     if form.categorie:
         doc.item("Catégorie", form.categorie)
     doc.item("Objet", form.objet)
-    _usager(doc, form, full=False)
     doc.item("Mandat", f"{_MANDAT_LABELS[form.mandat.type]}, du {format_date(form.mandat.date)}")
+    _usager(doc, form, full=False)
     doc.title("Destinataires")
     if groups:
         doc.item("Groupes", ", ".join(groups))

@@ -546,7 +546,8 @@ def parse_form(
         )
 
     if objet and _objet_personal_data(
-        objet, (prenom, nom, nir or "", values.get(DATE_NAISSANCE, ""))
+        objet,
+        (prenom, nom, nir or "", allocataire or "", nif or "", values.get(DATE_NAISSANCE, "")),
     ):
         errors.append(
             "L'objet ne doit contenir aucune donnée personnelle (nom, prénom, numéro, date…) : "

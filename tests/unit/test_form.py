@@ -187,7 +187,13 @@ def test_objet_too_long_says_by_how_much() -> None:
 
 
 def test_objet_must_not_carry_personal_data() -> None:
-    for objet in ("Dossier de Jeanne", "RSA de Mme DUPONT", "Appeler le 0612345678"):
+    for objet in (
+        "Dossier de Jeanne",
+        "RSA de Mme DUPONT",
+        "Appeler le 0612345678",
+        "Allocataire 1234567",
+        "Né le 05/03/1980",
+    ):
         (message,) = errors_of(filled(**{"Rupture de droits au RSA depuis janvier": objet}))
         assert "aucune donnée personnelle" in message
 
