@@ -130,6 +130,21 @@ async def test_element_excludes_a_bot_that_is_not_cross_signed(
         assert "Réponse de l'agent (Element)" not in matrix.texts(bot, room_id)
 
 
+async def test_isolation_mode_is_what_excludes_the_unsigned_bot(
+    synapse: LocalSynapse, clients: Clients
+) -> None:
+    # Control for the test above: same unsigned bot, Element trusting all devices.
+    bot = await clients.client("robot")
+    agent = await clients.user("agent")
+    async with ElementClient.start(
+        synapse.base_url, agent.user_id, TEST_PASSWORD, isolation="all"
+    ) as element:
+        room_id = await open_room_with_element(bot, element)
+        await matrix.send_text(bot, room_id, "Bonjour, votre demande est ouverte.")
+        received = await element.wait_message(room_id, "Bonjour", sender=bot.user_id)
+        assert received.status == "decrypted", received
+
+
 async def test_restart_and_new_device_reuse_the_stored_identity(
     synapse: LocalSynapse, clients: Clients
 ) -> None:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nio
 import pytest
 import signedjson.key
 import signedjson.sign
+from aiohttp import test_utils, web
 from nio.api import Api
+from nio.store import SqliteMemoryStore
 
 from bot.matrix.cross_signing import (
+    SEED_SECRET_NAME,
     CrossSigningConflict,
+    CrossSigningError,
     CrossSigningSeeds,
     Plan,
     ServerIdentity,
@@ -16,6 +25,7 @@ from bot.matrix.cross_signing import (
     b64_encode,
     canonical_json,
     device_signing_upload_body,
+    ensure_cross_signing,
     key_id,
     password_auth,
     plan_repair,
@@ -299,3 +309,133 @@ def test_plan_refuses_a_different_self_signing_key_under_our_master() -> None:
     identity = ServerIdentity.from_query(_query(mixed, _device()), BOT, "BOTDEVICE")
     with pytest.raises(CrossSigningConflict):
         plan_repair(SEEDS, identity, BOT)
+
+
+# --- the I/O part against a recording fake homeserver -------------------------------------
+# Synapse never asks for interactive auth on a first upload and never rejects our own
+# signatures, so these two paths are exercised against a fake at the HTTP seam.
+
+
+class FakeHomeserver:
+    """Just the three key endpoints; records every request body."""
+
+    def __init__(self, *, require_auth: bool = False, reject_signatures: bool = False) -> None:
+        self.require_auth = require_auth
+        self.reject_signatures = reject_signatures
+        self.requests: list[tuple[str, dict[str, Any]]] = []
+        self.cross_signing: dict[str, Any] = {}
+        self.device: dict[str, Any] = {}
+        app = web.Application()
+        app.router.add_post("/_matrix/client/v3/keys/query", self._query)
+        app.router.add_post("/_matrix/client/v3/keys/device_signing/upload", self._upload)
+        app.router.add_post("/_matrix/client/v3/keys/signatures/upload", self._signatures)
+        self.server = test_utils.TestServer(app, host="127.0.0.1")
+
+    async def _record(self, request: web.Request) -> dict[str, Any]:
+        body = await request.json()
+        self.requests.append((request.path.rsplit("/keys/", 1)[1], body))
+        return body
+
+    async def _query(self, request: web.Request) -> web.Response:
+        await self._record(request)
+        response: dict[str, Any] = {"device_keys": {BOT: {self.device["device_id"]: self.device}}}
+        for field_name, key in self.cross_signing.items():
+            response[field_name + "s"] = {BOT: key}
+        return web.json_response(response)
+
+    async def _upload(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        if self.require_auth and "auth" not in body:
+            flows = [{"stages": ["m.login.password"]}]
+            return web.json_response({"flows": flows, "params": {}, "session": "S1"}, status=401)
+        self.cross_signing = {k: v for k, v in body.items() if k != "auth"}
+        return web.json_response({})
+
+    async def _signatures(self, request: web.Request) -> web.Response:
+        body = await self._record(request)
+        if self.reject_signatures:
+            failure = {"errcode": "M_INVALID_SIGNATURE", "error": "Invalid signature"}
+            return web.json_response({"failures": {BOT: {self.device["device_id"]: failure}}})
+        self.device = body[BOT][self.device["device_id"]]
+        return web.json_response({"failures": {}})
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeHomeserver]:
+    server = FakeHomeserver()
+    await server.server.start_server()
+    yield server
+    await server.server.close()
+
+
+@pytest.fixture
+async def bot(fake: FakeHomeserver) -> AsyncIterator[nio.AsyncClient]:
+    config = nio.AsyncClientConfig(store=SqliteMemoryStore, store_sync_tokens=False)
+    client = nio.AsyncClient(str(fake.server.make_url("")).rstrip("/"), BOT, config=config)
+    client.restore_login(BOT, "BOTDEVICE", "token")  # a local vodozemac account, no network
+    assert client.olm is not None
+    ed25519 = client.olm.account.identity_keys["ed25519"]
+    fake.device = {**_device(), "keys": {"ed25519:BOTDEVICE": ed25519}}
+    yield client
+    await client.close()
+
+
+class Secrets:
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+
+    async def get_secret(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    async def set_secret(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+
+
+async def test_interactive_auth_is_answered_with_the_password(
+    fake: FakeHomeserver, bot: nio.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.require_auth = True
+    secrets = Secrets()
+    caplog.set_level(logging.DEBUG)
+    status = await ensure_cross_signing(bot, secrets, password="secret-pw-123")
+    assert status.action == "created"
+    uploads = [body for path, body in fake.requests if path == "device_signing/upload"]
+    assert len(uploads) == 2
+    assert "auth" not in uploads[0]
+    assert uploads[1]["auth"] == password_auth(BOT, "secret-pw-123", "S1")
+    assert [path for path, _ in fake.requests][-1] == "signatures/upload"
+    seeds = CrossSigningSeeds.from_bytes(secrets.values[SEED_SECRET_NAME])
+    assert verify_signature(fake.device, user_id=BOT, public_key=seeds.self_signing_public)
+    # Neither the password nor any private key reaches the logs.
+    assert "secret-pw-123" not in caplog.text
+    for seed in (seeds.master, seeds.self_signing, seeds.user_signing):
+        assert b64_encode(seed) not in caplog.text
+        assert seed.hex() not in caplog.text
+
+
+async def test_interactive_auth_without_password_is_a_clear_error(
+    fake: FakeHomeserver, bot: nio.AsyncClient
+) -> None:
+    fake.require_auth = True
+    with pytest.raises(CrossSigningError, match="exige une authentification"):
+        await ensure_cross_signing(bot, Secrets(), password=None)
+    assert not [path for path, _ in fake.requests if path == "signatures/upload"]
+
+
+async def test_rejected_signature_in_a_200_answer_is_an_error(
+    fake: FakeHomeserver, bot: nio.AsyncClient
+) -> None:
+    fake.reject_signatures = True
+    with pytest.raises(CrossSigningError, match="M_INVALID_SIGNATURE"):
+        await ensure_cross_signing(bot, Secrets(), password="pw")
+
+
+async def test_a_device_key_that_is_not_ours_is_never_signed(
+    fake: FakeHomeserver, bot: nio.AsyncClient
+) -> None:
+    fake.device["keys"] = {"ed25519:BOTDEVICE": "someone-else"}
+    secrets = Secrets()
+    with pytest.raises(CrossSigningError, match="ne sont pas celles du robot"):
+        await ensure_cross_signing(bot, secrets, password="pw")
+    assert [path for path, _ in fake.requests] == ["query"]
+    assert secrets.values == {}
