@@ -124,7 +124,7 @@ def test_signatures_match_the_specification_examples() -> None:
 
 
 def test_sign_keeps_existing_signatures_drops_unsigned_and_leaves_input_alone() -> None:
-    original = {
+    original: dict[str, Any] = {
         "device_id": "DEV",
         "signatures": {BOT: {"ed25519:DEV": "devsig"}, "@other:x": {"ed25519:K": "o"}},
         "unsigned": {"device_display_name": "robot"},
@@ -332,7 +332,7 @@ class FakeHomeserver:
         self.server = test_utils.TestServer(app, host="127.0.0.1")
 
     async def _record(self, request: web.Request) -> dict[str, Any]:
-        body = await request.json()
+        body: dict[str, Any] = await request.json()
         self.requests.append((request.path.rsplit("/keys/", 1)[1], body))
         return body
 
