@@ -1,0 +1,573 @@
+"""Matrix → email rendering (pure: no I/O, no clock; ``date`` is a parameter).
+
+Rules this module keeps:
+
+* Every header value is built here from our own data and stripped of control
+  characters (CR, LF, NUL, Unicode line separators, bidi controls). No inbound
+  header is ever copied: CPython < 3.11.10 re-serialises an encoded newline as
+  a real one (CVE-2024-6923).
+* Subjects carry only the reference, organisation names, territory and what
+  happened: never the usager's data (mail subjects end up in logs and previews).
+* Each demande is one thread: a stable root Message-ID derived from the
+  reference, and one stable Message-ID per bridged Matrix event.
+* HTML coming from Matrix is sanitised with nh3 against a strict allow-list;
+  remote images, scripts, styles and event handlers never reach a mailbox.
+
+``Auto-Submitted`` (RFC 3834): a message relaying what a *person* wrote (the
+dossier of a new demande, a message, a correction) gets no ``Auto-Submitted``
+field — RFC 3834 §5 reserves ``auto-generated`` for messages made by an
+automatic process, and a relay is no more "automatic" than a mailing list
+forwarding a post; marking it would also have some clients file it away as
+robot mail and hide it from the agent. Notifications the bot itself composes
+(a message withdrawn, demande closed or reopened) are ``auto-generated``.
+Every message asks Exchange not to send out-of-office replies
+(``X-Auto-Response-Suppress``): the inbound side would only drop them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html as html_lib
+import re
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date as Date
+from datetime import datetime
+from email import policy
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import NamedTuple
+
+import nh3
+
+from bot.domain.model import DemandeForm, MandatType
+
+__all__ = [
+    "LOOP_HEADER",
+    "MAX_BODY_CHARS",
+    "Attachment",
+    "RenderedEmail",
+    "ThreadHeaders",
+    "UnsupportedContent",
+    "build_email",
+    "clean_header_value",
+    "closed_email",
+    "edited_message_email",
+    "footer",
+    "mailbox",
+    "matrix_to_email_html",
+    "message_id",
+    "new_demande_email",
+    "new_message_email",
+    "redacted_message_email",
+    "reopened_email",
+    "root_message_id",
+    "sanitise_html",
+    "subject",
+    "thread_headers",
+]
+
+LOOP_HEADER = "X-Aplus-Loop"
+MAX_BODY_CHARS = 100_000
+_MAX_SUBJECT_CHARS = 250
+_MAX_REFERENCES = 10
+_TRUNCATED_NOTE = "[… message tronqué]"
+
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_DOMAIN_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})+")
+_MSGID_RE = re.compile(r"<[!-;=?-~]{1,200}@[A-Za-z0-9.-]{1,253}>")
+_LOOP_MARKER_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_CONTENT_TYPE_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,62}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
+_WS_RE = re.compile(r"\s+")
+
+
+class UnsupportedContent(ValueError):
+    """A Matrix event content we do not bridge (caller: ignore and log)."""
+
+
+# --------------------------------------------------------------------------- headers
+
+
+def _is_unsafe_char(ch: str) -> bool:
+    # Cc: C0/C1 controls incl. CR, LF, NUL, NEL; Zl/Zp: U+2028/2029;
+    # Cf: bidi overrides and zero-width characters (spoofing).
+    return unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs")
+
+
+def clean_header_value(value: str, max_chars: int = 500) -> str:
+    """One line of inert text: controls become spaces, runs of space collapse."""
+    cleaned = "".join(" " if _is_unsafe_char(ch) else ch for ch in value)
+    # The email package decodes "=?...?=" found in any header string it is
+    # given, so an encoded CR/LF would come back: break every "=?".
+    cleaned = cleaned.replace("=?", "= ?")
+    cleaned = _WS_RE.sub(" ", cleaned).strip()
+    if len(cleaned) > max_chars:
+        cleaned = cleaned[: max_chars - 1].rstrip() + "…"
+    return cleaned
+
+
+def _check_domain(domain: str) -> str:
+    if not domain.isascii() or _DOMAIN_RE.fullmatch(domain) is None:
+        raise ValueError("invalid mail domain")
+    return domain.lower()
+
+
+def mailbox(display_name: str, addr_spec: str) -> Address:
+    """An address with a cleaned display name; ``ValueError`` if ``addr_spec`` is bad."""
+    addr = clean_header_value(addr_spec, 320)
+    if addr != addr_spec.strip() or " " in addr:
+        raise ValueError("invalid address")
+    return Address(display_name=clean_header_value(display_name, 120), addr_spec=addr)
+
+
+def _as_address(value: Address | str) -> Address:
+    if isinstance(value, Address):
+        return mailbox(value.display_name, value.addr_spec)
+    return mailbox("", value)
+
+
+def subject(reference: str, organisation_names: Sequence[str], territoire: str, what: str) -> str:
+    """``[A+] Demande A-2026-000042 · CAF · 95 — nouveau message``.
+
+    Callers pass metadata only; this function cannot tell a name from an
+    organisation, so the rule "no usager data in subjects" is kept by passing
+    nothing else (``what`` is one of the template labels).
+    """
+    orgs = ", ".join(o for o in (clean_header_value(n, 60) for n in organisation_names) if o)
+    parts = [f"Demande {clean_header_value(reference, 40)}"]
+    if orgs:
+        parts.append(orgs)
+    terr = clean_header_value(territoire, 10)
+    if terr:
+        parts.append(terr)
+    text = "[A+] " + " · ".join(parts)
+    label = clean_header_value(what, 80)
+    if label:
+        text += f" — {label}"
+    return clean_header_value(text, _MAX_SUBJECT_CHARS)
+
+
+def _hash_id(kind: bytes, value: str) -> str:
+    data = b"aplus-" + kind + b"-v1\x00" + value.encode("utf-8", "surrogatepass")
+    return hashlib.sha256(data).hexdigest()[:40]
+
+
+def message_id(event_id: str, domain: str) -> str:
+    """Stable Message-ID of the email bridging one Matrix event."""
+    return f"<ev.{_hash_id(b'event', event_id)}@{_check_domain(domain)}>"
+
+
+def root_message_id(reference: str, domain: str) -> str:
+    """Stable Message-ID of a demande's first email: the root of its thread."""
+    return f"<demande.{_hash_id(b'demande', reference)}@{_check_domain(domain)}>"
+
+
+class ThreadHeaders(NamedTuple):
+    in_reply_to: str
+    references: str
+
+
+def thread_headers(reference: str, domain: str, parent_message_ids: Sequence[str]) -> ThreadHeaders:
+    """``In-Reply-To`` / ``References`` keeping every email of a demande in one thread.
+
+    The root always comes first; then the most recent valid parents (anything
+    not shaped like a msg-id is dropped, so nothing odd can ride along).
+    """
+    root = root_message_id(reference, domain)
+    parents: list[str] = []
+    for mid in parent_message_ids:
+        mid = mid.strip()
+        if _MSGID_RE.fullmatch(mid) and mid != root and mid not in parents:
+            parents.append(mid)
+    refs = [root, *parents[-(_MAX_REFERENCES - 1) :]]
+    return ThreadHeaders(in_reply_to=refs[-1], references=" ".join(refs))
+
+
+def _check_msgids(value: str) -> str:
+    ids = value.split()
+    if not ids or not all(_MSGID_RE.fullmatch(i) for i in ids):
+        raise ValueError("invalid message-id list")
+    return " ".join(ids)
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+def _attachment_filename(name: str) -> str:
+    cleaned = clean_header_value(name.replace("/", "_").replace("\\", "_"), 150)
+    cleaned = cleaned.lstrip(". ")
+    return cleaned or "piece-jointe"
+
+
+def _attachment_type(content_type: str) -> tuple[str, str]:
+    ctype = content_type.strip().lower()
+    if not _CONTENT_TYPE_RE.fullmatch(ctype) or ctype.split("/")[0] in ("multipart", "message"):
+        ctype = "application/octet-stream"
+    maintype, _, subtype = ctype.partition("/")
+    return maintype, subtype
+
+
+def _body_text(text: str) -> str:
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch for ch in text if ch in "\n\t" or not _is_unsafe_char(ch))
+
+
+def build_email(
+    *,
+    from_addr: Address | str,
+    to_addr: Address | str,
+    reply_to: Address | str | None,
+    subject: str,
+    message_id: str,
+    in_reply_to: str | None,
+    references: str | None,
+    text: str,
+    html: str,
+    attachments: Sequence[Attachment] = (),
+    loop_marker: str,
+    auto_generated: bool = False,
+    date: datetime | None = None,
+) -> EmailMessage:
+    """The outbound email: text + HTML alternative, attachments in multipart/mixed.
+
+    ``ValueError`` for malformed addresses, Message-IDs or loop marker (those
+    are ours: a bad one is a bug upstream); free text is cleaned, never refused.
+    """
+    if not _LOOP_MARKER_RE.fullmatch(loop_marker):
+        raise ValueError("invalid loop marker")
+    if _MSGID_RE.fullmatch(message_id) is None:
+        raise ValueError("invalid message-id")
+    msg = EmailMessage(policy=policy.SMTP)
+    msg["From"] = _as_address(from_addr)
+    msg["To"] = _as_address(to_addr)
+    if reply_to is not None:
+        msg["Reply-To"] = _as_address(reply_to)
+    msg["Subject"] = clean_header_value(subject, _MAX_SUBJECT_CHARS)
+    if date is not None:
+        msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = message_id
+    if in_reply_to:
+        msg["In-Reply-To"] = _check_msgids(in_reply_to)
+    if references:
+        msg["References"] = _check_msgids(references)
+    if auto_generated:
+        msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Auto-Response-Suppress"] = "OOF, AutoReply"
+    msg[LOOP_HEADER] = loop_marker
+    msg.set_content(_body_text(text), subtype="plain", charset="utf-8")
+    msg.add_alternative(_body_text(html), subtype="html", charset="utf-8")
+    for att in attachments:
+        maintype, subtype = _attachment_type(att.content_type)
+        msg.add_attachment(
+            att.data,
+            maintype=maintype,
+            subtype=subtype,
+            filename=_attachment_filename(att.filename),
+        )
+    return msg
+
+
+# --------------------------------------------------------------------------- Matrix content
+
+_ALLOWED_TAGS = {
+    "a", "b", "blockquote", "br", "caption", "code", "del", "div", "em",
+    "h1", "h2", "h3", "h4", "h5", "h6", "hr", "i", "li", "ol", "p", "pre",
+    "s", "span", "strike", "strong", "sub", "sup", "table", "tbody", "td",
+    "tfoot", "th", "thead", "tr", "u", "ul",
+}  # fmt: skip
+# Removed together with everything inside them.
+_DROPPED_WITH_CONTENT = {
+    "embed", "frame", "frameset", "head", "iframe", "math", "mx-reply",
+    "noembed", "noframes", "noscript", "object", "plaintext", "script",
+    "select", "style", "svg", "template", "textarea", "title", "xmp",
+}  # fmt: skip
+_CLEANER = nh3.Cleaner(
+    tags=_ALLOWED_TAGS,
+    clean_content_tags=_DROPPED_WITH_CONTENT,
+    attributes={"a": {"href"}, "ol": {"start"}, "td": {"colspan"}, "th": {"colspan"}},
+    url_schemes={"http", "https", "mailto"},
+    url_relative="deny",
+    link_rel="noopener noreferrer",
+    strip_comments=True,
+)
+
+
+def sanitise_html(fragment: str) -> str:
+    """Sanitised HTML fragment: allow-listed tags, http(s)/mailto links only."""
+    return _CLEANER.clean(fragment)
+
+
+def _truncate(text: str) -> str:
+    if len(text) <= MAX_BODY_CHARS:
+        return text
+    return text[:MAX_BODY_CHARS] + "\n" + _TRUNCATED_NOTE
+
+
+def _strip_reply_fallback(body: str) -> str:
+    """Drop the leading ``> `` block a Matrix reply carries, and the blank line after."""
+    lines = body.split("\n")
+    i = 0
+    while i < len(lines) and lines[i].startswith(">"):
+        i += 1
+    if i == 0:
+        return body
+    if i < len(lines) and lines[i].strip() == "":
+        i += 1
+    return "\n".join(lines[i:])
+
+
+def _text_to_html(text: str) -> str:
+    paragraphs = [p for p in re.split(r"\n{2,}", text) if p.strip()]
+    return "".join(
+        "<p>" + "<br>".join(html_lib.escape(line) for line in p.split("\n")) + "</p>"
+        for p in paragraphs
+    )
+
+
+def _is_reply(content: Mapping[str, object]) -> bool:
+    rel = content.get("m.relates_to")
+    return isinstance(rel, Mapping) and isinstance(rel.get("m.in_reply_to"), Mapping)
+
+
+def matrix_to_email_html(content: Mapping[str, object]) -> tuple[str, str]:
+    """``(text, sanitised html)`` of an ``m.room.message`` content.
+
+    Raises :class:`UnsupportedContent` for missing fields or unknown msgtypes.
+    Files are announced by name only; the caller attaches the decrypted file.
+    """
+    msgtype = content.get("msgtype")
+    body = content.get("body")
+    if not isinstance(msgtype, str) or not isinstance(body, str):
+        raise UnsupportedContent("missing msgtype or body")
+    if msgtype in ("m.file", "m.image", "m.audio", "m.video"):
+        filename = content.get("filename")
+        name = clean_header_value(filename if isinstance(filename, str) and filename else body, 150)
+        text = f"Pièce jointe : {name or 'fichier'}"
+        return text, f"<p>{html_lib.escape(text)}</p>"
+    if msgtype not in ("m.text", "m.notice", "m.emote"):
+        raise UnsupportedContent(f"unsupported msgtype {msgtype[:50]!r}")
+    text = _body_text(_truncate(body))
+    if _is_reply(content):
+        text = _strip_reply_fallback(text)
+    text = text.strip("\n")
+    html = ""
+    formatted = content.get("formatted_body")
+    if content.get("format") == "org.matrix.custom.html" and isinstance(formatted, str):
+        html = sanitise_html(_truncate(formatted)).strip()
+    if not html:
+        html = _text_to_html(text)
+    if msgtype == "m.emote":
+        text = f"* {text}"
+        html = f"<p>* </p>{html}"
+    return text, html
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True, slots=True)
+class RenderedEmail:
+    """A rendered body; ``what`` is the subject's label (see :func:`subject`)."""
+
+    what: str
+    text: str
+    html: str
+    auto_generated: bool
+
+
+QUICK_ANSWERS = (
+    ("!jemenoccupe", "je m'en occupe"),
+    ("!traitee", "j'ai traité la demande"),
+    ("!pasleboninterlocuteur", "je ne suis pas le bon interlocuteur"),
+)
+
+
+def footer() -> tuple[str, str]:
+    """(text, html) of the footer every email carries."""
+    lines = [
+        "Vous pouvez répondre directement à ce courriel : votre réponse sera ajoutée "
+        "à la demande et lue par les autres participants.",
+        "Réponses rapides : écrivez seule, sur la première ligne de votre réponse, "
+        "l'une de ces commandes :",
+        *(f"  {cmd} ({label})" for cmd, label in QUICK_ANSWERS),
+        "Cette adresse de réponse vous est personnelle : ne transférez pas ce courriel, "
+        "une réponse envoyée depuis une autre adresse serait refusée.",
+        "Administration+ — messagerie sécurisée des services publics.",
+    ]
+    text = "-- \n" + "\n".join(lines)
+    items = "".join(
+        f"<li><code>{html_lib.escape(cmd)}</code> ({html_lib.escape(label)})</li>"
+        for cmd, label in QUICK_ANSWERS
+    )
+    html = (
+        "<hr><p>" + html_lib.escape(lines[0]) + "</p><p>" + html_lib.escape(lines[1]) + "</p>"
+        f"<ul>{items}</ul><p>"
+        + html_lib.escape(lines[-2])
+        + "</p><p>"
+        + html_lib.escape(lines[-1])
+        + "</p>"
+    )
+    return text, html
+
+
+def _document(title: str, html_body: str) -> str:
+    foot_html = footer()[1]
+    return (
+        '<!DOCTYPE html><html lang="fr"><head><meta charset="utf-8">'
+        f"<title>{html_lib.escape(title)}</title></head><body>{html_body}{foot_html}</body></html>"
+    )
+
+
+def _render(what: str, text: str, html_body: str, *, auto_generated: bool) -> RenderedEmail:
+    foot_text = footer()[0]
+    return RenderedEmail(
+        what=what,
+        text=f"{text.rstrip()}\n\n{foot_text}\n",
+        html=_document(what, html_body),
+        auto_generated=auto_generated,
+    )
+
+
+def _label(name: str, affiliation: str) -> str:
+    """« Marie Durand (CAF 95) »."""
+    name = clean_header_value(name, 120) or "Un participant"
+    affiliation = clean_header_value(affiliation, 120)
+    return f"{name} ({affiliation})" if affiliation else name
+
+
+def _fr_date(d: Date) -> str:
+    return d.strftime("%d/%m/%Y")
+
+
+_MANDAT_LABELS = {
+    MandatType.PAPIER: "papier",
+    MandatType.ORAL: "oral",
+    MandatType.SMS: "SMS",
+}
+
+
+def new_demande_email(
+    *,
+    reference: str,
+    form: DemandeForm,
+    organisation_names: Sequence[str],
+    aidant_name: str,
+    aidant_affiliation: str,
+    attachment_names: Sequence[str] = (),
+) -> RenderedEmail:
+    """The dossier sent to an email-only agent when a demande reaches them."""
+    usager = form.usager
+    fields: list[tuple[str, str]] = [
+        ("Prénom", usager.prenom),
+        ("Nom", usager.nom),
+        ("Date de naissance", _fr_date(usager.date_naissance)),
+    ]
+    optional = (
+        ("NIR", usager.nir),
+        ("Numéro allocataire CAF", usager.numero_allocataire_caf),
+        ("Numéro fiscal (NIF)", usager.nif),
+        ("Adresse", usager.adresse),
+        ("Téléphone", usager.telephone),
+    )
+    fields += [(k, v) for k, v in optional if v]
+    mandat = form.mandat
+    mandat_text = (
+        f"{_MANDAT_LABELS.get(mandat.type, str(mandat.type))}, recueilli le {_fr_date(mandat.date)}"
+    )
+    if mandat.attestation:
+        mandat_text += " (attesté par l'aidant)"
+    ref = clean_header_value(reference, 40)
+    orgs = ", ".join(clean_header_value(o, 60) for o in organisation_names)
+    aidant = _label(aidant_name, aidant_affiliation)
+    head = [
+        f"Nouvelle demande {ref} (territoire {clean_header_value(form.territoire, 10)})",
+        f"Ouverte par {aidant}, à l'attention de : {orgs}",
+        "",
+        f"Objet : {clean_header_value(form.objet, 200)}",
+    ]
+    if form.categorie:
+        head.append(f"Catégorie : {clean_header_value(form.categorie, 80)}")
+    description = _body_text(_truncate(form.description)).strip()
+    text_lines = [
+        *head,
+        "",
+        "Usager",
+        *(f"  {k} : {clean_header_value(v, 300)}" for k, v in fields),
+        f"Mandat : {mandat_text}",
+        "",
+        "Description :",
+        description,
+    ]
+    names = [clean_header_value(n, 150) for n in attachment_names]
+    if names:
+        text_lines += ["", "Pièces jointes : " + ", ".join(names)]
+    esc = html_lib.escape
+    html = (
+        f"<h1>{esc(head[0])}</h1><p>{esc(head[1])}</p>"
+        + "".join(f"<p>{esc(line)}</p>" for line in head[3:])
+        + "<h2>Usager</h2><ul>"
+        + "".join(f"<li>{esc(k)} : {esc(clean_header_value(v, 300))}</li>" for k, v in fields)
+        + f"</ul><p>Mandat : {esc(mandat_text)}</p><h2>Description</h2>"
+        + _text_to_html(description)
+    )
+    if names:
+        html += f"<p>Pièces jointes : {esc(', '.join(names))}</p>"
+    return _render("nouvelle demande", "\n".join(text_lines), html, auto_generated=False)
+
+
+def new_message_email(
+    *, author_name: str, author_affiliation: str, content: Mapping[str, object]
+) -> RenderedEmail:
+    """« Marie Durand (CAF 95) a écrit : … ». Raises :class:`UnsupportedContent`."""
+    text, html = matrix_to_email_html(content)
+    intro = f"{_label(author_name, author_affiliation)} a écrit :"
+    return _render(
+        "nouveau message",
+        f"{intro}\n\n{text}",
+        f"<p>{html_lib.escape(intro)}</p><blockquote>{html}</blockquote>",
+        auto_generated=False,
+    )
+
+
+def edited_message_email(
+    *, author_name: str, author_affiliation: str, new_content: Mapping[str, object]
+) -> RenderedEmail:
+    """A correction (``m.new_content`` of an edit). Raises :class:`UnsupportedContent`."""
+    text, html = matrix_to_email_html(new_content)
+    intro = f"{_label(author_name, author_affiliation)} a corrigé son message. Nouvelle version :"
+    return _render(
+        "message corrigé",
+        f"{intro}\n\n{text}",
+        f"<p>{html_lib.escape(intro)}</p><blockquote>{html}</blockquote>",
+        auto_generated=False,
+    )
+
+
+def redacted_message_email(*, author_name: str, author_affiliation: str) -> RenderedEmail:
+    text = (
+        f"Un message de {_label(author_name, author_affiliation)} a été retiré de la demande. "
+        "Merci de ne plus en tenir compte."
+    )
+    return _render("message retiré", text, f"<p>{html_lib.escape(text)}</p>", auto_generated=True)
+
+
+def closed_email(*, reference: str, by_name: str, by_affiliation: str) -> RenderedEmail:
+    text = (
+        f"La demande {clean_header_value(reference, 40)} a été clôturée par "
+        f"{_label(by_name, by_affiliation)}."
+    )
+    return _render("demande clôturée", text, f"<p>{html_lib.escape(text)}</p>", auto_generated=True)
+
+
+def reopened_email(*, reference: str, by_name: str, by_affiliation: str) -> RenderedEmail:
+    text = (
+        f"La demande {clean_header_value(reference, 40)} a été rouverte par "
+        f"{_label(by_name, by_affiliation)}."
+    )
+    return _render("demande rouverte", text, f"<p>{html_lib.escape(text)}</p>", auto_generated=True)
