@@ -59,12 +59,24 @@ class Inbox:
 
     def __init__(self, client: nio.AsyncClient) -> None:
         self.texts: dict[str, list[str]] = defaultdict(list)
+        self.messages: dict[str, list[nio.RoomMessageText | nio.RoomMessageNotice]] = defaultdict(
+            list
+        )
         self.undecryptable: dict[str, list[nio.MegolmEvent]] = defaultdict(list)
         client.add_event_callback(self._on_text, nio.RoomMessageText)
+        client.add_event_callback(self._on_notice, nio.RoomMessageNotice)
         client.add_event_callback(self._on_megolm, nio.MegolmEvent)
 
     def _on_text(self, room: nio.MatrixRoom, event: nio.RoomMessageText) -> None:
         self.texts[room.room_id].append(event.body)
+        self.messages[room.room_id].append(event)
+
+    def _on_notice(self, room: nio.MatrixRoom, event: nio.RoomMessageNotice) -> None:
+        # Bots answer with m.notice; tests read those too.
+        self.messages[room.room_id].append(event)
+
+    def events(self, room_id: str) -> list[nio.RoomMessageText | nio.RoomMessageNotice]:
+        return list(self.messages[room_id])
 
     def _on_megolm(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
         # nio hands the callback a MegolmEvent only when it could not decrypt it.

@@ -1,0 +1,163 @@
+"""The one place where everything is wired together, and run on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+
+from bot.domain.policies import Policies
+from bot.matrix.cross_signing import ensure_cross_signing
+from bot.matrix.gateway import MatrixGateway, SavedLogin
+from bot.policy_loader import load_policies
+from bot.services.clock import Clock, SystemClock
+from bot.services.demande_room import DemandeRooms
+from bot.services.dispatch import Dispatcher
+from bot.services.opening import Opening
+from bot.services.outbox import Outbox
+from bot.settings import Settings
+from bot.store.crypto import FieldCipher
+from bot.store.db import Store
+from bot.sync_loop import EventRouter, SyncLoop
+
+log = logging.getLogger(__name__)
+
+LOGIN_USER = "matrix.user_id"
+LOGIN_DEVICE = "matrix.device_id"
+LOGIN_TOKEN = "matrix.access_token"  # noqa: S105 (a key name)
+
+
+def server_of(user_id: str) -> str:
+    return user_id.split(":", 1)[1]
+
+
+@dataclass
+class App:
+    """The running bot. `start()` connects everything; `run()` serves until cancelled."""
+
+    settings: Settings
+    clock: Clock = field(default_factory=SystemClock)
+    policies: Policies | None = None
+
+    store: Store = field(init=False)
+    gateway: MatrixGateway = field(init=False)
+    outbox: Outbox = field(init=False)
+    opening: Opening = field(init=False)
+    rooms: DemandeRooms = field(init=False)
+    sync: SyncLoop = field(init=False)
+    _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
+
+    async def start(self) -> None:
+        s = self.settings
+        # The data folder holds the database and the crypto store: private to the service.
+        s.data.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.policies is None:
+            self.policies = load_policies(s.policies.dir)
+        cipher = FieldCipher.from_secret(s.secrets.data_key.reveal())
+        self.store = await Store.open(s.database.url.reveal(), cipher)
+        self._stack.push_async_callback(self.store.close)
+
+        self.gateway = MatrixGateway(
+            homeserver=s.homeserver.url,
+            user_id=s.bot.user_id,
+            device_name=s.bot.device_name,
+            store_dir=s.bot.store_dir,
+            pickle_key=s.secrets.pickle_key.reveal(),
+        )
+        self._stack.push_async_callback(self.gateway.close)
+        await self._login()
+
+        async with self.store.transaction() as tx:
+            status = await ensure_cross_signing(
+                self.gateway.client,
+                tx,
+                password=s.bot.password.reveal(),
+            )
+        log.info(
+            "cross-signing %s: device %s signed=%s",
+            status.action,
+            status.device_id,
+            status.device_signed,
+        )
+
+        allowed = _allowed_servers(self.policies.membership.allowed_homeservers, s.bot.user_id)
+        self.rooms = DemandeRooms(
+            store=self.store,
+            gateway=self.gateway,
+            policies=self.policies,
+            clock=self.clock,
+            bot_user_id=s.bot.user_id,
+            allowed_servers=allowed,
+            room_version=s.bot.room_version,
+        )
+        self.outbox = Outbox(self.store, self.gateway, self.clock, self.rooms.recipients)
+        self.rooms.outbox = self.outbox
+        self.opening = Opening(
+            store=self.store,
+            gateway=self.gateway,
+            outbox_=self.outbox,
+            policies=self.policies,
+            clock=self.clock,
+            bot_user_id=s.bot.user_id,
+            allowed_servers=allowed,
+            room_version=s.bot.room_version,
+        )
+        dispatcher = Dispatcher(
+            store=self.store,
+            gateway=self.gateway,
+            opening=self.opening,
+            rooms=self.rooms,
+            outbox=self.outbox,
+            clock=self.clock,
+            bot_user_id=s.bot.user_id,
+        )
+        router = EventRouter(
+            bot_user_id=s.bot.user_id,
+            on_invite=dispatcher.on_invite,
+            on_room_event=dispatcher.on_room_event,
+        )
+        self.sync = SyncLoop(store=self.store, gateway=self.gateway, router=router)
+
+    async def _login(self) -> None:
+        s = self.settings
+        async with self.store.transaction() as tx:
+            user = await tx.get_state(LOGIN_USER)
+            device = await tx.get_state(LOGIN_DEVICE)
+            token = await tx.get_secret(LOGIN_TOKEN)
+        saved = None
+        if user == s.bot.user_id and device and token:
+            saved = SavedLogin(user, device, token.decode())
+        login = await self.gateway.connect(
+            saved=saved,
+            password=s.bot.password.reveal(),
+            access_token=s.bot.access_token.reveal() if s.bot.access_token else None,
+        )
+        if login != saved:
+            async with self.store.transaction() as tx:
+                await tx.set_state(LOGIN_USER, login.user_id)
+                await tx.set_state(LOGIN_DEVICE, login.device_id)
+                await tx.set_secret(LOGIN_TOKEN, login.access_token.encode())
+        log.info("logged in as %s, device %s", login.user_id, login.device_id)
+
+    async def run(self) -> None:
+        """Serve until cancelled. Unfinished work from a previous run is finished first."""
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(self.sync.run(), name="sync")
+            tasks.create_task(self.outbox.run(), name="outbox")
+            tasks.create_task(self._recover(), name="recover")
+
+    async def _recover(self) -> None:
+        await self.opening.resume_all()
+        await self.rooms.reconcile_pending()
+        self.outbox.wake()
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+def _allowed_servers(configured: Sequence[str], bot_user_id: str) -> tuple[str, ...]:
+    """The bot's own server is always allowed, or its own rooms would lock it out."""
+    own = server_of(bot_user_id)
+    return tuple(dict.fromkeys([own, *configured]))

@@ -1,0 +1,168 @@
+"""The `aplus` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from bot.domain.policies import PolicyError
+from bot.policy_loader import default_policies_dir, load_policies
+from bot.settings import Settings, SettingsError, load_settings
+
+DEFAULT_DEV_DIR = Path(".aplus-dev")
+
+
+def _setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # nio and aiohttp are chatty at INFO, and nio logs event contents at DEBUG.
+    for noisy in ("nio", "aiohttp", "peewee", "alembic"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings_from(args: argparse.Namespace) -> Settings:
+    if getattr(args, "config", None):
+        return load_settings(Path(args.config))
+    data_dir = Path(args.data_dir or DEFAULT_DEV_DIR).resolve()
+    accounts = data_dir / "dev-accounts.json"
+    secrets = data_dir / "secrets.json"
+    if not accounts.exists() or not secrets.exists():
+        raise SystemExit(
+            f"Aucune démonstration dans {data_dir} : lancez d'abord « aplus dev » "
+            "ou indiquez --config FICHIER."
+        )
+    facts = json.loads(accounts.read_text())
+    values = json.loads(secrets.read_text())
+    bot = facts["bot"]["user_id"]
+    return Settings.for_dev(
+        data_dir,
+        facts["homeserver"],
+        bot.split(":", 1)[1],
+        bot,
+        {k: v for k, v in values.items() if k.startswith("APLUS_")},
+    )
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from bot.dev import run_dev
+
+    _setup_logging("INFO")
+    asyncio.run(run_dev(Path(args.data_dir or DEFAULT_DEV_DIR)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from bot.app import App
+
+    settings = load_settings(Path(args.config))
+    _setup_logging(settings.logging.level)
+
+    async def main() -> None:
+        app = App(settings)
+        try:
+            await app.start()
+            runner = asyncio.create_task(app.run())
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, runner.cancel)
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        finally:
+            await app.close()
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_directory_import(args: argparse.Namespace) -> int:
+    from bot.services.directory import import_directory_file
+
+    settings = _settings_from(args)
+    report = asyncio.run(import_directory_file(settings, Path(args.file)))
+    print(report.text)
+    return 0 if report.ok else 1
+
+
+def cmd_crypto_status(args: argparse.Namespace) -> int:
+    from bot.services.crypto_status import crypto_status
+
+    settings = _settings_from(args)
+    print(asyncio.run(crypto_status(settings)))
+    return 0
+
+
+def cmd_policies_check(args: argparse.Namespace) -> int:
+    folder = Path(args.dir) if args.dir else default_policies_dir()
+    policies = load_policies(folder)
+    print(
+        f"Politiques valides ({folder}) : {len(policies.organisations)} organisations, "
+        f"{len(policies.departements)} départements, {len(policies.categories)} catégories."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aplus", description="Administration+ sur Matrix")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="tout le service en local (Synapse, SQLite, démo)")
+    dev.add_argument("--data-dir", help="dossier des données (défaut : .aplus-dev)")
+    dev.set_defaults(func=cmd_dev)
+
+    run = sub.add_parser("run", help="le bot, contre un serveur Matrix existant")
+    run.add_argument("--config", required=True, help="fichier de configuration TOML")
+    run.set_defaults(func=cmd_run)
+
+    directory = sub.add_parser("directory", help="annuaire des agents")
+    dsub = directory.add_subparsers(dest="action", required=True)
+    imp = dsub.add_parser("import", help="importer un fichier CSV (en-têtes Administration+)")
+    imp.add_argument("file")
+    _target(imp)
+    imp.set_defaults(func=cmd_directory_import)
+
+    crypto = sub.add_parser("crypto", help="identité de chiffrement du bot")
+    csub = crypto.add_subparsers(dest="action", required=True)
+    status = csub.add_parser("status", help="identité, appareil, signature croisée")
+    _target(status)
+    status.set_defaults(func=cmd_crypto_status)
+
+    policies = sub.add_parser("policies", help="règles du service")
+    psub = policies.add_subparsers(dest="action", required=True)
+    check = psub.add_parser("check", help="vérifier les fichiers de politiques")
+    check.add_argument("dir", nargs="?")
+    check.set_defaults(func=cmd_policies_check)
+    return parser
+
+
+def _target(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--config", help="fichier de configuration TOML (production)")
+    group.add_argument("--data-dir", help="dossier de la démonstration (défaut : .aplus-dev)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SettingsError as exc:
+        print(f"Configuration invalide :\n{exc}", file=sys.stderr)
+        return 2
+    except PolicyError as exc:
+        print(f"Politiques invalides :\n{exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

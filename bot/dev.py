@@ -1,0 +1,268 @@
+"""`aplus dev`: the whole product on this machine, nothing to configure.
+
+A local Synapse (SQLite, loopback only), the bot on SQLite, a demo directory.
+Every secret is generated once into the data directory (mode 0600) and reused,
+so a second run resumes the same accounts, rooms and bot device.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import secrets
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.app import App
+from bot.devserver import LocalSynapse
+from bot.domain.model import Role
+from bot.settings import Settings
+from bot.store.crypto import FieldCipher
+from bot.store.db import Store
+
+log = logging.getLogger(__name__)
+
+BOT_LOCALPART = "aplus"
+ADMIN_LOCALPART = "synapse-admin"
+EMAIL_DEMO_DOMAIN = "caf95.demo.aplus.test"
+
+
+@dataclass(frozen=True)
+class DemoGroup:
+    name: str
+    organisation_id: str
+    departements: frozenset[str]
+    bal: str | None = None
+
+
+@dataclass(frozen=True)
+class DemoAgent:
+    localpart: str | None  # None: email-only
+    first_name: str
+    last_name: str
+    email: str
+    roles: frozenset[Role]
+    group: str | None
+
+
+DEMO_GROUPS = (
+    DemoGroup("France services Cergy", "france_services", frozenset({"95"})),
+    DemoGroup("CAF 95", "caf", frozenset({"95"}), bal="bal@" + EMAIL_DEMO_DOMAIN),
+    DemoGroup("CPAM 95", "cpam", frozenset({"95"})),
+)
+
+DEMO_AGENTS = (
+    DemoAgent(
+        "camille",
+        "Camille",
+        "Martin",
+        "camille.martin@fs-cergy.demo.aplus.test",
+        frozenset({Role.AIDANT}),
+        "France services Cergy",
+    ),
+    DemoAgent(
+        "marie",
+        "Marie",
+        "Durand",
+        "marie.durand@caf95.demo.aplus.test",
+        frozenset({Role.INSTRUCTEUR}),
+        "CAF 95",
+    ),
+    DemoAgent(
+        "karim",
+        "Karim",
+        "Benali",
+        "karim.benali@caf95.demo.aplus.test",
+        frozenset({Role.INSTRUCTEUR, Role.RESPONSABLE}),
+        "CAF 95",
+    ),
+    DemoAgent(
+        None,
+        "Sophie",
+        "Petit",
+        "sophie.petit@" + EMAIL_DEMO_DOMAIN,
+        frozenset({Role.INSTRUCTEUR}),
+        "CAF 95",
+    ),
+    DemoAgent(
+        "lucas",
+        "Lucas",
+        "Moreau",
+        "lucas.moreau@cpam95.demo.aplus.test",
+        frozenset({Role.INSTRUCTEUR}),
+        "CPAM 95",
+    ),
+    DemoAgent(
+        "olivier",
+        "Olivier",
+        "Leroy",
+        "olivier.leroy@anct.demo.aplus.test",
+        frozenset({Role.OPERATEUR}),
+        None,
+    ),
+)
+
+
+def _load_or_create_secrets(path: Path) -> dict[str, Any]:
+    if path.exists():
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
+    data = {
+        "APLUS_DATA_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+        "APLUS_PICKLE_KEY": secrets.token_urlsafe(32),
+        "APLUS_BOT_PASSWORD": secrets.token_urlsafe(24),
+        "admin_password": secrets.token_urlsafe(24),
+        # Readable demo passwords: a person types them into Element.
+        "users": {a.localpart: f"demo-{secrets.token_hex(4)}" for a in DEMO_AGENTS if a.localpart},
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(data, fh, indent=2)
+    return data
+
+
+async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any]]:
+    """Start Synapse, create accounts and the demo directory; returns what `aplus dev` runs."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    secret_values = _load_or_create_secrets(data_dir / "secrets.json")
+    synapse = LocalSynapse(data_dir / "synapse")
+    await synapse.start()
+    try:
+        admin = await synapse.register(ADMIN_LOCALPART, secret_values["admin_password"], admin=True)
+        bot = await synapse.register(
+            BOT_LOCALPART, secret_values["APLUS_BOT_PASSWORD"], displayname="Administration+"
+        )
+        # The bot talks a lot in bursts (room creation, invitations): no rate limit for it.
+        await synapse.admin_request(
+            "POST",
+            f"/_synapse/admin/v1/users/{bot.user_id}/override_ratelimit",
+            admin.access_token,
+            json={"messages_per_second": 0, "burst_count": 0},
+        )
+        users: list[dict[str, Any]] = []
+        for agent in DEMO_AGENTS:
+            entry: dict[str, Any] = {
+                "email": agent.email,
+                "role": sorted(r.value for r in agent.roles)[0]
+                if len(agent.roles) == 1
+                else "+".join(sorted(r.value for r in agent.roles)),
+                "roles": sorted(r.value for r in agent.roles),
+                "group": agent.group,
+                "name": f"{agent.first_name} {agent.last_name}",
+            }
+            if agent.localpart:
+                password = secret_values["users"][agent.localpart]
+                registered = await synapse.register(
+                    agent.localpart, password, displayname=f"{agent.first_name} {agent.last_name}"
+                )
+                entry["user_id"] = registered.user_id
+                entry["password"] = password
+            else:
+                entry["password"] = None
+            users.append(entry)
+    except BaseException:
+        await synapse.stop()
+        raise
+    settings = Settings.for_dev(
+        data_dir,
+        synapse.base_url,
+        synapse.server_name,
+        bot.user_id,
+        {k: v for k, v in secret_values.items() if k.startswith("APLUS_")},
+    )
+    await _import_demo_directory(settings, synapse.server_name)
+    facts = {"homeserver": synapse.base_url, "bot": {"user_id": bot.user_id}, "users": users}
+    return synapse, settings, facts
+
+
+async def _import_demo_directory(settings: Settings, server_name: str) -> None:
+    store = await Store.open(
+        settings.database.url.reveal(), FieldCipher.from_secret(settings.secrets.data_key.reveal())
+    )
+    try:
+        async with store.transaction() as tx:
+            groups = {}
+            for g in DEMO_GROUPS:
+                groups[g.name] = await tx.upsert_group(
+                    name=g.name,
+                    organisation_id=g.organisation_id,
+                    departements=g.departements,
+                    bal=g.bal,
+                )
+            for a in DEMO_AGENTS:
+                await tx.upsert_agent(
+                    first_name=a.first_name,
+                    last_name=a.last_name,
+                    email=a.email,
+                    matrix_id=f"@{a.localpart}:{server_name}" if a.localpart else None,
+                    group_id=groups[a.group].id if a.group else None,
+                    roles=a.roles,
+                )
+    finally:
+        await store.close()
+
+
+def _print_welcome(facts: dict[str, Any], data_dir: Path) -> None:
+    lines = [
+        "",
+        "Administration+ sur Matrix — démonstration locale",
+        "",
+        f"  Serveur Matrix (à saisir dans Element, « serveur d'accueil ») : {facts['homeserver']}",
+        f"  Le service (bot) : {facts['bot']['user_id']}",
+        "",
+        "  Comptes de démonstration :",
+    ]
+    for u in facts["users"]:
+        who = u.get("user_id") or f"{u['email']} (courriel uniquement)"
+        pw = f"mot de passe : {u['password']}" if u.get("password") else "pas de compte Matrix"
+        lines.append(
+            f"    - {u['name']} ({u['role']}, {u['group'] or 'sans groupe'}) : {who} — {pw}"
+        )
+    lines += [
+        "",
+        "  Pour ouvrir une demande : connectez-vous comme aidant, démarrez une discussion",
+        f"  directe chiffrée avec {facts['bot']['user_id']} et envoyez !demande.",
+        f"  Ces informations sont aussi dans {data_dir / 'dev-accounts.json'}.",
+        "",
+        "  Ctrl-C pour tout arrêter.",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+async def run_dev(data_dir: Path) -> None:
+    data_dir = data_dir.resolve()
+    synapse, settings, facts = await prepare(data_dir)
+    app = App(settings)
+    try:
+        await app.start()
+        accounts = data_dir / "dev-accounts.json"
+        accounts.write_text(json.dumps(facts, indent=2, ensure_ascii=False))
+        os.chmod(accounts, 0o600)
+        _print_welcome(facts, data_dir)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        runner = asyncio.create_task(app.run())
+        waiter = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        for task in (runner, waiter):
+            task.cancel()
+        for task in (runner, waiter):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if runner in done and runner.exception() is not None:
+            raise runner.exception()  # type: ignore[misc]
+        print("Arrêt demandé : le service s'arrête proprement.", flush=True)
+    finally:
+        await app.close()
+        await synapse.stop()

@@ -1,0 +1,409 @@
+"""The nio adapter: one device for life, our own sync position, exactly-once sends.
+
+Everything that talks to the homeserver goes through this class, so that nio's
+error *responses* become exceptions in one place and the rest of the bot never
+touches nio's internals.
+
+Why not nio's `room_send`: it shares the room key with every device of every
+member nio believes is in the room. We share it only with the members the
+ledger authorises (``recipients``), so an intruder who slipped in between two
+syncs never gets a key, whatever nio's view of the room says.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    ErrorResponse,
+    KeysClaimError,
+    KeysQueryError,
+    LoginResponse,
+    ShareGroupSessionResponse,
+    SyncResponse,
+)
+from nio.api import Api
+from nio.rooms import MatrixRoom
+
+from bot.matrix.errors import HomeserverUnavailable, MatrixError
+
+log = logging.getLogger(__name__)
+
+# The bot does not need presence, typing, receipts or account data: keep syncs small.
+SYNC_FILTER: dict[str, Any] = {
+    "presence": {"types": []},
+    "account_data": {"types": []},
+    "room": {
+        "ephemeral": {"types": []},
+        "account_data": {"types": []},
+        "timeline": {"limit": 100},
+        "state": {"lazy_load_members": False},
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class SavedLogin:
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+class MatrixGateway:
+    def __init__(
+        self,
+        *,
+        homeserver: str,
+        user_id: str,
+        device_name: str,
+        store_dir: Path,
+        pickle_key: str,
+        request_timeout: float = 60.0,
+    ) -> None:
+        self.homeserver = homeserver.rstrip("/")
+        self.user_id = user_id
+        self.device_name = device_name
+        self.store_dir = store_dir
+        store_dir.mkdir(parents=True, exist_ok=True)
+        config = AsyncClientConfig(
+            encryption_enabled=True,
+            # Our own record of the sync position is saved *after* handling, see sync loop.
+            store_sync_tokens=False,
+            pickle_key=pickle_key,
+            max_timeouts=2,
+            max_limit_exceeded=5,
+            request_timeout=request_timeout,
+        )
+        self.client = AsyncClient(
+            self.homeserver, user_id, store_path=str(store_dir), config=config
+        )
+        self._http: aiohttp.ClientSession | None = None
+        self._room_locks: dict[str, asyncio.Lock] = {}
+
+    # ------------------------------------------------------------------ session
+    @property
+    def device_id(self) -> str:
+        return str(self.client.device_id)
+
+    async def connect(
+        self,
+        *,
+        saved: SavedLogin | None,
+        password: str | None,
+        access_token: str | None = None,
+    ) -> SavedLogin:
+        """Restore the device we already have, or log in once and keep it for life.
+
+        With a configured access token (and no stored login) the bot adopts the
+        token's device instead of creating one.
+        """
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90))
+        if saved is None and access_token is not None:
+            self.client.access_token = access_token
+            who = await self.request("GET", "/_matrix/client/v3/account/whoami")
+            device = who.get("device_id")
+            if who.get("user_id") != self.user_id or not isinstance(device, str):
+                raise MatrixError(None, None, "the configured access token is not the bot's")
+            saved = SavedLogin(self.user_id, device, access_token)
+        if saved is not None:
+            self.client.restore_login(saved.user_id, saved.device_id, saved.access_token)
+            try:
+                await self.request("GET", "/_matrix/client/v3/account/whoami")
+                await self._upload_keys_if_needed()
+                return saved
+            except MatrixError as exc:
+                if exc.status != 401 or password is None:
+                    raise
+                log.warning("stored access token refused; logging in again on the same device")
+                # Same device ID: the crypto store and its keys stay valid.
+        if password is None:
+            raise MatrixError(None, None, "no stored login and no bot password configured")
+        resp = await self.client.login(password=password, device_name=self.device_name)
+        if not isinstance(resp, LoginResponse):
+            raise _as_error(resp)
+        await self._upload_keys_if_needed()
+        return SavedLogin(resp.user_id, resp.device_id, resp.access_token)
+
+    async def _upload_keys_if_needed(self) -> None:
+        if self.client.should_upload_keys:
+            resp = await self.client.keys_upload()
+            if isinstance(resp, ErrorResponse):
+                raise _as_error(resp)
+
+    async def close(self) -> None:
+        await self.client.close()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # --------------------------------------------------------------------- sync
+    async def sync(self, *, since: str | None, timeout_ms: int) -> SyncResponse:
+        try:
+            resp = await self.client.sync(
+                timeout=timeout_ms, sync_filter=SYNC_FILTER, since=since, full_state=False
+            )
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HomeserverUnavailable(str(exc)) from exc
+        if not isinstance(resp, SyncResponse):
+            raise _as_error(resp)
+        return resp
+
+    async def after_sync(self) -> None:
+        """The crypto housekeeping nio's sync_forever would do."""
+        c = self.client
+        try:
+            await c.send_to_device_messages()
+            await self._upload_keys_if_needed()
+            if c.should_query_keys:
+                await c.keys_query()
+            if c.should_claim_keys:
+                await c.keys_claim(c.get_users_for_key_claiming())
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HomeserverUnavailable(str(exc)) from exc
+
+    # -------------------------------------------------------------- raw requests
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        assert self._http is not None, "connect() first"
+        headers = {"Authorization": f"Bearer {self.client.access_token}"}
+        try:
+            async with self._http.request(
+                method,
+                self.homeserver + path,
+                json=body if body is not None else ({} if method in ("POST", "PUT") else None),
+                params=query,
+                headers=headers,
+            ) as resp:
+                try:
+                    data = await resp.json(content_type=None)
+                except (json.JSONDecodeError, aiohttp.ContentTypeError):
+                    data = {}
+                if resp.status >= 400:
+                    data = data if isinstance(data, dict) else {}
+                    raise MatrixError(
+                        resp.status, data.get("errcode"), str(data.get("error", resp.reason))
+                    )
+                return data if isinstance(data, dict) else {"value": data}
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise HomeserverUnavailable(f"{method} {path}: {exc}") from exc
+
+    @staticmethod
+    def _room(room_id: str) -> str:
+        return f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}"
+
+    async def create_room(self, body: Mapping[str, Any]) -> str:
+        data = await self.request("POST", "/_matrix/client/v3/createRoom", body)
+        return str(data["room_id"])
+
+    async def joined_rooms(self) -> list[str]:
+        data = await self.request("GET", "/_matrix/client/v3/joined_rooms")
+        return [str(r) for r in data.get("joined_rooms", [])]
+
+    async def invite(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        body: dict[str, Any] = {"user_id": user_id}
+        if reason:
+            body["reason"] = reason
+        await self.request("POST", self._room(room_id) + "/invite", body)
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None:
+        await self.request(
+            "POST", self._room(room_id) + "/kick", {"user_id": user_id, "reason": reason}
+        )
+        self._forget_member(room_id, user_id)
+
+    async def ban(self, room_id: str, user_id: str, reason: str) -> None:
+        await self.request(
+            "POST", self._room(room_id) + "/ban", {"user_id": user_id, "reason": reason}
+        )
+        self._forget_member(room_id, user_id)
+
+    async def join(self, room_id: str) -> None:
+        await self.request("POST", f"/_matrix/client/v3/join/{quote(room_id, safe='')}", {})
+
+    async def leave(self, room_id: str, reason: str | None = None) -> None:
+        await self.request(
+            "POST", self._room(room_id) + "/leave", {"reason": reason} if reason else {}
+        )
+
+    async def members(self, room_id: str) -> dict[str, str]:
+        """user_id → membership, straight from the homeserver."""
+        data = await self.request("GET", self._room(room_id) + "/members")
+        out: dict[str, str] = {}
+        for ev in data.get("chunk", []):
+            key = ev.get("state_key")
+            membership = (ev.get("content") or {}).get("membership")
+            if isinstance(key, str) and isinstance(membership, str):
+                out[key] = membership
+        return out
+
+    async def state_event(
+        self, room_id: str, event_type: str, state_key: str = ""
+    ) -> dict[str, Any] | None:
+        try:
+            return await self.request(
+                "GET",
+                self._room(room_id)
+                + f"/state/{quote(event_type, safe='')}/{quote(state_key, safe='')}",
+            )
+        except MatrixError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def put_state(
+        self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = ""
+    ) -> str:
+        data = await self.request(
+            "PUT",
+            self._room(room_id)
+            + f"/state/{quote(event_type, safe='')}/{quote(state_key, safe='')}",
+            content,
+        )
+        return str(data.get("event_id", ""))
+
+    async def send_plain(
+        self,
+        room_id: str,
+        content: Mapping[str, Any],
+        txn_id: str,
+        event_type: str = "m.room.message",
+    ) -> str:
+        data = await self.request(
+            "PUT",
+            self._room(room_id) + f"/send/{quote(event_type, safe='')}/{quote(txn_id, safe='')}",
+            content,
+        )
+        return str(data["event_id"])
+
+    # --------------------------------------------------------- encrypted sending
+    def is_encrypted(self, room_id: str) -> bool:
+        room = self.client.rooms.get(room_id)
+        return bool(room and room.encrypted) or room_id in self.client.encrypted_rooms
+
+    def track_new_room(self, room_id: str, *, invited: Collection[str]) -> None:
+        """Register a room we just created, so that we can send into it before any sync."""
+        room = MatrixRoom(room_id, self.user_id, encrypted=True)
+        room.add_member(self.user_id, None, None)
+        for user in invited:
+            room.add_member(user, None, None, invited=True)
+        room.members_synced = True
+        self.client.rooms[room_id] = room
+        self.client.encrypted_rooms.add(room_id)
+
+    def _forget_member(self, room_id: str, user_id: str) -> None:
+        room = self.client.rooms.get(room_id)
+        if room is not None and room.remove_member(user_id):
+            self.client.invalidate_outbound_session(room_id)
+
+    async def refresh_members(self, room_id: str) -> MatrixRoom:
+        """Rebuild our view of a room from the homeserver (after a restart, rooms are unknown)."""
+        members = await self.members(room_id)
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            room = MatrixRoom(room_id, self.user_id, encrypted=True)
+            self.client.rooms[room_id] = room
+        room.encrypted = True
+        self.client.encrypted_rooms.add(room_id)
+        for user in list(room.users):
+            if members.get(user) not in ("join", "invite"):
+                room.remove_member(user)
+        for user, membership in members.items():
+            if membership in ("join", "invite") and user not in room.users:
+                room.add_member(user, None, None, invited=membership == "invite")
+        room.members_synced = True
+        return room
+
+    def present_members(self, room_id: str) -> set[str] | None:
+        room = self.client.rooms.get(room_id)
+        if room is None or not room.members_synced:
+            return None
+        return set(room.users)
+
+    def _lock(self, room_id: str) -> asyncio.Lock:
+        return self._room_locks.setdefault(room_id, asyncio.Lock())
+
+    async def send_encrypted(
+        self,
+        room_id: str,
+        content: Mapping[str, Any],
+        txn_id: str,
+        *,
+        recipients: Collection[str],
+        event_type: str = "m.room.message",
+    ) -> str:
+        """Encrypt for the authorised recipients present in the room and send, idempotently.
+
+        ``txn_id`` is stable for a given message: a retry after a crash or a network
+        error gives back the same event instead of a duplicate.
+        """
+        async with self._lock(room_id):
+            room = self.client.rooms.get(room_id)
+            if room is None or not room.members_synced:
+                room = await self.refresh_members(room_id)
+            olm = self.client.olm
+            assert olm is not None
+            olm.update_tracked_users(room)
+            share_with = sorted(set(recipients) & set(room.users) - {self.user_id})
+            try:
+                if self.client.should_query_keys:
+                    q = await self.client.keys_query()
+                    if isinstance(q, KeysQueryError):
+                        raise _as_error(q)
+                if olm.should_share_group_session(room_id):
+                    await self._share_room_key(room_id, share_with)
+                _, encrypted = self.client.encrypt(room_id, event_type, dict(content))
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HomeserverUnavailable(str(exc)) from exc
+        return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
+
+    async def _share_room_key(self, room_id: str, users: list[str]) -> None:
+        olm = self.client.olm
+        assert olm is not None
+        missing = olm.get_missing_sessions(users)
+        if missing:
+            claim = await self.client.keys_claim(missing)
+            if isinstance(claim, KeysClaimError):
+                raise _as_error(claim)
+        for sharing_with, to_device in olm.share_group_session_parallel(
+            room_id, users, ignore_unverified_devices=True
+        ):
+            method, path, data = Api.to_device(
+                self.client.access_token, "m.room.encrypted", to_device, _txn()
+            )
+            resp = await self.client._send(
+                ShareGroupSessionResponse, method, path, data, response_data=(room_id, sharing_with)
+            )
+            if isinstance(resp, ErrorResponse):
+                raise _as_error(resp)
+        olm.outbound_group_sessions[room_id].shared = True
+
+
+def _txn() -> str:
+    return uuid.uuid4().hex
+
+
+def _as_error(resp: Any) -> MatrixError:
+    """nio error response → exception (HTTP status from the transport, errcode from nio)."""
+    transport = getattr(resp, "transport_response", None)
+    status = getattr(transport, "status", None)
+    errcode = getattr(resp, "status_code", None)
+    message = str(getattr(resp, "message", resp))
+    if status is None and transport is None:
+        return HomeserverUnavailable(message)
+    return MatrixError(int(status) if status is not None else None, errcode, message)

@@ -1,0 +1,1 @@
+"""Use cases: what the bot does, written against the store, the gateway and the pure domain."""

@@ -1,0 +1,43 @@
+"""How participants are shown in the dossier (names, organisation, group)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.domain.dossier import ParticipantView
+from bot.domain.model import Agent, Group
+from bot.domain.policies import Policies
+from bot.store.records import DemandeRecord
+
+
+def view_of(agent: Agent, group: Group | None, policies: Policies) -> ParticipantView:
+    org = policies.organisations.get(group.organisation_id) if group else None
+    return ParticipantView(
+        display_name=agent.display_name,
+        organisation_name=org.name if org else "",
+        group_name=group.name if group else "",
+        email_only=agent.email_only,
+    )
+
+
+async def participant_views(
+    tx: Any, demande: DemandeRecord, policies: Policies
+) -> tuple[list[ParticipantView], ParticipantView]:
+    """The instructeurs (and invited agents) and the aidant of a demande, for display."""
+    groups = {g.id: g for g in await tx.list_groups()}
+    views: list[ParticipantView] = []
+    aidant_view: ParticipantView | None = None
+    for p in await tx.participants(demande.id):
+        agent = await tx.get_agent(p.agent_id)
+        if agent is None:
+            continue
+        view = view_of(agent, groups.get(agent.group_id) if agent.group_id else None, policies)
+        if p.kind == "aidant":
+            aidant_view = view
+        else:
+            views.append(view)
+    if aidant_view is None:
+        agent = await tx.get_agent(demande.aidant_agent_id)
+        assert agent is not None
+        aidant_view = view_of(agent, groups.get(agent.group_id or -1), policies)
+    return views, aidant_view

@@ -1,0 +1,106 @@
+"""Which use case an event belongs to: a demande room, or a direct chat with an agent."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from nio import InviteMemberEvent, MegolmEvent, RoomMemberEvent, RoomMessageText
+
+from bot.commands import direct as direct_commands
+from bot.matrix.errors import MatrixError
+from bot.matrix.gateway import MatrixGateway
+from bot.services.clock import Clock
+from bot.services.demande_room import DemandeRooms
+from bot.services.opening import Incoming, Opening
+from bot.services.outbox import Outbox
+from bot.store.db import Store
+
+log = logging.getLogger(__name__)
+
+
+def incoming(room_id: str, event: RoomMessageText) -> Incoming:
+    return Incoming(
+        room_id=room_id,
+        event_id=event.event_id,
+        sender=event.sender,
+        body=event.body if isinstance(event.body, str) else "",
+        encrypted=bool(getattr(event, "decrypted", False)),
+    )
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        gateway: MatrixGateway,
+        opening: Opening,
+        rooms: DemandeRooms,
+        outbox: Outbox,
+        clock: Clock,
+        bot_user_id: str,
+    ) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.opening = opening
+        self.rooms = rooms
+        self.outbox = outbox
+        self.clock = clock
+        self.bot_user_id = bot_user_id
+
+    async def on_invite(self, room_id: str, invite_state: list[Any]) -> None:
+        """Join direct chats opened by directory agents; decline everything else."""
+        inviter: str | None = None
+        is_direct = False
+        for ev in invite_state:
+            # nio moves `content` out of `source` for invite-state member events.
+            if isinstance(ev, InviteMemberEvent) and ev.state_key == self.bot_user_id:
+                inviter = ev.sender
+                is_direct = bool((ev.content or {}).get("is_direct"))
+        async with self.store.transaction() as tx:
+            if await tx.get_demande_by_room(room_id) is not None:
+                accept, why = True, "own_room"
+            else:
+                agent = await tx.get_agent_by_matrix_id(inviter) if inviter else None
+                if agent is not None and agent.active and is_direct:
+                    accept, why = True, "direct_chat"
+                else:
+                    accept = False
+                    why = "not_direct" if agent is not None else "unknown_inviter"
+            await tx.audit(
+                "invitation_accepted" if accept else "invitation_declined",
+                actor=inviter or "?",
+                details={"room_id": room_id, "why": why},
+                now=self.clock.now(),
+            )
+        log.info("invitation to %s %s (%s)", room_id, "accepted" if accept else "declined", why)
+        try:
+            if accept:
+                await self.gateway.join(room_id)
+            else:
+                await self.gateway.leave(room_id)
+        except MatrixError as exc:
+            if exc.transient:
+                raise
+            log.warning("invitation to %s: %s %s", room_id, exc.status, exc.errcode)
+
+    async def on_room_event(self, room_id: str, event: Any) -> None:
+        async with self.store.transaction() as tx:
+            demande = await tx.get_demande_by_room(room_id)
+        if demande is not None:
+            await self.rooms.on_event(demande, event)
+            return
+        if isinstance(event, RoomMessageText):
+            if event.sender == self.bot_user_id:
+                return
+            msg = incoming(room_id, event)
+            await self.opening.on_direct_message(msg, direct_commands.parse(msg.body))
+        elif isinstance(event, MegolmEvent):
+            log.warning(
+                "undecryptable event %s in a direct chat (session %s)",
+                event.event_id,
+                event.session_id,
+            )
+        elif isinstance(event, RoomMemberEvent):
+            return
