@@ -143,7 +143,7 @@ def _decode_display_name(raw: str) -> str | None:
             out.append(chunk)
             continue
         try:
-            out.append(chunk.decode(charset or "ascii"))
+            out.append(chunk.decode(charset or "latin-1"))
         except (LookupError, UnicodeDecodeError):
             return None
     return "".join(out)

@@ -109,6 +109,7 @@ def test_digest_is_stable_hex_and_constant_time_comparable() -> None:
         "Marie Durand (CAF 95) <marie.durand@caf.fr>",
         "=?utf-8?q?Marie_Dur=C3=A9?= <marie.durand@caf.fr>",
         "=?iso-8859-1?q?H=E9l=E8ne?= <Marie.Durand@caf.fr>",
+        "Hélène =?utf-8?q?Dur=C3=A9?= <marie.durand@caf.fr>",
         "Marie Durand\r\n <marie.durand@caf.fr>",
         "  <marie.durand@caf.fr>  ",
     ],
