@@ -46,6 +46,7 @@ __all__ = [
     "auth_results",
     "dkim_aligned",
     "html_to_text",
+    "normalise_message_id",
     "parse_inbound",
     "sanitise_filename",
     "strip_quoted",
@@ -54,7 +55,7 @@ __all__ = [
 _T = TypeVar("_T")
 _D = TypeVar("_D")
 
-MAX_TEXT_CHARS = 20_000
+MAX_TEXT_CHARS = 20_000  # longest reply text handed to Matrix
 _MAX_DECODED_CHARS = 1_000_000  # bound on any text part before any regex runs
 _MAX_DEPTH = 64
 _MAX_PARTS = 500
