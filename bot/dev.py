@@ -139,6 +139,9 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
         bot = await synapse.register(
             BOT_LOCALPART, secret_values["APLUS_BOT_PASSWORD"], displayname="Administration+"
         )
+        # Registration (or, on a later run, its fallback login) opened a session with a
+        # device of its own: the bot must keep the one device it logs in with itself.
+        await _logout(synapse, bot.access_token)
         # The bot talks a lot in bursts (room creation, invitations): no rate limit for it.
         await synapse.admin_request(
             "POST",
@@ -162,11 +165,14 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
                 registered = await synapse.register(
                     agent.localpart, password, displayname=f"{agent.first_name} {agent.last_name}"
                 )
+                # A person logs in from Element: no leftover device from the set-up.
+                await _logout(synapse, registered.access_token)
                 entry["user_id"] = registered.user_id
                 entry["password"] = password
             else:
                 entry["password"] = None
             users.append(entry)
+        await _logout(synapse, admin.access_token)
     except BaseException:
         await synapse.stop()
         raise
@@ -180,6 +186,23 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
     await _import_demo_directory(settings, synapse.server_name)
     facts = {"homeserver": synapse.base_url, "bot": {"user_id": bot.user_id}, "users": users}
     return synapse, settings, facts
+
+
+async def _logout(synapse: LocalSynapse, access_token: str) -> None:
+    """End a set-up session; logging out deletes its device."""
+    response = await synapse.admin_request("POST", "/_matrix/client/v3/logout", access_token, {})
+    if not response.ok:
+        log.warning("could not log a set-up session out (%s)", response.status)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file readable by its owner only, atomically: never briefly 0644, never half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
 
 
 async def _import_demo_directory(settings: Settings, server_name: str) -> None:
@@ -244,8 +267,7 @@ async def run_dev(data_dir: Path) -> None:
     try:
         await app.start()
         accounts = data_dir / "dev-accounts.json"
-        accounts.write_text(json.dumps(facts, indent=2, ensure_ascii=False))
-        os.chmod(accounts, 0o600)
+        _write_private(accounts, json.dumps(facts, indent=2, ensure_ascii=False))
         _print_welcome(facts, data_dir)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,0 +1,144 @@
+"""`aplus dev` as a person runs it: its own Synapse, the bot, the demo, Ctrl-C, run again.
+
+The command runs as a real child process with its own homeserver on a free port (not
+the session's). The test reads `dev-accounts.json` like a person reading the welcome
+text, logs in as the demo aidant with a real E2EE client and asks the bot for the
+form; Ctrl-C (SIGINT) must stop everything, Synapse included; a second run on the
+same folder must resume the same homeserver URL and the same bot device.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import nio
+
+from tests.support import matrix
+from tests.support import process as proc
+from tests.support.bot import count_from, next_reply, open_direct_chat, say
+
+WELCOME_DONE = r"Ctrl-C pour tout arrêter"
+
+
+def _accounts(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "dev-accounts.json"
+    # Passwords inside: readable by its owner only.
+    assert path.stat().st_mode & 0o077 == 0, oct(path.stat().st_mode)
+    facts: dict[str, Any] = json.loads(path.read_text())
+    return facts
+
+
+def _synapse_processes(data_dir: Path) -> list[int]:
+    """PIDs of processes running the Synapse of this data folder (read from /proc)."""
+    config = str((data_dir / "synapse" / "homeserver.yaml").resolve())
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if config.encode() in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def _listening(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+async def _login(homeserver: str, user_id: str, password: str, store: Path) -> nio.AsyncClient:
+    """A person's E2EE client (e.g. Element) logging in with the demo password."""
+    store.mkdir(parents=True, exist_ok=True)
+    client = nio.AsyncClient(
+        homeserver,
+        user_id,
+        store_path=str(store),
+        config=nio.AsyncClientConfig(
+            encryption_enabled=True, store_sync_tokens=True, pickle_key=secrets.token_hex(16)
+        ),
+    )
+    matrix.inbox(client)
+    response = await client.login(password, device_name="Element de test")
+    assert isinstance(response, nio.LoginResponse), response
+    await matrix.sync_once(client, timeout_ms=0, full_state=True)
+    return client
+
+
+async def _bot_devices(facts: dict[str, Any], data_dir: Path) -> list[str]:
+    """The bot account's device IDs, as the demo homeserver's admin sees them."""
+    admin_password = json.loads((data_dir / "secrets.json").read_text())["admin_password"]
+    homeserver = facts["homeserver"]
+    token, _ = await proc.password_login(homeserver, "synapse-admin", admin_password)
+    try:
+        devices = await proc.AdminApi(homeserver, token).devices(facts["bot"]["user_id"])
+    finally:
+        await proc.logout(homeserver, token)
+    return sorted(d["device_id"] for d in devices)
+
+
+async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: Path) -> None:
+    data_dir = tmp_path / "dev"
+    first = proc.AplusProcess(["dev", "--data-dir", str(data_dir)], tmp_path / "logs", name="dev")
+    second = proc.AplusProcess(["dev", "--data-dir", str(data_dir)], tmp_path / "logs", name="dev")
+    aidant: nio.AsyncClient | None = None
+    with proc.killed_at_exit(first, second):
+        try:
+            first.start()
+            await first.wait_file(data_dir / "dev-accounts.json", timeout=120)
+            await first.wait_output(WELCOME_DONE, timeout=30)
+            facts = _accounts(data_dir)
+            homeserver = facts["homeserver"]
+            assert homeserver.startswith("http://127.0.0.1:"), homeserver
+            bot_id = facts["bot"]["user_id"]
+            users = facts["users"]
+            for user in users:
+                assert {"email", "password", "role", "group"} <= user.keys(), user
+            email_only = [u for u in users if not u.get("user_id")]
+            assert email_only and all(u["password"] is None for u in email_only)
+            [demo_aidant] = [u for u in users if u["role"] == "aidant"]
+            assert demo_aidant["user_id"] and demo_aidant["password"]
+
+            devices = await _bot_devices(facts, data_dir)
+            assert len(devices) == 1, devices
+
+            aidant = await _login(
+                homeserver, demo_aidant["user_id"], demo_aidant["password"], tmp_path / "element"
+            )
+            dm = await open_direct_chat(aidant, bot_id)
+            await say(aidant, dm, "!demande")
+            form = await next_reply(aidant, dm, bot_id, after=0)
+            assert "territoire" in form and "J'atteste avoir recueilli" in form, form
+
+            port = int(homeserver.rsplit(":", 1)[1])
+            assert _synapse_processes(data_dir)
+            assert await first.stop(signal.SIGINT) == 0, first.describe()
+            assert "Arrêt demandé" in first.output()
+            assert not _synapse_processes(data_dir)
+            assert not _listening(port)
+
+            # Run again on the same folder: same accounts, same homeserver, same bot device.
+            second.start()
+            await second.wait_output(WELCOME_DONE, timeout=120)
+            again = _accounts(data_dir)
+            assert again["homeserver"] == homeserver
+            assert again["bot"]["user_id"] == bot_id
+            assert await _bot_devices(again, data_dir) == devices
+
+            # The restarted bot still answers in the direct chat of the first run.
+            before = count_from(aidant, dm, bot_id)
+            await say(aidant, dm, "!aide")
+            assert "!demande" in await next_reply(aidant, dm, bot_id, after=before)
+
+            assert await second.stop(signal.SIGINT) == 0, second.describe()
+            assert not _synapse_processes(data_dir)
+        finally:
+            if aidant is not None:
+                await matrix.close_client(aidant)
