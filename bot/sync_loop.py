@@ -116,6 +116,12 @@ class SyncLoop:
         self.router = router
         self.synced = asyncio.Event()
 
+    async def _handle(self, resp: SyncResponse) -> None:
+        await self.router.handle(resp)
+        await self.gateway.after_sync()
+        async with self.store.transaction() as tx:
+            await tx.set_state(SYNC_TOKEN_KEY, resp.next_batch)
+
     async def run(self) -> None:
         async with self.store.transaction() as tx:
             since = await tx.get_state(SYNC_TOKEN_KEY)
@@ -127,10 +133,14 @@ class SyncLoop:
                 # after a failure must be decrypted and handled again.
                 self.gateway.client.next_batch = since
                 resp = await self.gateway.sync(since=since, timeout_ms=0 if first else LONG_POLL_MS)
-                await self.router.handle(resp)
-                await self.gateway.after_sync()
-                async with self.store.transaction() as tx:
-                    await tx.set_state(SYNC_TOKEN_KEY, resp.next_batch)
+                handling = asyncio.ensure_future(self._handle(resp))
+                try:
+                    await asyncio.shield(handling)
+                except asyncio.CancelledError:
+                    # A clean stop never leaves a batch half-handled (a kill -9 can;
+                    # idempotent handlers cover that case).
+                    await handling
+                    raise
                 since = resp.next_batch
                 first = False
                 delay = 1.0

@@ -123,12 +123,11 @@ class DemandeRooms:
                 return
             allowed = await self.authorised(tx, demande.id)
             if event.membership in ("join", "invite", "knock") and user not in allowed:
-                count = await tx.record_offence(_room(demande), user, now)
                 await tx.audit(
                     "intruder_detected",
                     actor=user,
                     reference=demande.reference,
-                    details={"membership": event.membership, "by": event.sender, "count": count},
+                    details={"membership": event.membership, "by": event.sender},
                     now=now,
                 )
                 log.warning(
@@ -224,11 +223,10 @@ class DemandeRooms:
             allowed = await self.authorised(tx, demande.id)
             offences = await tx.offences(room_id)
         members = await self.gateway.members(room_id)
-        # The intrusion being handled is already counted; `reconcile` wants past removals.
-        past = {u: n - 1 for u, n in offences.items()}
+        # `offences` counts past removals from this room: a second intrusion is a ban.
         actions: list[rules.Action] = [
             a
-            for a in rules.reconcile(members, allowed, self.bot_user_id, past)
+            for a in rules.reconcile(members, allowed, self.bot_user_id, offences)
             if not isinstance(a, rules.Unban)
         ]
         now = self.clock.now()
@@ -245,6 +243,7 @@ class DemandeRooms:
                     continue
             banned = isinstance(action, rules.Ban)
             async with self.store.transaction() as tx:
+                await tx.record_offence(room_id, action.user_id, now)
                 await tx.audit(
                     "intruder_banned" if banned else "intruder_kicked",
                     actor=self.bot_user_id,

@@ -90,6 +90,11 @@ async def new_bot(
 ) -> BotRunner:
     password = secrets.token_urlsafe(16)
     user = await synapse.register(matrix.unique("bot"), password)
+    # Registration leaves a device behind; the bot makes its own, for life.
+    resp = await synapse.admin_request(
+        "POST", "/_matrix/client/v3/logout", user.access_token, json={}
+    )
+    assert resp.ok, resp
     runner = BotRunner(
         synapse,
         data_dir,
@@ -197,7 +202,7 @@ async def say(client: nio.AsyncClient, room_id: str, body: str) -> str:
 
 
 async def next_reply(
-    client: nio.AsyncClient, room_id: str, sender: str, *, after: int, timeout: float = 30
+    client: nio.AsyncClient, room_id: str, sender: str, *, after: int, wait: float = 30
 ) -> str:
     """The first decrypted message from `sender` in the room beyond the `after` first ones."""
     box = matrix.inbox(client)
@@ -205,9 +210,7 @@ async def next_reply(
     def replies() -> list[Any]:
         return [e for e in box.events(room_id) if e.sender == sender]
 
-    await matrix.sync_until(
-        client, lambda: len(replies()) > after, timeout, f"a reply from {sender}"
-    )
+    await matrix.sync_until(client, lambda: len(replies()) > after, wait, f"a reply from {sender}")
     body: str = replies()[after].body
     return body
 
@@ -224,7 +227,9 @@ def filled_form(
     nom: str = "Dupontel",
     naissance: str = "12/03/1961",
     objet: str = "Blocage du versement de l'allocation logement",
-    description: str = "Le versement est suspendu depuis trois mois.\nL'usager a renvoyé ses pièces.",
+    description: str = (
+        "Le versement est suspendu depuis trois mois.\nL'usager a renvoyé ses pièces."
+    ),
     mandat: str = "papier",
     date_mandat: str | None = None,
     attestation: bool = True,
@@ -251,3 +256,32 @@ def filled_form(
 
 
 MANDAT_TYPES = [m.value for m in MandatType]
+
+
+async def reply_with(
+    client: nio.AsyncClient,
+    room_id: str,
+    sender: str,
+    contains: str,
+    *,
+    after: int = 0,
+    wait: float = 30,
+) -> str:
+    """The first message from `sender`, beyond the `after` first ones, containing `contains`.
+
+    Robust to other bot messages arriving in between (notices, a re-posted dossier).
+    """
+    box = matrix.inbox(client)
+
+    def found() -> str | None:
+        for e in [e for e in box.events(room_id) if e.sender == sender][after:]:
+            if contains in e.body:
+                return str(e.body)
+        return None
+
+    await matrix.sync_until(
+        client, lambda: found() is not None, wait, f"a reply containing {contains!r}"
+    )
+    body = found()
+    assert body is not None
+    return body
