@@ -31,7 +31,11 @@ def _setup_logging(level: str = "INFO") -> None:
 
 def _settings_from(args: argparse.Namespace) -> Settings:
     if getattr(args, "config", None):
-        return load_settings(Path(args.config))
+        settings = load_settings(Path(args.config))
+        # The database lives there: an operator may import the directory before the
+        # bot's first start, which is what creates the folder otherwise (App.start).
+        settings.data.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return settings
     data_dir = Path(args.data_dir or DEFAULT_DEV_DIR).resolve()
     accounts = data_dir / "dev-accounts.json"
     secrets = data_dir / "secrets.json"
@@ -155,13 +159,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except SettingsError as exc:
-        print(f"Configuration invalide :\n{exc}", file=sys.stderr)
+        print(exc, file=sys.stderr)  # its own heading: "Configuration invalide (n problèmes) :"
         return 2
     except PolicyError as exc:
         print(f"Politiques invalides :\n{exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _homeserver_unreachable(exc):
+            raise
+        # No traceback for an operator: which server, and that it did not answer.
+        print(f"Serveur Matrix injoignable ou en erreur : {exc}", file=sys.stderr)
+        return 1
+
+
+def _homeserver_unreachable(exc: BaseException) -> bool:
+    # Imported here: `aplus policies check` should not pay for aiohttp.
+    import aiohttp
+
+    from bot.matrix.errors import MatrixError
+
+    return isinstance(exc, MatrixError | aiohttp.ClientError)
 
 
 if __name__ == "__main__":
