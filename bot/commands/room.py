@@ -309,11 +309,13 @@ async def handle(rooms: DemandeRooms, demande: DemandeRecord, msg: Incoming) -> 
                     reply = Reply.error("Aucune commande n'attend de confirmation dans ce salon.")
                 else:
                     reply = await ROOM.dispatch(parsed, ctx)
-                if parsed.spec.name != "aide" and isinstance(reply, Reply) and not reply.is_error:
+                if parsed.spec.name != "aide" and isinstance(reply, Reply):
+                    # Refusals are audited too (never the message content).
                     await tx.audit(
-                        f"command_{parsed.spec.name}",
+                        "command_refused" if reply.is_error else f"command_{parsed.spec.name}",
                         actor=msg.sender,
                         reference=demande.reference,
+                        details={"command": parsed.spec.name},
                         now=now,
                     )
             if isinstance(reply, Reply):

@@ -172,8 +172,12 @@ class Opening:
             now=now,
         )
         groups_by_id = {g.id: g for g in groups}
+        # The reference is given with the recap (as Administration+ does) and kept for
+        # `!confirmer`; a cancelled draft leaves a gap in the sequence, never a reuse.
+        reference = await tx.next_reference(now.year)
+        await tx.set_state(_draft_reference_key(draft.id), reference)
         recap = texts.render_recap(
-            None,
+            reference,
             form,
             [g.name for g in routing.groups],
             [
@@ -220,7 +224,9 @@ class Opening:
             errors = texts.render_form_errors(form_rules.FormErrors(routing.errors))
             await reply(errors.body, errors.formatted_body)
             return None
-        reference = await tx.next_reference(now.year)
+        reference = await tx.get_state(_draft_reference_key(draft.id)) or await tx.next_reference(
+            now.year
+        )
         demande = await tx.create_demande(
             reference=reference,
             form=draft.form,
@@ -400,6 +406,10 @@ NOT_A_FORM = (
 
 def already_confirmed(reference: str) -> str:
     return f"La demande {reference} est déjà ouverte : il n'y a plus rien à confirmer."
+
+
+def _draft_reference_key(draft_id: int) -> str:
+    return f"draft.{draft_id}.reference"
 
 
 def dossier_txn(reference: str) -> str:

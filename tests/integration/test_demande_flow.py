@@ -110,11 +110,13 @@ async def test_open_demande_full_scenario(
         await say(aidant, dm, filled_form(nir="2 61 03 95 123 456 45"))
         recap = await next_reply(aidant, dm, bot_id, after=1)
         assert "!confirmer" in recap and "Dupontel" in recap
+        recap_reference = recap.split("Demande ", 1)[1].split(" ", 1)[0]
 
         await say(aidant, dm, "!confirmer")
         opened = await next_reply(aidant, dm, bot_id, after=2)
         assert "ouverte" in opened, opened
         reference = opened.split("Demande ", 1)[1].split(" ", 1)[0]
+        assert reference == recap_reference  # the recap announced it
         demande = await _demande(world, reference)
         assert demande.creation_step == "ready"
         assert demande.status == Status.NOUVELLE
@@ -198,6 +200,7 @@ async def test_open_demande_full_scenario(
         # --- !traitee, then the aidant closes, reopens, closes again
         await command(instr1, "!traitee", "a traité la demande")
         await command(instr1, "!clore utile", "Seul l'aidant")
+        assert "command_refused" in await _audit_actions(world, reference)
         await command(aidant, "!clore utile", "clôturée")
         demande = await _demande(world, reference)
         assert demande.status == Status.CLOTUREE and demande.usefulness is not None
