@@ -1,0 +1,98 @@
+"""What the retention job must delete, and when (pure).
+
+- usager data and mandates: N months after the demande was closed (default 6);
+  the demande room is then emptied and purged from the homeserver;
+- attachments: N days after they were posted (default 15), whatever the status;
+- drafts never confirmed (they hold a filled form): N days after their last change;
+- the audit trail: entries older than N days (default 365).
+
+A reopened demande is no longer closed, so its clock restarts at the next closing.
+The service carries the plan out; this module only decides.
+"""
+
+from __future__ import annotations
+
+import calendar as _cal
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from bot.domain.model import Status
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionRules:
+    usager_months: int = 6
+    attachment_days: int = 15
+    draft_days: int = 30
+    audit_days: int = 365
+
+    def __post_init__(self) -> None:
+        if min(self.usager_months, self.attachment_days, self.draft_days, self.audit_days) < 1:
+            raise ValueError("retention delays must be at least 1")
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedDemande:
+    reference: str
+    status: Status
+    closed_at: datetime | None
+    room_id: str | None
+    wiped: bool
+
+
+@dataclass(frozen=True, slots=True)
+class RetainedAttachment:
+    reference: str
+    room_id: str
+    event_id: str
+    mxc: str
+    posted_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPlan:
+    wipe: tuple[RetainedDemande, ...]
+    attachments: tuple[RetainedAttachment, ...]
+    drafts_before: datetime
+    audit_before: datetime
+
+    @property
+    def empty(self) -> bool:
+        return not self.wipe and not self.attachments
+
+
+def add_months(moment: datetime, months: int) -> datetime:
+    """Same day `months` later, clamped to the month's end (31 August + 6 → 28/29 February)."""
+    index = moment.month - 1 + months
+    year, month = moment.year + index // 12, index % 12 + 1
+    day = min(moment.day, _cal.monthrange(year, month)[1])
+    return moment.replace(year=year, month=month, day=day)
+
+
+def wipe_due_at(d: RetainedDemande, rules: RetentionRules) -> datetime | None:
+    if d.status is not Status.CLOTUREE or d.closed_at is None:
+        return None
+    return add_months(d.closed_at, rules.usager_months)
+
+
+def plan(
+    demandes: Iterable[RetainedDemande],
+    attachments: Iterable[RetainedAttachment],
+    now: datetime,
+    rules: RetentionRules,
+) -> RetentionPlan:
+    wipe = []
+    for d in demandes:
+        due = wipe_due_at(d, rules)
+        if not d.wiped and due is not None and due <= now:
+            wipe.append(d)
+    wiped_refs = {d.reference for d in wipe}
+    limit = now - timedelta(days=rules.attachment_days)
+    old_files = tuple(a for a in attachments if a.posted_at <= limit or a.reference in wiped_refs)
+    return RetentionPlan(
+        wipe=tuple(sorted(wipe, key=lambda d: d.reference)),
+        attachments=tuple(sorted(old_files, key=lambda a: (a.posted_at, a.event_id))),
+        drafts_before=now - timedelta(days=rules.draft_days),
+        audit_before=now - timedelta(days=rules.audit_days),
+    )
