@@ -65,6 +65,7 @@ class App:
             device_name=s.bot.device_name,
             store_dir=s.bot.store_dir,
             pickle_key=s.secrets.pickle_key.reveal(),
+            require_cross_signed_devices=s.bot.require_cross_signed_devices,
         )
         self._stack.push_async_callback(self.gateway.close)
         await self._login()

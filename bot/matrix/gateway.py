@@ -29,14 +29,16 @@ from nio import (
     ErrorResponse,
     KeysClaimError,
     KeysQueryError,
+    KeysQueryResponse,
     LoginResponse,
-    ShareGroupSessionResponse,
+    RoomMemberEvent,
     SyncResponse,
 )
-from nio.api import Api
 from nio.rooms import MatrixRoom
 
+from bot.matrix.device_trust import DeviceTrust
 from bot.matrix.errors import HomeserverUnavailable, MatrixError
+from bot.matrix.room_keys import RoomKeySharer, accept_forwards_from_session_owner
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ class MatrixGateway:
         store_dir: Path,
         pickle_key: str,
         request_timeout: float = 60.0,
+        require_cross_signed_devices: bool = True,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.user_id = user_id
@@ -90,6 +93,15 @@ class MatrixGateway:
         )
         self._http: aiohttp.ClientSession | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
+        # Who gets room keys: our own check of cross-signing, then the domain's decision.
+        self.device_trust = DeviceTrust(self._raw_keys_query, on_response=self._feed_nio_keys)
+        self.room_keys = RoomKeySharer(
+            self.client,
+            self.request,
+            self._claim_keys,
+            self.device_trust,
+            require_cross_signed=require_cross_signed_devices,
+        )
 
     # ------------------------------------------------------------------ session
     @property
@@ -121,6 +133,7 @@ class MatrixGateway:
             try:
                 await self.request("GET", "/_matrix/client/v3/account/whoami")
                 await self._upload_keys_if_needed()
+                accept_forwards_from_session_owner(self.client)
                 return saved
             except MatrixError as exc:
                 if exc.status != 401 or password is None:
@@ -133,6 +146,7 @@ class MatrixGateway:
         if not isinstance(resp, LoginResponse):
             raise _as_error(resp)
         await self._upload_keys_if_needed()
+        accept_forwards_from_session_owner(self.client)
         return SavedLogin(resp.user_id, resp.device_id, resp.access_token)
 
     async def _upload_keys_if_needed(self) -> None:
@@ -157,7 +171,17 @@ class MatrixGateway:
             raise HomeserverUnavailable(str(exc)) from exc
         if not isinstance(resp, SyncResponse):
             raise _as_error(resp)
+        self._note_device_changes(resp)
         return resp
+
+    def _note_device_changes(self, resp: SyncResponse) -> None:
+        """Forget what we know of the devices of users whose devices or membership changed."""
+        changed = set(resp.device_list.changed) | set(resp.device_list.left)
+        for info in resp.rooms.join.values():
+            for event in [*info.state, *info.timeline.events]:
+                if isinstance(event, RoomMemberEvent):
+                    changed.add(event.state_key)
+        self.device_trust.invalidate(changed - {self.user_id})
 
     async def after_sync(self) -> None:
         """The crypto housekeeping nio's sync_forever would do."""
@@ -359,39 +383,34 @@ class MatrixGateway:
             olm = self.client.olm
             assert olm is not None
             olm.update_tracked_users(room)
-            share_with = sorted(set(recipients) & set(room.users) - {self.user_id})
             try:
                 if self.client.should_query_keys:
                     q = await self.client.keys_query()
                     if isinstance(q, KeysQueryError):
                         raise _as_error(q)
-                if olm.should_share_group_session(room_id):
-                    await self._share_room_key(room_id, share_with)
+                await self.room_keys.share(room_id, recipients, set(room.users))
                 _, encrypted = self.client.encrypt(room_id, event_type, dict(content))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise HomeserverUnavailable(str(exc)) from exc
         return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
 
-    async def _share_room_key(self, room_id: str, users: list[str]) -> None:
-        olm = self.client.olm
-        assert olm is not None
-        missing = olm.get_missing_sessions(users)
-        if missing:
-            claim = await self.client.keys_claim(missing)
-            if isinstance(claim, KeysClaimError):
-                raise _as_error(claim)
-        for sharing_with, to_device in olm.share_group_session_parallel(
-            room_id, users, ignore_unverified_devices=True
-        ):
-            method, path, data = Api.to_device(
-                self.client.access_token, "m.room.encrypted", to_device, _txn()
-            )
-            resp = await self.client._send(
-                ShareGroupSessionResponse, method, path, data, response_data=(room_id, sharing_with)
-            )
-            if isinstance(resp, ErrorResponse):
-                raise _as_error(resp)
-        olm.outbound_group_sessions[room_id].shared = True
+    # ------------------------------------------------------------ device keys
+    async def _raw_keys_query(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        return await self.request("POST", "/_matrix/client/v3/keys/query", body)
+
+    async def _feed_nio_keys(self, raw: dict[str, Any]) -> None:
+        """Give nio the same answer we checked, so its Olm sessions use the same keys."""
+        resp = KeysQueryResponse.from_dict(raw)
+        if isinstance(resp, KeysQueryResponse):
+            await self.client.receive_response(resp)
+
+    async def _claim_keys(self, devices: dict[str, list[str]]) -> None:
+        try:
+            claim = await self.client.keys_claim(devices)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HomeserverUnavailable(str(exc)) from exc
+        if isinstance(claim, KeysClaimError):
+            raise _as_error(claim)
 
 
 def _txn() -> str:

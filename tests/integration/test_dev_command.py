@@ -68,6 +68,8 @@ async def _login(homeserver: str, user_id: str, password: str, store: Path) -> n
     matrix.inbox(client)
     response = await client.login(password, device_name="Element de test")
     assert isinstance(response, nio.LoginResponse), response
+    # Element cross-signs the devices of its user; the bot shares keys only with those.
+    await matrix.cross_sign(client)
     await matrix.sync_once(client, timeout_ms=0, full_state=True)
     return client
 
@@ -112,6 +114,10 @@ async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: P
             aidant = await _login(
                 homeserver, demo_aidant["user_id"], demo_aidant["password"], tmp_path / "element"
             )
+            # `aplus dev` gave the bot its cross-signing identity: Element sees its device
+            # as signed by its owner.
+            [bot_device] = await matrix.published_devices(aidant, bot_id)
+            assert bot_device.device_id == devices[0] and bot_device.cross_signed
             dm = await open_direct_chat(aidant, bot_id)
             await say(aidant, dm, "!demande")
             form = await next_reply(aidant, dm, bot_id, after=0)

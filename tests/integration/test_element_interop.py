@@ -68,7 +68,7 @@ async def open_room_with_element(bot: nio.AsyncClient, element: ElementClient) -
 async def test_element_exchanges_messages_with_a_cross_signed_bot(
     synapse: LocalSynapse, clients: Clients
 ) -> None:
-    bot = await clients.client("robot")
+    bot = await clients.client("robot", cross_signed=False)
     status = await ensure_cross_signing(bot, MemorySecretStore(), password=TEST_PASSWORD)
     assert status.action == "created"
     assert status.device_signed
@@ -100,7 +100,7 @@ async def test_element_exchanges_messages_with_a_cross_signed_bot(
 async def test_element_excludes_a_bot_that_is_not_cross_signed(
     synapse: LocalSynapse, clients: Clients
 ) -> None:
-    bot = await clients.client("robot")
+    bot = await clients.client("robot", cross_signed=False)
     withheld = Withheld(bot)
     agent = await clients.user("agent")
     async with ElementClient.start(synapse.base_url, agent.user_id, TEST_PASSWORD) as element:
@@ -134,7 +134,7 @@ async def test_isolation_mode_is_what_excludes_the_unsigned_bot(
     synapse: LocalSynapse, clients: Clients
 ) -> None:
     # Control for the test above: same unsigned bot, Element trusting all devices.
-    bot = await clients.client("robot")
+    bot = await clients.client("robot", cross_signed=False)
     agent = await clients.user("agent")
     async with ElementClient.start(
         synapse.base_url, agent.user_id, TEST_PASSWORD, isolation="all"
@@ -149,7 +149,7 @@ async def test_restart_and_new_device_reuse_the_stored_identity(
     synapse: LocalSynapse, clients: Clients
 ) -> None:
     user = await clients.user("robot")
-    bot = await clients.client(user)
+    bot = await clients.client(user, cross_signed=False)
     secrets = MemorySecretStore()
     created = await ensure_cross_signing(bot, secrets, password=TEST_PASSWORD)
     assert created.action == "created"
@@ -170,7 +170,7 @@ async def test_restart_and_new_device_reuse_the_stored_identity(
 
     # A new device with the stored seeds: signed without any password (no auth prompt).
     login = await synapse.login(localpart(user.user_id), TEST_PASSWORD)
-    new_bot = await clients.client(login)
+    new_bot = await clients.client(login, cross_signed=False)
     assert new_bot.device_id != bot.device_id
     repaired = await ensure_cross_signing(new_bot, secrets, password=None)
     assert repaired.action == "repaired"
@@ -198,7 +198,7 @@ async def test_stored_seeds_are_uploaded_when_the_server_has_none(
     secrets = MemorySecretStore()
     seeds = CrossSigningSeeds.generate()
     await secrets.set_secret(SEED_SECRET_NAME, seeds.to_bytes())
-    bot = await clients.client("robot")
+    bot = await clients.client("robot", cross_signed=False)
     status = await ensure_cross_signing(bot, secrets, password=TEST_PASSWORD)
     assert status.action == "repaired"
     assert status.master_key == seeds.master_public
@@ -215,7 +215,7 @@ async def test_another_master_key_on_the_server_is_never_replaced(
     # Someone set up cross-signing for the bot's account from Element.
     async with ElementClient.start(synapse.base_url, user.user_id, TEST_PASSWORD):
         pass
-    bot = await clients.client(user)
+    bot = await clients.client(user, cross_signed=False)
     before = await cross_signing_status(bot)
     assert before.master_key is not None
 

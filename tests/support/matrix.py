@@ -21,9 +21,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nio
 
 from bot.devserver import LocalSynapse, RegisteredUser
+from bot.domain.key_sharing import Device
+from bot.matrix.cross_signing import ensure_cross_signing
+from bot.matrix.device_trust import devices_from_query
 
 # Test accounts share one password: it is a fixture of a throwaway homeserver.
 TEST_PASSWORD = "mot-de-passe-de-test"
@@ -138,13 +142,60 @@ async def restore_client(
     return client
 
 
+class MemorySecretStore:
+    """The cross-signing `SecretStore` seam, in memory; counts writes."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, bytes] = {}
+        self.writes = 0
+
+    async def get_secret(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    async def set_secret(self, key: str, value: bytes) -> None:
+        self.values[key] = value
+        self.writes += 1
+
+
+# Each test user's cross-signing keys, so that a second device of the user can be signed.
+_IDENTITIES: dict[str, MemorySecretStore] = {}
+
+
+async def cross_sign(client: nio.AsyncClient) -> None:
+    """Sign the client's device with its user's cross-signing keys (created on first use),
+    as Element does for every device its owner logs in: Element and the bot share room
+    keys only with such devices."""
+    assert client.user_id
+    secrets_ = _IDENTITIES.setdefault(client.user_id, MemorySecretStore())
+    await ensure_cross_signing(client, secrets_, password=TEST_PASSWORD)
+
+
+async def published_devices(client: nio.AsyncClient, user_id: str) -> list[Device]:
+    """`user_id`'s devices as the homeserver publishes them, each with its cross-signing."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            client.homeserver.rstrip("/") + "/_matrix/client/v3/keys/query",
+            json={"device_keys": {user_id: []}},
+            headers={"Authorization": f"Bearer {client.access_token}"},
+        ) as response,
+    ):
+        assert response.status == 200, await response.text()
+        return devices_from_query(await response.json(), user_id)
+
+
 async def make_client(
-    synapse: LocalSynapse, prefix_or_user: str | RegisteredUser, store_dir: Path
+    synapse: LocalSynapse,
+    prefix_or_user: str | RegisteredUser,
+    store_dir: Path,
+    *,
+    cross_signed: bool = True,
 ) -> nio.AsyncClient:
     """A logged-in E2EE client (new user unless one is given), keys uploaded, first sync done.
 
     The client uses the device that registration (or login) created; its pickle key is
     `client.config.pickle_key`, needed to reopen the same store with `restore_client`.
+    With `cross_signed` (the default, as with Element) its owner cross-signs the device.
     """
     if isinstance(prefix_or_user, RegisteredUser):
         user = prefix_or_user
@@ -153,6 +204,8 @@ async def make_client(
     client = await restore_client(
         synapse, user.user_id, user.device_id, user.access_token, store_dir
     )
+    if cross_signed:
+        await cross_sign(client)
     await sync_once(client, timeout_ms=0, full_state=True)
     return client
 
@@ -176,17 +229,36 @@ class Clients:
         self._root = root
         self._open: list[nio.AsyncClient] = []
 
-    def store_dir(self, user_id: str) -> Path:
-        return self._root / user_id.lstrip("@").replace(":", "_")
+    def store_dir(self, user_id: str, device_id: str | None = None) -> Path:
+        base = self._root / user_id.lstrip("@").replace(":", "_")
+        return base / device_id if device_id else base
 
     async def user(self, prefix: str, *, admin: bool = False) -> RegisteredUser:
         return await make_user(self.synapse, prefix, admin=admin)
 
-    async def client(self, prefix_or_user: str | RegisteredUser) -> nio.AsyncClient:
+    async def client(
+        self, prefix_or_user: str | RegisteredUser, *, cross_signed: bool = True
+    ) -> nio.AsyncClient:
         if isinstance(prefix_or_user, str):
             prefix_or_user = await self.user(prefix_or_user)
         client = await make_client(
-            self.synapse, prefix_or_user, self.store_dir(prefix_or_user.user_id)
+            self.synapse,
+            prefix_or_user,
+            self.store_dir(prefix_or_user.user_id),
+            cross_signed=cross_signed,
+        )
+        self._open.append(client)
+        return client
+
+    async def new_device(self, user_id: str, *, cross_signed: bool = True) -> nio.AsyncClient:
+        """A new login of an existing user: a second device, with its own store."""
+        localpart = user_id[1:].split(":", 1)[0]
+        login = await self.synapse.login(localpart, TEST_PASSWORD)
+        client = await make_client(
+            self.synapse,
+            login,
+            self.store_dir(user_id, login.device_id),
+            cross_signed=cross_signed,
         )
         self._open.append(client)
         return client

@@ -1,0 +1,142 @@
+"""Who gets the room key of the bot's next message, and who is told they are left out.
+
+Pure: the Matrix adapter gathers the devices (with whether their owner cross-signed
+them) and what the current Megolm session was already shared with; this module
+decides. The rules:
+
+- only devices of participants the ledger authorises, present in the room, get a key;
+- with ``require_cross_signed``, only devices their owner cross-signed (the rule
+  Element applies since MSC4153); the others of an authorised user get an
+  ``m.room_key.withheld`` with code ``m.unverified``;
+- users the ledger does not authorise get nothing at all, not even a withheld
+  notice: the bot never sends anything to an intruder's devices;
+- a device that had the current session and may no longer have it (user removed,
+  device deleted or no longer signed) forces a new session for everyone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class WithheldCode(StrEnum):
+    """Codes of `m.room_key.withheld` (Matrix spec, client-server API)."""
+
+    UNVERIFIED = "m.unverified"
+    UNAUTHORISED = "m.unauthorised"
+    NO_OLM = "m.no_olm"
+
+
+WITHHELD_REASONS: Mapping[WithheldCode, str] = {
+    WithheldCode.UNVERIFIED: "Keys are only shared with devices cross-signed by their owner.",
+    WithheldCode.UNAUTHORISED: "You are not authorised to read this conversation.",
+    WithheldCode.NO_OLM: "Unable to establish a secure channel with this device.",
+}
+
+DeviceRef = tuple[str, str]  # (user ID, device ID)
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A device as its owner published it, and whether the owner cross-signed it."""
+
+    user_id: str
+    device_id: str
+    ed25519: str
+    curve25519: str
+    cross_signed: bool
+
+    @property
+    def ref(self) -> DeviceRef:
+        return (self.user_id, self.device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Withhold:
+    user_id: str
+    device_id: str
+    code: WithheldCode
+
+    @property
+    def ref(self) -> DeviceRef:
+        return (self.user_id, self.device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySharePlan:
+    rotate: bool  # start a new Megolm session before sharing
+    share: tuple[Device, ...]  # get the (new or current) session key
+    withhold: tuple[Withhold, ...]  # told they will not get it
+    eligible: frozenset[DeviceRef]  # every device allowed to hold the session
+    ignored_users: frozenset[str]  # present but not authorised: sent nothing
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not (self.rotate or self.share or self.withhold)
+
+
+def eligible(device: Device, *, require_cross_signed: bool) -> bool:
+    return device.cross_signed or not require_cross_signed
+
+
+def plan_key_sharing(
+    *,
+    authorised: Collection[str],
+    present: Collection[str],
+    devices: Mapping[str, Sequence[Device]],
+    require_cross_signed: bool,
+    own: DeviceRef,
+    shared_with: Collection[DeviceRef],
+    withheld_from: Collection[DeviceRef],
+) -> KeySharePlan:
+    """Decide for one message.
+
+    ``authorised``: the ledger of the room; ``present``: joined or invited members;
+    ``devices``: published devices per user (only authorised present users are looked
+    at); ``shared_with`` / ``withheld_from``: what the current session was already
+    shared with / withheld from (empty when there is no current session).
+    """
+    users = sorted(set(authorised) & set(present) - {own[0]})
+    allowed: list[Device] = []
+    refused: list[Withhold] = []
+    for user in users:
+        for device in sorted(devices.get(user, ()), key=lambda d: d.device_id):
+            if device.ref == own or device.user_id != user:
+                continue
+            if eligible(device, require_cross_signed=require_cross_signed):
+                allowed.append(device)
+            else:
+                refused.append(Withhold(user, device.device_id, WithheldCode.UNVERIFIED))
+    allowed_refs = frozenset(d.ref for d in allowed)
+    rotate = bool(set(shared_with) - allowed_refs - {own})
+    if rotate:
+        share = tuple(allowed)
+        withhold = tuple(refused)
+    else:
+        already = set(shared_with)
+        told = set(withheld_from)
+        share = tuple(d for d in allowed if d.ref not in already)
+        withhold = tuple(w for w in refused if w.ref not in told)
+    return KeySharePlan(
+        rotate=rotate,
+        share=share,
+        withhold=withhold,
+        eligible=allowed_refs,
+        ignored_users=frozenset(set(present) - set(authorised) - {own[0]}),
+    )
+
+
+def withheld_content(
+    code: WithheldCode, *, room_id: str, session_id: str, sender_key: str
+) -> dict[str, str]:
+    """The content of an `m.room_key.withheld` to-device event for a Megolm session."""
+    return {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "room_id": room_id,
+        "session_id": session_id,
+        "sender_key": sender_key,
+        "code": code.value,
+        "reason": WITHHELD_REASONS[code],
+    }

@@ -1,0 +1,250 @@
+"""Who gets the bot's room keys: the pure decision, and the cross-signing chain it relies on."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bot.domain.key_sharing import (
+    Device,
+    WithheldCode,
+    plan_key_sharing,
+    withheld_content,
+)
+from bot.matrix.cross_signing import (
+    CrossSigningSeeds,
+    device_signing_upload_body,
+    public_key_of,
+    sign_json,
+)
+from bot.matrix.device_trust import DeviceTrust, devices_from_query
+
+BOT = "@bot:localhost"
+OWN = (BOT, "BOTDEV")
+ALICE = "@alice:localhost"
+BOB = "@bob:localhost"
+EVE = "@eve:localhost"
+
+
+def dev(user: str, device: str, *, signed: bool = True) -> Device:
+    return Device(user, device, f"ed-{device}", f"cu-{device}", signed)
+
+
+DEVICES = {
+    ALICE: [dev(ALICE, "A1"), dev(ALICE, "A2", signed=False)],
+    BOB: [dev(BOB, "B1")],
+    EVE: [dev(EVE, "E1")],
+    BOT: [dev(BOT, "BOTDEV")],
+}
+
+
+def plan(**overrides: Any) -> Any:
+    args: dict[str, Any] = {
+        "authorised": {BOT, ALICE, BOB},
+        "present": {BOT, ALICE, BOB},
+        "devices": DEVICES,
+        "require_cross_signed": True,
+        "own": OWN,
+        "shared_with": set(),
+        "withheld_from": set(),
+    }
+    args.update(overrides)
+    return plan_key_sharing(**args)
+
+
+def refs(devices: Any) -> set[tuple[str, str]]:
+    return {d.ref for d in devices}
+
+
+def test_new_session_goes_to_signed_devices_of_authorised_present_users() -> None:
+    p = plan()
+    assert refs(p.share) == {(ALICE, "A1"), (BOB, "B1")}
+    assert [(w.ref, w.code) for w in p.withhold] == [((ALICE, "A2"), WithheldCode.UNVERIFIED)]
+    assert not p.rotate
+
+
+def test_without_the_requirement_unsigned_devices_get_the_key_too() -> None:
+    p = plan(require_cross_signed=False)
+    assert refs(p.share) == {(ALICE, "A1"), (ALICE, "A2"), (BOB, "B1")}
+    assert p.withhold == ()
+
+
+def test_intruders_get_nothing_not_even_a_withheld_notice() -> None:
+    p = plan(present={BOT, ALICE, BOB, EVE})
+    assert EVE not in {d.user_id for d in p.share}
+    assert EVE not in {w.user_id for w in p.withhold}
+    assert p.ignored_users == {EVE}
+
+
+def test_authorised_but_absent_users_get_nothing() -> None:
+    p = plan(present={BOT, ALICE})
+    assert refs(p.share) == {(ALICE, "A1")}
+
+
+def test_the_bot_never_shares_with_itself() -> None:
+    p = plan(authorised={BOT, ALICE}, present={BOT, ALICE})
+    assert BOT not in {d.user_id for d in p.share}
+
+
+def test_current_session_is_extended_to_a_new_signed_device_only() -> None:
+    devices = {**DEVICES, ALICE: [*DEVICES[ALICE], dev(ALICE, "A3")]}
+    p = plan(
+        devices=devices,
+        shared_with={(ALICE, "A1"), (BOB, "B1")},
+        withheld_from={(ALICE, "A2")},
+    )
+    assert not p.rotate
+    assert refs(p.share) == {(ALICE, "A3")}
+    assert p.withhold == ()
+
+
+def test_nothing_to_do_when_everyone_has_it() -> None:
+    p = plan(shared_with={(ALICE, "A1"), (BOB, "B1")}, withheld_from={(ALICE, "A2")})
+    assert p.nothing_to_do
+
+
+def test_a_removed_user_forces_a_new_session_for_everyone() -> None:
+    p = plan(
+        present={BOT, ALICE},
+        shared_with={(ALICE, "A1"), (BOB, "B1")},
+        withheld_from={(ALICE, "A2")},
+    )
+    assert p.rotate
+    assert refs(p.share) == {(ALICE, "A1")}
+    assert refs(p.withhold) == {(ALICE, "A2")}  # told again: it is a new session
+
+
+def test_a_device_that_lost_its_signature_forces_a_new_session() -> None:
+    devices = {**DEVICES, BOB: [dev(BOB, "B1", signed=False)]}
+    p = plan(devices=devices, shared_with={(ALICE, "A1"), (BOB, "B1")})
+    assert p.rotate
+    assert refs(p.share) == {(ALICE, "A1")}
+    assert refs(p.withhold) == {(ALICE, "A2"), (BOB, "B1")}
+
+
+def test_a_device_listed_under_another_user_is_ignored() -> None:
+    devices = {ALICE: [dev(EVE, "E1")]}
+    p = plan(devices=devices)
+    assert p.share == () and p.withhold == ()
+
+
+def test_withheld_content_follows_the_spec() -> None:
+    content = withheld_content(
+        WithheldCode.UNVERIFIED, room_id="!r:localhost", session_id="S", sender_key="K"
+    )
+    assert content["code"] == "m.unverified"
+    assert content["algorithm"] == "m.megolm.v1.aes-sha2"
+    assert {"room_id", "session_id", "sender_key", "reason"} <= content.keys()
+
+
+# -- the cross-signing chain, as `/keys/query` shows it -----------------------------
+
+DEVICE_SEED = bytes(range(32))
+
+
+def _device_obj(user: str, device_id: str, seed: bytes) -> dict[str, Any]:
+    ed = public_key_of(seed)
+    obj: dict[str, Any] = {
+        "user_id": user,
+        "device_id": device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": {f"ed25519:{device_id}": ed, f"curve25519:{device_id}": "curvekey"},
+    }
+    # The device's own signature uses the key ID `ed25519:<device ID>`.
+    signed = sign_json(obj, user_id=user, seed=seed)
+    sig = signed["signatures"][user].pop(f"ed25519:{ed}")
+    signed["signatures"][user][f"ed25519:{device_id}"] = sig
+    obj_out: dict[str, Any] = signed
+    return obj_out
+
+
+def _query(
+    user: str, seeds: CrossSigningSeeds, devices: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    body = device_signing_upload_body(user, seeds)
+    return {
+        "device_keys": {user: devices},
+        "master_keys": {user: body["master_key"]},
+        "self_signing_keys": {user: body["self_signing_key"]},
+        "failures": {},
+    }
+
+
+def test_cross_signed_and_unsigned_devices_are_told_apart() -> None:
+    seeds = CrossSigningSeeds.generate()
+    signed = sign_json(
+        _device_obj(ALICE, "A1", DEVICE_SEED), user_id=ALICE, seed=seeds.self_signing
+    )
+    unsigned = _device_obj(ALICE, "A2", bytes(range(1, 33)))
+    found = devices_from_query(_query(ALICE, seeds, {"A1": signed, "A2": unsigned}), ALICE)
+    assert [(d.device_id, d.cross_signed) for d in found] == [("A1", True), ("A2", False)]
+
+
+def test_a_self_signing_key_not_signed_by_the_master_key_vouches_for_nothing() -> None:
+    seeds = CrossSigningSeeds.generate()
+    other = CrossSigningSeeds.generate()
+    signed = sign_json(
+        _device_obj(ALICE, "A1", DEVICE_SEED), user_id=ALICE, seed=seeds.self_signing
+    )
+    response = _query(ALICE, seeds, {"A1": signed})
+    # A master key that did not sign this self-signing key.
+    response["master_keys"] = _query(ALICE, other, {})["master_keys"]
+    assert [d.cross_signed for d in devices_from_query(response, ALICE)] == [False]
+
+
+def test_a_device_signed_by_another_users_key_is_not_cross_signed() -> None:
+    seeds = CrossSigningSeeds.generate()
+    mallory = CrossSigningSeeds.generate()
+    forged = sign_json(
+        _device_obj(ALICE, "A1", DEVICE_SEED), user_id=ALICE, seed=mallory.self_signing
+    )
+    found = devices_from_query(_query(ALICE, seeds, {"A1": forged}), ALICE)
+    assert [d.cross_signed for d in found] == [False]
+
+
+def test_malformed_or_self_unsigned_devices_are_left_out() -> None:
+    seeds = CrossSigningSeeds.generate()
+    good = _device_obj(ALICE, "A1", DEVICE_SEED)
+    tampered = dict(good, algorithms=["other"])
+    wrong_id = _device_obj(ALICE, "A3", DEVICE_SEED)
+    response = _query(
+        ALICE,
+        seeds,
+        {"A1": good, "A2": tampered, "A4": wrong_id, "A5": "junk"},  # type: ignore[dict-item]
+    )
+    assert [d.device_id for d in devices_from_query(response, ALICE)] == ["A1"]
+
+
+async def test_the_trust_cache_queries_once_until_invalidated() -> None:
+    seeds = CrossSigningSeeds.generate()
+    response = _query(ALICE, seeds, {"A1": _device_obj(ALICE, "A1", DEVICE_SEED)})
+    calls: list[Any] = []
+    fed: list[Any] = []
+
+    async def query(body: Any) -> dict[str, Any]:
+        calls.append(body)
+        return response
+
+    async def feed(raw: dict[str, Any]) -> None:
+        fed.append(raw)
+
+    clock = [0.0]
+    trust = DeviceTrust(query, on_response=feed, ttl_seconds=60, monotonic=lambda: clock[0])
+    assert [d.device_id for d in (await trust.devices([ALICE]))[ALICE]] == ["A1"]
+    await trust.devices([ALICE])
+    assert len(calls) == 1 and fed == [response]
+    trust.invalidate([ALICE])
+    await trust.devices([ALICE])
+    assert len(calls) == 2
+    clock[0] = 61.0  # the safety net
+    await trust.devices([ALICE])
+    assert len(calls) == 3
+    assert calls[0]["device_keys"] == {ALICE: []}
+
+
+async def test_an_unreachable_server_is_not_cached() -> None:
+    async def query(body: Any) -> dict[str, Any]:
+        return {"device_keys": {}, "failures": {"localhost": {"errcode": "M_UNAVAILABLE"}}}
+
+    trust = DeviceTrust(query)
+    assert await trust.devices([ALICE]) == {ALICE: []}
+    assert trust.cached(ALICE) is None
