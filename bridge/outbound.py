@@ -1,0 +1,501 @@
+"""Matrix → email, the enqueue side: who gets which email, built and queued in the
+transaction of the Matrix event that caused it (delivery: `bridge.delivery`).
+
+Recipients of a demande:
+
+* email-only participants: the whole conversation, each with their own reply
+  address (``reply+<token>@<reply_domain>``, see `bridge.addressing`);
+* the shared mailbox (BAL) of a routed or invited group: the dossier only;
+* Matrix participants who asked for it (``!notifications oui``): a notice that
+  something was posted, never the content.
+
+A token is derived, not stored: ``HMAC(key, demande, address, generation)``.
+The database keeps its digest only; revoking it and bringing the agent back
+later starts a new generation, hence a new address.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html as html_lib
+import logging
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bot.domain.model import Agent, Group, Status
+from bot.domain.policies import Policies
+from bot.services.clock import Clock
+from bot.settings import EmailSettings
+from bot.store.db import Store
+from bot.store.records import DemandeRecord
+from bridge import render
+from bridge.addressing import reply_address, token_digest
+
+if TYPE_CHECKING:
+    from bridge.media import MatrixMedia
+
+log = logging.getLogger(__name__)
+
+TOKEN_KEY_SECRET = "email.reply_token_key"  # noqa: S105 (a key name)
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    address: str
+    agent: Agent | None  # None: a group's shared mailbox
+    full: bool  # the content (email-only participant, BAL) or a notice only
+    replies: bool  # gets a personal reply address
+
+
+def _affiliation(agent: Agent | None, groups: Mapping[int, Group]) -> str:
+    if agent is None or agent.group_id is None:
+        return ""
+    group = groups.get(agent.group_id)
+    return group.name if group else ""
+
+
+class EmailBridge:
+    """Hooks the Matrix handlers call inside their transaction; each enqueues emails."""
+
+    def __init__(
+        self, *, settings: EmailSettings, store: Store, policies: Policies, clock: Clock
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.policies = policies
+        self.clock = clock
+        self._key: bytes | None = None
+        self._wake_delivery: list[Any] = []
+        self.media: MatrixMedia | None = None
+
+    async def load_key(self) -> None:
+        """The secret reply tokens derive from: created once, kept sealed with the others."""
+        async with self.store.transaction() as tx:
+            key = await tx.get_secret(TOKEN_KEY_SECRET)
+            if key is None:
+                key = secrets.token_bytes(32)
+                await tx.set_secret(TOKEN_KEY_SECRET, key)
+        self._key = key
+
+    def on_enqueued(self, callback: Any) -> None:
+        """`callback()` runs after a transaction that queued emails commits."""
+        self._wake_delivery.append(callback)
+
+    # ------------------------------------------------------------------ tokens
+
+    def _derive(self, demande_id: int, address: str, generation: int) -> str:
+        assert self._key is not None, "load_key() first"
+        data = f"{demande_id}\x00{address.lower()}\x00{generation}".encode()
+        raw = hmac.new(self._key, data, hashlib.sha256).digest()[:20]
+        return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
+
+    async def reply_token(self, tx: Any, demande_id: int, address: str) -> str:
+        """The live reply token of (demande, agent address), created on first use."""
+        generation = await tx.reply_token_generation(demande_id, address)
+        if generation is None:
+            generation = await tx.last_reply_token_generation(demande_id, address) + 1
+            token = self._derive(demande_id, address, generation)
+            await tx.add_reply_token(
+                digest=token_digest(token),
+                demande_id=demande_id,
+                agent_email=address,
+                generation=generation,
+                now=self.clock.now(),
+            )
+            return token
+        return self._derive(demande_id, address, generation)
+
+    # ------------------------------------------------------------------ recipients
+
+    async def _groups(self, tx: Any) -> dict[int, Group]:
+        return {g.id: g for g in await tx.list_groups()}
+
+    async def _people(self, tx: Any, demande: DemandeRecord) -> list[Recipient]:
+        """Email-only participants (content + reply address), notified Matrix participants."""
+        out: list[Recipient] = []
+        matrix_agents: list[Agent] = []
+        for p in await tx.participants(demande.id):
+            agent = await tx.get_agent(p.agent_id)
+            if agent is None or not agent.active or not agent.email:
+                continue
+            if agent.email_only:
+                out.append(Recipient(agent.email, agent, full=True, replies=True))
+            else:
+                matrix_agents.append(agent)
+        notified = await tx.agents_notified_by_email(a.id for a in matrix_agents)
+        out += [
+            Recipient(str(a.email), a, full=False, replies=False)
+            for a in matrix_agents
+            if a.id in notified
+        ]
+        return out
+
+    @staticmethod
+    def _bals(groups: Iterable[Group]) -> list[Recipient]:
+        return [Recipient(g.bal.lower(), None, full=True, replies=False) for g in groups if g.bal]
+
+    # ------------------------------------------------------------------ composing
+
+    def _org_names(self, demande: DemandeRecord) -> list[str]:
+        orgs = self.policies.organisations
+        return [orgs[o].name if o in orgs else o for o in demande.organisations]
+
+    async def _enqueue(
+        self,
+        tx: Any,
+        demande: DemandeRecord,
+        recipient: Recipient,
+        rendered: render.RenderedEmail,
+        *,
+        event_key: str,
+        kind: str,
+        author: str | None,
+        message_id: str,
+        parents: Sequence[str] = (),
+        attachments: Sequence[render.Attachment] = (),
+    ) -> bool:
+        s = self.settings
+        reply_to: str | None = None
+        envelope_from = s.from_address
+        if recipient.replies:
+            token = await self.reply_token(tx, demande.id, recipient.address)
+            reply_to = reply_address(token, s.reply_domain)
+            # Bounces come back to the same address: the listener knows whose they are.
+            envelope_from = reply_to
+        threads = render.thread_headers(demande.reference, s.from_domain, parents)
+        in_reply_to: str | None = threads.in_reply_to
+        references: str | None = threads.references
+        if message_id == render.root_message_id(demande.reference, s.from_domain):
+            in_reply_to = references = None
+        name = recipient.agent.display_name if recipient.agent else ""
+        msg = render.build_email(
+            from_addr=render.mailbox(s.from_name, s.from_address),
+            to_addr=render.mailbox(name, recipient.address),
+            reply_to=reply_to,
+            subject=render.subject(
+                demande.reference, self._org_names(demande), demande.territoire, rendered.what
+            ),
+            message_id=message_id,
+            in_reply_to=in_reply_to,
+            references=references,
+            text=rendered.text,
+            html=rendered.html,
+            attachments=attachments,
+            loop_marker=s.loop_marker,
+            auto_generated=rendered.auto_generated,
+            date=self.clock.now(),
+        )
+        queued: bool = await tx.enqueue_email(
+            event_key=event_key,
+            recipient=recipient.address,
+            kind=kind,
+            demande_id=demande.id,
+            author=author,
+            message_id=message_id,
+            envelope_from=envelope_from,
+            message=msg.as_bytes(),
+            now=self.clock.now(),
+        )
+        if queued:
+            for callback in self._wake_delivery:
+                tx.after_commit(callback)
+        return queued
+
+    def _notice(self, demande: DemandeRecord) -> render.RenderedEmail:
+        ref = render.clean_header_value(demande.reference, 40)
+        text = (
+            f"Un nouveau message a été publié dans la demande {ref}.\n\n"
+            "Ouvrez votre messagerie Matrix pour le lire : ce courriel n'en contient rien, "
+            "par confidentialité.\n\n"
+            "Pour ne plus recevoir ces avis, écrivez !notifications non dans le salon "
+            "de la demande.\n\n-- \nAdministration+ — messagerie sécurisée des services publics."
+        )
+        html = "".join(f"<p>{html_lib.escape(p)}</p>" for p in text.split("\n\n"))
+        return render.RenderedEmail("nouveau message", text, html, auto_generated=True)
+
+    # ------------------------------------------------------------------ hooks
+
+    async def on_demande_ready(self, tx: Any, demande: DemandeRecord) -> None:
+        """The room is ready: the dossier goes to email-only instructeurs and the BALs."""
+        groups = await self._groups(tx)
+        people = [r for r in await self._people(tx, demande) if r.full]
+        bals = self._bals(groups[g] for g in demande.group_ids if g in groups)
+        await self._send_dossier(
+            tx,
+            demande,
+            [*people, *bals],
+            event_key=f"dossier-{demande.reference}",
+            message_id=render.root_message_id(demande.reference, self.settings.from_domain),
+            groups=groups,
+        )
+
+    async def on_participants_added(
+        self, tx: Any, demande: DemandeRecord, agents: Sequence[Agent], *, key: str
+    ) -> None:
+        """Invited later (`!inviter`): email-only agents and their groups' BALs get the dossier."""
+        current = await tx.get_demande(demande.id)
+        if current is None or current.creation_step != "ready":
+            return  # the opening sends it when the room becomes ready
+        groups = await self._groups(tx)
+        people = [
+            Recipient(a.email, a, full=True, replies=True)
+            for a in agents
+            if a.email_only and a.email and a.active
+        ]
+        new_groups = {a.group_id for a in agents if a.group_id is not None} - set(current.group_ids)
+        bals = self._bals(groups[g] for g in sorted(new_groups) if g in groups)
+        await self._send_dossier(
+            tx,
+            current,
+            [*people, *bals],
+            event_key=f"dossier-{demande.reference}-{key}",
+            message_id=render.message_id(f"dossier-{key}", self.settings.from_domain),
+            groups=groups,
+        )
+
+    async def _send_dossier(
+        self,
+        tx: Any,
+        demande: DemandeRecord,
+        recipients: Sequence[Recipient],
+        *,
+        event_key: str,
+        message_id: str,
+        groups: Mapping[int, Group],
+    ) -> None:
+        if not recipients:
+            return
+        form = await tx.load_form(demande.id)
+        aidant = await tx.get_agent(demande.aidant_agent_id)
+        rendered = render.new_demande_email(
+            reference=demande.reference,
+            form=form,
+            organisation_names=self._org_names(demande),
+            aidant_name=aidant.display_name if aidant else "",
+            aidant_affiliation=_affiliation(aidant, groups),
+        )
+        seen: set[str] = set()
+        for r in recipients:
+            if r.address in seen:
+                continue
+            seen.add(r.address)
+            await self._enqueue(
+                tx,
+                demande,
+                r,
+                rendered,
+                event_key=event_key,
+                kind="dossier",
+                author=None,
+                message_id=message_id,
+            )
+
+    async def on_room_message(
+        self,
+        tx: Any,
+        demande: DemandeRecord,
+        *,
+        event_key: str,
+        author: Agent | None,
+        author_id: str,
+        content: Mapping[str, Any],
+        attachments: Sequence[render.Attachment] = (),
+    ) -> None:
+        """A participant's message (or a correction of one): to everyone else by email."""
+        groups = await self._groups(tx)
+        name = author.display_name if author else author_id
+        affiliation = _affiliation(author, groups)
+        relates = content.get("m.relates_to")
+        new_content = content.get("m.new_content")
+        parents: list[str] = []
+        kind = "message"
+        try:
+            if (
+                isinstance(relates, Mapping)
+                and relates.get("rel_type") == "m.replace"
+                and isinstance(new_content, Mapping)
+            ):
+                kind = "edit"
+                parents.append(render.message_id(str(relates.get("event_id")), self._domain))
+                rendered = render.edited_message_email(
+                    author_name=name, author_affiliation=affiliation, new_content=new_content
+                )
+            else:
+                rendered = render.new_message_email(
+                    author_name=name, author_affiliation=affiliation, content=content
+                )
+        except render.UnsupportedContent as exc:
+            log.info("demande %s: event %s not bridged: %s", demande.reference, event_key, exc)
+            return
+        message_id = render.message_id(event_key, self._domain)
+        for r in await self._people(tx, demande):
+            if author is not None and r.agent is not None and r.agent.id == author.id:
+                continue
+            await self._enqueue(
+                tx,
+                demande,
+                r,
+                rendered if r.full else self._notice(demande),
+                event_key=event_key,
+                kind=kind if r.full else "notification",
+                author=author_id,
+                message_id=message_id,
+                parents=parents,
+                attachments=attachments if r.full else (),
+            )
+
+    async def on_redaction(
+        self, tx: Any, demande: DemandeRecord, *, redacted_event_id: str, redaction_event_id: str
+    ) -> None:
+        """A bridged message was withdrawn: those who got it are told to disregard it."""
+        sent = [e for e in await tx.emails_of_event(redacted_event_id) if e.kind != "notification"]
+        if not sent:
+            return
+        groups = await self._groups(tx)
+        author_id = sent[0].author or ""
+        author = await self._agent_of(tx, author_id)
+        rendered = render.redacted_message_email(
+            author_name=author.display_name if author else author_id,
+            author_affiliation=_affiliation(author, groups),
+        )
+        parent = render.message_id(redacted_event_id, self._domain)
+        people = {r.address: r for r in await self._people(tx, demande) if r.full}
+        for email in sent:
+            recipient = people.get(email.recipient)
+            if recipient is None:
+                continue  # left the demande since
+            await self._enqueue(
+                tx,
+                demande,
+                recipient,
+                rendered,
+                event_key=redaction_event_id,
+                kind="redaction",
+                author=author_id,
+                message_id=render.message_id(redaction_event_id, self._domain),
+                parents=[parent],
+            )
+
+    async def on_status(
+        self,
+        tx: Any,
+        demande: DemandeRecord,
+        *,
+        old: Status,
+        new: Status,
+        actor: str,
+        key: str,
+    ) -> None:
+        """Closing and reopening reach the email-only participants."""
+        if (old == Status.CLOTUREE) == (new == Status.CLOTUREE):
+            return
+        groups = await self._groups(tx)
+        agent = await self._agent_of(tx, actor)
+        by = {
+            "reference": demande.reference,
+            "by_name": agent.display_name if agent else actor,
+            "by_affiliation": _affiliation(agent, groups),
+        }
+        closing = new == Status.CLOTUREE
+        rendered = render.closed_email(**by) if closing else render.reopened_email(**by)
+        event_key = f"status-{key}"
+        for r in await self._people(tx, demande):
+            if not r.full or (agent is not None and r.agent is not None and r.agent.id == agent.id):
+                continue
+            await self._enqueue(
+                tx,
+                demande,
+                r,
+                rendered,
+                event_key=event_key,
+                kind="closed" if closing else "reopened",
+                author=actor,
+                message_id=render.message_id(event_key, self._domain),
+            )
+
+    @property
+    def _domain(self) -> str:
+        return self.settings.from_domain
+
+    @staticmethod
+    async def _agent_of(tx: Any, actor: str) -> Agent | None:
+        """Actors are Matrix IDs, or the address of an email-only agent."""
+        if actor.startswith("@"):
+            agent: Agent | None = await tx.get_agent_by_matrix_id(actor)
+        else:
+            agent = await tx.get_agent_by_email(actor) if "@" in actor else None
+        return agent
+
+    # ------------------------------------------------------------------ files
+
+    async def on_room_file(self, demande: DemandeRecord, room_id: str, event: Any) -> None:
+        """An encrypted file posted by a participant: attached to the email when small enough."""
+        source = getattr(event, "source", None) or {}
+        content = source.get("content") or {}
+        event_id = str(getattr(event, "event_id", ""))
+        sender = str(getattr(event, "sender", ""))
+        async with self.store.transaction() as tx:
+            if await tx.is_processed(event_id):
+                return
+            author = await tx.get_agent_by_matrix_id(sender)
+            allowed = {p.matrix_id for p in await tx.participants(demande.id) if p.matrix_id}
+        if author is None or sender not in allowed or not isinstance(content, Mapping):
+            return  # the room guard deals with intruders
+        name = str(content.get("filename") or content.get("body") or "piece-jointe")
+        info = content.get("info") if isinstance(content.get("info"), Mapping) else {}
+        size = info.get("size") if isinstance(info, Mapping) else None
+        ctype = str((info or {}).get("mimetype") or "application/octet-stream")
+        limit = self.settings.max_outbound_attachment_bytes
+        attachments: list[render.Attachment] = []
+        bridged: Mapping[str, Any] = content
+        file = content.get("file")
+        too_big = not isinstance(size, int) or size > limit
+        if not too_big and isinstance(file, Mapping) and self.media is not None:
+            try:
+                data = await self.media.download(file, max_bytes=limit)
+                attachments.append(render.Attachment(name, ctype, data))
+            except ValueError as exc:
+                log.warning(
+                    "demande %s: file %s not attached: %s", demande.reference, event_id, exc
+                )
+                too_big = True
+        if not attachments:
+            mib = limit / (1024 * 1024)
+            shown = render.clean_header_value(name, 150)
+            bridged = {
+                "msgtype": "m.text",
+                "body": (
+                    f"Pièce jointe « {shown} » : trop volumineuse ou illisible pour être jointe "
+                    f"à ce courriel (limite {mib:.0f} Mo). Demandez-la à son auteur."
+                    if too_big
+                    else f"Pièce jointe « {shown} » (non jointe à ce courriel)."
+                ),
+            }
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event_id, room_id, self.clock.now()):
+                return
+            await self.on_room_message(
+                tx,
+                demande,
+                event_key=event_id,
+                author=author,
+                author_id=sender,
+                content=bridged,
+                attachments=attachments,
+            )
+
+    async def on_redaction_event(self, demande: DemandeRecord, room_id: str, event: Any) -> None:
+        redacted = getattr(event, "redacts", None)
+        event_id = str(getattr(event, "event_id", ""))
+        if not isinstance(redacted, str):
+            return
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event_id, room_id, self.clock.now()):
+                return
+            await self.on_redaction(
+                tx, demande, redacted_event_id=redacted, redaction_event_id=event_id
+            )

@@ -1,0 +1,233 @@
+"""Email → Matrix, the posting side: from the inbox to the demande room, exactly once.
+
+Each pending inbox row is moved to the Matrix outbox in one transaction (the
+attributed message, its files, the quick answer's effect, the emails to the
+other participants, and the row marked posted). The Matrix outbox then sends
+with a transaction ID derived from the row's key, retried while the homeserver
+is down: a crash anywhere gives, on restart, the same single event.
+
+Attachments are uploaded (encrypted) before that transaction, and what was
+uploaded is recorded, so a retry does not upload again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import html as html_lib
+import logging
+from typing import Any
+
+from bot.commands import room as room_commands
+from bot.matrix import content as mx
+from bot.matrix.errors import MatrixError
+from bot.services import outbox as matrix_outbox
+from bot.services.clock import Clock
+from bot.services.demande_room import DemandeRooms
+from bot.settings import EmailSettings
+from bot.store.db import Store
+from bot.store.email_tx import InboundRecord
+from bridge.inbound_parse import InboundMail, RefusalReason, parse_inbound
+from bridge.media import MatrixMedia, file_message
+
+log = logging.getLogger(__name__)
+
+_REFUSALS = {
+    RefusalReason.TYPE_NOT_ALLOWED: "type de fichier non accepté",
+    RefusalReason.TYPE_MISMATCH: "type de fichier incohérent",
+    RefusalReason.TOO_BIG: "trop volumineuse",
+    RefusalReason.DANGEROUS_EXTENSION: "type de fichier dangereux",
+    RefusalReason.DOUBLE_EXTENSION: "double extension suspecte",
+    RefusalReason.ARCHIVE: "les archives ne sont pas acceptées",
+}
+
+
+def txn_of(key: str) -> str:
+    """The Matrix transaction ID of the message bridging inbox row `key`."""
+    return f"email-{key}"
+
+
+def attributed(label: str, text: str, **marker: Any) -> dict[str, Any]:
+    """« **Marie Durand (CAF 95, par courriel)** : … » as an m.text content."""
+    body = f"{label} : {text}" if "\n" not in text else f"{label} :\n{text}"
+    paragraphs = html_lib.escape(text).replace("\n", "<br>")
+    html = f"<strong>{html_lib.escape(label)}</strong> : {paragraphs}"
+    return mx.text(body, html, **marker)
+
+
+class InboxPoster:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        rooms: DemandeRooms,
+        media: MatrixMedia,
+        settings: EmailSettings,
+        clock: Clock,
+    ) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.media = media
+        self.settings = settings
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self, *, idle_seconds: float = 30.0) -> None:
+        delay = 1.0
+        while True:
+            try:
+                self._wake.clear()
+                await self.flush()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout=idle_seconds)
+                delay = 1.0
+            except Exception as exc:
+                # Homeserver (uploads) or database unavailable: the rows stay pending.
+                if isinstance(exc, MatrixError):
+                    log.warning("email posting: homeserver unavailable (%s)", exc)
+                else:
+                    log.exception("email posting: unexpected failure")
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+
+    async def flush(self) -> int:
+        posted = 0
+        async with self._lock:
+            async with self.store.transaction() as tx:
+                pending = await tx.pending_inbound()
+            rooms: set[str] = set()
+            for record in pending:
+                room_id = await self._post(record)
+                if room_id:
+                    rooms.add(room_id)
+                    posted += 1
+            for room_id in sorted(rooms):
+                await self.rooms.flush(room_id)
+            if rooms:
+                await self._record_event_ids(pending)
+        return posted
+
+    async def _parse(self, record: InboundRecord) -> InboundMail:
+        async with self.store.transaction() as tx:
+            raw = await tx.inbound_raw(record.key)
+        s = self.settings
+        return await asyncio.to_thread(
+            parse_inbound,
+            raw,
+            max_attachment_bytes=s.max_inbound_attachment_bytes,
+            allowed_types=s.allowed_attachment_types,
+            trusted_authserv_ids=s.trusted_authserv_ids,
+        )
+
+    async def _post(self, record: InboundRecord) -> str | None:
+        mail = await self._parse(record)
+        uploads = record.uploads
+        if uploads is None and mail.attachments:
+            uploads = []
+            for att in mail.attachments:
+                file = await self.media.upload(
+                    att.data, filename=att.filename, content_type=att.content_type
+                )
+                uploads.append(
+                    {
+                        "file": file,
+                        "filename": att.filename,
+                        "content_type": att.content_type,
+                        "size": att.size,
+                    }
+                )
+            async with self.store.transaction() as tx:
+                await tx.set_inbound_uploads(record.key, uploads)
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if await tx.inbound_state(record.key) != "pending":
+                return None  # posted meanwhile
+            demande = await tx.get_demande(record.demande_id)
+            agent = await tx.get_agent_by_email(record.agent_email)
+            participant = next(
+                (
+                    p
+                    for p in await tx.participants(record.demande_id, active_only=False)
+                    if agent is not None and p.agent_id == agent.id
+                ),
+                None,
+            )
+            if demande is None or not demande.room_id or agent is None or participant is None:
+                await tx.mark_inbound(record.key, "dropped", now=now)
+                await tx.audit(
+                    "email_reply_dropped",
+                    actor=record.agent_email,
+                    details={"inbox": record.key},
+                    now=now,
+                )
+                return None
+            group = await tx.get_group(agent.group_id) if agent.group_id else None
+            label = f"{agent.display_name} ({group.name + ', ' if group else ''}par courriel)"
+            command = mail.command.value if mail.command else None
+            shown = "\n".join(x for x in (f"!{command}" if command else "", mail.text) if x)
+            notes = [
+                f"(pièce jointe « {r.filename} » non transmise : "
+                f"{_REFUSALS.get(r.reason, 'refusée')})"
+                for r in mail.refused_attachments
+            ]
+            shown = "\n".join(x for x in (shown, *notes) if x) or "(message sans texte)"
+            bridged = {
+                "via": "email",
+                "agent_id": agent.id,
+                "name": agent.display_name,
+                "email": agent.email,
+                "inbox": record.key,
+            }
+            key = txn_of(record.key)
+            await matrix_outbox.enqueue(
+                tx,
+                txn_id=key,
+                room_id=demande.room_id,
+                content=attributed(label, shown, bridged=bridged),
+                now=now,
+            )
+            for index, up in enumerate(uploads or []):
+                await matrix_outbox.enqueue(
+                    tx,
+                    txn_id=f"{key}-att-{index}",
+                    room_id=demande.room_id,
+                    content=file_message(
+                        up["file"],
+                        filename=up["filename"],
+                        content_type=up["content_type"],
+                        size=up["size"],
+                        bridged=bridged,
+                    ),
+                    now=now,
+                )
+            await room_commands.handle_email_reply(
+                self.rooms,
+                tx,
+                demande,
+                agent,
+                participant.kind,
+                key=key,
+                command=command,
+                text=mail.text,
+            )
+            await tx.mark_inbound(record.key, "posted", now=now)
+            await tx.audit(
+                "email_reply_posted",
+                actor=record.agent_email,
+                reference=demande.reference,
+                details={"inbox": record.key, "command": command or ""},
+                now=now,
+            )
+        return demande.room_id
+
+    async def _record_event_ids(self, records: list[InboundRecord]) -> None:
+        async with self.store.transaction() as tx:
+            for record in records:
+                event_id = await tx.message_event_id(txn_of(record.key))
+                if event_id:
+                    now = self.clock.now()
+                    await tx.mark_inbound(record.key, "posted", now=now, event_id=event_id)
