@@ -15,6 +15,7 @@ import logging
 import os
 import secrets
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 BOT_LOCALPART = "aplus"
 ADMIN_LOCALPART = "synapse-admin"
 EMAIL_DEMO_DOMAIN = "caf95.demo.aplus.test"
+SYNAPSE_PID_FILE = "synapse.pid"
+LEFTOVER_STOP_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,9 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
     os.chmod(data_dir, 0o700)
     secret_values = _load_or_create_secrets(data_dir / "secrets.json")
     synapse = LocalSynapse(data_dir / "synapse")
+    await _stop_leftover_synapse(synapse.data_dir)
     await synapse.start()
+    _remember_synapse(synapse)
     try:
         admin = await synapse.register(ADMIN_LOCALPART, secret_values["admin_password"], admin=True)
         bot = await synapse.register(
@@ -173,19 +178,62 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
                 entry["password"] = None
             users.append(entry)
         await _logout(synapse, admin.access_token)
+        settings = Settings.for_dev(
+            data_dir,
+            synapse.base_url,
+            synapse.server_name,
+            bot.user_id,
+            {k: v for k, v in secret_values.items() if k.startswith("APLUS_")},
+        )
+        await _import_demo_directory(settings, synapse.server_name)
     except BaseException:
+        # Synapse runs in its own session: whatever failed, nobody else would stop it.
         await synapse.stop()
+        (synapse.data_dir / SYNAPSE_PID_FILE).unlink(missing_ok=True)
         raise
-    settings = Settings.for_dev(
-        data_dir,
-        synapse.base_url,
-        synapse.server_name,
-        bot.user_id,
-        {k: v for k, v in secret_values.items() if k.startswith("APLUS_")},
-    )
-    await _import_demo_directory(settings, synapse.server_name)
     facts = {"homeserver": synapse.base_url, "bot": {"user_id": bot.user_id}, "users": users}
     return synapse, settings, facts
+
+
+def _remember_synapse(synapse: LocalSynapse) -> None:
+    process = synapse._process  # the child LocalSynapse started; it has no public pid
+    if process is not None:
+        (synapse.data_dir / SYNAPSE_PID_FILE).write_text(f"{process.pid}\n")
+
+
+async def _stop_leftover_synapse(synapse_dir: Path) -> None:
+    """Stop the Synapse of a previous `aplus dev` that died without cleaning up (kill -9).
+
+    Synapse runs in its own session, so it outlives such a death. Left alone, it keeps
+    the port (the new run would move to another URL) and the SQLite database, which a
+    second Synapse must never open at the same time.
+    """
+    pid_file = synapse_dir / SYNAPSE_PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    if _runs_synapse_of(pid, synapse_dir):
+        log.warning("a previous Synapse of this folder is still running (pid %d): stopping it", pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)  # it leads its own process group
+        deadline = time.monotonic() + LEFTOVER_STOP_TIMEOUT_S
+        while _runs_synapse_of(pid, synapse_dir):
+            if time.monotonic() > deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                deadline = float("inf")
+            await asyncio.sleep(0.1)
+    pid_file.unlink(missing_ok=True)
+
+
+def _runs_synapse_of(pid: int, synapse_dir: Path) -> bool:
+    """Whether `pid` is alive and runs this folder's Synapse (never a recycled PID's owner)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False  # gone, or no /proc to be sure: leave it alone
+    return str(synapse_dir / "homeserver.yaml").encode() in cmdline
 
 
 async def _logout(synapse: LocalSynapse, access_token: str) -> None:
@@ -262,6 +310,13 @@ def _print_welcome(facts: dict[str, Any], data_dir: Path) -> None:
 
 async def run_dev(data_dir: Path) -> None:
     data_dir = data_dir.resolve()
+    # From the very start: Synapse runs in its own session, so if a signal killed us
+    # during start-up nobody would stop it. Closing the terminal (SIGHUP) stops too.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
     synapse, settings, facts = await prepare(data_dir)
     app = App(settings)
     try:
@@ -269,11 +324,6 @@ async def run_dev(data_dir: Path) -> None:
         accounts = data_dir / "dev-accounts.json"
         _write_private(accounts, json.dumps(facts, indent=2, ensure_ascii=False))
         _print_welcome(facts, data_dir)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
         runner = asyncio.create_task(app.run())
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
@@ -288,3 +338,4 @@ async def run_dev(data_dir: Path) -> None:
     finally:
         await app.close()
         await synapse.stop()
+        (synapse.data_dir / SYNAPSE_PID_FILE).unlink(missing_ok=True)

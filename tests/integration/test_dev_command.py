@@ -4,12 +4,14 @@ The command runs as a real child process with its own homeserver on a free port 
 the session's). The test reads `dev-accounts.json` like a person reading the welcome
 text, logs in as the demo aidant with a real E2EE client and asks the bot for the
 form; Ctrl-C (SIGINT) must stop everything, Synapse included; a second run on the
-same folder must resume the same homeserver URL and the same bot device.
+same folder must resume the same homeserver URL and the same bot device. A run killed
+with SIGKILL leaves its Synapse behind, which the next run must stop and replace.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import signal
 import socket
@@ -90,8 +92,9 @@ async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: P
     data_dir = tmp_path / "dev"
     first = proc.AplusProcess(["dev", "--data-dir", str(data_dir)], tmp_path / "logs", name="dev")
     second = proc.AplusProcess(["dev", "--data-dir", str(data_dir)], tmp_path / "logs", name="dev")
+    third = proc.AplusProcess(["dev", "--data-dir", str(data_dir)], tmp_path / "logs", name="dev")
     aidant: nio.AsyncClient | None = None
-    with proc.killed_at_exit(first, second):
+    with proc.killed_at_exit(first, second, third):
         try:
             first.start()
             await first.wait_file(data_dir / "dev-accounts.json", timeout=120)
@@ -143,8 +146,26 @@ async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: P
             await say(aidant, dm, "!aide")
             assert "!demande" in await next_reply(aidant, dm, bot_id, after=before)
 
-            assert await second.stop(signal.SIGINT) == 0, second.describe()
+            # Killed without a chance to clean up: its Synapse (own session) survives...
+            [orphan] = _synapse_processes(data_dir)
+            second.send(signal.SIGKILL)
+            assert await second.wait_exit() == -signal.SIGKILL
+            assert _synapse_processes(data_dir) == [orphan]
+
+            # ... until the next run, which stops it and takes its place on the same URL.
+            third.start()
+            await third.wait_output(WELCOME_DONE, timeout=120)
+            assert _accounts(data_dir)["homeserver"] == homeserver
+            [synapse] = _synapse_processes(data_dir)
+            assert synapse != orphan
+            assert await _bot_devices(facts, data_dir) == devices
+
+            # Closing the terminal (SIGHUP) stops everything too.
+            assert await third.stop(signal.SIGHUP) == 0, third.describe()
             assert not _synapse_processes(data_dir)
+            assert not _listening(port)
         finally:
             if aidant is not None:
                 await matrix.close_client(aidant)
+            for pid in _synapse_processes(data_dir):  # only if the test failed midway
+                os.killpg(pid, signal.SIGTERM)
