@@ -119,7 +119,7 @@ async def test_a_bot_killed_mid_creation_finishes_on_restart_without_duplicates(
             assert len(proc.sent_by(dm_so_far, files.user_id, "m.room.encrypted")) == 1
 
         second.start()
-        opened = await next_reply(aidant, dm, files.user_id, after=1, timeout=60)
+        opened = await next_reply(aidant, dm, files.user_id, after=1, wait=60)
         await matrix.wait_for(
             lambda: _opened_and_idle(files), 60, "the demande ready and the outbox empty"
         )
