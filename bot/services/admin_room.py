@@ -1,0 +1,432 @@
+"""The admin room: where operators run the service, and nobody else.
+
+The room is encrypted and invite-only; the bot creates it (or is given its ID
+in the settings) and keeps its membership equal to the directory's active
+operators: missing operators are invited, anyone else is removed. Every
+message is checked again against the directory: a command from a
+non-operator, or an admin command typed in any other room, is refused,
+audited, and changes nothing.
+
+Answers are encrypted for the operators only (the ledger of this room is the
+directory), queued in the outbox like every other bot message. Files (a chart,
+an export) are uploaded encrypted first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from nio import MegolmEvent, RoomMemberEvent, RoomMessageText
+
+from bot.commands.framework import (
+    CommandSet,
+    NotACommand,
+    ParseFailure,
+    PendingConfirmation,
+    Reply,
+)
+from bot.domain import membership as rules
+from bot.domain.model import Role
+from bot.matrix import content as mx
+from bot.matrix.errors import MatrixError
+from bot.matrix.gateway import MatrixGateway
+from bot.services import outbox as outbox_mod
+from bot.services.clock import Clock
+from bot.services.media import upload_encrypted
+from bot.store.db import Store
+
+log = logging.getLogger(__name__)
+
+ADMIN_ROOM_KEY = "admin.room_id"
+ADMIN_STATE_TYPE = "fr.aplus.admin"
+REFUSED_NOT_OPERATOR = (
+    "Commande refusée : le salon d'administration est réservé aux opérateurs de l'annuaire."
+)
+REFUSED_WRONG_ROOM = (
+    "Commande refusée : les commandes d'administration ne s'utilisent que dans le salon "
+    "d'administration."
+)
+REASON_NOT_OPERATOR = "Salon réservé aux opérateurs du service."
+FILE_MSGTYPES = ("m.file", "m.image")
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    """The last file an operator attached: kept in memory only, never in the database."""
+
+    event_id: str
+    content: Mapping[str, Any]
+    filename: str
+    at: datetime
+
+
+CtxFactory = Callable[[str, str, "ReceivedFile | None"], Awaitable[Any]]
+
+
+def admin_room_body(name: str, operators: list[str], room_version: str) -> dict[str, Any]:
+    """An encrypted, invite-only room where only the bot (its creator) changes anything."""
+    return {
+        "name": name,
+        "preset": "private_chat",
+        "visibility": "private",
+        "invite": operators,
+        "room_version": room_version,
+        "initial_state": [
+            {
+                "type": "m.room.encryption",
+                "state_key": "",
+                "content": {"algorithm": "m.megolm.v1.aes-sha2"},
+            },
+            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "invite"}},
+            {
+                "type": "m.room.history_visibility",
+                "state_key": "",
+                "content": {"history_visibility": "invited"},
+            },
+            {
+                "type": "m.room.guest_access",
+                "state_key": "",
+                "content": {"guest_access": "forbidden"},
+            },
+            {"type": ADMIN_STATE_TYPE, "state_key": "", "content": {"version": 1}},
+        ],
+        "power_level_content_override": {
+            "users_default": 0,
+            "events_default": 0,
+            "state_default": 100,
+            "invite": 100,
+            "kick": 100,
+            "ban": 100,
+            "redact": 100,
+            "events": {},
+        },
+    }
+
+
+class AdminRoom:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        gateway: MatrixGateway,
+        outbox: outbox_mod.Outbox,
+        clock: Clock,
+        bot_user_id: str,
+        commands: CommandSet[Any],
+        configured_room_id: str | None,
+        room_name: str,
+        room_version: str,
+        confirmation_minutes: int,
+        max_file_bytes: int,
+    ) -> None:
+        self.store = store
+        self.gateway = gateway
+        self.outbox = outbox
+        self.clock = clock
+        self.bot_user_id = bot_user_id
+        self.commands = commands
+        self.configured_room_id = configured_room_id
+        self.room_name = room_name
+        self.room_version = room_version
+        self.confirmation = timedelta(minutes=confirmation_minutes)
+        self.max_file_bytes = max_file_bytes
+        self.room_id: str | None = configured_room_id
+        self.make_ctx: CtxFactory | None = None
+        self._pending: dict[str, tuple[PendingConfirmation, datetime]] = {}
+        self._files: dict[str, ReceivedFile] = {}
+
+    # ------------------------------------------------------------------ the room
+    def is_admin_room(self, room_id: str) -> bool:
+        return self.room_id is not None and room_id == self.room_id
+
+    async def ensure(self) -> str:
+        """The admin room's ID: the configured one, the one created earlier, or a new one."""
+        if self.room_id is None:
+            async with self.store.transaction() as tx:
+                self.room_id = await tx.get_state(ADMIN_ROOM_KEY)
+        if self.room_id is None:
+            async with self.store.transaction() as tx:
+                operators = await tx.operators()
+            room_id = await self.gateway.create_room(
+                admin_room_body(self.room_name, operators, self.room_version)
+            )
+            self.gateway.track_new_room(room_id, invited=operators)
+            async with self.store.transaction() as tx:
+                await tx.set_state(ADMIN_ROOM_KEY, room_id)
+                await tx.audit(
+                    "admin_room_created",
+                    actor=self.bot_user_id,
+                    details={"room_id": room_id, "operators": len(operators)},
+                    now=self.clock.now(),
+                )
+            self.room_id = room_id
+            log.info("admin room %s created, %d operator(s) invited", room_id, len(operators))
+        else:
+            members = await self.gateway.members(self.room_id)
+            if members.get(self.bot_user_id) != "join":
+                await self.gateway.join(self.room_id)
+        await self.sync_members()
+        return self.room_id
+
+    async def operators(self) -> list[str]:
+        async with self.store.transaction() as tx:
+            return list(await tx.operators())
+
+    async def sync_members(self) -> None:
+        """Invite the operators who are missing; remove everyone else."""
+        if self.room_id is None:
+            return
+        room_id = self.room_id
+        operators = set(await self.operators())
+        members = await self.gateway.members(room_id)
+        now = self.clock.now()
+        for user, membership in members.items():
+            if user == self.bot_user_id or user in operators:
+                continue
+            if membership in rules.PRESENT or membership == rules.KNOCK:
+                try:
+                    await self.gateway.kick(room_id, user, REASON_NOT_OPERATOR)
+                except MatrixError as exc:
+                    if exc.transient:
+                        raise
+                    log.warning("admin room: kick of %s refused: %s", user, exc.errcode)
+                    continue
+                async with self.store.transaction() as tx:
+                    await tx.audit(
+                        "admin_room_member_removed",
+                        actor=self.bot_user_id,
+                        details={"user": user, "membership": membership},
+                        now=now,
+                    )
+        for user in sorted(operators):
+            if members.get(user) in ("join", "invite"):
+                continue
+            if members.get(user) == "ban":
+                continue  # banned by hand: an operator lifts it, not the bot
+            try:
+                await self.gateway.invite(room_id, user)
+            except MatrixError as exc:
+                if exc.transient:
+                    raise
+                log.warning("admin room: invite of %s refused: %s", user, exc.errcode)
+        await self.gateway.refresh_members(room_id)
+
+    # ------------------------------------------------------------------ sending
+    async def post(self, reply: Reply, *, txn: str) -> None:
+        """Post a reply (and its files) to the operators."""
+        assert self.room_id is not None
+        contents = [mx.notice(reply.text, reply.html)]
+        for attachment in reply.attachments:
+            contents.append(
+                await upload_encrypted(
+                    self.gateway,
+                    attachment.data,
+                    filename=attachment.filename,
+                    content_type=attachment.content_type,
+                )
+            )
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            recipients = await tx.operators()
+            for i, content in enumerate(contents):
+                await outbox_mod.enqueue(
+                    tx,
+                    txn_id=txn if i == 0 else f"{txn}-file{i}",
+                    room_id=self.room_id,
+                    content=content,
+                    now=now,
+                    recipients=recipients,
+                )
+        await self.flush()
+
+    async def flush(self) -> None:
+        if self.room_id is None:
+            return
+        try:
+            await self.outbox.flush(self.room_id)
+        except MatrixError as exc:
+            log.warning("admin room: messages queued, homeserver unavailable: %s", exc)
+            self.outbox.wake()
+
+    # ------------------------------------------------------------------ events
+    async def on_event(self, room_id: str, event: Any) -> None:
+        if isinstance(event, RoomMemberEvent):
+            watched = event.membership in ("join", "invite", "knock")
+            if (
+                watched
+                and event.state_key != self.bot_user_id
+                and event.state_key not in set(await self.operators())
+            ):
+                async with self.store.transaction() as tx:
+                    await tx.audit(
+                        "admin_room_intruder",
+                        actor=event.state_key,
+                        details={"membership": event.membership, "by": event.sender},
+                        now=self.clock.now(),
+                    )
+                await self.sync_members()
+            return
+        if isinstance(event, MegolmEvent):
+            log.warning("admin room: undecryptable event %s", event.event_id)
+            async with self.store.transaction() as tx:
+                if await tx.mark_processed(event.event_id, room_id, self.clock.now()):
+                    await tx.audit(
+                        "undecryptable_event",
+                        actor=event.sender,
+                        details={"event_id": event.event_id, "room": "admin"},
+                        now=self.clock.now(),
+                    )
+            return
+        content = (getattr(event, "source", None) or {}).get("content") or {}
+        if isinstance(event, RoomMessageText):
+            body = event.body if isinstance(event.body, str) else ""
+            await self._on_text(room_id, event.event_id, event.sender, body)
+        elif content.get("msgtype") in FILE_MSGTYPES:
+            await self._on_file(room_id, event.event_id, event.sender, content)
+
+    async def _is_operator(self, tx: Any, sender: str) -> bool:
+        agent = await tx.get_agent_by_matrix_id(sender)
+        return agent is not None and agent.active and agent.has(Role.OPERATEUR)
+
+    async def _on_file(
+        self, room_id: str, event_id: str, sender: str, content: Mapping[str, Any]
+    ) -> None:
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event_id, room_id, now):
+                return
+            allowed = await self._is_operator(tx, sender)
+            await tx.audit(
+                "admin_file_received" if allowed else "admin_command_refused",
+                actor=sender,
+                details={"event_id": event_id, "kind": "file"},
+                now=now,
+            )
+        if not allowed:
+            await self.post(Reply.error(REFUSED_NOT_OPERATOR), txn=f"admin-{event_id}")
+            await self.sync_members()
+            return
+        name = str(content.get("filename") or content.get("body") or "fichier")
+        self._files[sender] = ReceivedFile(event_id, dict(content), name, now)
+        await self.post(
+            Reply(
+                f"Fichier « {name} » reçu. Pour importer l'annuaire qu'il contient : "
+                "!import-annuaire (un aperçu est montré avant toute modification)."
+            ),
+            txn=f"admin-{event_id}",
+        )
+
+    async def _on_text(self, room_id: str, event_id: str, sender: str, body: str) -> None:
+        parsed = self.commands.parse(body)
+        if isinstance(parsed, NotACommand):
+            return
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event_id, room_id, now):
+                return
+            allowed = await self._is_operator(tx, sender)
+            if not allowed:
+                await tx.audit(
+                    "admin_command_refused",
+                    actor=sender,
+                    details={
+                        "why": "not_operator",
+                        "command": getattr(getattr(parsed, "spec", None), "name", "?"),
+                    },
+                    now=now,
+                )
+        if not allowed:
+            await self.post(Reply.error(REFUSED_NOT_OPERATOR), txn=f"admin-{event_id}")
+            await self.sync_members()
+            return
+        if isinstance(parsed, ParseFailure):
+            await self.post(parsed.reply(), txn=f"admin-{event_id}")
+            return
+        pending = self._pending_of(sender, now)
+        assert self.make_ctx is not None
+        ctx = await self.make_ctx(sender, event_id, self._files.get(sender))
+        result = await self.commands.dispatch(parsed, ctx, pending=pending)
+        if parsed.settles_pending:
+            self._pending.pop(sender, None)
+        if isinstance(result, PendingConfirmation):
+            self._pending[sender] = (result, now + self.confirmation)
+            reply = result.summary
+        else:
+            reply = result
+        name = parsed.spec.name
+        if name != "aide":
+            confirmed = name == "confirmer" and pending is not None
+            async with self.store.transaction() as tx:
+                await tx.audit(
+                    "admin_command",
+                    actor=sender,
+                    details={
+                        "command": pending.parsed.spec.name if confirmed and pending else name,
+                        "dry_run": parsed.dry_run or isinstance(result, PendingConfirmation),
+                        "confirmed": confirmed,
+                        "ok": not reply.is_error,
+                    },
+                    now=now,
+                )
+        await self.post(reply, txn=f"admin-{event_id}")
+
+    def _pending_of(self, sender: str, now: datetime) -> PendingConfirmation | None:
+        item = self._pending.get(sender)
+        if item is None:
+            return None
+        pending, expires = item
+        if now > expires:
+            self._pending.pop(sender, None)
+            return None
+        return pending
+
+    # ------------------------------------------------------------------ other rooms
+    async def refuse_elsewhere(
+        self,
+        room_id: str,
+        event: RoomMessageText,
+        *,
+        own_commands: CommandSet[Any],
+        recipients: list[str] | None,
+    ) -> bool:
+        """An admin command typed in another room: refuse, audit, change nothing.
+
+        Returns False when the message is not an admin-only command (the room's own
+        handling then goes on). `recipients` None: the room's ledger (demande room).
+        """
+        body = event.body if isinstance(event.body, str) else ""
+        parsed = self.commands.parse(body)
+        if isinstance(parsed, NotACommand | ParseFailure):
+            return False
+        name = parsed.spec.name
+        if own_commands.find(name) is not None:
+            return False
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event.event_id, room_id, now):
+                return True
+            await tx.audit(
+                "admin_command_refused",
+                actor=event.sender,
+                details={"why": "wrong_room", "command": name, "room_id": room_id},
+                now=now,
+            )
+            await outbox_mod.enqueue(
+                tx,
+                txn_id=f"reply-{event.event_id}",
+                room_id=room_id,
+                content=mx.notice(REFUSED_WRONG_ROOM),
+                now=now,
+                recipients=recipients,
+                encrypted=bool(getattr(event, "decrypted", False)),
+            )
+        try:
+            await self.outbox.flush(room_id)
+        except MatrixError as exc:
+            log.warning("refusal queued, homeserver unavailable: %s", exc)
+            self.outbox.wake()
+        return True

@@ -1,0 +1,172 @@
+"""What a directory change does to the rooms (as Administration+ does it).
+
+- An active instructeur of a group joins the open demandes sent to that group:
+  added to each ledger first (so the guard lets them in), then invited; the
+  dossier is posted again for them when they join.
+- A deactivated agent leaves every demande: removed from each ledger (which
+  also revokes their reply-by-email tokens), kicked with a clear reason, and
+  the guard's `reconcile` runs as the safety net.
+- The admin room follows the operators.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from bot.domain.model import Agent, Role
+from bot.matrix import content as mx
+from bot.matrix.errors import MatrixError
+from bot.services import outbox as outbox_mod
+from bot.services.clock import Clock
+from bot.services.demande_room import DemandeRooms
+from bot.store.db import Store
+
+log = logging.getLogger(__name__)
+
+REASON_DEACTIVATED = "Compte désactivé dans l'annuaire du service."
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    reference: str
+    room_id: str | None
+
+
+class DirectoryAdmin:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        rooms: DemandeRooms,
+        clock: Clock,
+        sync_admin_room: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.clock = clock
+        self.sync_admin_room = sync_admin_room
+
+    # ------------------------------------------------------------ joining
+    async def demandes_to_join(self, tx: Any, agent: Agent) -> list[Any]:
+        """Open demandes of the agent's group they are not part of yet."""
+        if not (agent.active and agent.has(Role.INSTRUCTEUR) and agent.group_id is not None):
+            return []
+        out = []
+        for demande_id in await tx.open_demande_ids_of_group(agent.group_id):
+            participants = await tx.participants(demande_id)
+            if any(p.agent_id == agent.id for p in participants):
+                continue
+            out.append(await tx.get_demande(demande_id))
+        return out
+
+    async def join_group_demandes(self, agent_ids: list[int], *, actor: str) -> list[str]:
+        """Add the instructeurs to their group's open demandes; returns the references."""
+        now = self.clock.now()
+        invites: list[tuple[Any, str]] = []
+        references: list[str] = []
+        async with self.store.transaction() as tx:
+            for agent_id in agent_ids:
+                agent = await tx.get_agent(agent_id)
+                if agent is None:
+                    continue
+                for demande in await self.demandes_to_join(tx, agent):
+                    # "invite": they arrive after the opening, the dossier is posted again.
+                    await tx.add_participant(
+                        demande_id=demande.id, agent=agent, kind="invite", added_by=actor, now=now
+                    )
+                    await tx.audit(
+                        "participant_added",
+                        actor=actor,
+                        reference=demande.reference,
+                        details={"agent": agent.id, "why": "new_instructeur_of_group"},
+                        now=now,
+                    )
+                    await outbox_mod.enqueue(
+                        tx,
+                        txn_id=f"joined-{demande.reference}-{agent.id}-{now.isoformat()}",
+                        room_id=demande.room_id,
+                        content=mx.notice(
+                            f"{agent.display_name}, nouvel instructeur du groupe, rejoint la "
+                            "demande" + (" (par courriel)." if agent.email_only else ".")
+                        ),
+                        now=now,
+                    )
+                    references.append(demande.reference)
+                    if agent.matrix_id:
+                        invites.append((demande, agent.matrix_id))
+        for demande, user in invites:
+            await self.rooms.invite_users(demande, [user])
+        for demande, _ in invites:
+            await self.rooms.flush(demande.room_id)
+        return references
+
+    # ------------------------------------------------------------ leaving
+    async def departures(self, tx: Any, agent: Agent) -> list[Departure]:
+        out = []
+        for demande in await tx.demandes_of_agent(agent.id):
+            if any(p.agent_id == agent.id for p in await tx.participants(demande.id)):
+                out.append(Departure(demande.reference, demande.room_id))
+        return out
+
+    async def deactivate(self, agent_id: int, *, actor: str) -> list[Departure]:
+        """Deactivate, leave every demande (ledger, tokens, kick); returns the demandes left."""
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            agent = await tx.get_agent(agent_id)
+            if agent is None:
+                raise LookupError(f"agent {agent_id}")
+            left = await self.departures(tx, agent)
+            await tx.set_agent_active(agent.id, False)
+            for departure in left:
+                demande = await tx.get_demande_by_reference(departure.reference)
+                assert demande is not None
+                await tx.remove_participant(demande_id=demande.id, agent_id=agent.id, now=now)
+                await tx.audit(
+                    "participant_removed",
+                    actor=actor,
+                    reference=departure.reference,
+                    details={"agent": agent.id, "why": "deactivated"},
+                    now=now,
+                )
+                if departure.room_id:
+                    await outbox_mod.enqueue(
+                        tx,
+                        txn_id=f"left-{departure.reference}-{agent.id}-{now.isoformat()}",
+                        room_id=departure.room_id,
+                        content=mx.notice(
+                            f"{agent.display_name} ne participe plus à cette demande "
+                            "(compte désactivé)."
+                        ),
+                        now=now,
+                    )
+            if agent.email:
+                # Reply-by-email tokens die with the account (the email bridge's table).
+                revoke = getattr(tx, "revoke_reply_tokens", None)
+                if revoke is not None:
+                    await revoke(agent_email=agent.email, now=now)
+            await tx.audit(
+                "agent_deactivated",
+                actor=actor,
+                details={"agent": agent.id, "demandes": len(left)},
+                now=now,
+            )
+        for departure in left:
+            if departure.room_id is None:
+                continue
+            if agent.matrix_id:
+                try:
+                    await self.rooms.gateway.kick(
+                        departure.room_id, agent.matrix_id, REASON_DEACTIVATED
+                    )
+                except MatrixError as exc:
+                    if exc.transient:
+                        raise
+                    log.info("kick of %s: %s", agent.matrix_id, exc.errcode)
+            await self.rooms.reconcile(departure.room_id)
+            await self.rooms.flush(departure.room_id)
+        if agent.has(Role.OPERATEUR):
+            await self.sync_admin_room()
+        return left

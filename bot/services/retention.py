@@ -1,0 +1,240 @@
+"""The retention job: carry out `bot.domain.retention.plan`, audit every step.
+
+Order matters, so that a crash or a homeserver outage never leaves personal
+data behind a "done":
+
+1. in one transaction, the demande's sealed data is overwritten (demande,
+   draft, outbox copies, email copies), the wipe is audited and the room is
+   recorded as "to purge";
+2. then the homeserver purges the room (every member kicked, every event
+   deleted) and the media it held; the aidant's direct chat with the bot is
+   purged up to the form's confirmation. A room still to purge (no admin
+   token, homeserver down) is retried on the next run.
+
+Attachments are known from the `attachment_posted` audit entries (recorded
+when the bot sees a file in a demande room): the homeserver cannot list the
+media of an encrypted room by itself.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from bot.domain.retention import (
+    RetainedAttachment,
+    RetainedDemande,
+    RetentionPlan,
+    RetentionRules,
+    plan,
+)
+from bot.matrix.errors import MatrixError
+from bot.services.clock import Clock
+from bot.services.synapse_admin import NoAdminToken, SynapseAdmin
+from bot.store.db import Store
+
+log = logging.getLogger(__name__)
+
+ROOMS_TO_PURGE_KEY = "retention.rooms_to_purge"
+ATTACHMENT_POSTED = "attachment_posted"
+ATTACHMENT_DELETED = "attachment_deleted"
+
+
+@dataclass
+class RetentionReport:
+    wiped: list[str] = field(default_factory=list)
+    rooms_purged: list[str] = field(default_factory=list)
+    rooms_waiting: list[str] = field(default_factory=list)
+    attachments_deleted: int = 0
+    attachments_waiting: int = 0
+    drafts_wiped: int = 0
+    outbox_blanked: int = 0
+    audit_purged: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+class Retention:
+    def __init__(
+        self, *, store: Store, synapse: SynapseAdmin, clock: Clock, rules: RetentionRules
+    ) -> None:
+        self.store = store
+        self.synapse = synapse
+        self.clock = clock
+        self.rules = rules
+
+    # ------------------------------------------------------------ attachments seen
+    async def record_attachment(
+        self, *, reference: str, room_id: str, event_id: str, content: Mapping[str, Any]
+    ) -> None:
+        """Called for every file posted in a demande room (by anyone, the bot included)."""
+        file = content.get("file") if isinstance(content.get("file"), Mapping) else None
+        mxc = (file or {}).get("url") or content.get("url")
+        if not isinstance(mxc, str) or not mxc.startswith("mxc://"):
+            return
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(f"attachment:{event_id}", room_id, now):
+                return
+            await tx.audit(
+                ATTACHMENT_POSTED,
+                actor="bot",
+                reference=reference,
+                details={"event_id": event_id, "room_id": room_id, "mxc": mxc},
+                now=now,
+            )
+
+    # ------------------------------------------------------------ the plan
+    async def plan(self) -> RetentionPlan:
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            wiped = await tx.wiped_demande_ids()
+            demandes = [
+                RetainedDemande(d.reference, d.status, d.times.closed_at, d.room_id, d.id in wiped)
+                for d in await tx.list_demandes()
+            ]
+            deleted = {
+                str(details.get("event_id"))
+                for _, _, details in await tx.audit_details(ATTACHMENT_DELETED)
+            }
+            files = [
+                RetainedAttachment(
+                    reference=ref or "",
+                    room_id=str(details.get("room_id")),
+                    event_id=str(details.get("event_id")),
+                    mxc=str(details.get("mxc")),
+                    posted_at=at,
+                )
+                for ref, at, details in await tx.audit_details(ATTACHMENT_POSTED)
+                if str(details.get("event_id")) not in deleted
+            ]
+        return plan(demandes, files, now, self.rules)
+
+    async def rooms_waiting(self) -> list[str]:
+        async with self.store.transaction() as tx:
+            return list(json.loads(await tx.get_state(ROOMS_TO_PURGE_KEY) or "[]"))
+
+    # ------------------------------------------------------------ carrying it out
+    async def run(self, *, actor: str) -> RetentionReport:
+        p = await self.plan()
+        report = RetentionReport()
+        now = self.clock.now()
+        for d in p.wipe:
+            async with self.store.transaction() as tx:
+                demande = await tx.get_demande_by_reference(d.reference)
+                assert demande is not None
+                draft = None
+                if demande.draft_id is not None:
+                    draft = await self._draft_room(tx, demande.draft_id)
+                result = await tx.wipe_demande(demande.id, now=now)
+                await tx.audit(
+                    "usager_data_wiped",
+                    actor=actor,
+                    reference=d.reference,
+                    details={
+                        "closed_at": d.closed_at.isoformat() if d.closed_at else None,
+                        "drafts": result.drafts,
+                        "outbox_messages": result.outbox_messages,
+                        "emails": result.emails,
+                    },
+                    now=now,
+                )
+                waiting = json.loads(await tx.get_state(ROOMS_TO_PURGE_KEY) or "[]")
+                entry = {"reference": d.reference, "room_id": d.room_id, "dm": draft}
+                if entry not in waiting:
+                    waiting.append(entry)
+                await tx.set_state(ROOMS_TO_PURGE_KEY, json.dumps(waiting))
+            report.wiped.append(d.reference)
+        await self._delete_attachments(p, report, actor, now)
+        await self._purge_rooms(report, actor, now)
+        async with self.store.transaction() as tx:
+            report.drafts_wiped = await tx.wipe_stale_drafts(p.drafts_before, now=now)
+            report.outbox_blanked = await tx.blank_sent_outbox(p.drafts_before, now=now)
+            report.audit_purged = await tx.purge_audit_before(p.audit_before)
+            await tx.audit(
+                "retention_run",
+                actor=actor,
+                details={
+                    "wiped": report.wiped,
+                    "rooms_purged": len(report.rooms_purged),
+                    "rooms_waiting": len(report.rooms_waiting),
+                    "attachments_deleted": report.attachments_deleted,
+                    "drafts_wiped": report.drafts_wiped,
+                    "outbox_blanked": report.outbox_blanked,
+                    "audit_purged": report.audit_purged,
+                    "audit_before": p.audit_before.isoformat(),
+                },
+                now=now,
+            )
+        return report
+
+    async def _draft_room(self, tx: Any, draft_id: int) -> dict[str, Any] | None:
+        """The direct chat where the form was typed, and when it was confirmed."""
+        found = await tx.draft_room(draft_id)
+        if found is None:
+            return None
+        room_id, confirmed_at = found
+        return {"room_id": room_id, "until_ms": int(confirmed_at.timestamp() * 1000) + 1}
+
+    async def _delete_attachments(
+        self, p: RetentionPlan, report: RetentionReport, actor: str, now: datetime
+    ) -> None:
+        for a in p.attachments:
+            try:
+                await self.synapse.delete_media(a.mxc)
+            except NoAdminToken:
+                report.attachments_waiting += 1
+                continue
+            except MatrixError as exc:
+                if exc.transient:
+                    report.attachments_waiting += 1
+                    continue
+                report.problems.append(f"pièce jointe {a.event_id} : {exc.errcode or exc.status}")
+                continue
+            async with self.store.transaction() as tx:
+                await tx.audit(
+                    ATTACHMENT_DELETED,
+                    actor=actor,
+                    reference=a.reference,
+                    details={"event_id": a.event_id, "mxc": a.mxc},
+                    now=now,
+                )
+            report.attachments_deleted += 1
+
+    async def _purge_rooms(self, report: RetentionReport, actor: str, now: datetime) -> None:
+        async with self.store.transaction() as tx:
+            waiting = json.loads(await tx.get_state(ROOMS_TO_PURGE_KEY) or "[]")
+        done = []
+        for entry in waiting:
+            reference, room_id, dm = entry["reference"], entry.get("room_id"), entry.get("dm")
+            try:
+                if room_id:
+                    await self.synapse.delete_room(room_id)
+                if dm:
+                    await self.synapse.purge_history(dm["room_id"], dm["until_ms"])
+            except NoAdminToken:
+                report.rooms_waiting.append(reference)
+                continue
+            except MatrixError as exc:
+                log.warning("retention: purge of %s postponed: %s", reference, exc)
+                report.rooms_waiting.append(reference)
+                continue
+            async with self.store.transaction() as tx:
+                await tx.audit(
+                    "room_purged",
+                    actor=actor,
+                    reference=reference,
+                    details={"room_id": room_id, "direct_chat_purged": bool(dm)},
+                    now=now,
+                )
+            report.rooms_purged.append(reference)
+            done.append(entry)
+        if done:
+            async with self.store.transaction() as tx:
+                current = json.loads(await tx.get_state(ROOMS_TO_PURGE_KEY) or "[]")
+                await tx.set_state(
+                    ROOMS_TO_PURGE_KEY, json.dumps([e for e in current if e not in done])
+                )

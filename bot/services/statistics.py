@@ -1,0 +1,53 @@
+"""Gathers demandes metadata for statistics, listings and the export.
+
+Reads metadata only (`DemandeRecord`, group names): never `load_form`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from bot.domain.followup import FollowUpRules, lateness
+from bot.domain.stats import DemandeFilter, DemandeStat, matches
+from bot.store.records import DemandeRecord
+
+
+async def collect(tx: Any, now: datetime, rules: FollowUpRules) -> list[DemandeStat]:
+    groups = {g.id: g.name for g in await tx.list_groups()}
+    agents_group: dict[int, str | None] = {}
+    out = []
+    for d in await tx.list_demandes():
+        if d.creation_step != "ready":
+            continue
+        if d.aidant_agent_id not in agents_group:
+            agent = await tx.get_agent(d.aidant_agent_id)
+            agents_group[d.aidant_agent_id] = (
+                groups.get(agent.group_id) if agent and agent.group_id else None
+            )
+        out.append(to_stat(d, now, rules, groups, agents_group[d.aidant_agent_id]))
+    return out
+
+
+def to_stat(
+    d: DemandeRecord,
+    now: datetime,
+    rules: FollowUpRules,
+    groups: dict[int, str],
+    aidant_group: str | None,
+) -> DemandeStat:
+    return DemandeStat(
+        reference=d.reference,
+        territoire=d.territoire,
+        organisations=d.organisations,
+        status=d.status,
+        times=d.times,
+        usefulness=d.usefulness,
+        late=lateness(d.status, d.times, d.territoire, now, rules) is not None,
+        aidant_group=aidant_group,
+        target_groups=tuple(groups.get(g, str(g)) for g in d.group_ids),
+    )
+
+
+def select(demandes: list[DemandeStat], f: DemandeFilter) -> list[DemandeStat]:
+    return [d for d in demandes if matches(d, f)]

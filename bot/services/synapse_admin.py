@@ -1,0 +1,125 @@
+"""The few Synapse admin API calls the retention job needs, with the admin token.
+
+The bot's own account is not a server admin: purging rooms, history and media
+takes a separate server-admin token (setting ``admin.synapse_admin_token``).
+Without one, every call raises `NoAdminToken` and the job reports it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+
+from bot.matrix.errors import HomeserverUnavailable, MatrixError
+
+log = logging.getLogger(__name__)
+
+DELETE_POLL_SECONDS = 0.2
+DELETE_POLL_LIMIT = 600  # 2 minutes
+
+
+class NoAdminToken(RuntimeError):
+    """No Synapse admin token is configured."""
+
+
+class SynapseAdmin:
+    def __init__(self, homeserver: str, token: str | None) -> None:
+        self.homeserver = homeserver.rstrip("/")
+        self._token = token
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def configured(self) -> bool:
+        return self._token is not None
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        if self._token is None:
+            raise NoAdminToken("admin.synapse_admin_token is not configured")
+        if self._http is None:
+            self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+        try:
+            async with self._http.request(
+                method,
+                self.homeserver + path,
+                json=body,
+                headers={"Authorization": f"Bearer {self._token}"},
+            ) as resp:
+                data = await resp.json(content_type=None)
+                data = data if isinstance(data, dict) else {}
+                if resp.status >= 400:
+                    raise MatrixError(resp.status, data.get("errcode"), str(data.get("error")))
+                return data
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise HomeserverUnavailable(f"{method} {path}: {exc}") from exc
+
+    async def room_exists(self, room_id: str) -> bool:
+        try:
+            await self._request("GET", f"/_synapse/admin/v1/rooms/{quote(room_id, safe='')}")
+        except MatrixError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def delete_room(self, room_id: str) -> None:
+        """Kick everyone, then purge the room and all its events from the database."""
+        data = await self._request(
+            "DELETE",
+            f"/_synapse/admin/v2/rooms/{quote(room_id, safe='')}",
+            {"purge": True, "block": False, "message": "Demande archivée : salon supprimé."},
+        )
+        delete_id = data.get("delete_id")
+        if not delete_id:
+            return
+        for _ in range(DELETE_POLL_LIMIT):
+            status = await self._request(
+                "GET", f"/_synapse/admin/v2/rooms/delete_status/{quote(str(delete_id), safe='')}"
+            )
+            state = status.get("status")
+            if state == "complete":
+                return
+            if state == "failed":
+                raise MatrixError(500, None, f"room purge failed: {status.get('error')}")
+            await asyncio.sleep(DELETE_POLL_SECONDS)
+        raise MatrixError(None, None, f"room purge of {room_id} still running")
+
+    async def purge_history(self, room_id: str, up_to_ms: int) -> None:
+        """Delete the events of a room older than `up_to_ms` (local events included)."""
+        data = await self._request(
+            "POST",
+            f"/_synapse/admin/v1/purge_history/{quote(room_id, safe='')}",
+            {"delete_local_events": True, "purge_up_to_ts": up_to_ms},
+        )
+        purge_id = data.get("purge_id")
+        for _ in range(DELETE_POLL_LIMIT):
+            status = await self._request(
+                "GET", f"/_synapse/admin/v1/purge_history_status/{quote(str(purge_id), safe='')}"
+            )
+            if status.get("status") == "complete":
+                return
+            if status.get("status") == "failed":
+                raise MatrixError(500, None, "history purge failed")
+            await asyncio.sleep(DELETE_POLL_SECONDS)
+        raise MatrixError(None, None, f"history purge of {room_id} still running")
+
+    async def delete_media(self, mxc: str) -> None:
+        server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+        try:
+            await self._request(
+                "DELETE",
+                f"/_synapse/admin/v1/media/{quote(server, safe='')}/{quote(media_id, safe='')}",
+            )
+        except MatrixError as exc:
+            if exc.status != 404:  # already gone: what we wanted
+                raise
