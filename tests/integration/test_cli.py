@@ -15,6 +15,7 @@ from pathlib import Path
 from bot.devserver import LocalSynapse
 from bot.domain.model import Role
 from bot.policy_loader import default_policies_dir
+from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support import process as proc
 from tests.support.process import run_aplus, run_aplus_async, write_secret
@@ -219,3 +220,39 @@ async def test_crypto_status_after_one_run_shows_the_signed_device(
     assert re.search(r"conservées par le service : oui$", out, re.MULTILINE), out
     # Looking does not add a device.
     assert [d["device_id"] for d in await admin.devices(files.user_id)] == [device["device_id"]]
+
+
+async def test_crypto_status_while_the_bot_runs_leaves_it_working(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    """An operator looks while the service runs: the same crypto store, opened twice."""
+    files = await proc.register_bot(synapse, tmp_path / "bot")
+    aidant = await clients.client("aidant")
+    directory = botsupport.Directory()
+    async with files.store() as store:
+        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
+        await botsupport.add_agent(
+            store, directory, "aidant", matrix_id=aidant.user_id, roles=[Role.AIDANT], group="fs"
+        )
+
+    bot = proc.bot_process(files)
+    with proc.killed_at_exit(bot):
+        bot.start()
+        dm = await botsupport.open_direct_chat(aidant, files.user_id)
+        await botsupport.say(aidant, dm, "!aide")
+        await botsupport.next_reply(aidant, dm, files.user_id, after=0)
+
+        done = await proc.run_aplus_async("crypto", "status", "--config", str(files.config))
+        assert done.returncode == 0, done
+        assert re.search(r"Appareil signé\s*: oui$", done.stdout, re.MULTILINE), done
+
+        # The bot still encrypts for the aidant, in a new direct chat too (new room key).
+        await botsupport.say(aidant, dm, "!demande")
+        form = await botsupport.next_reply(aidant, dm, files.user_id, after=1)
+        assert "territoire" in form
+        other = await botsupport.open_direct_chat(aidant, files.user_id)
+        await botsupport.say(aidant, other, "!aide")
+        await botsupport.next_reply(aidant, other, files.user_id, after=0)
+        assert not matrix.inbox(aidant).undecryptable[dm]
+        assert await bot.stop(signal.SIGINT) == 0, bot.describe()
+    assert "Traceback" not in bot.log() and " ERROR " not in bot.log(), bot.log()

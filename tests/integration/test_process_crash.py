@@ -125,6 +125,11 @@ async def test_a_bot_killed_mid_creation_finishes_on_restart_without_duplicates(
         )
         assert await second.stop(signal.SIGTERM) == 0, second.describe()
 
+    # Nothing of the usager nor any secret in the service's log, whatever happened.
+    for run in (first, second):
+        for leak in ("Dupontel", "12/03/1961", files.password, "syt_"):
+            assert leak not in run.log(), (leak, run.log_path)
+
     # The end state, frozen: the bot is stopped.
     [demande] = await _demandes(files)
     assert demande.reference in opened and "ouverte" in opened, opened
