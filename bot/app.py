@@ -17,6 +17,7 @@ from bot.services.demande_room import DemandeRooms
 from bot.services.dispatch import Dispatcher
 from bot.services.opening import Opening
 from bot.services.outbox import Outbox
+from bot.services.undecryptable import Undecryptables
 from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
@@ -47,6 +48,10 @@ class App:
     opening: Opening = field(init=False)
     rooms: DemandeRooms = field(init=False)
     sync: SyncLoop = field(init=False)
+    undecryptable: Undecryptables = field(init=False)
+    # Tests only: a bot without cross-signing, to show what Element then does. Never in
+    # production, where the bot always cross-signs its device at start.
+    _cross_sign: bool = field(default=True, repr=False)
     _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
 
     async def start(self) -> None:
@@ -70,18 +75,21 @@ class App:
         self._stack.push_async_callback(self.gateway.close)
         await self._login()
 
-        async with self.store.transaction() as tx:
-            status = await ensure_cross_signing(
-                self.gateway.client,
-                tx,
-                password=s.bot.password.reveal(),
+        if self._cross_sign:
+            async with self.store.transaction() as tx:
+                status = await ensure_cross_signing(
+                    self.gateway.client,
+                    tx,
+                    password=s.bot.password.reveal(),
+                )
+            log.info(
+                "cross-signing %s: device %s signed=%s",
+                status.action,
+                status.device_id,
+                status.device_signed,
             )
-        log.info(
-            "cross-signing %s: device %s signed=%s",
-            status.action,
-            status.device_id,
-            status.device_signed,
-        )
+        else:
+            log.warning("cross-signing skipped (test switch): Element will exclude this bot")
 
         allowed = _allowed_servers(self.policies.membership.allowed_homeservers, s.bot.user_id)
         self.rooms = DemandeRooms(
@@ -119,7 +127,21 @@ class App:
             on_invite=dispatcher.on_invite,
             on_room_event=dispatcher.on_room_event,
         )
-        self.sync = SyncLoop(store=self.store, gateway=self.gateway, router=router)
+        self.undecryptable = Undecryptables(
+            store=self.store,
+            gateway=self.gateway,
+            clock=self.clock,
+            outbox=self.outbox,
+            notice_after_seconds=s.bot.undecryptable_notice_after_seconds,
+            handler=dispatcher.on_room_event,
+        )
+        self.rooms.undecryptable = self.undecryptable
+        self.sync = SyncLoop(
+            store=self.store,
+            gateway=self.gateway,
+            router=router,
+            after_batch=self.undecryptable.after_sync,
+        )
 
     async def _login(self) -> None:
         s = self.settings
@@ -147,6 +169,7 @@ class App:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.sync.run(), name="sync")
             tasks.create_task(self.outbox.run(), name="outbox")
+            tasks.create_task(self.undecryptable.run(), name="undecryptable")
             tasks.create_task(self._recover(), name="recover")
 
     async def _recover(self) -> None:

@@ -110,15 +110,26 @@ def classify(event: Any) -> str:
 
 
 class SyncLoop:
-    def __init__(self, *, store: Store, gateway: MatrixGateway, router: EventRouter) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        gateway: MatrixGateway,
+        router: EventRouter,
+        after_batch: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self.store = store
         self.gateway = gateway
         self.router = router
+        # Runs once the batch is handled and its keys are in (e.g. retry undecryptable events).
+        self.after_batch = after_batch
         self.synced = asyncio.Event()
 
     async def _handle(self, resp: SyncResponse) -> None:
         await self.router.handle(resp)
         await self.gateway.after_sync()
+        if self.after_batch is not None:
+            await self.after_batch()
         async with self.store.transaction() as tx:
             await tx.set_state(SYNC_TOKEN_KEY, resp.next_batch)
 

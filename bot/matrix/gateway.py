@@ -31,9 +31,12 @@ from nio import (
     KeysQueryError,
     KeysQueryResponse,
     LoginResponse,
+    MegolmEvent,
     RoomMemberEvent,
     SyncResponse,
 )
+from nio.events import Event
+from nio.exceptions import EncryptionError
 from nio.rooms import MatrixRoom
 
 from bot.matrix.device_trust import DeviceTrust
@@ -393,6 +396,24 @@ class MatrixGateway:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise HomeserverUnavailable(str(exc)) from exc
         return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
+
+    # --------------------------------------------------------- missing keys
+    def try_decrypt(self, event: MegolmEvent, room_id: str) -> Event | None:
+        """Decrypt with the keys held now; None while the session's key is still missing."""
+        olm = self.client.olm
+        assert olm is not None
+        try:
+            clear = olm.decrypt_megolm_event(event, room_id)
+        except EncryptionError:
+            return None
+        return clear if isinstance(clear, Event) else None
+
+    async def request_room_key(self, event: MegolmEvent, room_id: str) -> bool:
+        """Ask the sender's devices for the key of `event` (once per session)."""
+        try:
+            return await self.room_keys.request_key(event, room_id)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HomeserverUnavailable(str(exc)) from exc
 
     # ------------------------------------------------------------ device keys
     async def _raw_keys_query(self, body: Mapping[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nio import MegolmEvent, RoomMemberEvent, RoomMessageText
 
@@ -32,6 +32,9 @@ from bot.services.opening import Incoming
 from bot.store.db import Store
 from bot.store.records import DemandeRecord
 
+if TYPE_CHECKING:
+    from bot.services.undecryptable import Undecryptables
+
 log = logging.getLogger(__name__)
 
 PENDING_GUARD_KEY = "guard.pending_rooms"
@@ -39,6 +42,9 @@ PENDING_INVITES_KEY = "invites.pending"
 
 
 class DemandeRooms:
+    # Set by the app: keeps the events the bot cannot decrypt until their key arrives.
+    undecryptable: Undecryptables | None = None
+
     def __init__(
         self,
         *,
@@ -89,27 +95,23 @@ class DemandeRooms:
         elif isinstance(event, RoomMessageText):
             await self._on_text(demande, event)
         elif isinstance(event, MegolmEvent):
-            log.warning(
-                "demande %s: undecryptable event %s (session %s)",
-                demande.reference,
-                event.event_id,
-                event.session_id,
-            )
-            async with self.store.transaction() as tx:
-                if await tx.mark_processed(event.event_id, _room(demande), self.clock.now()):
-                    await tx.audit(
-                        "undecryptable_event",
-                        actor=event.sender,
-                        reference=demande.reference,
-                        details={"event_id": event.event_id},
-                        now=self.clock.now(),
-                    )
+            # Not marked processed: once its key arrives it comes back here decrypted.
+            await self.on_undecryptable(_room(demande), event, reference=demande.reference)
         else:
             source = getattr(event, "source", None) or {}
             # Not filtered on the sender: Synapse's make_room_admin writes its power-level
             # change *as the room creator*, i.e. as the bot itself.
             if "state_key" in source:
                 await self._on_foreign_state(demande, source)
+
+    async def on_undecryptable(
+        self, room_id: str, event: MegolmEvent, *, reference: str | None
+    ) -> None:
+        """Kept until its key arrives, then handled as if it had just come (never dropped)."""
+        if self.undecryptable is None:
+            log.error("event %s in %s undecryptable, and nothing keeps it", event.event_id, room_id)
+            return
+        await self.undecryptable.record(room_id, event, reference=reference)
 
     async def _on_member(self, demande: DemandeRecord, event: RoomMemberEvent) -> None:
         user = event.state_key

@@ -97,10 +97,7 @@ class Dispatcher:
             msg = incoming(room_id, event)
             await self.opening.on_direct_message(msg, direct_commands.parse(msg.body))
         elif isinstance(event, MegolmEvent):
-            log.warning(
-                "undecryptable event %s in a direct chat (session %s)",
-                event.event_id,
-                event.session_id,
-            )
+            # A direct chat (the aidant's form): kept and retried like in a demande room.
+            await self.rooms.on_undecryptable(room_id, event, reference=None)
         elif isinstance(event, RoomMemberEvent):
             return

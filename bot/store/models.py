@@ -247,3 +247,7 @@ class BotSecretRow(Base):
 
     key: Mapped[str] = mapped_column(primary_key=True)
     value_enc: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+# The encryption side's tables live in their own module; importing it registers them.
+from bot.store import crypto_models as _crypto_models  # noqa: E402, F401

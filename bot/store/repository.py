@@ -28,6 +28,7 @@ from bot.domain.model import (
 )
 from bot.store import codec
 from bot.store.crypto import FieldCipher
+from bot.store.crypto_tx import CryptoTx
 from bot.store.models import (
     CREATION_STEPS,
     DRAFT_STATES,
@@ -164,7 +165,7 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx:
+class Tx(CryptoTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
 
     def __init__(self, session: AsyncSession, cipher: FieldCipher, dialect: str) -> None:

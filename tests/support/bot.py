@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import secrets
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ class BotRunner:
     app: App | None = None
     task: asyncio.Task[None] | None = None
     secrets: dict[str, str] = field(default_factory=dict)
+    # `[bot]` settings replaced for this test (e.g. a short undecryptable notice delay).
+    bot_settings: dict[str, Any] = field(default_factory=dict)
+    # False: the bot starts without its cross-signing identity (to show Element's refusal).
+    cross_sign: bool = True
 
     @property
     def user_id(self) -> str:
@@ -52,7 +57,12 @@ class BotRunner:
         )
 
     async def start(self) -> App:
-        app = App(self.settings())
+        settings = self.settings()
+        if self.bot_settings:
+            settings = dataclasses.replace(
+                settings, bot=dataclasses.replace(settings.bot, **self.bot_settings)
+            )
+        app = App(settings, _cross_sign=self.cross_sign)
         await app.start()
         self.app = app
         self.task = asyncio.create_task(app.run(), name="bot")
