@@ -312,6 +312,7 @@ class AdminRoom:
             return
         name = str(content.get("filename") or content.get("body") or "fichier")
         self._files[sender] = ReceivedFile(event_id, dict(content), name, now)
+        self._pending.pop(sender, None)  # a confirmation never applies to another file
         await self.post(
             Reply(
                 f"Fichier « {name} » reçu. Pour importer l'annuaire qu'il contient : "

@@ -8,6 +8,7 @@ from typing import Any
 from nio import InviteMemberEvent, MegolmEvent, RoomMemberEvent, RoomMessageText
 
 from bot.commands import direct as direct_commands
+from bot.commands import room as room_commands
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.services.clock import Clock
@@ -48,6 +49,10 @@ class Dispatcher:
         self.outbox = outbox
         self.clock = clock
         self.bot_user_id = bot_user_id
+        # Set by the admin wiring (bot.admin_wiring): the admin room, and the retention
+        # job's record of files posted in demande rooms.
+        self.admin: Any | None = None
+        self.retention: Any | None = None
 
     async def on_invite(self, room_id: str, invite_state: list[Any]) -> None:
         """Join direct chats opened by directory agents; decline everything else."""
@@ -61,6 +66,8 @@ class Dispatcher:
         async with self.store.transaction() as tx:
             if await tx.get_demande_by_room(room_id) is not None:
                 accept, why = True, "own_room"
+            elif self.admin is not None and self.admin.is_admin_room(room_id):
+                accept, why = True, "admin_room"
             else:
                 agent = await tx.get_agent_by_matrix_id(inviter) if inviter else None
                 if agent is not None and agent.active and is_direct:
@@ -86,13 +93,35 @@ class Dispatcher:
             log.warning("invitation to %s: %s %s", room_id, exc.status, exc.errcode)
 
     async def on_room_event(self, room_id: str, event: Any) -> None:
+        if self.admin is not None and self.admin.is_admin_room(room_id):
+            await self.admin.on_event(room_id, event)
+            return
         async with self.store.transaction() as tx:
             demande = await tx.get_demande_by_room(room_id)
         if demande is not None:
+            if self.retention is not None and _is_file(event):
+                await self.retention.record_attachment(
+                    reference=demande.reference,
+                    room_id=room_id,
+                    event_id=event.event_id,
+                    content=event.source.get("content") or {},
+                )
+            if (
+                self.admin is not None
+                and isinstance(event, RoomMessageText)
+                and await self.admin.refuse_elsewhere(
+                    room_id, event, own_commands=room_commands.ROOM, recipients=None
+                )
+            ):
+                return
             await self.rooms.on_event(demande, event)
             return
         if isinstance(event, RoomMessageText):
             if event.sender == self.bot_user_id:
+                return
+            if self.admin is not None and await self.admin.refuse_elsewhere(
+                room_id, event, own_commands=direct_commands.DIRECT, recipients=[event.sender]
+            ):
                 return
             msg = incoming(room_id, event)
             await self.opening.on_direct_message(msg, direct_commands.parse(msg.body))
@@ -101,3 +130,15 @@ class Dispatcher:
             await self.rooms.on_undecryptable(room_id, event, reference=None)
         elif isinstance(event, RoomMemberEvent):
             return
+
+
+def _is_file(event: Any) -> bool:
+    """A file or image message (encrypted or not) whose media the retention job deletes."""
+    source = getattr(event, "source", None) or {}
+    content = source.get("content") if isinstance(source, dict) else None
+    return (
+        isinstance(content, dict)
+        and source.get("type") == "m.room.message"
+        and content.get("msgtype") in ("m.file", "m.image", "m.video", "m.audio")
+        and isinstance(getattr(event, "event_id", None), str)
+    )

@@ -151,6 +151,9 @@ class FollowUp:
         self.notices = notices
         self.clock = clock
         self.rules = rules
+        # The email bridge, when it is on: its `on_room_message` mails a room message to
+        # the email-only participants of the demande (set by the wiring).
+        self.email_bridge: Any | None = None
 
     async def _open_demandes(self, tx: Any) -> list[DemandeRecord]:
         return [
@@ -186,7 +189,7 @@ class FollowUp:
         due = await self.due()
         now = self.clock.now()
         responsables: dict[int, tuple[Agent, list[Reminder]]] = {}
-        email_targets: list[tuple[Agent, Reminder]] = []
+        emails = 0
         for reminder in due:
             ref = reminder.demande.reference
             days = (
@@ -194,16 +197,26 @@ class FollowUp:
                 if reminder.late.kind is LateKind.NO_FIRST_ANSWER
                 else self.rules.followup_days
             )
+            text = late_notice(ref, reminder.late, days)
+            txn = f"late-{ref}-{_key(reminder.late.episode)}"
             async with self.store.transaction() as tx:
                 demande = await tx.get_demande_by_reference(ref)
                 assert demande is not None and demande.room_id is not None
                 await outbox_mod.enqueue(
-                    tx,
-                    txn_id=f"late-{ref}-{_key(reminder.late.episode)}",
-                    room_id=demande.room_id,
-                    content=mx.notice(late_notice(ref, reminder.late, days)),
-                    now=now,
+                    tx, txn_id=txn, room_id=demande.room_id, content=mx.notice(text), now=now
                 )
+                if self.email_bridge is not None and any(
+                    p.matrix_id is None for p in await tx.participants(demande.id)
+                ):
+                    await self.email_bridge.on_room_message(
+                        tx,
+                        demande,
+                        event_key=txn,
+                        author=None,
+                        author_id="Administration+",
+                        content=mx.notice(text),
+                    )
+                    emails += 1
                 await tx.audit(
                     REMINDED,
                     actor=actor,
@@ -215,11 +228,6 @@ class FollowUp:
                     for agent in await tx.agents_of_group(group_id):
                         if agent.has(Role.RESPONSABLE):
                             responsables.setdefault(agent.id, (agent, []))[1].append(reminder)
-                for p in await tx.participants(demande.id):
-                    if p.matrix_id is None and p.kind != "aidant":
-                        member = await tx.get_agent(p.agent_id)
-                        if member is not None and member.active:
-                            email_targets.append((member, reminder))
             await self.rooms.flush(demande.room_id)
         told = 0
         for agent, items in responsables.values():
@@ -232,13 +240,6 @@ class FollowUp:
             key = _key("responsable", str(agent.id), *(r.late.episode for r in items))
             if await self.notices.send(agent, "Demandes en retard", "\n".join(lines), key=key):
                 told += 1
-        emails = 0
-        for agent, r in email_targets:
-            if agent.matrix_id is None and self.notices.email is not None:
-                text = late_notice(r.demande.reference, r.late, self.rules.first_answer_days)
-                key = _key("late-email", str(agent.id), r.late.episode)
-                if await self.notices.email(agent, f"Relance {r.demande.reference}", text, key):
-                    emails += 1
         return ReminderReport(due, told, emails)
 
     async def digest_plan(self) -> dict[int, list[DemandeFacts]]:
