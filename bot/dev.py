@@ -135,7 +135,9 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     secret_values = _load_or_create_secrets(data_dir / "secrets.json")
-    synapse = LocalSynapse(data_dir / "synapse")
+    # Loopback-only demo with generated passwords: cheap password hashing makes every
+    # start (seven accounts registered or logged in again) seconds faster.
+    synapse = LocalSynapse(data_dir / "synapse", fast_hashing=True)
     await _stop_leftover_synapse(synapse.data_dir)
     await synapse.start()
     _remember_synapse(synapse)
@@ -198,7 +200,8 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
 def _remember_synapse(synapse: LocalSynapse) -> None:
     process = synapse._process  # the child LocalSynapse started; it has no public pid
     if process is not None:
-        (synapse.data_dir / SYNAPSE_PID_FILE).write_text(f"{process.pid}\n")
+        # Synapse's PID, then ours: the owner tells a leftover from a running demo.
+        (synapse.data_dir / SYNAPSE_PID_FILE).write_text(f"{process.pid} {os.getpid()}\n")
 
 
 async def _stop_leftover_synapse(synapse_dir: Path) -> None:
@@ -210,9 +213,14 @@ async def _stop_leftover_synapse(synapse_dir: Path) -> None:
     """
     pid_file = synapse_dir / SYNAPSE_PID_FILE
     try:
-        pid = int(pid_file.read_text().strip())
+        pid, owner = (int(n) for n in pid_file.read_text().split())
     except (OSError, ValueError):
         return
+    if _runs_synapse_of(pid, synapse_dir) and _runs_aplus_dev(owner):
+        raise SystemExit(
+            f"Une démonstration tourne déjà sur ce dossier ({synapse_dir.parent}, "
+            f"processus {owner}) : arrêtez-la (Ctrl-C) ou choisissez un autre --data-dir."
+        )
     if _runs_synapse_of(pid, synapse_dir):
         log.warning("a previous Synapse of this folder is still running (pid %d): stopping it", pid)
         with contextlib.suppress(ProcessLookupError):
@@ -225,6 +233,14 @@ async def _stop_leftover_synapse(synapse_dir: Path) -> None:
                 deadline = float("inf")
             await asyncio.sleep(0.1)
     pid_file.unlink(missing_ok=True)
+
+
+def _runs_aplus_dev(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return pid != os.getpid() and b"dev" in cmdline
 
 
 def _runs_synapse_of(pid: int, synapse_dir: Path) -> bool:

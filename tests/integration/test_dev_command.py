@@ -160,6 +160,12 @@ async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: P
             assert synapse != orphan
             assert await _bot_devices(facts, data_dir) == devices
 
+            # A second demo on the same folder while this one runs: refused, nothing touched.
+            twice = await proc.run_aplus_async("dev", "--data-dir", str(data_dir), timeout=60)
+            assert twice.returncode != 0, twice
+            assert "tourne déjà" in twice.stderr, twice
+            assert _synapse_processes(data_dir) == [synapse]
+
             # Closing the terminal (SIGHUP) stops everything too.
             assert await third.stop(signal.SIGHUP) == 0, third.describe()
             assert not _synapse_processes(data_dir)
