@@ -71,6 +71,7 @@ class App:
             store_dir=s.bot.store_dir,
             pickle_key=s.secrets.pickle_key.reveal(),
             require_cross_signed_devices=s.bot.require_cross_signed_devices,
+            max_attachment_bytes=s.bot.max_attachment_bytes,
         )
         self._stack.push_async_callback(self.gateway.close)
         await self._login()

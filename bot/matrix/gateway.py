@@ -39,6 +39,7 @@ from nio.events import Event
 from nio.exceptions import EncryptionError
 from nio.rooms import MatrixRoom
 
+from bot.matrix import attachments as files
 from bot.matrix.device_trust import DeviceTrust
 from bot.matrix.errors import HomeserverUnavailable, MatrixError
 from bot.matrix.room_keys import RoomKeySharer, accept_forwards_from_session_owner
@@ -76,6 +77,7 @@ class MatrixGateway:
         pickle_key: str,
         request_timeout: float = 60.0,
         require_cross_signed_devices: bool = True,
+        max_attachment_bytes: int = 10 * 1024 * 1024,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.user_id = user_id
@@ -94,6 +96,7 @@ class MatrixGateway:
         self.client = AsyncClient(
             self.homeserver, user_id, store_path=str(store_dir), config=config
         )
+        self.max_attachment_bytes = max_attachment_bytes
         self._http: aiohttp.ClientSession | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
         # Who gets room keys: our own check of cross-signing, then the domain's decision.
@@ -396,6 +399,84 @@ class MatrixGateway:
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise HomeserverUnavailable(str(exc)) from exc
         return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
+
+    # ---------------------------------------------------------- attachments
+    async def fetch_attachment(self, content: Mapping[str, Any]) -> tuple[str, str, bytes]:
+        """(filename, mimetype, plaintext) of an encrypted attachment's message content.
+
+        Raises `AttachmentTooLarge` past `max_attachment_bytes` (declared or actual) and
+        `AttachmentError` when it is not encrypted, malformed or does not decrypt.
+        """
+        ref = files.parse_encrypted_file(content)
+        limit = self.max_attachment_bytes
+        if ref.declared_size is not None and ref.declared_size > limit:
+            raise files.AttachmentTooLarge(ref.declared_size, limit)
+        server, media_id = ref.server_and_media_id
+        media = f"{quote(server, safe='')}/{quote(media_id, safe='')}"
+        path = f"/_matrix/client/v1/media/download/{media}"
+        assert self._http is not None, "connect() first"
+        headers = {"Authorization": f"Bearer {self.client.access_token}"}
+        try:
+            async with self._http.get(self.homeserver + path, headers=headers) as resp:
+                if resp.status >= 400:
+                    raise MatrixError(resp.status, None, f"media download: {resp.reason}")
+                data = bytearray()
+                # AES-CTR keeps the size: the ciphertext is bounded by the same limit.
+                async for chunk in resp.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > limit:
+                        raise files.AttachmentTooLarge(None, limit)
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise HomeserverUnavailable(f"media download: {exc}") from exc
+        return ref.filename, ref.mimetype, files.decrypt(ref, bytes(data))
+
+    async def send_attachment(
+        self,
+        room_id: str,
+        filename: str,
+        mimetype: str,
+        data: bytes,
+        txn_id: str,
+        recipients: Collection[str],
+    ) -> str:
+        """Encrypt, upload and send a file to the room's authorised members; the event ID.
+
+        The send is idempotent on ``txn_id`` (a retry may upload the ciphertext again,
+        never post the message twice).
+        """
+        if len(data) > self.max_attachment_bytes:
+            raise files.AttachmentTooLarge(len(data), self.max_attachment_bytes)
+        ciphertext, keys = files.encrypt(data)
+        url = await self._upload(ciphertext, filename)
+        content = files.file_content(
+            filename=filename, mimetype=mimetype, size=len(data), url=url, keys=keys
+        )
+        return await self.send_encrypted(room_id, content, txn_id, recipients=recipients)
+
+    async def _upload(self, ciphertext: bytes, filename: str) -> str:
+        assert self._http is not None, "connect() first"
+        headers = {
+            "Authorization": f"Bearer {self.client.access_token}",
+            # The homeserver stores ciphertext: never tell it what the file really is.
+            "Content-Type": "application/octet-stream",
+        }
+        try:
+            async with self._http.post(
+                self.homeserver + "/_matrix/media/v3/upload",
+                data=ciphertext,
+                params={"filename": filename},
+                headers=headers,
+            ) as resp:
+                body = await resp.json(content_type=None)
+                if resp.status >= 400 or not isinstance(body, dict):
+                    body = body if isinstance(body, dict) else {}
+                    raise MatrixError(resp.status, body.get("errcode"), "media upload")
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise HomeserverUnavailable(f"media upload: {exc}") from exc
+        uri = body.get("content_uri")
+        if not isinstance(uri, str) or not uri.startswith("mxc://"):
+            raise MatrixError(resp.status, None, "media upload: no content URI")
+        return uri
 
     # --------------------------------------------------------- missing keys
     def try_decrypt(self, event: MegolmEvent, room_id: str) -> Event | None:

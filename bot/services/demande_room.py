@@ -22,6 +22,7 @@ from bot.domain import status as status_rules
 from bot.domain.model import Agent, Role, Status, Usefulness
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.reference import room_name
+from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
@@ -94,6 +95,8 @@ class DemandeRooms:
             await self._on_member(demande, event)
         elif isinstance(event, RoomMessageText):
             await self._on_text(demande, event)
+        elif self.oversized_attachment(event):
+            await self.refuse_attachment(demande, event)
         elif isinstance(event, MegolmEvent):
             # Not marked processed: once its key arrives it comes back here decrypted.
             await self.on_undecryptable(_room(demande), event, reference=demande.reference)
@@ -112,6 +115,34 @@ class DemandeRooms:
             log.error("event %s in %s undecryptable, and nothing keeps it", event.event_id, room_id)
             return
         await self.undecryptable.record(room_id, event, reference=reference)
+
+    def oversized_attachment(self, event: Any) -> bool:
+        """An attachment whose declared size is over the service's limit."""
+        content = (getattr(event, "source", None) or {}).get("content")
+        if not isinstance(content, Mapping) or not files.is_attachment(content):
+            return False
+        size = files.declared_size(content)
+        return size is not None and size > self.gateway.max_attachment_bytes
+
+    async def refuse_attachment(self, demande: DemandeRecord, event: Any) -> None:
+        """Tell the room, once, that the file was not accepted (nothing of it is kept)."""
+        size = files.declared_size(event.source["content"])
+        limit = self.gateway.max_attachment_bytes
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event.event_id, _room(demande), now):
+                return
+            await tx.audit(
+                "attachment_refused",
+                actor=event.sender,
+                reference=demande.reference,
+                details={"event_id": event.event_id, "size": size, "limit": limit},
+                now=now,
+            )
+            text = str(files.AttachmentTooLarge(size, limit))
+            await self._notice(tx, demande, text, txn=f"attachment-{event.event_id}")
+        log.info("demande %s: attachment %s refused (too large)", demande.reference, event.event_id)
+        await self._flush(_room(demande))
 
     async def _on_member(self, demande: DemandeRecord, event: RoomMemberEvent) -> None:
         user = event.state_key
