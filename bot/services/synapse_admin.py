@@ -96,11 +96,16 @@ class SynapseAdmin:
 
     async def purge_history(self, room_id: str, up_to_ms: int) -> None:
         """Delete the events of a room older than `up_to_ms` (local events included)."""
-        data = await self._request(
-            "POST",
-            f"/_synapse/admin/v1/purge_history/{quote(room_id, safe='')}",
-            {"delete_local_events": True, "purge_up_to_ts": up_to_ms},
-        )
+        try:
+            data = await self._request(
+                "POST",
+                f"/_synapse/admin/v1/purge_history/{quote(room_id, safe='')}",
+                {"delete_local_events": True, "purge_up_to_ts": up_to_ms},
+            )
+        except MatrixError as exc:
+            if exc.status == 404:  # no event that old (or the room is gone): nothing to do
+                return
+            raise
         purge_id = data.get("purge_id")
         for _ in range(DELETE_POLL_LIMIT):
             status = await self._request(
