@@ -22,6 +22,7 @@ from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
 from bot.sync_loop import EventRouter, SyncLoop
+from bridge.wiring import EmailRuntime, start_email
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,7 @@ class App:
     # Tests only: a bot without cross-signing, to show what Element then does. Never in
     # production, where the bot always cross-signs its device at start.
     _cross_sign: bool = field(default=True, repr=False)
+    email: EmailRuntime | None = field(init=False, default=None)
     _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
 
     async def start(self) -> None:
@@ -143,6 +145,9 @@ class App:
             router=router,
             after_batch=self.undecryptable.after_sync,
         )
+        if s.email.enabled:
+            self.email = await start_email(self)
+            self._stack.push_async_callback(self.email.close)
 
     async def _login(self) -> None:
         s = self.settings
@@ -172,11 +177,16 @@ class App:
             tasks.create_task(self.outbox.run(), name="outbox")
             tasks.create_task(self.undecryptable.run(), name="undecryptable")
             tasks.create_task(self._recover(), name="recover")
+            if self.email is not None:
+                for name, worker in self.email.workers().items():
+                    tasks.create_task(worker, name=name)
 
     async def _recover(self) -> None:
         await self.opening.resume_all()
         await self.rooms.reconcile_pending()
         self.outbox.wake()
+        if self.email is not None:
+            self.email.wake()
 
     async def close(self) -> None:
         await self._stack.aclose()

@@ -42,9 +42,44 @@ ENV_BOT_ACCESS_TOKEN: Final = "APLUS_BOT_ACCESS_TOKEN"  # noqa: S105 (a variable
 ENV_PICKLE_KEY: Final = "APLUS_PICKLE_KEY"
 ENV_DATA_KEY: Final = "APLUS_DATA_KEY"
 ENV_DATABASE_URL: Final = "APLUS_DATABASE_URL"
+ENV_SMTP_PASSWORD: Final = "APLUS_SMTP_PASSWORD"  # noqa: S105 (a variable name)
+ENV_DKIM_PRIVATE_KEY: Final = "APLUS_DKIM_PRIVATE_KEY"
 SECRET_ENV_VARS: Final = frozenset(
-    {ENV_BOT_PASSWORD, ENV_BOT_ACCESS_TOKEN, ENV_PICKLE_KEY, ENV_DATA_KEY, ENV_DATABASE_URL}
+    {
+        ENV_BOT_PASSWORD,
+        ENV_BOT_ACCESS_TOKEN,
+        ENV_PICKLE_KEY,
+        ENV_DATA_KEY,
+        ENV_DATABASE_URL,
+        ENV_SMTP_PASSWORD,
+        ENV_DKIM_PRIVATE_KEY,
+    }
 )
+
+DEFAULT_ALLOWED_ATTACHMENT_TYPES: Final = (
+    "application/pdf",
+    "image/jpeg",
+    "image/png",
+    "text/plain",
+    "application/vnd.oasis.opendocument.text",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+    "application/msword",
+)
+# `Settings.for_dev(email=...)`: the bridge on loopback, for `aplus dev` and tests.
+DEV_EMAIL: Final[Mapping[str, Any]] = {
+    "enabled": True,
+    "from_address": "ne-pas-repondre@aplus.test",
+    "reply_domain": "reponse.aplus.test",
+    "loop_marker": "aplus-dev",
+    "relay_host": "127.0.0.1",
+    "relay_port": 2525,
+    "relay_security": "none",
+    "retry_initial_seconds": 1,
+    "retry_max_seconds": 30,
+    "listen_host": "127.0.0.1",
+    "listen_port": 0,
+    "trusted_authserv_ids": ["aplus-dev"],
+}
 
 DATA_KEY_BYTES: Final = 32
 MIN_PICKLE_KEY_CHARS: Final = 16
@@ -152,6 +187,76 @@ class SecretsSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class EmailSettings:
+    """The email bridge: outgoing relay, inbound listener, sender authentication."""
+
+    enabled: bool
+    from_address: str  # From of every outgoing email (its domain names the Message-IDs)
+    from_name: str
+    reply_domain: str  # reply+<token>@reply_domain
+    loop_marker: str  # value of our X-Aplus-Loop header
+    # Outgoing relay.
+    relay_host: str
+    relay_port: int
+    relay_security: str  # "none" | "starttls" | "tls"
+    relay_username: str | None
+    relay_password: Secret | None
+    relay_timeout_seconds: int
+    delivery_lifetime_seconds: int
+    retry_initial_seconds: int
+    retry_max_seconds: int
+    max_outbound_attachment_bytes: int
+    dkim_domain: str | None
+    dkim_selector: str | None
+    dkim_private_key: Secret | None
+    # Inbound listener.
+    listen_host: str
+    listen_port: int  # 0: a free port, chosen at start (tests, demo)
+    listen_protocol: str  # "smtp" | "lmtp"
+    max_message_bytes: int
+    max_inbound_attachment_bytes: int
+    allowed_attachment_types: tuple[str, ...]
+    trusted_authserv_ids: tuple[str, ...]
+    dkim_verify: bool
+
+    @property
+    def from_domain(self) -> str:
+        return self.from_address.rpartition("@")[2].lower()
+
+
+@dataclass(frozen=True, slots=True)
+class AdminSettings:
+    """The admin room, the follow-up and retention jobs, the homeserver's admin API."""
+
+    room_id: str | None  # None: the bot creates the room and remembers it
+    room_name: str
+    # A Synapse server-admin token: purging rooms and media needs one (secret).
+    synapse_admin_token: Secret | None
+    confirmation_minutes: int
+    jobs_enabled: bool
+    late_first_answer_business_days: int
+    late_followup_business_days: int
+    digest_after_days: int
+    digest_weekday: int  # 1 = lundi … 7 = dimanche
+    digest_hour: int  # Paris time
+    followup_hour: int
+    retention_hour: int
+    retention_usager_months: int
+    retention_attachment_days: int
+    retention_draft_days: int
+    retention_audit_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    """The HTTP endpoint with /healthz and /metrics."""
+
+    enabled: bool
+    host: str
+    port: int  # 0: a free port, chosen at start (tests, demo)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     homeserver: HomeserverSettings
     data: DataSettings
@@ -160,6 +265,9 @@ class Settings:
     policies: PoliciesSettings
     logging: LoggingSettings
     secrets: SecretsSettings
+    email: EmailSettings
+    admin: AdminSettings
+    health: HealthSettings
     config_path: Path | None = None
 
     @staticmethod
@@ -169,6 +277,7 @@ class Settings:
         server_name: str,
         bot_user_id: str,
         secrets: Mapping[str, str],
+        email: Mapping[str, Any] | None = None,
     ) -> Settings:
         """Settings without a file, for ``aplus dev`` and tests.
 
@@ -176,6 +285,10 @@ class Settings:
         ``APLUS_PICKLE_KEY``, ``APLUS_DATA_KEY``, optionally ``APLUS_BOT_ACCESS_TOKEN``
         and ``APLUS_DATABASE_URL``); the real environment is not read. Values go
         through the same validation as a file.
+
+        ``email``: ``None`` leaves the email bridge off; a mapping (even empty) turns
+        it on with ``DEV_EMAIL`` (loopback listener on a free port, trusted
+        authserv-id ``aplus-dev``) overridden by the given ``[email]`` keys.
         """
         unknown = sorted(set(secrets) - SECRET_ENV_VARS)
         if unknown:
@@ -190,7 +303,11 @@ class Settings:
             "homeserver": {"url": homeserver_url, "server_name": server_name},
             "bot": {"user_id": bot_user_id},
             "data": {"dir": str(data_dir)},
+            # Loopback on a free port: several bots (tests) never collide.
+            "health": {"port": 0},
         }
+        if email is not None:
+            doc["email"] = {**DEV_EMAIL, **email}
         return _build(doc, config_dir=data_dir, env=secrets, config_path=None)
 
 
@@ -371,6 +488,16 @@ class _Table:
     def optional_text(self, key: str) -> str | None:
         value = self._typed(key, str, "une chaîne de caractères (entre guillemets)")
         return value if isinstance(value, str) else None
+
+    def strings(self, key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        """A list of non-empty strings (``["a", "b"]``)."""
+        value = self._typed(key, list, "une liste de chaînes")
+        if not isinstance(value, list):
+            return default
+        if not all(isinstance(v, str) and v.strip() for v in value):
+            self.error(key, "doit être une liste de chaînes non vides")
+            return default
+        return tuple(v.strip() for v in value)
 
     def boolean(self, key: str, default: bool) -> bool:
         value = self._typed(key, bool, "true ou false")
@@ -665,4 +792,157 @@ def _parse_secrets(t: _Table) -> SecretsSettings:
     return SecretsSettings(
         pickle_key=pickle_key or Secret(""),
         data_key=data_key or Secret(""),
+    )
+
+
+_MAIL_DOMAIN_RE: Final = re.compile(
+    r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+_MAIL_ADDRESS_RE: Final = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@(.+)$")
+_LOOP_MARKER_RE: Final = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+def _check_mail_domain(value: str) -> str | None:
+    return (
+        None
+        if _MAIL_DOMAIN_RE.match(value)
+        else "nom de domaine invalide (ex. : reponse.exemple.fr)"
+    )
+
+
+def _check_mail_address(value: str) -> str | None:
+    match = _MAIL_ADDRESS_RE.match(value)
+    if match and _MAIL_DOMAIN_RE.match(match.group(1)):
+        return None
+    return "adresse électronique invalide (ex. : ne-pas-repondre@exemple.fr)"
+
+
+def _check_loop_marker(value: str) -> str | None:
+    return None if _LOOP_MARKER_RE.match(value) else "lettres, chiffres, . _ - (64 au plus)"
+
+
+@_section("email")
+def _parse_email(t: _Table) -> EmailSettings:
+    enabled = t.boolean("enabled", False)
+
+    def needed(key: str, check: Callable[[str], str | None]) -> str:
+        # Required only when the bridge is on; always checked when given.
+        return (
+            t.text(key, None if enabled else "", check=check) if enabled or t.has_key(key) else ""
+        )
+
+    from_address = needed("from_address", _check_mail_address)
+    reply_domain = needed("reply_domain", _check_mail_domain)
+    relay_host = needed("relay_host", _check_server_name)
+    security = t.choice("relay_security", ("NONE", "STARTTLS", "TLS"), "STARTTLS").lower()
+    username = t.optional_text("relay_username")
+    password = t.secret("relay_password", ENV_SMTP_PASSWORD, required=False)
+    if username and password is None and not t.has_problem("relay_password"):
+        t.error(
+            "relay_password",
+            f"relay_username est donné : indiquez relay_password_file ou {ENV_SMTP_PASSWORD}",
+        )
+    dkim_domain = t.optional_text("dkim_domain")
+    dkim_selector = t.optional_text("dkim_selector")
+    dkim_key = t.secret("dkim_private_key", ENV_DKIM_PRIVATE_KEY, required=False)
+    if (dkim_domain is None) != (dkim_selector is None) or (dkim_domain and dkim_key is None):
+        t.error(
+            "dkim_domain", "la signature DKIM demande dkim_domain, dkim_selector et la clé privée"
+        )
+    protocol = t.choice("listen_protocol", ("SMTP", "LMTP"), "SMTP").lower()
+    return EmailSettings(
+        enabled=enabled,
+        from_address=from_address.lower(),
+        from_name=t.text("from_name", "Administration+"),
+        reply_domain=reply_domain.lower(),
+        loop_marker=t.text("loop_marker", "aplus", check=_check_loop_marker),
+        relay_host=relay_host,
+        relay_port=t.integer("relay_port", 587, minimum=1),
+        relay_security=security,
+        relay_username=username,
+        relay_password=password,
+        relay_timeout_seconds=t.integer("relay_timeout_seconds", 60, minimum=1),
+        delivery_lifetime_seconds=t.integer("delivery_lifetime_seconds", 5 * 86400, minimum=1),
+        retry_initial_seconds=t.integer("retry_initial_seconds", 60, minimum=1),
+        retry_max_seconds=t.integer("retry_max_seconds", 3600, minimum=1),
+        max_outbound_attachment_bytes=t.integer(
+            "max_outbound_attachment_bytes", DEFAULT_MAX_ATTACHMENT_BYTES, minimum=0
+        ),
+        dkim_domain=dkim_domain,
+        dkim_selector=dkim_selector,
+        dkim_private_key=dkim_key,
+        listen_host=t.text("listen_host", "127.0.0.1"),
+        listen_port=t.integer("listen_port", 2525, minimum=0),
+        listen_protocol=protocol,
+        max_message_bytes=t.integer("max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+        max_inbound_attachment_bytes=t.integer(
+            "max_inbound_attachment_bytes", DEFAULT_MAX_ATTACHMENT_BYTES, minimum=1
+        ),
+        allowed_attachment_types=tuple(
+            v.lower()
+            for v in t.strings("allowed_attachment_types", DEFAULT_ALLOWED_ATTACHMENT_TYPES)
+        ),
+        trusted_authserv_ids=t.strings("trusted_authserv_ids", ()),
+        dkim_verify=t.boolean("dkim_verify", False),
+    )
+
+
+_ROOM_ID_RE: Final = re.compile(r"^![A-Za-z0-9._~=/+-]+(?::.+)?$")
+
+
+def _check_room_id(value: str) -> str | None:
+    if _ROOM_ID_RE.match(value):
+        return None
+    return "identifiant de salon invalide (ex. : !abc:serveur)"
+
+
+def _hour(t: _Table, key: str, default: int) -> int:
+    value = t.integer(key, default, minimum=0)
+    if value > 23:
+        t.error(key, "doit être une heure entre 0 et 23 (heure de Paris)")
+        return default
+    return value
+
+
+@_section("admin")
+def _parse_admin(t: _Table) -> AdminSettings:
+    room_id = t.optional_text("room_id")
+    if room_id is not None and (message := _check_room_id(room_id)) is not None:
+        t.error("room_id", message)
+    weekday = t.integer("digest_weekday", 1, minimum=1)
+    if weekday > 7:
+        t.error("digest_weekday", "doit être entre 1 (lundi) et 7 (dimanche)")
+        weekday = 1
+    return AdminSettings(
+        room_id=room_id,
+        room_name=t.text("room_name", "Administration+ · exploitation"),
+        synapse_admin_token=t.secret(
+            "synapse_admin_token", ENV_SYNAPSE_ADMIN_TOKEN, required=False
+        ),
+        confirmation_minutes=t.integer("confirmation_minutes", 10, minimum=1),
+        jobs_enabled=t.boolean("jobs_enabled", True),
+        late_first_answer_business_days=t.integer("late_first_answer_business_days", 3, minimum=1),
+        late_followup_business_days=t.integer("late_followup_business_days", 15, minimum=1),
+        digest_after_days=t.integer("digest_after_days", 10, minimum=1),
+        digest_weekday=weekday,
+        digest_hour=_hour(t, "digest_hour", 8),
+        followup_hour=_hour(t, "followup_hour", 9),
+        retention_hour=_hour(t, "retention_hour", 3),
+        retention_usager_months=t.integer("retention_usager_months", 6, minimum=1),
+        retention_attachment_days=t.integer("retention_attachment_days", 15, minimum=1),
+        retention_draft_days=t.integer("retention_draft_days", 30, minimum=1),
+        retention_audit_days=t.integer("retention_audit_days", 365, minimum=1),
+    )
+
+
+@_section("health")
+def _parse_health(t: _Table) -> HealthSettings:
+    port = t.integer("port", 9180, minimum=0)
+    if port > 65535:
+        t.error("port", "doit être un port entre 0 et 65535")
+        port = 9180
+    return HealthSettings(
+        enabled=t.boolean("enabled", True),
+        host=t.text("host", "127.0.0.1"),
+        port=port,
     )

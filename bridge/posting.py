@@ -92,23 +92,30 @@ class InboxPoster:
                 else:
                     log.exception("email posting: unexpected failure")
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+                delay = min(delay * 2, 10.0)
 
     async def flush(self) -> int:
+        """Post what is pending, then send it. Raises `MatrixError` while the homeserver
+        is down: what was posted stays in the Matrix outbox and is sent on the next try."""
         posted = 0
         async with self._lock:
             async with self.store.transaction() as tx:
                 pending = await tx.pending_inbound()
-            rooms: set[str] = set()
             for record in pending:
-                room_id = await self._post(record)
-                if room_id:
-                    rooms.add(room_id)
+                if await self._post(record):
                     posted += 1
+            async with self.store.transaction() as tx:
+                waiting = await tx.inbound_awaiting_event()
+                rooms = set()
+                for record in waiting:
+                    demande = await tx.get_demande(record.demande_id)
+                    if demande is not None and demande.room_id:
+                        rooms.add(demande.room_id)
+            assert self.rooms.outbox is not None
             for room_id in sorted(rooms):
-                await self.rooms.flush(room_id)
-            if rooms:
-                await self._record_event_ids(pending)
+                await self.rooms.outbox.flush(room_id)
+            if waiting:
+                await self._record_event_ids(waiting)
         return posted
 
     async def _parse(self, record: InboundRecord) -> InboundMail:

@@ -171,6 +171,10 @@ async def _inviter(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str])
         added.append(agent.display_name + (" (par courriel)" if agent.email_only else ""))
         if agent.matrix_id:
             ctx.invited_users.append(agent.matrix_id)
+    if ctx.rooms.email is not None:  # email-only agents get the dossier by email
+        await ctx.rooms.email.on_participants_added(
+            tx, ctx.demande, decision.agents, key=ctx.msg.event_id
+        )
     text = "Invité(s) : " + ", ".join(added) + "."
     if decision.skipped:
         text += (
@@ -270,6 +274,32 @@ async def _rouvrir(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str])
     )
 
 
+@ROOM.command(
+    CommandSpec(
+        "notifications",
+        (Arg("choix", "choice", "oui ou non", choices=("oui", "non")),),
+        "Recevoir ou non un avis par courriel à chaque nouveau message (sans son contenu).",
+        section=SECTION_DEMANDE,
+    )
+)
+async def _notifications(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
+    if ctx.rooms.email is None:
+        return Reply.error("Ce service n'envoie pas de courriels.")
+    if not ctx.agent.email:
+        return Reply.error(
+            "L'annuaire ne connaît pas votre adresse électronique : demandez à un "
+            "administrateur de l'ajouter."
+        )
+    on = str(args["choix"]).lower() == "oui"
+    await ctx.tx.set_email_notifications(ctx.agent.id, on, ctx.rooms.clock.now())
+    if on:
+        return Reply(
+            f"{ctx.agent.display_name} recevra un avis par courriel à {ctx.agent.email} "
+            "à chaque nouveau message de ses demandes (sans son contenu)."
+        )
+    return Reply(f"{ctx.agent.display_name} ne recevra plus d'avis par courriel.")
+
+
 def _fmt(when: datetime) -> str:
     return when.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
 
@@ -345,4 +375,65 @@ async def _free_message(ctx: RoomCtx) -> None:
     if event is not None:
         await ctx.rooms.apply_status(
             ctx.tx, ctx.demande, event, actor=ctx.msg.sender, txn=ctx.msg.event_id, announce=True
+        )
+    if ctx.rooms.email is not None:
+        await ctx.rooms.email.on_room_message(
+            ctx.tx,
+            ctx.demande,
+            event_key=ctx.msg.event_id,
+            author=ctx.agent,
+            author_id=ctx.msg.sender,
+            content=ctx.msg.content or {"msgtype": "m.text", "body": ctx.msg.body},
+        )
+
+
+async def handle_email_reply(
+    rooms: DemandeRooms,
+    tx: Any,
+    demande: DemandeRecord,
+    agent: Agent,
+    participant_kind: str,
+    *,
+    key: str,
+    command: str | None,
+    text: str,
+) -> None:
+    """An email-only agent's reply, already posted to the room by the caller in `tx`.
+
+    A quick answer (`!traitee`…) runs as the room command does; a plain answer moves
+    the status like a Matrix message. `key` is unique to the email (txn IDs derive from it).
+    """
+    from bot.services.opening import Incoming
+
+    aidant = await tx.get_agent(demande.aidant_agent_id)
+    assert aidant is not None and agent.email is not None
+    content = {"msgtype": "m.text", "body": text}
+    msg = Incoming(demande.room_id or "", key, agent.email, text, True, content)
+    ctx = RoomCtx(rooms, tx, demande, msg, agent, participant_kind, aidant)
+    if command is None:
+        await _free_message(ctx)
+        return
+    parsed = ROOM.parse("!" + command)
+    if isinstance(parsed, NotACommand | ParseFailure):
+        return
+    reply = await ROOM.dispatch(parsed, ctx)
+    if isinstance(reply, Reply):
+        if not reply.is_error:
+            await tx.audit(
+                f"command_{parsed.spec.name}",
+                actor=agent.email,
+                reference=demande.reference,
+                details={"via": "email"},
+                now=rooms.clock.now(),
+            )
+        await outbox_mod.enqueue(
+            tx,
+            txn_id=f"reply-{key}",
+            room_id=msg.room_id,
+            content=mx.notice(reply.text, reply.html),
+            now=rooms.clock.now(),
+        )
+    if text and rooms.email is not None:
+        await rooms.email.on_room_message(
+            tx, demande, event_key=key, author=agent, author_id=agent.email, content=content
         )

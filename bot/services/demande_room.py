@@ -13,7 +13,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nio import MegolmEvent, RoomMemberEvent, RoomMessageText
+from nio import MegolmEvent, RedactionEvent, RoomEncryptedMedia, RoomMemberEvent, RoomMessageText
 
 from bot.domain import dossier as texts
 from bot.domain import membership as rules
@@ -65,6 +65,7 @@ class DemandeRooms:
         self.allowed_servers = tuple(allowed_servers)
         self.room_version = room_version
         self.outbox: outbox_mod.Outbox | None = None
+        self.email: Any = None  # bridge.outbound.EmailBridge when the email bridge is on
 
     # ------------------------------------------------------------ the ledger
     async def authorised(self, tx: Any, demande_id: int) -> set[str]:
@@ -97,6 +98,10 @@ class DemandeRooms:
             await self._on_text(demande, event)
         elif self.oversized_attachment(event):
             await self.refuse_attachment(demande, event)
+        elif self.email is not None and isinstance(event, RoomEncryptedMedia):
+            await self.email.on_room_file(demande, _room(demande), event)
+        elif self.email is not None and isinstance(event, RedactionEvent):
+            await self.email.on_redaction_event(demande, _room(demande), event)
         elif isinstance(event, MegolmEvent):
             # Not marked processed: once its key arrives it comes back here decrypted.
             await self.on_undecryptable(_room(demande), event, reference=demande.reference)
@@ -309,6 +314,7 @@ class DemandeRooms:
             sender=event.sender,
             body=event.body if isinstance(event.body, str) else "",
             encrypted=bool(getattr(event, "decrypted", False)),
+            content=(getattr(event, "source", None) or {}).get("content") or {},
         )
         await room_commands.handle(self, demande, msg)
 
@@ -422,6 +428,10 @@ class DemandeRooms:
                     reference=demande.reference,
                     details={"from": current.status.value},
                     now=now,
+                )
+            if self.email is not None and result.status != current.status:
+                await self.email.on_status(
+                    tx, demande, old=current.status, new=result.status, actor=actor, key=txn
                 )
             if result.notice and announce:
                 await self._notice(tx, demande, result.notice, txn=f"status-{txn}")

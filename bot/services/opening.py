@@ -16,8 +16,9 @@ through its `fr.aplus.demande` state event (see `_find_orphan_room`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from bot.commands import direct as direct_commands
 from bot.commands.direct import DirectParsed
@@ -52,6 +53,8 @@ class Incoming:
     sender: str
     body: str
     encrypted: bool
+    # The event's (decrypted) content, for what needs more than the body (email bridge).
+    content: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Opening:
@@ -75,6 +78,7 @@ class Opening:
         self.bot_user_id = bot_user_id
         self.allowed_servers = tuple(allowed_servers)
         self.room_version = room_version
+        self.email: Any = None  # bridge.outbound.EmailBridge when the email bridge is on
 
     # ---------------------------------------------------------- direct chat
     async def on_direct_message(self, msg: Incoming, parsed: DirectParsed) -> None:
@@ -304,6 +308,8 @@ class Opening:
             async with self.store.transaction() as tx:
                 event_id = await tx.message_event_id(dossier_txn(demande.reference))
                 await tx.set_creation_step(demande.id, "ready", dossier_event_id=event_id)
+                if self.email is not None:
+                    await self.email.on_demande_ready(tx, demande)
                 demande = await tx.get_demande(demande_id)
             assert demande is not None
         return demande

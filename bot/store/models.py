@@ -249,5 +249,7 @@ class BotSecretRow(Base):
     value_enc: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-# The encryption side's tables live in their own module; importing it registers them.
+# The encryption side's and the email bridge's tables live in their own modules;
+# importing them registers them.
 from bot.store import crypto_models as _crypto_models  # noqa: E402, F401
+from bot.store import email_models as _email_models  # noqa: E402, F401

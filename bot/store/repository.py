@@ -29,6 +29,7 @@ from bot.domain.model import (
 from bot.store import codec
 from bot.store.crypto import FieldCipher
 from bot.store.crypto_tx import CryptoTx
+from bot.store.email_tx import EmailTx
 from bot.store.models import (
     CREATION_STEPS,
     DRAFT_STATES,
@@ -165,7 +166,7 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx(CryptoTx):
+class Tx(EmailTx, CryptoTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
 
     def __init__(self, session: AsyncSession, cipher: FieldCipher, dialect: str) -> None:
@@ -540,9 +541,15 @@ class Tx(CryptoTx):
                 ParticipantRow.removed_at.is_(None),
             )
             .values(removed_at=now)
-            .returning(ParticipantRow.id)
+            .returning(ParticipantRow.id, ParticipantRow.email)
         )
-        return (await self._s.execute(stmt)).first() is not None
+        removed = (await self._s.execute(stmt)).first()
+        if removed is not None and removed.email:
+            # Leaving the demande ends the agent's reply address for it, in this transaction.
+            await self.revoke_reply_tokens(
+                demande_id=demande_id, agent_email=removed.email, now=now
+            )
+        return removed is not None
 
     async def demandes_of_agent(self, agent_id: int) -> list[DemandeRecord]:
         """Demandes the agent opened, or takes part in (as an active participant)."""

@@ -125,11 +125,11 @@ async def raw(store: Store, sql: str, **params: object) -> None:
 async def test_open_upgrades_to_head_and_is_idempotent(
     store: Store, store_url: str, field_cipher: FieldCipher
 ) -> None:
-    assert head_revision() == "0002"
-    assert await store.current_revision() == "0002"
+    assert head_revision() == "0003"
+    assert await store.current_revision() == head_revision()
     again = await Store.open(store_url, field_cipher)  # already at head: no-op
     try:
-        assert await again.current_revision() == "0002"
+        assert await again.current_revision() == head_revision()
     finally:
         await again.close()
 
@@ -142,7 +142,7 @@ async def test_migrated_schema_equals_models(store_url: str) -> None:
     # The sync CLI helpers run their own event loop: call them from a worker thread.
     assert await asyncio.to_thread(current_revision, store_url) is None
     await asyncio.to_thread(upgrade, store_url)
-    assert await asyncio.to_thread(current_revision, store_url) == "0002"
+    assert await asyncio.to_thread(current_revision, store_url) == head_revision()
     engine = create_engine(store_url)
     try:
         async with engine.connect() as conn:

@@ -17,7 +17,7 @@ for (const level of ["log", "info", "debug", "trace", "warn"]) {
 // Imported after the console is redirected: the SDK logs while loading.
 const sdk = await import("matrix-js-sdk");
 const { logger } = await import("matrix-js-sdk/lib/logger.js");
-const { OnlySignedDevicesIsolationMode, AllDevicesIsolationMode } = await import(
+const { OnlySignedDevicesIsolationMode, AllDevicesIsolationMode, CryptoEvent } = await import(
     "matrix-js-sdk/lib/crypto-api/index.js"
 );
 logger.setLevel(process.env.ELEMENT_CLIENT_LOG_LEVEL || "warn");
@@ -28,6 +28,26 @@ const TRANSIENT_FAILURES = new Set([
     "OLM_UNKNOWN_MESSAGE_INDEX",
     "UNKNOWN_SENDER_DEVICE",
 ]);
+
+// A message that arrived before its sender's device keys fails with UNKNOWN_SENDER_DEVICE
+// and matrix-js-sdk 37.5 never tries it again; Element's timeline does once the keys are
+// known. The harness retries such events when devices update and while a test waits.
+const RETRY_WHEN_DEVICES_KNOWN = new Set(["UNKNOWN_SENDER_DEVICE"]);
+
+async function retryUnknownSenderDevice(roomId = null) {
+    const rooms = roomId ? [client.getRoom(roomId)].filter(Boolean) : client.getRooms();
+    for (const room of rooms) {
+        for (const event of room.getLiveTimeline().getEvents()) {
+            if (
+                event.isDecryptionFailure() &&
+                RETRY_WHEN_DEVICES_KNOWN.has(event.decryptionFailureReason) &&
+                !event.isBeingDecrypted()
+            ) {
+                await event.attemptDecryption(client.getCrypto(), { isRetry: true });
+            }
+        }
+    }
+}
 
 const lines = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
 const iterator = lines[Symbol.asyncIterator]();
@@ -80,9 +100,13 @@ function waitMessage({ room_id, predicate = "", sender = null, timeout = 10 }) {
     return new Promise((resolve) => {
         const failures = new Map();
         let timer;
+        const retry = setInterval(() => {
+            retryUnknownSenderDevice(room_id).catch((error) => console.error(error));
+        }, 250);
         const finish = (result) => {
             waiters.delete(check);
             clearTimeout(timer);
+            clearInterval(retry);
             resolve(result);
         };
         const check = (event) => {
@@ -190,6 +214,9 @@ async function start({ homeserver, user_id, password, isolation = "only_signed" 
             : new OnlySignedDevicesIsolationMode(),
     );
     client.on(sdk.MatrixEventEvent.Decrypted, notify);
+    client.on(CryptoEvent.DevicesUpdated, () => {
+        retryUnknownSenderDevice().catch((error) => console.error(error));
+    });
     client.on(sdk.RoomEvent.Timeline, (event) => {
         if (!event.isEncrypted()) notify(event);
     });

@@ -43,6 +43,8 @@ class BotRunner:
     bot_settings: dict[str, Any] = field(default_factory=dict)
     # False: the bot starts without its cross-signing identity (to show Element's refusal).
     cross_sign: bool = True
+    # `[email]` keys over `DEV_EMAIL`; None: the email bridge is off.
+    email: dict[str, Any] | None = None
 
     @property
     def user_id(self) -> str:
@@ -53,7 +55,12 @@ class BotRunner:
         if self.database_url:
             values["APLUS_DATABASE_URL"] = self.database_url
         return Settings.for_dev(
-            self.data_dir, self.synapse.base_url, self.synapse.server_name, self.user_id, values
+            self.data_dir,
+            self.synapse.base_url,
+            self.synapse.server_name,
+            self.user_id,
+            values,
+            email=self.email,
         )
 
     async def start(self) -> App:

@@ -9,6 +9,7 @@ mail system delivering a reply to the bot's listener (a real aiosmtplib client).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 from email import policy
@@ -175,20 +176,24 @@ async def send_mail(
 ) -> tuple[int, str]:
     """Deliver to the bot's listener; returns the final (code, text) or the refusal's."""
     data = message if isinstance(message, bytes) else message.as_bytes(policy=policy.SMTP)
+    client = aiosmtplib.SMTP(
+        hostname=host,
+        port=port,
+        start_tls=False,
+        timeout=30,
+        local_hostname="mail.caf95.example.test",
+    )
+    await client.connect()
     try:
-        _, response = await aiosmtplib.send(
-            data,
-            sender=mail_from,
-            recipients=[rcpt],
-            hostname=host,
-            port=port,
-            start_tls=False,
-            timeout=30,
-            local_hostname="mail.caf95.example.test",
-        )
+        # sendmail (not aiosmtplib.send): a bounce has an empty envelope sender.
+        _, response = await client.sendmail(mail_from, [rcpt], data)
     except aiosmtplib.SMTPRecipientsRefused as exc:
         refused = exc.recipients[0]
         return refused.code, refused.message
     except aiosmtplib.SMTPResponseException as exc:
         return exc.code, exc.message
+    finally:
+        if client.is_connected:
+            with contextlib.suppress(aiosmtplib.SMTPException):
+                await client.quit()
     return 250, response  # aiosmtplib gives the text of the final 250
