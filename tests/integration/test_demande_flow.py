@@ -6,6 +6,7 @@ for the aidant, the instructeurs and the intruder.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,8 +96,13 @@ async def _audit_actions(world: World, reference: str | None = None) -> list[str
 
 
 async def test_open_demande_full_scenario(
-    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+    synapse: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Everything the bot logs, down to DEBUG, is checked for personal data at the end.
+    caplog.set_level(logging.DEBUG, logger="bot")
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
         world = await _world(clients, runner)
@@ -218,6 +224,10 @@ async def test_open_demande_full_scenario(
         for expected in ("demande_opened", "mandate_recorded", "room_created", "participant_added"):
             assert expected in actions, expected
         await runner.check_alive()
+    logged = caplog.text
+    assert "demande A-" in logged  # the bot did log, at DEBUG and above
+    for personal in ("Dupontel", "Jeanne", "12/03/1961", "123 456", "allocation logement"):
+        assert personal not in logged, personal
 
 
 async def test_intruder_is_kicked_then_banned_and_power_levels_restored(
