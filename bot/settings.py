@@ -44,6 +44,7 @@ ENV_DATA_KEY: Final = "APLUS_DATA_KEY"
 ENV_DATABASE_URL: Final = "APLUS_DATABASE_URL"
 ENV_SMTP_PASSWORD: Final = "APLUS_SMTP_PASSWORD"  # noqa: S105 (a variable name)
 ENV_DKIM_PRIVATE_KEY: Final = "APLUS_DKIM_PRIVATE_KEY"
+ENV_SYNAPSE_ADMIN_TOKEN: Final = "APLUS_SYNAPSE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
 SECRET_ENV_VARS: Final = frozenset(
     {
         ENV_BOT_PASSWORD,
@@ -53,6 +54,7 @@ SECRET_ENV_VARS: Final = frozenset(
         ENV_DATABASE_URL,
         ENV_SMTP_PASSWORD,
         ENV_DKIM_PRIVATE_KEY,
+        ENV_SYNAPSE_ADMIN_TOKEN,
     }
 )
 
