@@ -12,8 +12,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from bot.devserver import LocalSynapse
 from bot.domain.model import Status
 from bot.matrix.content import APLUS_KEY
@@ -21,7 +19,7 @@ from tests.integration.test_demande_flow import World, _demande, _open, _world
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
-from tests.support.smtp import RelaySink, Received, build_reply, reply_to, send_mail
+from tests.support.smtp import Received, RelaySink, build_reply, reply_to, send_mail
 
 REPLY_DOMAIN = "reponse.aplus.test"
 
@@ -252,7 +250,9 @@ async def test_reply_addresses_senders_automation_and_duplicates(
         async with runner.store.transaction() as tx:
             agent = world.directory.agents["mailonly"]
             assert await tx.remove_participant(
-                demande_id=demande.id, agent_id=agent.id, now=runner.app.clock.now()  # type: ignore[union-attr]
+                demande_id=demande.id,
+                agent_id=agent.id,
+                now=runner.app.clock.now(),  # type: ignore[union-attr]
             )
         code, text = await reply(runner, dossier, sophie, "Encore moi")
         assert (code, text) == (550, "5.1.1 No such recipient here")

@@ -108,17 +108,16 @@ class RelaySink:
     def to(self, address: str) -> list[Received]:
         return [m for m in self.messages if address.lower() in (r.lower() for r in m.rcpt_tos)]
 
-    async def wait_for(self, predicate: Any, timeout: float = 30, what: str = "mail") -> None:
-        deadline = time.monotonic() + timeout
+    async def wait_for(self, predicate: Any, wait: float = 30, what: str = "mail") -> None:
+        """Until `predicate()` holds; fails (with `what`) after `wait` seconds."""
+        deadline = time.monotonic() + wait
         while not predicate():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"relay: still waiting after {timeout} s for {what}")
+                raise AssertionError(f"relay: still waiting after {wait} s for {what}")
             self._arrived.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._arrived.wait(), timeout=min(remaining, 0.2))
-            except TimeoutError:
-                pass
 
 
 def reply_to(original: Received) -> str:

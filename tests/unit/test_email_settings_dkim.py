@@ -36,7 +36,7 @@ def _settings(tmp_path: Path, email: dict[str, Any] | None, **secrets: str) -> S
 
 def _key() -> tuple[str, bytes]:
     """A private key (PEM) and its DNS TXT record."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.TraditionalOpenSSL,
@@ -113,12 +113,15 @@ def test_outgoing_mail_is_dkim_signed_when_configured(tmp_path: Path) -> None:
     assert dkim.verify(signed, dnsfunc=dns)
     assert not dkim.verify(signed.replace(b"Bonjour", b"Bonsoir"), dnsfunc=dns)
     unsigned = _settings(tmp_path, {}).email
-    assert EmailDelivery(
-        store=None,  # type: ignore[arg-type]
-        settings=unsigned,
-        clock=SystemClock(),
-        wake_matrix=lambda: None,
-    ).sign(message) == message
+    assert (
+        EmailDelivery(
+            store=None,  # type: ignore[arg-type]
+            settings=unsigned,
+            clock=SystemClock(),
+            wake_matrix=lambda: None,
+        ).sign(message)
+        == message
+    )
 
 
 def test_inbound_dkim_must_verify_and_align_with_from() -> None:
