@@ -16,6 +16,7 @@ from bot.policy_loader import default_policies_dir, load_policies
 from bot.settings import Settings, SettingsError, load_settings
 
 DEFAULT_DEV_DIR = Path(".aplus-dev")
+log = logging.getLogger("bot.cli")
 
 
 def _setup_logging(level: str = "INFO") -> None:
@@ -72,15 +73,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     async def main() -> None:
         app = App(settings)
+        this = asyncio.current_task()
+        assert this is not None
+        loop = asyncio.get_running_loop()
+        # From the very start: a stop during start-up (systemd, Ctrl-C) must close cleanly too,
+        # not kill the process in the middle of its login or of a database write.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, this.cancel)
         try:
             await app.start()
-            runner = asyncio.create_task(app.run())
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, runner.cancel)
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
+            await app.run()
+        except asyncio.CancelledError:
+            log.info("stop requested: closing")
         finally:
             await app.close()
 
