@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
+from bot.admin_wiring import AdminRuntime, start_admin
 from bot.domain.policies import Policies
 from bot.matrix.cross_signing import ensure_cross_signing
+from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway, SavedLogin
 from bot.policy_loader import load_policies
 from bot.services.clock import Clock, SystemClock
@@ -54,6 +56,7 @@ class App:
     # production, where the bot always cross-signs its device at start.
     _cross_sign: bool = field(default=True, repr=False)
     email: EmailRuntime | None = field(init=False, default=None)
+    admin: AdminRuntime = field(init=False)
     _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
 
     async def start(self) -> None:
@@ -148,6 +151,10 @@ class App:
         if s.email.enabled:
             self.email = await start_email(self)
             self._stack.push_async_callback(self.email.close)
+        # The admin room, follow-up and retention jobs, health endpoint (after email:
+        # reminders reach email-only participants through the bridge).
+        self.admin = await start_admin(self, dispatcher)
+        self._stack.push_async_callback(self.admin.close)
 
     async def _login(self) -> None:
         s = self.settings
@@ -172,21 +179,40 @@ class App:
 
     async def run(self) -> None:
         """Serve until cancelled. Unfinished work from a previous run is finished first."""
+        # Demandes whose room was being built when the bot stopped are finished before any
+        # new event is handled, so that the events of their rooms are recognised.
+        await self._recover()
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(self.sync.run(), name="sync")
             tasks.create_task(self.outbox.run(), name="outbox")
             tasks.create_task(self.undecryptable.run(), name="undecryptable")
-            tasks.create_task(self._recover(), name="recover")
+            tasks.create_task(self._recover_periodically(), name="recover")
             if self.email is not None:
                 for name, worker in self.email.workers().items():
                     tasks.create_task(worker, name=name)
+            for name, worker in self.admin.workers().items():
+                tasks.create_task(worker, name=name)
 
     async def _recover(self) -> None:
-        await self.opening.resume_all()
-        await self.rooms.reconcile_pending()
+        """Finish what a stop or an outage interrupted; every step is idempotent."""
+        try:
+            await self.opening.resume_all()
+            await self.rooms.invite_pending()
+            await self.rooms.reconcile_pending()
+        except MatrixError as exc:
+            log.warning("recovery postponed, homeserver unavailable: %s", exc)
         self.outbox.wake()
         if self.email is not None:
             self.email.wake()
+
+    async def _recover_periodically(self, every_seconds: float = 60.0) -> None:
+        while True:
+            await asyncio.sleep(every_seconds)
+            try:
+                await self._recover()
+            except Exception:
+                # Database down: try again at the next round, nothing is lost.
+                log.exception("recovery round failed")
 
     async def close(self) -> None:
         await self._stack.aclose()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import uuid
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +147,10 @@ class MatrixGateway:
                 # Same device ID: the crypto store and its keys stay valid.
         if password is None:
             raise MatrixError(None, None, "no stored login and no bot password configured")
-        resp = await self.client.login(password=password, device_name=self.device_name)
+        try:
+            resp = await self.client.login(password=password, device_name=self.device_name)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HomeserverUnavailable(f"login: {exc}") from exc
         if not isinstance(resp, LoginResponse):
             raise _as_error(resp)
         await self._upload_keys_if_needed()
@@ -157,7 +159,10 @@ class MatrixGateway:
 
     async def _upload_keys_if_needed(self) -> None:
         if self.client.should_upload_keys:
-            resp = await self.client.keys_upload()
+            try:
+                resp = await self.client.keys_upload()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise HomeserverUnavailable(f"keys upload: {exc}") from exc
             if isinstance(resp, ErrorResponse):
                 raise _as_error(resp)
 
@@ -513,10 +518,6 @@ class MatrixGateway:
             raise HomeserverUnavailable(str(exc)) from exc
         if isinstance(claim, KeysClaimError):
             raise _as_error(claim)
-
-
-def _txn() -> str:
-    return uuid.uuid4().hex
 
 
 def _as_error(resp: Any) -> MatrixError:

@@ -92,6 +92,15 @@ class Dispatcher:
                 raise
             log.warning("invitation to %s: %s %s", room_id, exc.status, exc.errcode)
 
+    def _is_direct_chat(self, room_id: str) -> bool:
+        """A room with the bot and one person: where a form may be sent.
+
+        Guards against acting on a room the bot owns but does not know yet (a demande
+        whose room ID was not recorded before a crash) as if it were a direct chat.
+        """
+        room = self.gateway.client.rooms.get(room_id)
+        return room is None or _members_of(room) <= 2
+
     async def on_room_event(self, room_id: str, event: Any) -> None:
         if self.admin is not None and self.admin.is_admin_room(room_id):
             await self.admin.on_event(room_id, event)
@@ -119,6 +128,10 @@ class Dispatcher:
         if isinstance(event, RoomMessageText):
             if event.sender == self.bot_user_id:
                 return
+            if not self._is_direct_chat(room_id):
+                # Not a demande room, not a one-to-one chat: the bot does not act here.
+                log.info("message in %s ignored: not a direct chat", room_id)
+                return
             if self.admin is not None and await self.admin.refuse_elsewhere(
                 room_id, event, own_commands=direct_commands.DIRECT, recipients=[event.sender]
             ):
@@ -130,6 +143,10 @@ class Dispatcher:
             await self.rooms.on_undecryptable(room_id, event, reference=None)
         elif isinstance(event, RoomMemberEvent):
             return
+
+
+def _members_of(room: Any) -> int:
+    return len(getattr(room, "users", {}) or {})
 
 
 def _is_file(event: Any) -> bool:

@@ -72,10 +72,11 @@ class BotRunner:
         app = App(settings, _cross_sign=self.cross_sign)
         await app.start()
         self.app = app
-        self.task = asyncio.create_task(app.run(), name="bot")
-        await matrix.wait_for(lambda: app.sync.synced.is_set() or self.task.done(), 30, "bot sync")
-        if self.task.done():
-            self.task.result()
+        task = asyncio.create_task(app.run(), name="bot")
+        self.task = task
+        await matrix.wait_for(lambda: app.sync.synced.is_set() or task.done(), 30, "bot sync")
+        if task.done():
+            task.result()
         return app
 
     async def stop(self) -> None:
