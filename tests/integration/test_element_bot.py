@@ -15,6 +15,7 @@ import nio
 
 from bot.devserver import LocalSynapse, RegisteredUser
 from bot.domain.model import Role, Status
+from bot.matrix.cross_signing import cross_signing_status
 from tests.integration.test_demande_flow import World, _demande, _open, _world
 from tests.support import bot as botsupport
 from tests.support import matrix
@@ -55,6 +56,12 @@ async def _bot_identity(client: nio.AsyncClient, bot_id: str) -> list[tuple[str,
     return [(d.device_id, d.cross_signed) for d in await matrix.published_devices(client, bot_id)]
 
 
+async def _master_key(runner: botsupport.BotRunner) -> str | None:
+    assert runner.app is not None
+    report = await cross_signing_status(runner.app.gateway.client)
+    return report.master_key
+
+
 async def test_element_instructeur_works_with_the_real_bot_also_after_a_restart(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
@@ -93,8 +100,11 @@ async def test_element_instructeur_works_with_the_real_bot_also_after_a_restart(
             # Restart: same identity, same single device, keys still flowing both ways.
             before = await _bot_identity(world.instr1, bot_id)
             assert before == [(runner.app.gateway.device_id, True)]
+            master = await _master_key(runner)
+            assert master is not None
             await runner.restart()
             assert await _bot_identity(world.instr1, bot_id) == before
+            assert await _master_key(runner) == master
             await element.send(room_id, "!aide")
             help_ = await element.wait_message(room_id, "!inviter", sender=bot_id)
             assert help_.status == "decrypted", help_
