@@ -215,3 +215,59 @@ async def _reply(reader: asyncio.StreamReader) -> str:
         line = (await asyncio.wait_for(reader.readline(), 10)).decode().rstrip("\r\n")
         if len(line) < 4 or line[3] != "-":
             return line
+
+
+async def test_listener_checks_dkim_itself_when_configured(sqlite_url: str, tmp_path: Path) -> None:
+    import dkim
+
+    from bot.store.crypto import FieldCipher, generate_key
+    from tests.support.smtp import send_mail
+    from tests.unit.test_email_settings_dkim import _dns, _key
+
+    store = await Store.open(sqlite_url, FieldCipher.from_secret(generate_key()))
+    try:
+        aidant, instructeur, _, g_caf = await seed(store)
+        demande_id = await new_demande(store, aidant, [g_caf])
+        bridge = await _bridge(store, tmp_path)
+        async with store.transaction() as tx:
+            await tx.add_participant(
+                demande_id=demande_id, agent=instructeur, kind="instructeur", added_by="b", now=NOW
+            )
+            token = await bridge.reply_token(tx, demande_id, str(instructeur.email))
+        # No trusted Authentication-Results at all: only our own DKIM check can pass a reply.
+        settings = _settings(tmp_path, trusted_authserv_ids=[], dkim_verify=True).email
+        pem, record = _key()
+        handler = InboundHandler(
+            store=store,
+            settings=settings,
+            clock=SystemClock(),
+            on_committed=lambda: None,
+            wake_matrix=lambda: None,
+            dkim_dns=_dns({b"s1._domainkey.caf.example.fr.": record}),
+        )
+        server = await start_listener(handler, settings)
+        host, port = server.sockets[0].getsockname()[:2]
+        rcpt = f"reply+{token}@reponse.aplus.test"
+
+        def reply(n: int) -> bytes:
+            return (
+                f"From: Ivan <ivan@caf.example.fr>\r\nTo: {rcpt}\r\nSubject: Re\r\n"
+                f"Message-ID: <dkim.{n}@caf.example.fr>\r\n\r\nReponse {n}.\r\n"
+            ).encode()
+
+        try:
+            signed = dkim.sign(reply(1), b"s1", b"caf.example.fr", pem.encode()) + reply(1)
+            answers = [
+                await send_mail(host, port, data, rcpt=rcpt, mail_from="ivan@caf.example.fr")
+                for data in (reply(2), signed.replace(b"Reponse 1", b"Reponse 9"), signed)
+            ]
+        finally:
+            server.close()
+            await server.wait_closed()
+        refused = (550, "5.7.1 Sender not authorised for this recipient")
+        assert answers[:2] == [refused, refused] and answers[2][0] == 250
+        async with store.transaction() as tx:
+            [entry] = await tx.inbound_entries()
+        assert entry.message_id == "<dkim.1@caf.example.fr>"
+    finally:
+        await store.close()
