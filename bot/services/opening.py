@@ -15,6 +15,7 @@ through its `fr.aplus.demande` state event (see `_find_orphan_room`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -283,6 +284,11 @@ class Opening:
         if demande.creation_step == "pending":
             room_id = await self._find_orphan_room(demande) if recovering else None
             if room_id is None:
+                async with self.store.transaction() as tx:
+                    # Recorded before the request: a bot killed while createRoom is in
+                    # flight knows, on restart, to wait for that room rather than make a
+                    # second one (the homeserver finishes the request without us).
+                    await tx.set_state(_creating_key(demande.id), self.clock.now().isoformat())
                 room_id = await self._create_room(demande)
             crash_point("after_create_room")
             async with self.store.transaction() as tx:
@@ -336,6 +342,24 @@ class Opening:
         return room_id
 
     async def _find_orphan_room(self, demande: DemandeRecord) -> str | None:
+        """The room of a demande whose createRoom was sent but never recorded, if any.
+
+        If a createRoom was in flight when the bot stopped, the homeserver may still be
+        creating the room: keep looking for a bounded time before concluding it does not
+        exist (a second room would be worse than a few seconds' wait at start-up).
+        """
+        async with self.store.transaction() as tx:
+            attempted = await tx.get_state(_creating_key(demande.id))
+        if attempted is None:
+            return None
+        deadline = asyncio.get_running_loop().time() + ORPHAN_SEARCH_SECONDS
+        while True:
+            room_id = await self._search_rooms_for(demande)
+            if room_id is not None or asyncio.get_running_loop().time() >= deadline:
+                return room_id
+            await asyncio.sleep(0.5)
+
+    async def _search_rooms_for(self, demande: DemandeRecord) -> str | None:
         async with self.store.transaction() as tx:
             known = await tx.known_room_ids()
         for room_id in await self.gateway.joined_rooms():
@@ -412,6 +436,14 @@ NOT_A_FORM = (
 
 def already_confirmed(reference: str) -> str:
     return f"La demande {reference} est déjà ouverte : il n'y a plus rien à confirmer."
+
+
+# How long a restarted bot looks for a room whose creation it had requested.
+ORPHAN_SEARCH_SECONDS = 10.0
+
+
+def _creating_key(demande_id: int) -> str:
+    return f"demande.{demande_id}.create_room_sent_at"
 
 
 def _draft_reference_key(draft_id: int) -> str:
