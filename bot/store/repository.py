@@ -27,6 +27,7 @@ from bot.domain.model import (
     Usefulness,
 )
 from bot.store import codec
+from bot.store.admin_tx import AdminTx
 from bot.store.crypto import FieldCipher
 from bot.store.crypto_tx import CryptoTx
 from bot.store.email_tx import EmailTx
@@ -166,7 +167,7 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx(EmailTx, CryptoTx):
+class Tx(EmailTx, AdminTx, CryptoTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
 
     def __init__(self, session: AsyncSession, cipher: FieldCipher, dialect: str) -> None:
