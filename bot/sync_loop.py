@@ -153,6 +153,8 @@ class SyncLoop:
                     await handling
                     raise
                 since = resp.next_batch
+                if first:
+                    log.info("first sync handled: the service is ready")
                 first = False
                 delay = 1.0
                 self.synced.set()

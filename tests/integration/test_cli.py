@@ -240,6 +240,7 @@ async def test_crypto_status_while_the_bot_runs_leaves_it_working(
     bot = proc.bot_process(files)
     with proc.killed_at_exit(bot):
         bot.start()
+        await bot.wait_log("the service is ready", timeout=120)
         dm = await botsupport.open_direct_chat(aidant, files.user_id)
         await botsupport.say(aidant, dm, "!aide")
         await botsupport.next_reply(aidant, dm, files.user_id, after=0)
