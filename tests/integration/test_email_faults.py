@@ -139,6 +139,14 @@ async def test_bot_killed_between_commit_and_post_posts_once_after_restart(
             )
             assert code == 250
             await reply_with(instr, room_id, files.user_id, "la suite", after=n)
+
+            async def events_recorded() -> bool:
+                async with files.store() as store, store.transaction() as tx:
+                    entries = await tx.inbound_entries()
+                return len(entries) == 2 and all(e.event_id for e in entries)
+
+            # The member may read the event a moment before the bot records its ID.
+            await matrix.wait_for(events_recorded, 30, "the posted events recorded")
             assert await second.stop() == 0, second.describe()
 
     posted = [e.body for e in bridged(instr, room_id, files.user_id)]
