@@ -1,0 +1,188 @@
+"""Benchmark helpers: figures, tables, verdicts, and a read-only view of the bot's database.
+
+Benchmarks run on purpose (`make bench`, or `.venv/bin/pytest -s tests/bench/...`), never in
+the normal suite. They *report*: a missed target prints MISS, it does not fail the run.
+What does fail the run is a wrong result (a room not ready, a reply not received), or a
+wait that exceeds its bound.
+
+The session's real Synapse (`synapse`) and the E2EE client pool (`clients`) come from
+`tests/conftest.py`, which pytest applies to this folder too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import sqlite3
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nio
+
+from tests.support import matrix
+from tests.support.matrix import WaitTimeout
+
+
+def env_int(name: str, default: int) -> int:
+    """A size knob of a benchmark (e.g. BENCH_ROOMS=100 for a quick try)."""
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+# -- figures -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    n: int
+    median: float
+    p95: float
+    minimum: float
+    maximum: float
+
+    def ms(self) -> list[str]:
+        return [
+            str(self.n),
+            f"{self.median * 1000:.0f}",
+            f"{self.p95 * 1000:.0f}",
+            f"{self.minimum * 1000:.0f}",
+            f"{self.maximum * 1000:.0f}",
+        ]
+
+
+def p95(samples: Sequence[float]) -> float:
+    """Nearest-rank 95th percentile (with 30 samples: the 29th smallest)."""
+    ordered = sorted(samples)
+    return ordered[max(0, math.ceil(0.95 * len(ordered)) - 1)]
+
+
+def summarize(samples: Sequence[float]) -> Summary:
+    assert samples, "no samples"
+    return Summary(
+        n=len(samples),
+        median=statistics.median(samples),
+        p95=p95(samples),
+        minimum=min(samples),
+        maximum=max(samples),
+    )
+
+
+def verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain-text table, first column left-aligned, the others right-aligned."""
+    cells = [[str(c) for c in header], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        pairs = enumerate(zip(row, widths, strict=True))
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in pairs)
+
+    rule = "-" * len(line(cells[0]))
+    return "\n".join([f"\n{title}", rule, line(cells[0]), rule, *map(line, cells[1:]), rule])
+
+
+def machine() -> str:
+    """The shared machine's state, printed with every figure: other jobs skew them."""
+    one, five, _ = os.getloadavg()
+    return f"{os.cpu_count()} CPUs, load average {one:.1f} (1 min) / {five:.1f} (5 min)"
+
+
+def report(text: str) -> None:
+    """Printed as it comes (`-s`), so a long benchmark shows where it is."""
+    print(text, flush=True)
+
+
+class Progress:
+    """`what: 300/1000 (42 s, ~98 s left)`, printed every `every` steps."""
+
+    def __init__(self, what: str, total: int, every: int) -> None:
+        self.what = what
+        self.total = total
+        self.every = every
+        self.done = 0
+        self.started = time.perf_counter()
+
+    def step(self) -> None:
+        self.done += 1
+        if self.done % self.every == 0 or self.done == self.total:
+            spent = time.perf_counter() - self.started
+            left = spent / self.done * (self.total - self.done)
+            report(f"  {self.what}: {self.done}/{self.total} ({spent:.0f} s, ~{left:.0f} s left)")
+
+
+# -- the aidant's side ---------------------------------------------------------------
+
+
+async def reply_after(
+    client: nio.AsyncClient, room_id: str, sender: str, after: int, bound: float = 30.0
+) -> str:
+    """The first decrypted message from `sender` in the room beyond the `after` first ones."""
+    box = matrix.inbox(client)
+
+    def replies() -> list[Any]:
+        return [e for e in box.events(room_id) if e.sender == sender]
+
+    await matrix.sync_until(client, lambda: len(replies()) > after, bound, f"reply from {sender}")
+    body: str = replies()[after].body
+    return body
+
+
+# -- the bot's database, seen from outside -----------------------------------------
+
+
+class BotDb:
+    """A read-only SQLite connection to the bot's database.
+
+    The bot writes in WAL mode, so this reader never blocks it and sees each commit as soon
+    as it is made. Queries take tens of microseconds: polling every 2 ms costs the shared
+    event loop little, and the benchmarks poll the same way while timing the reference.
+    """
+
+    def __init__(self, database_url: str) -> None:
+        prefix = "sqlite+aiosqlite:///"
+        assert database_url.startswith(prefix), "the benchmarks read the bot's SQLite file"
+        path = Path(database_url.removeprefix(prefix))
+        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def one(self, sql: str, *args: Any) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = self._db.execute(sql, args).fetchone()
+        return row
+
+    def last_demande_id(self) -> int:
+        row = self.one("SELECT max(id) FROM demandes")
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def ready_after(self, last_id: int) -> bool:
+        row = self.one(
+            "SELECT creation_step FROM demandes WHERE id > ? ORDER BY id DESC LIMIT 1", last_id
+        )
+        return row is not None and row[0] == "ready"
+
+    def message_sent(self, txn_id: str) -> bool:
+        row = self.one("SELECT sent_at FROM outbox_messages WHERE txn_id = ?", txn_id)
+        return row is not None and row[0] is not None
+
+
+POLL_S = 0.002
+
+
+async def poll_until(check: Callable[[], bool], bound: float, what: str) -> float:
+    """Call `check()` every 2 ms until true; returns the `perf_counter` when it was seen."""
+    deadline = time.perf_counter() + bound
+    while True:
+        if check():
+            return time.perf_counter()
+        if time.perf_counter() > deadline:
+            raise WaitTimeout(f"still waiting after {bound} s for {what}")
+        await asyncio.sleep(POLL_S)
