@@ -119,6 +119,7 @@ class App:
             allowed_servers=allowed,
             room_version=s.bot.room_version,
         )
+        await self.opening.load_room_index()
         dispatcher = Dispatcher(
             store=self.store,
             gateway=self.gateway,

@@ -105,8 +105,10 @@ class Dispatcher:
         if self.admin is not None and self.admin.is_admin_room(room_id):
             await self.admin.on_event(room_id, event)
             return
-        async with self.store.transaction() as tx:
-            demande = await tx.get_demande_by_room(room_id)
+        demande = None
+        if self.opening.is_demande_room(room_id):
+            async with self.store.transaction() as tx:
+                demande = await tx.get_demande_by_room(room_id)
         if demande is not None:
             if self.retention is not None and _is_file(event):
                 await self.retention.record_attachment(

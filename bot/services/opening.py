@@ -79,7 +79,19 @@ class Opening:
         self.bot_user_id = bot_user_id
         self.allowed_servers = tuple(allowed_servers)
         self.room_version = room_version
+        # Rooms of demandes; this service is the only one that records a room.
+        self._demande_rooms: set[str] = set()
         self.email: Any = None  # bridge.outbound.EmailBridge when the email bridge is on
+
+    # ------------------------------------------------------- the room index
+    async def load_room_index(self) -> None:
+        """Every room recorded for a demande, kept in memory: the dispatcher asks for each
+        event, and the answer is almost always "no" (direct chats) — no query needed."""
+        async with self.store.transaction() as tx:
+            self._demande_rooms = set(await tx.known_room_ids())
+
+    def is_demande_room(self, room_id: str) -> bool:
+        return room_id in self._demande_rooms
 
     # ---------------------------------------------------------- direct chat
     async def on_direct_message(self, msg: Incoming, parsed: DirectParsed) -> None:
@@ -280,19 +292,33 @@ class Opening:
     async def advance(self, demande_id: int, *, recovering: bool = False) -> DemandeRecord:
         async with self.store.transaction() as tx:
             demande = await tx.get_demande(demande_id)
-        assert demande is not None
+            assert demande is not None
+            invitees = _matrix_ids(await tx.participants(demande_id))
+            # A first attempt records that createRoom is about to be sent in the same
+            # transaction; a recovery must first look for the room of an earlier attempt.
+            marked = demande.creation_step == "pending" and not recovering
+            if marked:
+                await self._mark_creating(tx, demande)
+        fresh = False
+        dossier: dict[str, Any] = {}
         if demande.creation_step == "pending":
             room_id = await self._find_orphan_room(demande) if recovering else None
             if room_id is None:
-                async with self.store.transaction() as tx:
-                    # Recorded before the request: a bot killed while createRoom is in
-                    # flight knows, on restart, to wait for that room rather than make a
-                    # second one (the homeserver finishes the request without us).
-                    await tx.set_state(_creating_key(demande.id), self.clock.now().isoformat())
-                room_id = await self._create_room(demande)
+                if not marked:
+                    async with self.store.transaction() as tx:
+                        await self._mark_creating(tx, demande)
+                room_id = await self._create_room(demande, invitees)
+                # The invitations were in the createRoom body, which the homeserver
+                # performs within the request: its 200 means every one was sent, so the
+                # room is recorded as "invited", with its dossier queued in the same
+                # commit. A room found again after a crash has them checked one by one.
+                fresh = True
             crash_point("after_create_room")
+            self._demande_rooms.add(room_id)
             async with self.store.transaction() as tx:
-                await tx.set_creation_step(demande.id, "room_created", room_id=room_id)
+                await tx.set_creation_step(
+                    demande.id, "invited" if fresh else "room_created", room_id=room_id
+                )
                 await tx.audit(
                     "room_created",
                     actor=self.bot_user_id,
@@ -301,18 +327,39 @@ class Opening:
                     now=self.clock.now(),
                 )
                 demande = await tx.get_demande(demande_id)
-            assert demande is not None
+                assert demande is not None
+                if fresh:
+                    dossier = await self._enqueue_dossier(tx, demande)
+            if fresh:
+                crash_point("after_invites")
         if demande.creation_step == "room_created":
-            await self._ensure_invites(demande)
+            await self._ensure_invites(demande, invitees)
             crash_point("after_invites")
             async with self.store.transaction() as tx:
                 await tx.set_creation_step(demande.id, "invited")
                 demande = await tx.get_demande(demande_id)
             assert demande is not None
         if demande.creation_step == "invited":
-            await self._post_dossier(demande)
+            sent: str | None = None
+            if fresh:
+                # The hot path: the room was just made with exactly the ledger's members,
+                # so the dossier goes straight out (same stable transaction ID as its
+                # outbox row, which a crash here leaves for the outbox worker).
+                assert demande.room_id is not None
+                sent = await self.gateway.send_encrypted(
+                    demande.room_id,
+                    dossier,
+                    dossier_txn(demande.reference),
+                    recipients={*invitees, self.bot_user_id},
+                )
+            else:
+                await self._post_dossier(demande)
             async with self.store.transaction() as tx:
-                event_id = await tx.message_event_id(dossier_txn(demande.reference))
+                if sent is not None:
+                    await tx.mark_message_sent(
+                        dossier_txn(demande.reference), sent, now=self.clock.now()
+                    )
+                event_id = sent or await tx.message_event_id(dossier_txn(demande.reference))
                 await tx.set_creation_step(demande.id, "ready", dossier_event_id=event_id)
                 if self.email is not None:
                     await self.email.on_demande_ready(tx, demande)
@@ -320,13 +367,13 @@ class Opening:
             assert demande is not None
         return demande
 
-    async def _invitees(self, demande: DemandeRecord) -> list[str]:
-        async with self.store.transaction() as tx:
-            participants = await tx.participants(demande.id)
-        return sorted({p.matrix_id for p in participants if p.matrix_id})
+    async def _mark_creating(self, tx: Any, demande: DemandeRecord) -> None:
+        # Recorded before the request: a bot killed while createRoom is in flight knows,
+        # on restart, to wait for that room rather than make a second one (the homeserver
+        # finishes the request without us).
+        await tx.set_state(_creating_key(demande.id), self.clock.now().isoformat())
 
-    async def _create_room(self, demande: DemandeRecord) -> str:
-        invitees = await self._invitees(demande)
+    async def _create_room(self, demande: DemandeRecord, invitees: list[str]) -> str:
         names = [self.policies.organisations[o].name for o in demande.organisations]
         body = room_spec.create_room_body(
             reference=demande.reference,
@@ -371,13 +418,14 @@ class Opening:
                 return room_id
         return None
 
-    async def _ensure_invites(self, demande: DemandeRecord) -> None:
+    async def _ensure_invites(self, demande: DemandeRecord, invitees: list[str]) -> None:
         assert demande.room_id is not None
-        invitees = await self._invitees(demande)
-        members = await self.gateway.members(demande.room_id)
+        # One membership read, which also rebuilds our view of the room for the dossier.
+        present = set((await self.gateway.refresh_members(demande.room_id)).users)
         now = self.clock.now()
+        invited_now = False
         for user in invitees:
-            if members.get(user) in ("join", "invite"):
+            if user in present:
                 continue
             try:
                 await self.gateway.invite(demande.room_id, user)
@@ -387,6 +435,7 @@ class Opening:
                 # e.g. an unknown account: the others must still be invited.
                 log.warning("demande %s: invite refused: %s", demande.reference, exc.errcode)
                 continue
+            invited_now = True
             async with self.store.transaction() as tx:
                 await tx.audit(
                     "invited",
@@ -395,29 +444,36 @@ class Opening:
                     details={"user": user},
                     now=now,
                 )
-        await self.gateway.refresh_members(demande.room_id)
+        if invited_now:
+            await self.gateway.refresh_members(demande.room_id)
+
+    async def _enqueue_dossier(self, tx: Any, demande: DemandeRecord) -> dict[str, Any]:
+        """Queue the dossier and return its content; idempotent (a second call keeps the first)."""
+        assert demande.room_id is not None
+        form = await tx.load_form(demande.id)
+        views, aidant_view = await participant_views(tx, demande, self.policies)
+        rendered = texts.render_dossier(
+            demande.reference,
+            form,
+            demande.status,
+            views,
+            aidant_view,
+            organisation_names=self._org_names(),
+        )
+        content = mx.text(rendered.body, rendered.formatted_body, dossier=demande.reference)
+        await outbox.enqueue(
+            tx,
+            txn_id=dossier_txn(demande.reference),
+            room_id=demande.room_id,
+            content=content,
+            now=self.clock.now(),
+        )
+        return content
 
     async def _post_dossier(self, demande: DemandeRecord) -> None:
         assert demande.room_id is not None
-        now = self.clock.now()
         async with self.store.transaction() as tx:
-            form = await tx.load_form(demande.id)
-            views, aidant_view = await participant_views(tx, demande, self.policies)
-            rendered = texts.render_dossier(
-                demande.reference,
-                form,
-                demande.status,
-                views,
-                aidant_view,
-                organisation_names=self._org_names(),
-            )
-            await outbox.enqueue(
-                tx,
-                txn_id=dossier_txn(demande.reference),
-                room_id=demande.room_id,
-                content=mx.text(rendered.body, rendered.formatted_body, dossier=demande.reference),
-                now=now,
-            )
+            await self._enqueue_dossier(tx, demande)
         await self.outbox.flush(demande.room_id)
 
     async def _flush(self, room_id: str) -> None:
@@ -448,6 +504,10 @@ def _creating_key(demande_id: int) -> str:
 
 def _draft_reference_key(draft_id: int) -> str:
     return f"draft.{draft_id}.reference"
+
+
+def _matrix_ids(participants: Sequence[Any]) -> list[str]:
+    return sorted({p.matrix_id for p in participants if p.matrix_id})
 
 
 def dossier_txn(reference: str) -> str:

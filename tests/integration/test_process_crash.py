@@ -112,7 +112,7 @@ async def test_a_bot_killed_mid_creation_finishes_on_restart_without_duplicates(
             # Died between the commit of !confirmer and its reply: the demande exists.
             [demande] = await _demandes(files)
             assert demande.creation_step == (
-                "pending" if death == "after_create_room" else "room_created"
+                "pending" if death == "after_create_room" else "invited"
             )
             # ... and the aidant has had the recap only, no answer to !confirmer yet.
             dm_so_far = await admin.timeline(dm)
