@@ -16,7 +16,7 @@ import os
 import secrets
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from bot.domain.model import Role
 from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
+from bridge.devsink import MailFolderSink
 
 log = logging.getLogger(__name__)
 
@@ -186,6 +187,8 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
             synapse.server_name,
             bot.user_id,
             {k: v for k, v in secret_values.items() if k.startswith("APLUS_")},
+            # The email bridge on loopback; run_dev points its relay at the mail folder.
+            email={},
         )
         await _import_demo_directory(settings, synapse.server_name)
     except BaseException:
@@ -316,6 +319,18 @@ def _print_welcome(facts: dict[str, Any], data_dir: Path) -> None:
         "",
         "  Pour ouvrir une demande : connectez-vous comme aidant, démarrez une discussion",
         f"  directe chiffrée avec {facts['bot']['user_id']} et envoyez !demande.",
+    ]
+    if "smtp_inbound" in facts:
+        smtp = facts["smtp_inbound"]
+        lines += [
+            "",
+            f"  Courriels envoyés (fichiers .eml) : {facts['mail_dir']}",
+            f"  Pour répondre à la main : SMTP sur {smtp['host']}:{smtp['port']}, à l'adresse",
+            "  Reply-To du courriel, depuis l'adresse de l'agent, avec l'en-tête",
+            "  « Authentication-Results: aplus-dev; dmarc=pass header.from=<domaine de l'agent> ».",
+        ]
+    lines += [
+        "",
         f"  Ces informations sont aussi dans {data_dir / 'dev-accounts.json'}.",
         "",
         "  Ctrl-C pour tout arrêter.",
@@ -335,8 +350,20 @@ async def run_dev(data_dir: Path) -> None:
             loop.add_signal_handler(sig, stop.set)
     synapse, settings, facts = await prepare(data_dir)
     app = App(settings)
+    mail = MailFolderSink(data_dir / "mail")
     try:
+        # Outgoing mail is kept as .eml files; replies go to the bot's listener.
+        await mail.start()
+        app.settings = replace(settings, email=replace(settings.email, relay_port=mail.port))
         await app.start()
+        if app.email is not None:
+            host, port = app.email.address
+            facts["smtp_inbound"] = {"host": host, "port": port}
+            facts["mail_dir"] = str(mail.folder)
+        # The admin room (created at start with the demo operator invited).
+        facts["admin_room"] = app.admin.room.room_id
+        if app.admin.server is not None:
+            facts["health"] = f"http://127.0.0.1:{app.admin.server.port}/healthz"
         accounts = data_dir / "dev-accounts.json"
         _write_private(accounts, json.dumps(facts, indent=2, ensure_ascii=False))
         _print_welcome(facts, data_dir)
@@ -353,5 +380,6 @@ async def run_dev(data_dir: Path) -> None:
         print("Arrêt demandé : le service s'arrête proprement.", flush=True)
     finally:
         await app.close()
+        await mail.close()
         await synapse.stop()
         (synapse.data_dir / SYNAPSE_PID_FILE).unlink(missing_ok=True)
