@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 BOT_LOCALPART = "aplus"
 ADMIN_LOCALPART = "synapse-admin"
+RETENTION_DEVICE = "APLUS-RETENTION"
 EMAIL_DEMO_DOMAIN = "caf95.demo.aplus.test"
 SYNAPSE_PID_FILE = "synapse.pid"
 LEFTOVER_STOP_TIMEOUT_S = 15.0
@@ -181,12 +182,20 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
                 entry["password"] = None
             users.append(entry)
         await _logout(synapse, admin.access_token)
+        # The retention job purges rooms and media through the Synapse admin API: the
+        # demo gives it a session of the admin account on one fixed device, reused.
+        retention = await synapse.login(
+            ADMIN_LOCALPART, secret_values["admin_password"], device_id=RETENTION_DEVICE
+        )
         settings = Settings.for_dev(
             data_dir,
             synapse.base_url,
             synapse.server_name,
             bot.user_id,
-            {k: v for k, v in secret_values.items() if k.startswith("APLUS_")},
+            {
+                **{k: v for k, v in secret_values.items() if k.startswith("APLUS_")},
+                "APLUS_SYNAPSE_ADMIN_TOKEN": retention.access_token,
+            },
             # The email bridge on loopback; run_dev points its relay at the mail folder.
             email={},
         )

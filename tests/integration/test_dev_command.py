@@ -103,6 +103,8 @@ async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: P
             homeserver = facts["homeserver"]
             assert homeserver.startswith("http://127.0.0.1:"), homeserver
             bot_id = facts["bot"]["user_id"]
+            # The admin room, created at start with the demo operator invited.
+            assert facts["admin_room"].startswith("!"), facts
             users = facts["users"]
             for user in users:
                 assert {"email", "password", "role", "group"} <= user.keys(), user
@@ -138,6 +140,7 @@ async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: P
             await second.wait_output(WELCOME_DONE, timeout=120)
             again = _accounts(data_dir)
             assert again["homeserver"] == homeserver
+            assert again["admin_room"] == facts["admin_room"]  # kept, not created again
             assert again["bot"]["user_id"] == bot_id
             assert await _bot_devices(again, data_dir) == devices
 
