@@ -36,7 +36,7 @@ from bridge import render
 from bridge.addressing import reply_address, token_digest
 
 if TYPE_CHECKING:
-    from bridge.media import MatrixMedia
+    from bot.matrix.gateway import MatrixGateway
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class EmailBridge:
         self.clock = clock
         self._key: bytes | None = None
         self._wake_delivery: list[Any] = []
-        self.media: MatrixMedia | None = None
+        self.gateway: MatrixGateway | None = None  # downloads the files to attach
 
     async def load_key(self) -> None:
         """The secret reply tokens derive from: created once, kept sealed with the others."""
@@ -454,9 +454,9 @@ class EmailBridge:
         bridged: Mapping[str, Any] = content
         file = content.get("file")
         too_big = not isinstance(size, int) or size > limit
-        if not too_big and isinstance(file, Mapping) and self.media is not None:
+        if not too_big and isinstance(file, Mapping) and self.gateway is not None:
             try:
-                data = await self.media.download(file, max_bytes=limit)
+                _, _, data = await self.gateway.fetch_attachment(content, max_bytes=limit)
                 attachments.append(render.Attachment(name, ctype, data))
             except ValueError as exc:
                 log.warning(

@@ -19,8 +19,10 @@ import logging
 from typing import Any
 
 from bot.commands import room as room_commands
+from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
+from bot.matrix.gateway import MatrixGateway
 from bot.services import outbox as matrix_outbox
 from bot.services.clock import Clock
 from bot.services.demande_room import DemandeRooms
@@ -28,7 +30,6 @@ from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import InboundRecord
 from bridge.inbound_parse import InboundMail, RefusalReason, parse_inbound
-from bridge.media import MatrixMedia, file_message
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,13 @@ class InboxPoster:
         *,
         store: Store,
         rooms: DemandeRooms,
-        media: MatrixMedia,
+        gateway: MatrixGateway,
         settings: EmailSettings,
         clock: Clock,
     ) -> None:
         self.store = store
         self.rooms = rooms
-        self.media = media
+        self.gateway = gateway  # uploads only: the outbox posts
         self.settings = settings
         self.clock = clock
         self._wake = asyncio.Event()
@@ -136,9 +137,7 @@ class InboxPoster:
         if uploads is None and mail.attachments:
             uploads = []
             for att in mail.attachments:
-                file = await self.media.upload(
-                    att.data, filename=att.filename, content_type=att.content_type
-                )
+                file = await self.gateway.upload_attachment(att.data, att.filename)
                 uploads.append(
                     {
                         "file": file,
@@ -202,12 +201,12 @@ class InboxPoster:
                     tx,
                     txn_id=f"{key}-att-{index}",
                     room_id=demande.room_id,
-                    content=file_message(
+                    content=files.file_content(
                         up["file"],
                         filename=up["filename"],
-                        content_type=up["content_type"],
+                        mimetype=up["content_type"],
                         size=up["size"],
-                        bridged=bridged,
+                        marker={"bridged": bridged},
                     ),
                     now=now,
                 )

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 
 from bridge.delivery import EmailDelivery
 from bridge.inbound import InboundHandler, listening_address, start_listener
-from bridge.media import MatrixMedia
 from bridge.outbound import EmailBridge
 from bridge.posting import InboxPoster
 
@@ -23,7 +22,6 @@ class EmailRuntime:
     delivery: EmailDelivery
     poster: InboxPoster
     handler: InboundHandler
-    media: MatrixMedia
     server: asyncio.Server
 
     @property
@@ -42,7 +40,6 @@ class EmailRuntime:
     async def close(self) -> None:
         self.server.close()
         await self.server.wait_closed()
-        await self.media.close()
 
 
 async def start_email(app: App) -> EmailRuntime:
@@ -51,8 +48,7 @@ async def start_email(app: App) -> EmailRuntime:
     assert app.policies is not None
     bridge = EmailBridge(settings=settings, store=app.store, policies=app.policies, clock=app.clock)
     await bridge.load_key()
-    media = MatrixMedia(app.gateway)
-    bridge.media = media
+    bridge.gateway = app.gateway
     app.rooms.email = bridge
     app.opening.email = bridge
     delivery = EmailDelivery(
@@ -60,7 +56,7 @@ async def start_email(app: App) -> EmailRuntime:
     )
     bridge.on_enqueued(delivery.wake)
     poster = InboxPoster(
-        store=app.store, rooms=app.rooms, media=media, settings=settings, clock=app.clock
+        store=app.store, rooms=app.rooms, gateway=app.gateway, settings=settings, clock=app.clock
     )
     handler = InboundHandler(
         store=app.store,
@@ -70,4 +66,4 @@ async def start_email(app: App) -> EmailRuntime:
         wake_matrix=app.outbox.wake,
     )
     server = await start_listener(handler, settings)
-    return EmailRuntime(bridge, delivery, poster, handler, media, server)
+    return EmailRuntime(bridge, delivery, poster, handler, server)

@@ -38,6 +38,7 @@ from bot.domain.stats import (
     parse_filter,
     stats_rows,
 )
+from bot.matrix.attachments import AttachmentError
 from bot.policy_loader import load_policies
 from bot.services.admin_room import AdminRoom, ReceivedFile
 from bot.services.chart import render_png
@@ -47,7 +48,6 @@ from bot.services.directory import apply_import
 from bot.services.directory_admin import DirectoryAdmin
 from bot.services.followup import FollowUp, describe_late
 from bot.services.health import Health
-from bot.services.media import AttachmentError, fetch_attachment
 from bot.services.retention import Retention
 from bot.services.statistics import collect, select
 from bot.store.admin_tx import DirectoryConflictError
@@ -548,11 +548,11 @@ async def _import_annuaire(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: 
             "!import-annuaire."
         )
     try:
-        raw = await fetch_attachment(
-            ctx.admin.gateway, ctx.file.content, max_bytes=ctx.max_file_bytes
+        _, _, raw = await ctx.admin.gateway.fetch_attachment(
+            ctx.file.content, max_bytes=ctx.max_file_bytes
         )
     except AttachmentError as exc:
-        return Reply.error(f"Fichier « {ctx.file.filename} » illisible : {exc}.")
+        return Reply.error(f"Fichier « {ctx.file.filename} » illisible. {exc}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

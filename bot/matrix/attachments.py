@@ -130,13 +130,24 @@ def msgtype_for(mimetype: str) -> str:
 
 
 def file_content(
-    *, filename: str, mimetype: str, size: int, url: str, keys: Mapping[str, Any]
+    file: Mapping[str, Any],
+    *,
+    filename: str,
+    mimetype: str,
+    size: int,
+    marker: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The message content of an encrypted attachment."""
-    return {
+    """The message content of an encrypted attachment (`file`: its `EncryptedFile`).
+
+    `marker`, if any, goes under `fr.aplus` (how the bridge tags what it posts).
+    """
+    content: dict[str, Any] = {
         "msgtype": msgtype_for(mimetype),
         "body": filename,
         "filename": filename,
         "info": {"mimetype": mimetype, "size": size},
-        "file": {"url": url, **keys},
+        "file": dict(file),
     }
+    if marker:
+        content["fr.aplus"] = dict(marker)
+    return content

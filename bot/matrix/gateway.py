@@ -406,14 +406,17 @@ class MatrixGateway:
         return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
 
     # ---------------------------------------------------------- attachments
-    async def fetch_attachment(self, content: Mapping[str, Any]) -> tuple[str, str, bytes]:
+    async def fetch_attachment(
+        self, content: Mapping[str, Any], *, max_bytes: int | None = None
+    ) -> tuple[str, str, bytes]:
         """(filename, mimetype, plaintext) of an encrypted attachment's message content.
 
-        Raises `AttachmentTooLarge` past `max_attachment_bytes` (declared or actual) and
-        `AttachmentError` when it is not encrypted, malformed or does not decrypt.
+        Raises `AttachmentTooLarge` past `max_bytes` (default `max_attachment_bytes`),
+        declared or actual, and `AttachmentError` when it is not encrypted, malformed or
+        does not decrypt.
         """
         ref = files.parse_encrypted_file(content)
-        limit = self.max_attachment_bytes
+        limit = self.max_attachment_bytes if max_bytes is None else max_bytes
         if ref.declared_size is not None and ref.declared_size > limit:
             raise files.AttachmentTooLarge(ref.declared_size, limit)
         server, media_id = ref.server_and_media_id
@@ -451,12 +454,19 @@ class MatrixGateway:
         """
         if len(data) > self.max_attachment_bytes:
             raise files.AttachmentTooLarge(len(data), self.max_attachment_bytes)
+        file = await self.upload_attachment(data, filename)
+        content = files.file_content(file, filename=filename, mimetype=mimetype, size=len(data))
+        return await self.send_encrypted(room_id, content, txn_id, recipients=recipients)
+
+    async def upload_attachment(self, data: bytes, filename: str) -> dict[str, Any]:
+        """Encrypt and upload, without sending: the `EncryptedFile` (url, key, iv, hashes, v).
+
+        For callers that post the message later, through the outbox (exactly once), or
+        that have their own size limit (inbound email, admin exports): no limit here.
+        """
         ciphertext, keys = files.encrypt(data)
         url = await self._upload(ciphertext, filename)
-        content = files.file_content(
-            filename=filename, mimetype=mimetype, size=len(data), url=url, keys=keys
-        )
-        return await self.send_encrypted(room_id, content, txn_id, recipients=recipients)
+        return {"url": url, **keys}
 
     async def _upload(self, ciphertext: bytes, filename: str) -> str:
         assert self._http is not None, "connect() first"

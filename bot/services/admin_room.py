@@ -31,12 +31,12 @@ from bot.commands.framework import (
 )
 from bot.domain import membership as rules
 from bot.domain.model import Role
+from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.services import outbox as outbox_mod
 from bot.services.clock import Clock
-from bot.services.media import upload_encrypted
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -221,12 +221,13 @@ class AdminRoom:
         assert self.room_id is not None
         contents = [mx.notice(reply.text, reply.html)]
         for attachment in reply.attachments:
+            file = await self.gateway.upload_attachment(attachment.data, attachment.filename)
             contents.append(
-                await upload_encrypted(
-                    self.gateway,
-                    attachment.data,
+                files.file_content(
+                    file,
                     filename=attachment.filename,
-                    content_type=attachment.content_type,
+                    mimetype=attachment.content_type,
+                    size=len(attachment.data),
                 )
             )
         now = self.clock.now()

@@ -267,22 +267,19 @@ async def _inbox(runner: botsupport.BotRunner) -> list[Any]:
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 
 
-class _Session:
-    """Just what `MatrixMedia` needs of a gateway, for a test client's account."""
-
-    def __init__(self, client: Any) -> None:
-        self.homeserver = client.homeserver
-        self.client = client
-
-
 async def _download(client: Any, content: dict[str, Any]) -> bytes:
-    from bridge.media import MatrixMedia
+    """The plaintext of an encrypted file, fetched as a test client's account."""
+    import aiohttp
 
-    media = MatrixMedia(_Session(client))  # type: ignore[arg-type]
-    try:
-        return await media.download(content["file"], max_bytes=10_000_000)
-    finally:
-        await media.close()
+    from bot.matrix import attachments as files
+
+    ref = files.parse_encrypted_file(content)
+    server, media_id = ref.server_and_media_id
+    url = f"{client.homeserver}/_matrix/client/v1/media/download/{server}/{media_id}"
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as resp:
+        assert resp.status == 200, resp.status
+        return files.decrypt(ref, await resp.read())
 
 
 async def _send_file(client: Any, room_id: str, name: str, data: bytes) -> str:
