@@ -19,7 +19,7 @@ from bot.domain import dossier as texts
 from bot.domain import membership as rules
 from bot.domain import room_spec
 from bot.domain import status as status_rules
-from bot.domain.model import Agent, Role, Status, Usefulness
+from bot.domain.model import Usefulness
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.reference import room_name
 from bot.matrix import attachments as files
@@ -308,15 +308,7 @@ class DemandeRooms:
     async def _on_text(self, demande: DemandeRecord, event: RoomMessageText) -> None:
         from bot.commands import room as room_commands
 
-        msg = Incoming(
-            room_id=_room(demande) or "",
-            event_id=event.event_id,
-            sender=event.sender,
-            body=event.body if isinstance(event.body, str) else "",
-            encrypted=bool(getattr(event, "decrypted", False)),
-            content=(getattr(event, "source", None) or {}).get("content") or {},
-        )
-        await room_commands.handle(self, demande, msg)
+        await room_commands.handle(self, demande, Incoming.of(_room(demande), event))
 
     async def _notice(
         self, tx: Any, demande: DemandeRecord, text: str, *, txn: str, html: str | None = None
@@ -452,13 +444,3 @@ def _drifted(etype: str, current: Mapping[str, Any], wanted: Mapping[str, Any]) 
     if etype == "m.room.power_levels":
         return rules.power_levels_drift(current, wanted)
     return any(current.get(k) != v for k, v in wanted.items())
-
-
-def agent_is_aidant_side(agent: Agent, aidant: Agent) -> bool:
-    """The aidant, or a member of the aidant's group, may close and reopen."""
-    return agent.id == aidant.id or (
-        agent.group_id is not None and agent.group_id == aidant.group_id and agent.has(Role.AIDANT)
-    )
-
-
-OPEN_STATUSES = (Status.NOUVELLE, Status.EN_COURS, Status.TRAITEE)

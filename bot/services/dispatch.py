@@ -20,16 +20,6 @@ from bot.store.db import Store
 log = logging.getLogger(__name__)
 
 
-def incoming(room_id: str, event: RoomMessageText) -> Incoming:
-    return Incoming(
-        room_id=room_id,
-        event_id=event.event_id,
-        sender=event.sender,
-        body=event.body if isinstance(event.body, str) else "",
-        encrypted=bool(getattr(event, "decrypted", False)),
-    )
-
-
 class Dispatcher:
     def __init__(
         self,
@@ -138,7 +128,7 @@ class Dispatcher:
                 room_id, event, own_commands=direct_commands.DIRECT, recipients=[event.sender]
             ):
                 return
-            msg = incoming(room_id, event)
+            msg = Incoming.of(room_id, event)
             await self.opening.on_direct_message(msg, direct_commands.parse(msg.body))
         elif isinstance(event, MegolmEvent):
             # A direct chat (the aidant's form): kept and retried like in a demande room.

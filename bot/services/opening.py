@@ -26,7 +26,7 @@ from bot.commands.direct import DirectParsed
 from bot.domain import dossier as texts
 from bot.domain import form as form_rules
 from bot.domain import room_spec
-from bot.domain.model import Agent, DemandeForm, Role, Status
+from bot.domain.model import Agent, DemandeForm, Role
 from bot.domain.policies import Policies
 from bot.domain.reference import room_name
 from bot.domain.routing import route
@@ -56,6 +56,18 @@ class Incoming:
     encrypted: bool
     # The event's (decrypted) content, for what needs more than the body (email bridge).
     content: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, room_id: str, event: Any) -> Incoming:
+        """From a nio text event (decrypted by nio when it was encrypted)."""
+        return cls(
+            room_id=room_id,
+            event_id=event.event_id,
+            sender=event.sender,
+            body=event.body if isinstance(event.body, str) else "",
+            encrypted=bool(getattr(event, "decrypted", False)),
+            content=(getattr(event, "source", None) or {}).get("content") or {},
+        )
 
 
 class Opening:
@@ -512,6 +524,3 @@ def _matrix_ids(participants: Sequence[Any]) -> list[str]:
 
 def dossier_txn(reference: str) -> str:
     return f"dossier-{reference}"
-
-
-STATUS_OPEN = (Status.NOUVELLE, Status.EN_COURS, Status.TRAITEE)
