@@ -28,7 +28,7 @@ from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.services import outbox as outbox_mod
 from bot.services.clock import Clock
-from bot.services.directory_view import participant_views
+from bot.services.directory_view import dossier_content
 from bot.services.opening import Incoming
 from bot.store.db import Store
 from bot.store.records import DemandeRecord
@@ -324,25 +324,15 @@ class DemandeRooms:
     async def _enqueue_dossier(
         self, tx: Any, demande: DemandeRecord, now: Any, *, txn: str
     ) -> None:
-        form = await tx.load_form(demande.id)
-        views, aidant_view = await participant_views(tx, demande, self.policies)
         current = await tx.get_demande(demande.id)
-        rendered = texts.render_dossier(
-            demande.reference,
-            form,
-            current.status if current else demande.status,
-            views,
-            aidant_view,
-            repost=True,
-            organisation_names={k: v.name for k, v in self.policies.organisations.items()},
-        )
-        await outbox_mod.enqueue(
+        content = await dossier_content(
             tx,
-            txn_id=txn,
-            room_id=_room(demande),
-            content=mx.text(rendered.body, rendered.formatted_body, dossier=demande.reference),
-            now=now,
+            demande,
+            self.policies,
+            status=current.status if current else demande.status,
+            repost=True,
         )
+        await outbox_mod.enqueue(tx, txn_id=txn, room_id=_room(demande), content=content, now=now)
 
     def membership_rules(self) -> MembershipRules:
         rules_ = self.policies.membership

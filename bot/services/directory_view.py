@@ -1,12 +1,13 @@
-"""How participants are shown in the dossier (names, organisation, group)."""
+"""The dossier as posted in a demande room, and how participants are shown in it."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from bot.domain.dossier import ParticipantView
-from bot.domain.model import Agent, Group
+from bot.domain.dossier import ParticipantView, render_dossier
+from bot.domain.model import Agent, Group, Status
 from bot.domain.policies import Policies
+from bot.matrix import content as mx
 from bot.store.records import DemandeRecord
 
 
@@ -41,3 +42,21 @@ async def participant_views(
         assert agent is not None
         aidant_view = view_of(agent, groups.get(agent.group_id or -1), policies)
     return views, aidant_view
+
+
+async def dossier_content(
+    tx: Any, demande: DemandeRecord, policies: Policies, *, status: Status, repost: bool
+) -> dict[str, Any]:
+    """The dossier's Matrix content (it holds the usager's data: encrypted rooms only)."""
+    form = await tx.load_form(demande.id)
+    views, aidant_view = await participant_views(tx, demande, policies)
+    rendered = render_dossier(
+        demande.reference,
+        form,
+        status,
+        views,
+        aidant_view,
+        repost=repost,
+        organisation_names={k: v.name for k, v in policies.organisations.items()},
+    )
+    return mx.text(rendered.body, rendered.formatted_body, dossier=demande.reference)

@@ -36,7 +36,7 @@ from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.services import outbox
 from bot.services.clock import Clock
-from bot.services.directory_view import participant_views, view_of
+from bot.services.directory_view import dossier_content, view_of
 from bot.store.db import Store
 from bot.store.records import DemandeRecord
 
@@ -462,17 +462,9 @@ class Opening:
     async def _enqueue_dossier(self, tx: Any, demande: DemandeRecord) -> dict[str, Any]:
         """Queue the dossier and return its content; idempotent (a second call keeps the first)."""
         assert demande.room_id is not None
-        form = await tx.load_form(demande.id)
-        views, aidant_view = await participant_views(tx, demande, self.policies)
-        rendered = texts.render_dossier(
-            demande.reference,
-            form,
-            demande.status,
-            views,
-            aidant_view,
-            organisation_names=self._org_names(),
+        content = await dossier_content(
+            tx, demande, self.policies, status=demande.status, repost=False
         )
-        content = mx.text(rendered.body, rendered.formatted_body, dossier=demande.reference)
         await outbox.enqueue(
             tx,
             txn_id=dossier_txn(demande.reference),
