@@ -26,11 +26,11 @@ from pathlib import Path
 
 from bot.devserver import LocalSynapse
 from bot.matrix.content import APLUS_KEY
-from tests.integration.test_demande_flow import _demande, _open, _world
-from tests.integration.test_email_bridge import email_bot, listener, mailonly, relay
 from tests.support import matrix
 from tests.support.bot import say
+from tests.support.email import email_bot, listener, mailonly, relay
 from tests.support.smtp import build_reply, reply_to, send_mail
+from tests.support.world import demande_of, make_world, open_demande
 
 MESSAGES = int(os.environ.get("BENCH_EMAIL_MESSAGES", "1000"))
 TARGET_P95_S = 0.5
@@ -57,10 +57,10 @@ async def test_email_bridge_latency_both_ways(
 ) -> None:
     async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         sophie = mailonly(world)
-        _, reference = await _open(world)
-        room_id = (await _demande(world, reference)).room_id
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
         await matrix.join_and_read(world.instr1, room_id, 1)
         await matrix.join_and_read(world.aidant, room_id, 1)
         await sink.wait_for(lambda: len(sink.to(sophie)) == 1, what="the dossier email")

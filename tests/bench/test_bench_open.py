@@ -104,7 +104,7 @@ class World:
     dossier: dict[str, Any] = field(default_factory=dict)
 
 
-async def _world(
+async def make_world(
     synapse: LocalSynapse, clients: matrix.Clients, runner: botsupport.BotRunner
 ) -> World:
     """The directory of tests/integration/test_demande_flow.py: one aidant, two Matrix
@@ -493,7 +493,7 @@ async def bench_world(
 ) -> AsyncIterator[tuple[World, ReadyWatch, aiohttp.ClientSession]]:
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        world = await _world(synapse, clients, runner)
+        world = await make_world(synapse, clients, runner)
         watch = ReadyWatch(world.db)
         watch.start()
         try:

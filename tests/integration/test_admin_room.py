@@ -28,10 +28,10 @@ from bot.domain.calendar import PARIS
 from bot.domain.model import Role, Status
 from bot.domain.stats import EXPORT_COLUMNS
 from bot.settings import PoliciesSettings, Settings
-from tests.integration.test_demande_flow import World, _demande, _open, _world
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, reply_with, say
+from tests.support.world import World, demande_of, make_world, open_demande
 
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -107,7 +107,7 @@ class Admin:
 
 
 async def _admin(clients: matrix.Clients, runner: AdminRunner) -> Admin:
-    world = await _world(clients, runner)
+    world = await make_world(clients, runner)
     operator = await clients.client("operateur")
     await botsupport.add_agent(
         runner.store, world.directory, "operateur", matrix_id=operator.user_id,
@@ -206,7 +206,7 @@ async def test_admin_room_commands(
         await admin.command("!agent-ajouter Paul", "manquant")  # strict parsing: the usage
 
         # --- an admin command elsewhere: refused, audited, nothing done
-        dm, reference = await _open(world)
+        dm, reference = await open_demande(world)
         n = count_from(world.aidant, dm, bot_id)
         await say(world.aidant, dm, "!agent-desactiver " + world.instr1.user_id)
         assert "salon d'administration" in await reply_with(
@@ -253,7 +253,7 @@ async def test_admin_room_commands(
             f'!agent-ajouter Nina Nouvelle "{caf}" instructeur {nina.user_id}', "ajouté"
         )
         assert reference in added
-        demande = await _demande(world, reference)
+        demande = await demande_of(world, reference)
         reposted = await matrix.join_and_read(nina, demande.room_id, 1)
         assert "Dupontel" in reposted[0]  # she is a participant now: she reads the dossier
         assert "déjà" in await admin.command(
@@ -387,8 +387,8 @@ async def test_late_reminders_and_digest_with_an_injected_clock(
             runner.store, world.directory, "resp", matrix_id=responsable.user_id,
             roles=[Role.RESPONSABLE], group="caf",
         )  # fmt: skip
-        _, reference = await _open(world, filled_form(date_mandat="01/03/2026"))
-        demande = await _demande(world, reference)
+        _, reference = await open_demande(world, filled_form(date_mandat="01/03/2026"))
+        demande = await demande_of(world, reference)
 
         # Wednesday 8 April 9:59: Fri 3, Tue 7 are the only business days so far.
         clock.at = paris(2026, 4, 8, 9) + timedelta(minutes=59)
@@ -461,9 +461,9 @@ async def test_retention_wipes_and_purges_a_closed_demande(
         admin = await _admin(clients, runner)
         world, bot_id = admin.world, admin.bot_id
         assert runner.app is not None
-        old_dm, old_ref = await _open(world)
-        _, kept_ref = await _open(world, filled_form(nom="Zyskowska", prenom="Gwenaelle"))
-        old, kept = await _demande(world, old_ref), await _demande(world, kept_ref)
+        old_dm, old_ref = await open_demande(world)
+        _, kept_ref = await open_demande(world, filled_form(nom="Zyskowska", prenom="Gwenaelle"))
+        old, kept = await demande_of(world, old_ref), await demande_of(world, kept_ref)
         await matrix.accept_invite(world.aidant, old.room_id)
         await matrix.accept_invite(world.aidant, kept.room_id)
         # A file in the room that will be purged (encrypted, as Element sends it).
@@ -482,7 +482,7 @@ async def test_retention_wipes_and_purges_a_closed_demande(
         n = count_from(world.aidant, kept.room_id, bot_id)
         await say(world.aidant, kept.room_id, "!clore inutile")
         await reply_with(world.aidant, kept.room_id, bot_id, "clôturée", after=n)
-        assert (await _demande(world, old_ref)).status is Status.CLOTUREE
+        assert (await demande_of(world, old_ref)).status is Status.CLOTUREE
 
         # Six months and a day after the first closing; the second is 40 days younger.
         clock.offset = timedelta(days=183)

@@ -17,10 +17,10 @@ from nio.crypto.attachments import decrypt_attachment
 
 from bot.devserver import LocalSynapse
 from bot.matrix.attachments import AttachmentError, AttachmentTooLarge
-from tests.integration.test_demande_flow import _demande, _open, _world
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with
+from tests.support.world import demande_of, make_world, open_demande
 
 LIMIT = 64 * 1024
 
@@ -70,9 +70,9 @@ async def test_encrypted_attachments_both_ways_within_the_limit(
         await runner.start()
         assert runner.app is not None
         gateway = runner.app.gateway
-        world = await _world(clients, runner)
-        _, reference = await _open(world)
-        room_id = (await _demande(world, reference)).room_id
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
         instr1 = world.instr1
         files: list[nio.RoomEncryptedFile] = []
         instr1.add_event_callback(
@@ -134,9 +134,9 @@ async def test_a_file_over_the_limit_is_refused_with_a_notice(
         await runner.start()
         assert runner.app is not None
         gateway = runner.app.gateway
-        world = await _world(clients, runner)
-        _, reference = await _open(world)
-        room_id = (await _demande(world, reference)).room_id
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
         instr1, bot_id = world.instr1, world.bot_id
         await matrix.join_and_read(instr1, room_id, 1)
 

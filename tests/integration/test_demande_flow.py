@@ -7,9 +7,7 @@ for the aidant, the instructeurs and the intruder.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import nio
 import pytest
@@ -19,80 +17,13 @@ from bot.domain.model import Role, Status
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
-
-
-@dataclass
-class World:
-    runner: botsupport.BotRunner
-    directory: botsupport.Directory
-    aidant: nio.AsyncClient
-    instr1: nio.AsyncClient
-    instr2: nio.AsyncClient
-
-    @property
-    def bot_id(self) -> str:
-        return self.runner.user_id
-
-
-async def _world(clients: matrix.Clients, runner: botsupport.BotRunner) -> World:
-    directory = botsupport.Directory()
-    aidant = await clients.client("aidant")
-    instr1 = await clients.client("instr1")
-    instr2 = await clients.client("instr2")
-    store = runner.store
-    await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
-    await botsupport.add_group(store, directory, "caf", "caf", ["95"])
-    await botsupport.add_group(store, directory, "cpam", "cpam", ["95"])
-    await botsupport.add_agent(
-        store, directory, "aidant", matrix_id=aidant.user_id, roles=[Role.AIDANT], group="fs"
-    )
-    for key, client in (("instr1", instr1), ("instr2", instr2)):
-        await botsupport.add_agent(
-            store, directory, key, matrix_id=client.user_id, roles=[Role.INSTRUCTEUR], group="caf"
-        )
-    await botsupport.add_agent(
-        store,
-        directory,
-        "mailonly",
-        matrix_id=None,
-        email=f"{matrix.unique('sophie')}@caf95.example.test",
-        roles=[Role.INSTRUCTEUR],
-        group="caf",
-        first_name="Sophie",
-    )
-    return World(runner, directory, aidant, instr1, instr2)
-
-
-async def _open(world: World, form: str | None = None) -> tuple[str, str]:
-    """Direct chat, form, recap, !confirmer. Returns (direct room, reference)."""
-    dm = await botsupport.open_direct_chat(world.aidant, world.bot_id)
-    n = count_from(world.aidant, dm, world.bot_id)
-    await say(world.aidant, dm, form or filled_form())
-    recap = await next_reply(world.aidant, dm, world.bot_id, after=n)
-    assert "!confirmer" in recap, recap
-    await say(world.aidant, dm, "!confirmer")
-    opened = await next_reply(world.aidant, dm, world.bot_id, after=n + 1)
-    assert "ouverte" in opened, opened
-    reference = opened.split("Demande ", 1)[1].split(" ", 1)[0]
-    return dm, reference
-
-
-async def _demande(world: World, reference: str) -> Any:
-    async with world.runner.store.transaction() as tx:
-        demande = await tx.get_demande_by_reference(reference)
-    assert demande is not None
-    return demande
-
-
-async def _room_state(client: nio.AsyncClient, room_id: str) -> dict[tuple[str, str], Any]:
-    resp = await client.room_get_state(room_id)
-    assert isinstance(resp, nio.RoomGetStateResponse), resp
-    return {(e["type"], e.get("state_key", "")): e["content"] for e in resp.events}
-
-
-async def _audit_actions(world: World, reference: str | None = None) -> list[str]:
-    async with world.runner.store.transaction() as tx:
-        return [e.action for e in await tx.audit_entries(reference=reference)]
+from tests.support.world import (
+    audit_actions,
+    demande_of,
+    make_world,
+    open_demande,
+    room_state,
+)
 
 
 async def test_open_demande_full_scenario(
@@ -105,7 +36,7 @@ async def test_open_demande_full_scenario(
     caplog.set_level(logging.DEBUG, logger="bot")
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         aidant, instr1, instr2, bot_id = world.aidant, world.instr1, world.instr2, world.bot_id
 
         dm = await botsupport.open_direct_chat(aidant, bot_id)
@@ -123,7 +54,7 @@ async def test_open_demande_full_scenario(
         assert "ouverte" in opened, opened
         reference = opened.split("Demande ", 1)[1].split(" ", 1)[0]
         assert reference == recap_reference  # the recap announced it
-        demande = await _demande(world, reference)
+        demande = await demande_of(world, reference)
         assert demande.creation_step == "ready"
         assert demande.status == Status.NOUVELLE
         room_id = demande.room_id
@@ -131,7 +62,7 @@ async def test_open_demande_full_scenario(
 
         # --- the room, field by field, as the homeserver holds it (state is NOT encrypted)
         await matrix.accept_invite(aidant, room_id)
-        state = await _room_state(aidant, room_id)
+        state = await room_state(aidant, room_id)
         assert state[("m.room.encryption", "")]["algorithm"] == "m.megolm.v1.aes-sha2"
         assert state[("m.room.join_rules", "")]["join_rule"] == "invite"
         assert state[("m.room.guest_access", "")]["guest_access"] == "forbidden"
@@ -171,7 +102,7 @@ async def test_open_demande_full_scenario(
         assert "en cours" in notice
         assert "en cours" in await next_reply(instr1, room_id, bot_id, after=n)
         n += 1
-        assert (await _demande(world, reference)).status == Status.EN_COURS
+        assert (await demande_of(world, reference)).status == Status.EN_COURS
 
         # --- !statut, !aide
         async def command(client: nio.AsyncClient, text: str, expect: str) -> str:
@@ -206,21 +137,21 @@ async def test_open_demande_full_scenario(
         # --- !traitee, then the aidant closes, reopens, closes again
         await command(instr1, "!traitee", "a traité la demande")
         await command(instr1, "!clore utile", "Seul l'aidant")
-        assert "command_refused" in await _audit_actions(world, reference)
+        assert "command_refused" in await audit_actions(world, reference)
         await command(aidant, "!clore utile", "clôturée")
-        demande = await _demande(world, reference)
+        demande = await demande_of(world, reference)
         assert demande.status == Status.CLOTUREE and demande.usefulness is not None
         assert demande.times.treated_at is not None and demande.times.closed_at is not None
         await command(aidant, "!rouvrir", "rouverte")
-        assert (await _demande(world, reference)).status == Status.EN_COURS
+        assert (await demande_of(world, reference)).status == Status.EN_COURS
         await command(aidant, "!clore nesaispas", "clôturée")
         # A message from the aidant reopens a closed demande.
         n_a = count_from(aidant, room_id, bot_id)
         await say(aidant, room_id, "En fait, l'usager a reçu un nouveau courrier.")
         await reply_with(aidant, room_id, bot_id, "rouverte", after=n_a)
-        assert (await _demande(world, reference)).status == Status.EN_COURS
+        assert (await demande_of(world, reference)).status == Status.EN_COURS
 
-        actions = await _audit_actions(world, reference)
+        actions = await audit_actions(world, reference)
         for expected in ("demande_opened", "mandate_recorded", "room_created", "participant_added"):
             assert expected in actions, expected
         await runner.check_alive()
@@ -235,9 +166,9 @@ async def test_intruder_is_kicked_then_banned_and_power_levels_restored(
 ) -> None:
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        world = await _world(clients, runner)
-        _, reference = await _open(world)
-        room_id = (await _demande(world, reference)).room_id
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
         await matrix.join_and_read(world.instr1, room_id, 1)
 
         # A homeserver admin grants a local user power in the room (the Tchap lesson).
@@ -282,10 +213,10 @@ async def test_intruder_is_kicked_then_banned_and_power_levels_restored(
         await matrix.wait_for(intruder_banned, 30, "the intruder banned")
 
         async def ban_audited() -> bool:
-            return "intruder_banned" in await _audit_actions(world, reference)
+            return "intruder_banned" in await audit_actions(world, reference)
 
         await matrix.wait_for(ban_audited, 10, "the ban audited")
-        actions = await _audit_actions(world, reference)
+        actions = await audit_actions(world, reference)
         assert "intruder_detected" in actions
         assert "intruder_kicked" in actions and "intruder_banned" in actions
         assert "state_reverted" in actions
@@ -302,7 +233,7 @@ async def test_bad_forms_and_refusals(
 ) -> None:
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         aidant, bot_id = world.aidant, world.bot_id
         dm = await botsupport.open_direct_chat(aidant, bot_id)
 
@@ -351,7 +282,7 @@ async def test_bad_forms_and_refusals(
         await say(world.instr1, dm2, "!demande")
         refusal = await next_reply(world.instr1, dm2, bot_id, after=0)
         assert "Seuls les aidants" in refusal
-        assert "demande_refused_not_aidant" in await _audit_actions(world)
+        assert "demande_refused_not_aidant" in await audit_actions(world)
 
         # An unencrypted direct chat: the form is refused and the reason given.
         resp = await aidant.room_create(
@@ -367,7 +298,7 @@ async def test_bad_forms_and_refusals(
         )
         why = await next_reply(aidant, clear_dm, bot_id, after=0)
         assert "chiffré" in why and "Dupontel" not in why
-        assert "form_refused_unencrypted" in await _audit_actions(world)
+        assert "form_refused_unencrypted" in await audit_actions(world)
         async with runner.store.transaction() as tx:
             assert await tx.list_demandes() == []
         await runner.check_alive()
@@ -378,7 +309,7 @@ async def test_two_confirms_one_demande_and_drafts_survive_restart(
 ) -> None:
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         aidant, bot_id = world.aidant, world.bot_id
         dm = await botsupport.open_direct_chat(aidant, bot_id)
         await say(aidant, dm, filled_form())
@@ -412,7 +343,7 @@ async def test_invitations_to_foreign_rooms_are_declined(
 ) -> None:
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         stranger = await clients.client("stranger")
         # A group room from a directory agent, and a direct chat from a stranger.
         group_room = await matrix.create_encrypted_room(world.aidant, [world.bot_id])
@@ -440,9 +371,9 @@ async def test_open_demande_on_postgresql(
     ) as runner:
         await runner.start()
         assert runner.store.dialect == "postgresql"
-        world = await _world(clients, runner)
-        _, reference = await _open(world)
-        demande = await _demande(world, reference)
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
         assert demande.creation_step == "ready"
         texts = await matrix.join_and_read(world.instr1, demande.room_id, 1)
         assert "Dupontel" in texts[0]

@@ -16,12 +16,12 @@ import nio
 from bot.devserver import LocalSynapse, RegisteredUser
 from bot.domain.model import Role, Status
 from bot.matrix.cross_signing import cross_signing_status
-from tests.integration.test_demande_flow import World, _demande, _open, _world
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
 from tests.support.interop import ElementClient
 from tests.support.matrix import TEST_PASSWORD
+from tests.support.world import World, demande_of, make_world, open_demande
 
 
 class Withheld:
@@ -39,7 +39,7 @@ class Withheld:
 async def _world_with_element(
     clients: matrix.Clients, runner: botsupport.BotRunner, user: RegisteredUser
 ) -> World:
-    world = await _world(clients, runner)
+    world = await make_world(clients, runner)
     await botsupport.add_agent(
         runner.store,
         world.directory,
@@ -72,8 +72,8 @@ async def test_element_instructeur_works_with_the_real_bot_also_after_a_restart(
         async with ElementClient.start(synapse.base_url, user.user_id, TEST_PASSWORD) as element:
             world = await _world_with_element(clients, runner, user)
             bot_id = world.bot_id
-            _, reference = await _open(world)
-            room_id = (await _demande(world, reference)).room_id
+            _, reference = await open_demande(world)
+            room_id = (await demande_of(world, reference)).room_id
             assert room_id
             await element.join(room_id)
 
@@ -89,7 +89,7 @@ async def test_element_instructeur_works_with_the_real_bot_also_after_a_restart(
             await element.send(room_id, "Bonjour, je prends connaissance du dossier.")
             moved = await element.wait_message(room_id, "en cours", sender=bot_id)
             assert moved.status == "decrypted", moved
-            assert (await _demande(world, reference)).status == Status.EN_COURS
+            assert (await demande_of(world, reference)).status == Status.EN_COURS
 
             # A command: acted on, answered, the answer decrypted by Element.
             await element.send(room_id, "!statut")
@@ -124,8 +124,8 @@ async def test_a_bot_without_cross_signing_is_excluded_by_element(
         async with ElementClient.start(synapse.base_url, user.user_id, TEST_PASSWORD) as element:
             world = await _world_with_element(clients, runner, user)
             bot_id = world.bot_id
-            _, reference = await _open(world)
-            room_id = (await _demande(world, reference)).room_id
+            _, reference = await open_demande(world)
+            room_id = (await demande_of(world, reference)).room_id
             assert room_id
             await element.join(room_id)
             assert await _bot_identity(world.instr1, bot_id) == [
@@ -159,8 +159,8 @@ async def test_keys_follow_the_devices_authorised_users_sign(
         async with ElementClient.start(synapse.base_url, user.user_id, TEST_PASSWORD) as element:
             world = await _world_with_element(clients, runner, user)
             bot_id = world.bot_id
-            _, reference = await _open(world)
-            room_id = (await _demande(world, reference)).room_id
+            _, reference = await open_demande(world)
+            room_id = (await demande_of(world, reference)).room_id
             assert room_id
             await element.join(room_id)
             instr1 = world.instr1

@@ -7,71 +7,18 @@ participants read the room with their own E2EE nio clients.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 from bot.devserver import LocalSynapse
 from bot.domain.model import Status
 from bot.matrix.content import APLUS_KEY
-from tests.integration.test_demande_flow import World, _demande, _open, _world
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
-from tests.support.smtp import Received, RelaySink, build_reply, reply_to, send_mail
-
-REPLY_DOMAIN = "reponse.aplus.test"
-
-
-@contextlib.asynccontextmanager
-async def email_bot(
-    synapse: LocalSynapse, data_dir: Path, sink: RelaySink, **email: Any
-) -> AsyncIterator[botsupport.BotRunner]:
-    runner = await botsupport.new_bot(synapse, data_dir)
-    runner.email = {"relay_port": sink.port, **email}
-    try:
-        yield runner
-    finally:
-        await runner.stop()
-
-
-@contextlib.asynccontextmanager
-async def relay() -> AsyncIterator[RelaySink]:
-    sink = await RelaySink().start()
-    try:
-        yield sink
-    finally:
-        await sink.stop()
-
-
-def mailonly(world: World) -> str:
-    email = world.directory.agents["mailonly"].email
-    assert email is not None
-    return email
-
-
-def listener(runner: botsupport.BotRunner) -> tuple[str, int]:
-    assert runner.app is not None and runner.app.email is not None
-    return runner.app.email.address
-
-
-async def reply(
-    runner: botsupport.BotRunner, original: Received | None, sender: str, text: str, **kw: Any
-) -> tuple[int, str]:
-    """The agent answers the email `original` (to its Reply-To unless `to=` says otherwise)."""
-    message = build_reply(original, sender=sender, text=text, **kw)
-    host, port = listener(runner)
-    return await send_mail(host, port, message, rcpt=str(message["To"]), mail_from=sender)
-
-
-def bridged(client: Any, room_id: str, bot_id: str) -> list[Any]:
-    """Messages the bot posted on behalf of email-only agents, as a member decrypted them."""
-    return [
-        e
-        for e in matrix.inbox(client).events(room_id)
-        if e.sender == bot_id and "bridged" in (e.source.get("content", {}).get(APLUS_KEY) or {})
-    ]
+from tests.support.email import REPLY_DOMAIN, bridged, email_bot, listener, mailonly, relay, reply
+from tests.support.smtp import Received, build_reply, reply_to, send_mail
+from tests.support.world import demande_of, make_world, open_demande
 
 
 async def test_round_trip_matrix_email_reply_matrix(
@@ -79,10 +26,10 @@ async def test_round_trip_matrix_email_reply_matrix(
 ) -> None:
     async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         sophie = mailonly(world)
-        _, reference = await _open(world)
-        demande = await _demande(world, reference)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
         room_id = demande.room_id
 
         # The dossier reaches the email-only instructeur, threaded, without personal data
@@ -124,7 +71,7 @@ async def test_round_trip_matrix_email_reply_matrix(
         identity = event.source["content"][APLUS_KEY]["bridged"]
         assert identity["email"] == sophie and identity["via"] == "email"
         assert "<strong>Sophie Test" in event.source["content"]["formatted_body"]
-        assert (await _demande(world, reference)).status == Status.EN_COURS
+        assert (await demande_of(world, reference)).status == Status.EN_COURS
 
         # Her answer goes by email to nobody else here (the others read Matrix), not back to her.
         assert len(sink.to(sophie)) == 2
@@ -160,10 +107,10 @@ async def test_reply_addresses_senders_automation_and_duplicates(
         email_bot(synapse, tmp_path / "bot", sink, max_message_bytes=200_000) as runner,
     ):
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         sophie = mailonly(world)
-        _, reference = await _open(world)
-        demande = await _demande(world, reference)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
         room_id = demande.room_id
         await matrix.join_and_read(world.instr1, room_id, 1)
         await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
@@ -172,7 +119,7 @@ async def test_reply_addresses_senders_automation_and_duplicates(
         host, port = listener(runner)
 
         async def status() -> Status:
-            return (await _demande(world, reference)).status
+            return (await demande_of(world, reference)).status
 
         async def audited(action: str) -> int:
             async with runner.store.transaction() as tx:
@@ -312,7 +259,7 @@ async def test_conversation_edits_redactions_files_status_and_notifications(
 
     async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         sophie = mailonly(world)
         instr2_email = f"{matrix.unique('instr2')}@caf95.example.test"
         async with runner.store.transaction() as tx:  # instr2 gets an address
@@ -324,8 +271,8 @@ async def test_conversation_edits_redactions_files_status_and_notifications(
                 group_id=world.directory.groups["caf"].id,
                 roles=frozenset(world.directory.agents["instr2"].roles),
             )
-        _, reference = await _open(world)
-        room_id = (await _demande(world, reference)).room_id
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
         for client in (world.aidant, world.instr1, world.instr2):
             await matrix.join_and_read(client, room_id, 1)
         await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
@@ -440,10 +387,10 @@ async def test_relay_down_refusing_and_back_every_email_delivered_once(
         email_bot(synapse, tmp_path / "bot", sink, retry_max_seconds=2) as runner,
     ):
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         sophie = mailonly(world)
-        _, reference = await _open(world)
-        room_id = (await _demande(world, reference)).room_id
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
         await matrix.join_and_read(world.aidant, room_id, 1)
         await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
 
@@ -519,10 +466,10 @@ async def test_replies_accepted_while_the_homeserver_is_down_are_posted_once_aft
     try:
         async with relay() as sink, email_bot(homeserver, tmp_path / "bot", sink) as runner:
             await runner.start()
-            world = await _world(pool, runner)
+            world = await make_world(pool, runner)
             sophie = mailonly(world)
-            _, reference = await _open(world)
-            room_id = (await _demande(world, reference)).room_id
+            _, reference = await open_demande(world)
+            room_id = (await demande_of(world, reference)).room_id
             await matrix.join_and_read(world.instr1, room_id, 1)
             await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
             [dossier] = sink.to(sophie)

@@ -15,8 +15,11 @@ from bot.devserver import LocalSynapse
 from bot.domain.model import Role
 from bot.matrix.content import APLUS_KEY
 from tests.db_fixtures import PG_ADMIN_DSN
-from tests.integration.test_demande_flow import _demande, _open, _world
-from tests.integration.test_email_bridge import (
+from tests.support import bot as botsupport
+from tests.support import matrix
+from tests.support import process as proc
+from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
+from tests.support.email import (
     bridged,
     email_bot,
     listener,
@@ -24,11 +27,8 @@ from tests.integration.test_email_bridge import (
     relay,
     reply,
 )
-from tests.support import bot as botsupport
-from tests.support import matrix
-from tests.support import process as proc
-from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
 from tests.support.smtp import build_reply, reply_to, send_mail
+from tests.support.world import demande_of, make_world, open_demande
 
 KILLED_BY_CRASH_POINT = 137
 CORPUS = Path(__file__).resolve().parents[1] / "unit" / "corpus"
@@ -182,10 +182,10 @@ async def test_database_unavailable_answers_451_and_recovers(
         runner.email = {"relay_port": sink.port}
         try:
             await runner.start()
-            world = await _world(clients, runner)
+            world = await make_world(clients, runner)
             sophie = mailonly(world)
-            _, reference = await _open(world)
-            room_id = (await _demande(world, reference)).room_id
+            _, reference = await open_demande(world)
+            room_id = (await demande_of(world, reference)).room_id
             await matrix.join_and_read(world.instr1, room_id, 1)
             await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
             [dossier] = sink.to(sophie)
@@ -233,9 +233,9 @@ async def test_hostile_corpus_through_the_real_listener(
     Authentication-Results on top), to a live reply address of the corpus's sender."""
     async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
         await runner.start()
-        world = await _world(clients, runner)
-        _, reference = await _open(world)
-        demande = await _demande(world, reference)
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
         room_id = demande.room_id
         await matrix.join_and_read(world.instr1, room_id, 1)
         marie = "marie.durand@caf.fr"

@@ -17,10 +17,10 @@ import nio
 
 from bot.devserver import LocalSynapse
 from bot.domain.undecryptable import NOTICE_TEXT
-from tests.integration.test_demande_flow import _demande, _open, _world
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
+from tests.support.world import demande_of, make_world, open_demande
 
 
 async def _to_device(client: nio.AsyncClient, event_type: str, messages: dict[str, Any]) -> None:
@@ -88,9 +88,9 @@ async def test_a_command_decrypted_late_is_acted_on_once(
 ) -> None:
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        world = await _world(clients, runner)
-        _, reference = await _open(world)
-        room_id = (await _demande(world, reference)).room_id
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
         instr1, bot_id = world.instr1, world.bot_id
         await matrix.join_and_read(instr1, room_id, 1)
 
@@ -138,7 +138,7 @@ async def test_a_message_never_decrypted_gets_one_notice_and_is_kept(
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         runner.bot_settings = {"undecryptable_notice_after_seconds": 1}
         await runner.start()
-        world = await _world(clients, runner)
+        world = await make_world(clients, runner)
         aidant, bot_id = world.aidant, world.bot_id
         # The aidant's direct chat: where the form is sent.
         dm = await botsupport.open_direct_chat(aidant, bot_id)
