@@ -26,12 +26,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from bot.domain.model import Agent, Group, Status
+from bot.domain.model import Agent, Demande, Group, Status
 from bot.domain.policies import Policies
 from bot.services.clock import Clock
 from bot.settings import EmailSettings
 from bot.store.db import Store
-from bot.store.records import DemandeRecord
 from bridge import render
 from bridge.addressing import reply_address, token_digest
 
@@ -114,7 +113,7 @@ class EmailBridge:
     async def _groups(self, tx: Any) -> dict[int, Group]:
         return {g.id: g for g in await tx.list_groups()}
 
-    async def _people(self, tx: Any, demande: DemandeRecord) -> list[Recipient]:
+    async def _people(self, tx: Any, demande: Demande) -> list[Recipient]:
         """Email-only participants (content + reply address), notified Matrix participants."""
         out: list[Recipient] = []
         matrix_agents: list[Agent] = []
@@ -140,14 +139,14 @@ class EmailBridge:
 
     # ------------------------------------------------------------------ composing
 
-    def _org_names(self, demande: DemandeRecord) -> list[str]:
+    def _org_names(self, demande: Demande) -> list[str]:
         orgs = self.policies.organisations
         return [orgs[o].name if o in orgs else o for o in demande.organisations]
 
     async def _enqueue(
         self,
         tx: Any,
-        demande: DemandeRecord,
+        demande: Demande,
         recipient: Recipient,
         rendered: render.RenderedEmail,
         *,
@@ -205,7 +204,7 @@ class EmailBridge:
                 tx.after_commit(callback)
         return queued
 
-    def _notice(self, demande: DemandeRecord) -> render.RenderedEmail:
+    def _notice(self, demande: Demande) -> render.RenderedEmail:
         ref = render.clean_header_value(demande.reference, 40)
         text = (
             f"Un nouveau message a été publié dans la demande {ref}.\n\n"
@@ -219,7 +218,7 @@ class EmailBridge:
 
     # ------------------------------------------------------------------ hooks
 
-    async def on_demande_ready(self, tx: Any, demande: DemandeRecord) -> None:
+    async def on_demande_ready(self, tx: Any, demande: Demande) -> None:
         """The room is ready: the dossier goes to email-only instructeurs and the BALs."""
         groups = await self._groups(tx)
         people = [r for r in await self._people(tx, demande) if r.full]
@@ -234,7 +233,7 @@ class EmailBridge:
         )
 
     async def on_participants_added(
-        self, tx: Any, demande: DemandeRecord, agents: Sequence[Agent], *, key: str
+        self, tx: Any, demande: Demande, agents: Sequence[Agent], *, key: str
     ) -> None:
         """Invited later (`!inviter`): email-only agents and their groups' BALs get the dossier."""
         current = await tx.get_demande(demande.id)
@@ -260,7 +259,7 @@ class EmailBridge:
     async def _send_dossier(
         self,
         tx: Any,
-        demande: DemandeRecord,
+        demande: Demande,
         recipients: Sequence[Recipient],
         *,
         event_key: str,
@@ -297,7 +296,7 @@ class EmailBridge:
     async def on_room_message(
         self,
         tx: Any,
-        demande: DemandeRecord,
+        demande: Demande,
         *,
         event_key: str,
         author: Agent | None,
@@ -349,7 +348,7 @@ class EmailBridge:
             )
 
     async def on_redaction(
-        self, tx: Any, demande: DemandeRecord, *, redacted_event_id: str, redaction_event_id: str
+        self, tx: Any, demande: Demande, *, redacted_event_id: str, redaction_event_id: str
     ) -> None:
         """A bridged message was withdrawn: those who got it are told to disregard it."""
         sent = [e for e in await tx.emails_of_event(redacted_event_id) if e.kind != "notification"]
@@ -383,7 +382,7 @@ class EmailBridge:
     async def on_status(
         self,
         tx: Any,
-        demande: DemandeRecord,
+        demande: Demande,
         *,
         old: Status,
         new: Status,
@@ -432,7 +431,7 @@ class EmailBridge:
 
     # ------------------------------------------------------------------ files
 
-    async def on_room_file(self, demande: DemandeRecord, room_id: str, event: Any) -> None:
+    async def on_room_file(self, demande: Demande, room_id: str, event: Any) -> None:
         """An encrypted file posted by a participant: attached to the email when small enough."""
         source = getattr(event, "source", None) or {}
         content = source.get("content") or {}
@@ -488,7 +487,7 @@ class EmailBridge:
                 attachments=attachments,
             )
 
-    async def on_redaction_event(self, demande: DemandeRecord, room_id: str, event: Any) -> None:
+    async def on_redaction_event(self, demande: Demande, room_id: str, event: Any) -> None:
         redacted = getattr(event, "redacts", None)
         event_id = str(getattr(event, "event_id", ""))
         if not isinstance(redacted, str):

@@ -28,7 +28,7 @@ from bot.commands.framework import (
 from bot.domain.calendar import PARIS, paris_date
 from bot.domain.directory_csv import is_valid_email, parse_directory_csv
 from bot.domain.followup import FollowUpRules
-from bot.domain.model import Agent, Group, Role
+from bot.domain.model import Agent, DirectoryConflict, Group, Role
 from bot.domain.policies import Policies, PolicyError, fold, is_valid_matrix_user_id
 from bot.domain.stats import (
     DemandeFilter,
@@ -50,7 +50,6 @@ from bot.services.followup import FollowUp, describe_late
 from bot.services.health import Health
 from bot.services.retention import Retention
 from bot.services.statistics import collect, select
-from bot.store.admin_tx import DirectoryConflictError
 from bot.store.db import Store
 
 SECTION_DIRECTORY = "Annuaire"
@@ -299,7 +298,7 @@ async def _agent_modifier(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
             )
         try:
             await tx.update_agent(changed)
-        except DirectoryConflictError as exc:
+        except DirectoryConflict as exc:
             return Reply.error(str(exc))
         await tx.audit(
             "agent_changed",
@@ -501,7 +500,7 @@ async def _groupe_modifier(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
             await tx.update_group(
                 group.id, name=name, organisation_id=org, departements=deps, bal=bal
             )
-        except (ValueError, DirectoryConflictError) as exc:
+        except (ValueError, DirectoryConflict) as exc:
             return Reply.error(str(exc))
         await tx.audit(
             "group_changed",

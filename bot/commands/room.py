@@ -24,11 +24,10 @@ from bot.commands.framework import (
     Reply,
 )
 from bot.domain import status as status_rules
-from bot.domain.model import Agent, Role, Status, Usefulness
+from bot.domain.model import Agent, Demande, Role, Status, Usefulness
 from bot.domain.routing import may_invite_agent, may_invite_group
 from bot.matrix import content as mx
 from bot.services import outbox as outbox_mod
-from bot.store.records import DemandeRecord
 
 if TYPE_CHECKING:
     from bot.services.demande_room import DemandeRooms
@@ -48,7 +47,7 @@ SECTION_CLOSE = "Clôture (aidant)"
 class RoomCtx:
     rooms: DemandeRooms
     tx: Any
-    demande: DemandeRecord
+    demande: Demande
     msg: Incoming
     agent: Agent
     participant_kind: str
@@ -304,7 +303,7 @@ def _fmt(when: datetime) -> str:
     return when.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
 
 
-async def handle(rooms: DemandeRooms, demande: DemandeRecord, msg: Incoming) -> None:
+async def handle(rooms: DemandeRooms, demande: Demande, msg: Incoming) -> None:
     """A text message in a demande room: a command, or an answer that moves the status."""
     now = rooms.clock.now()
     invited: list[str] = []
@@ -390,7 +389,7 @@ async def _free_message(ctx: RoomCtx) -> None:
 async def handle_email_reply(
     rooms: DemandeRooms,
     tx: Any,
-    demande: DemandeRecord,
+    demande: Demande,
     agent: Agent,
     participant_kind: str,
     *,

@@ -6,9 +6,14 @@ organisation, territoire (a département code).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+
+
+class DirectoryConflict(ValueError):
+    """A directory change would give one agent (or group) what belongs to another:
+    an email, a Matrix ID or a group name (French message, for the operator)."""
 
 
 class OrganisationKind(StrEnum):
@@ -160,16 +165,21 @@ class Participant:
 
 
 @dataclass(frozen=True, slots=True)
-class DemandeSummary:
-    """Metadata of a demande: never the usager's data."""
+class Demande:
+    """A demande's metadata: never the usager's data (only reachable through the store's
+    `load_form`), so that it may be logged, shown to operators and passed anywhere."""
 
     id: int
     reference: str
     territoire: str
     organisations: tuple[str, ...]
+    categorie: str | None
     status: Status
+    times: StatusTimes
+    usefulness: Usefulness | None
     aidant_agent_id: int
     room_id: str | None
-    times: StatusTimes
-    usefulness: Usefulness | None = None
-    group_ids: tuple[int, ...] = field(default_factory=tuple)
+    creation_step: str  # "pending" | "room_created" | "invited" | "ready"
+    dossier_event_id: str | None
+    group_ids: tuple[int, ...]
+    draft_id: int | None

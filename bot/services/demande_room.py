@@ -19,7 +19,7 @@ from bot.domain import dossier as texts
 from bot.domain import membership as rules
 from bot.domain import room_spec
 from bot.domain import status as status_rules
-from bot.domain.model import Usefulness
+from bot.domain.model import Demande, Usefulness
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.reference import room_name
 from bot.matrix import attachments as files
@@ -31,7 +31,6 @@ from bot.services.clock import Clock
 from bot.services.directory_view import dossier_content
 from bot.services.opening import Incoming
 from bot.store.db import Store
-from bot.store.records import DemandeRecord
 
 if TYPE_CHECKING:
     from bot.services.undecryptable import Undecryptables
@@ -91,7 +90,7 @@ class DemandeRooms:
         return allowed
 
     # ---------------------------------------------------------------- events
-    async def on_event(self, demande: DemandeRecord, event: Any) -> None:
+    async def on_event(self, demande: Demande, event: Any) -> None:
         if isinstance(event, RoomMemberEvent):
             await self._on_member(demande, event)
         elif isinstance(event, RoomMessageText):
@@ -129,7 +128,7 @@ class DemandeRooms:
         size = files.declared_size(content)
         return size is not None and size > self.gateway.max_attachment_bytes
 
-    async def refuse_attachment(self, demande: DemandeRecord, event: Any) -> None:
+    async def refuse_attachment(self, demande: Demande, event: Any) -> None:
         """Tell the room, once, that the file was not accepted (nothing of it is kept)."""
         size = files.declared_size(event.source["content"])
         limit = self.gateway.max_attachment_bytes
@@ -149,7 +148,7 @@ class DemandeRooms:
         log.info("demande %s: attachment %s refused (too large)", demande.reference, event.event_id)
         await self._flush(_room(demande))
 
-    async def _on_member(self, demande: DemandeRecord, event: RoomMemberEvent) -> None:
+    async def _on_member(self, demande: Demande, event: RoomMemberEvent) -> None:
         user = event.state_key
         if user == self.bot_user_id:
             return
@@ -193,7 +192,7 @@ class DemandeRooms:
             log.info("demande %s: dossier posted again for a newcomer", demande.reference)
             await self._flush(_room(demande))
 
-    async def _on_foreign_state(self, demande: DemandeRecord, source: Mapping[str, Any]) -> None:
+    async def _on_foreign_state(self, demande: Demande, source: Mapping[str, Any]) -> None:
         """The room's state differs from what the bot set (only a homeserver admin can): undo it."""
         etype = str(source.get("type"))
         if etype not in room_spec.PROTECTED_STATE_EVENTS and etype != "m.room.power_levels":
@@ -225,7 +224,7 @@ class DemandeRooms:
         )
         await self.reconcile(_room(demande))
 
-    def _canonical_state(self, demande: DemandeRecord) -> dict[tuple[str, str], dict[str, Any]]:
+    def _canonical_state(self, demande: Demande) -> dict[tuple[str, str], dict[str, Any]]:
         names = [self.policies.organisations[o].name for o in demande.organisations]
         body = room_spec.create_room_body(
             reference=demande.reference,
@@ -305,13 +304,13 @@ class DemandeRooms:
         return actions
 
     # ------------------------------------------------------------- messages
-    async def _on_text(self, demande: DemandeRecord, event: RoomMessageText) -> None:
+    async def _on_text(self, demande: Demande, event: RoomMessageText) -> None:
         from bot.commands import room as room_commands
 
         await room_commands.handle(self, demande, Incoming.of(_room(demande), event))
 
     async def _notice(
-        self, tx: Any, demande: DemandeRecord, text: str, *, txn: str, html: str | None = None
+        self, tx: Any, demande: Demande, text: str, *, txn: str, html: str | None = None
     ) -> None:
         await outbox_mod.enqueue(
             tx,
@@ -321,9 +320,7 @@ class DemandeRooms:
             now=self.clock.now(),
         )
 
-    async def _enqueue_dossier(
-        self, tx: Any, demande: DemandeRecord, now: Any, *, txn: str
-    ) -> None:
+    async def _enqueue_dossier(self, tx: Any, demande: Demande, now: Any, *, txn: str) -> None:
         current = await tx.get_demande(demande.id)
         content = await dossier_content(
             tx,
@@ -340,7 +337,7 @@ class DemandeRooms:
             rules_ = rules_.with_homeserver(server)
         return rules_
 
-    async def invite_users(self, demande: DemandeRecord, users: Sequence[str]) -> None:
+    async def invite_users(self, demande: Demande, users: Sequence[str]) -> None:
         """Invite participants already recorded in the ledger (so the guard lets them in)."""
         async with self.store.transaction() as tx:
             pending = set(json.loads(await tx.get_state(PENDING_INVITES_KEY) or "[]"))
@@ -387,7 +384,7 @@ class DemandeRooms:
     async def apply_status(
         self,
         tx: Any,
-        demande: DemandeRecord,
+        demande: Demande,
         event: status_rules.Event,
         *,
         actor: str,
@@ -420,7 +417,7 @@ class DemandeRooms:
         return result
 
 
-def _room(demande: DemandeRecord) -> str:
+def _room(demande: Demande) -> str:
     """The room of a demande that has one (every demande the room handlers see)."""
     assert demande.room_id is not None
     return demande.room_id

@@ -5,10 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from bot.domain.dossier import ParticipantView, render_dossier
-from bot.domain.model import Agent, Group, Status
+from bot.domain.model import Agent, Demande, Group, Status
 from bot.domain.policies import Policies
 from bot.matrix import content as mx
-from bot.store.records import DemandeRecord
 
 
 def view_of(agent: Agent, group: Group | None, policies: Policies) -> ParticipantView:
@@ -22,7 +21,7 @@ def view_of(agent: Agent, group: Group | None, policies: Policies) -> Participan
 
 
 async def participant_views(
-    tx: Any, demande: DemandeRecord, policies: Policies
+    tx: Any, demande: Demande, policies: Policies
 ) -> tuple[list[ParticipantView], ParticipantView]:
     """The instructeurs (and invited agents) and the aidant of a demande, for display."""
     groups = {g.id: g for g in await tx.list_groups()}
@@ -45,7 +44,7 @@ async def participant_views(
 
 
 async def dossier_content(
-    tx: Any, demande: DemandeRecord, policies: Policies, *, status: Status, repost: bool
+    tx: Any, demande: Demande, policies: Policies, *, status: Status, repost: bool
 ) -> dict[str, Any]:
     """The dossier's Matrix content (it holds the usager's data: encrypted rooms only)."""
     form = await tx.load_form(demande.id)

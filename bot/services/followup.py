@@ -32,7 +32,7 @@ from bot.domain.followup import (
     lateness,
     reminders_due,
 )
-from bot.domain.model import Agent, Role, Status
+from bot.domain.model import Agent, Demande, Role, Status
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
@@ -40,7 +40,6 @@ from bot.services import outbox as outbox_mod
 from bot.services.clock import Clock
 from bot.services.demande_room import DemandeRooms
 from bot.store.db import Store
-from bot.store.records import DemandeRecord
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +49,7 @@ NOTICE_ROOM_KEY = "notices.room.{agent_id}"
 EmailNotifier = Callable[[Agent, str, str, str], Awaitable[bool]]
 
 
-def facts(d: DemandeRecord) -> DemandeFacts:
+def facts(d: Demande) -> DemandeFacts:
     return DemandeFacts(
         reference=d.reference,
         territoire=d.territoire,
@@ -155,14 +154,14 @@ class FollowUp:
         # the email-only participants of the demande (set by the wiring).
         self.email_bridge: Any | None = None
 
-    async def _open_demandes(self, tx: Any) -> list[DemandeRecord]:
+    async def _open_demandes(self, tx: Any) -> list[Demande]:
         return [
             d
             for d in await tx.list_demandes()
             if d.creation_step == "ready" and d.status is not Status.CLOTUREE
         ]
 
-    async def late_now(self) -> list[tuple[DemandeRecord, Late]]:
+    async def late_now(self) -> list[tuple[Demande, Late]]:
         now = self.clock.now()
         async with self.store.transaction() as tx:
             demandes = await self._open_demandes(tx)
@@ -282,7 +281,7 @@ class FollowUp:
         return sent
 
 
-def describe_late(items: Sequence[tuple[DemandeRecord, Late]], now: datetime) -> list[list[str]]:
+def describe_late(items: Sequence[tuple[Demande, Late]], now: datetime) -> list[list[str]]:
     rows = []
     for d, late in items:
         rows.append(

@@ -26,7 +26,7 @@ from bot.commands.direct import DirectParsed
 from bot.domain import dossier as texts
 from bot.domain import form as form_rules
 from bot.domain import room_spec
-from bot.domain.model import Agent, DemandeForm, Role
+from bot.domain.model import Agent, Demande, DemandeForm, Role
 from bot.domain.policies import Policies
 from bot.domain.reference import room_name
 from bot.domain.routing import route
@@ -38,7 +38,6 @@ from bot.services import outbox
 from bot.services.clock import Clock
 from bot.services.directory_view import dossier_content, view_of
 from bot.store.db import Store
-from bot.store.records import DemandeRecord
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +300,7 @@ class Opening:
             except MatrixError as exc:
                 log.warning("demande %s not finished yet: %s", demande.reference, exc)
 
-    async def advance(self, demande_id: int, *, recovering: bool = False) -> DemandeRecord:
+    async def advance(self, demande_id: int, *, recovering: bool = False) -> Demande:
         async with self.store.transaction() as tx:
             demande = await tx.get_demande(demande_id)
             assert demande is not None
@@ -379,13 +378,13 @@ class Opening:
             assert demande is not None
         return demande
 
-    async def _mark_creating(self, tx: Any, demande: DemandeRecord) -> None:
+    async def _mark_creating(self, tx: Any, demande: Demande) -> None:
         # Recorded before the request: a bot killed while createRoom is in flight knows,
         # on restart, to wait for that room rather than make a second one (the homeserver
         # finishes the request without us).
         await tx.set_state(_creating_key(demande.id), self.clock.now().isoformat())
 
-    async def _create_room(self, demande: DemandeRecord, invitees: list[str]) -> str:
+    async def _create_room(self, demande: Demande, invitees: list[str]) -> str:
         names = [self.policies.organisations[o].name for o in demande.organisations]
         body = room_spec.create_room_body(
             reference=demande.reference,
@@ -400,7 +399,7 @@ class Opening:
         log.info("demande %s: room %s created", demande.reference, room_id)
         return room_id
 
-    async def _find_orphan_room(self, demande: DemandeRecord) -> str | None:
+    async def _find_orphan_room(self, demande: Demande) -> str | None:
         """The room of a demande whose createRoom was sent but never recorded, if any.
 
         If a createRoom was in flight when the bot stopped, the homeserver may still be
@@ -418,7 +417,7 @@ class Opening:
                 return room_id
             await asyncio.sleep(0.5)
 
-    async def _search_rooms_for(self, demande: DemandeRecord) -> str | None:
+    async def _search_rooms_for(self, demande: Demande) -> str | None:
         async with self.store.transaction() as tx:
             known = await tx.known_room_ids()
         for room_id in await self.gateway.joined_rooms():
@@ -430,7 +429,7 @@ class Opening:
                 return room_id
         return None
 
-    async def _ensure_invites(self, demande: DemandeRecord, invitees: list[str]) -> None:
+    async def _ensure_invites(self, demande: Demande, invitees: list[str]) -> None:
         assert demande.room_id is not None
         # One membership read, which also rebuilds our view of the room for the dossier.
         present = set((await self.gateway.refresh_members(demande.room_id)).users)
@@ -459,7 +458,7 @@ class Opening:
         if invited_now:
             await self.gateway.refresh_members(demande.room_id)
 
-    async def _enqueue_dossier(self, tx: Any, demande: DemandeRecord) -> dict[str, Any]:
+    async def _enqueue_dossier(self, tx: Any, demande: Demande) -> dict[str, Any]:
         """Queue the dossier and return its content; idempotent (a second call keeps the first)."""
         assert demande.room_id is not None
         content = await dossier_content(
@@ -474,7 +473,7 @@ class Opening:
         )
         return content
 
-    async def _post_dossier(self, demande: DemandeRecord) -> None:
+    async def _post_dossier(self, demande: Demande) -> None:
         assert demande.room_id is not None
         async with self.store.transaction() as tx:
             await self._enqueue_dossier(tx, demande)

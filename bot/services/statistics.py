@@ -1,6 +1,6 @@
 """Gathers demandes metadata for statistics, listings and the export.
 
-Reads metadata only (`DemandeRecord`, group names): never `load_form`.
+Reads metadata only (`Demande`, group names): never `load_form`.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ from datetime import datetime
 from typing import Any
 
 from bot.domain.followup import FollowUpRules, lateness
+from bot.domain.model import Demande
 from bot.domain.stats import DemandeFilter, DemandeStat, matches
-from bot.store.records import DemandeRecord
 
 
 async def collect(tx: Any, now: datetime, rules: FollowUpRules) -> list[DemandeStat]:
@@ -30,7 +30,7 @@ async def collect(tx: Any, now: datetime, rules: FollowUpRules) -> list[DemandeS
 
 
 def to_stat(
-    d: DemandeRecord,
+    d: Demande,
     now: datetime,
     rules: FollowUpRules,
     groups: dict[int, str],

@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.domain.model import Agent, Role, Status
+from bot.domain.model import Agent, DirectoryConflict, Role, Status
 from bot.store.models import (
     AgentRow,
     AuditRow,
@@ -35,15 +34,12 @@ from bot.store.models import (
     OutboxMessageRow,
     utcnow,
 )
+from bot.store.tx_base import TxBase
 
 # Read by the audit triggers (migration 0004): DELETE passes only for rows older than it.
 AUDIT_PURGE_PERMIT_KEY = "audit.purge_before"
 WIPED = b""
 OPEN_STATUSES = (Status.NOUVELLE.value, Status.EN_COURS.value, Status.TRAITEE.value)
-
-
-class DirectoryConflictError(ValueError):
-    """The change would give an agent the email or Matrix ID of another (French message)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,10 +61,7 @@ def permit_value(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-class AdminTx:
-    _s: AsyncSession
-    _dialect: str
-
+class AdminTx(TxBase):
     # ------------------------------------------------------------------ directory by id
 
     async def update_agent(self, agent: Agent) -> Agent:
@@ -87,9 +80,7 @@ class AdminTx:
                 select(AgentRow.id).where(column == value, AgentRow.id != agent.id)
             )
             if other is not None:
-                raise DirectoryConflictError(
-                    f"{label} {value} est déjà celle de l'agent n° {other}."
-                )
+                raise DirectoryConflict(f"{label} {value} est déjà celle de l'agent n° {other}.")
         row.first_name = agent.first_name
         row.last_name = agent.last_name
         row.email = email
@@ -114,7 +105,7 @@ class AdminTx:
             select(GroupRow.id).where(GroupRow.name == name, GroupRow.id != group_id)
         )
         if other is not None:
-            raise DirectoryConflictError(f"Un autre groupe s'appelle déjà « {name} ».")
+            raise DirectoryConflict(f"Un autre groupe s'appelle déjà « {name} ».")
         row = await self._s.get(GroupRow, group_id, populate_existing=True)
         if row is None:
             raise LookupError(f"group {group_id}")

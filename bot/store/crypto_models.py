@@ -1,4 +1,7 @@
-"""Tables of the end-to-end encryption side (revision 0002). Registered on `Base` by `models`."""
+"""Tables of the end-to-end encryption side (revision 0002).
+
+Registered on `Base` by `bot.store.tables`.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import LargeBinary
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.store.models import Base
+from bot.store.base import Base
 
 
 class UndecryptableEventRow(Base):

@@ -8,10 +8,9 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.store.crypto import FieldCipher
 from bot.store.crypto_models import UndecryptableEventRow
+from bot.store.tx_base import TxBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +30,7 @@ def _event_aad(event_id: str) -> bytes:
     return b"undecryptable_events:event:" + event_id.encode("utf-8")
 
 
-class CryptoTx:
-    _s: AsyncSession
-    _cipher: FieldCipher
-
-    def _insert(self, model: type[Any]) -> Any:  # provided by Tx
-        raise NotImplementedError
-
+class CryptoTx(TxBase):
     async def record_undecryptable(
         self,
         *,

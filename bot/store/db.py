@@ -20,6 +20,7 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from bot.store import tables  # noqa: F401 (registers every table)
 from bot.store.crypto import FieldCipher
 from bot.store.repository import Tx
 

@@ -1,4 +1,4 @@
-"""Tables of the email bridge (revision 0003). Registered on `Base` by `models`.
+"""Tables of the email bridge (revision 0003). Registered on `Base` by `bot.store.tables`.
 
 Message bodies, in both directions, hold the usager's data: they are only
 stored sealed by the `FieldCipher` (``*_enc``). Addresses are agents'
@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, mapped_column
 
-from bot.store.models import Base, _in
+from bot.store.base import Base, _in
 
 INBOX_STATES = ("pending", "posted", "ignored", "bounce", "loop", "empty", "dropped")
 

@@ -7,15 +7,13 @@ Same rules as the rest of the repository: both dialects, idempotent writes with
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import event, func, select, update
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import func, select, update
 
-from bot.store.crypto import FieldCipher
 from bot.store.email_models import (
     INBOX_STATES,
     EmailFailureRow,
@@ -25,6 +23,7 @@ from bot.store.email_models import (
     ReplyTokenRow,
 )
 from bot.store.models import AgentRow, DemandeRow, ParticipantRow
+from bot.store.tx_base import TxBase
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,20 +101,7 @@ def _uploads_aad(key: str) -> bytes:
     return b"email_inbox:uploads:" + key.encode()
 
 
-class EmailTx:
-    _s: AsyncSession
-    _cipher: FieldCipher
-
-    def _insert(self, model: type[Any]) -> Any:  # provided by Tx
-        raise NotImplementedError
-
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """Run `callback` once this transaction has committed (never if it rolls back).
-
-        Workers are woken this way: woken earlier, they could look before the commit.
-        """
-        event.listen(self._s.sync_session, "after_commit", lambda _s: callback(), once=True)
-
+class EmailTx(TxBase):
     # ------------------------------------------------------------------ reply tokens
 
     async def reply_token_generation(self, demande_id: int, agent_email: str) -> int | None:

@@ -7,78 +7,29 @@ the usager, or that may carry the dossier, is only stored that way.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
-    DateTime,
     ForeignKey,
     Integer,
     LargeBinary,
-    MetaData,
-    Text,
-    TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
-# Stable constraint names, so that later migrations can refer to them on both dialects.
-NAMING = {
-    "ix": "ix_%(column_0_label)s",
-    "uq": "uq_%(table_name)s_%(column_0_name)s",
-    "ck": "ck_%(table_name)s_%(constraint_name)s",
-    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-    "pk": "pk_%(table_name)s",
-}
+from bot.store.base import Base, _in, utcnow
+
+__all__ = ["Base", "utcnow"]
 
 DRAFT_STATES = ("pending", "confirmed", "cancelled")
 CREATION_STEPS = ("pending", "room_created", "invited", "ready")
 PARTICIPANT_KINDS = ("aidant", "instructeur", "invite")
 STATUSES = ("nouvelle", "en_cours", "traitee", "cloturee")
 USEFULNESS = ("utile", "nesaispas", "inutile")
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
-
-
-class UTCDateTime(TypeDecorator[datetime]):
-    """Aware UTC in, aware UTC out. SQLite keeps no offset, so we store UTC and
-    re-attach it on read; naive input is refused rather than guessed."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise ValueError(f"naive datetime refused by the store: {value!r}")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map: ClassVar[dict[Any, Any]] = {
-        datetime: UTCDateTime(),
-        dict[str, Any]: JSON(),
-        str: Text(),
-    }
 
 
 class GroupRow(Base):
@@ -247,9 +198,3 @@ class BotSecretRow(Base):
 
     key: Mapped[str] = mapped_column(primary_key=True)
     value_enc: Mapped[bytes] = mapped_column(LargeBinary)
-
-
-# The encryption side's and the email bridge's tables live in their own modules;
-# importing them registers them.
-from bot.store import crypto_models as _crypto_models  # noqa: E402, F401
-from bot.store import email_models as _email_models  # noqa: E402, F401

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from bot.domain.model import DemandeForm, Status, StatusTimes, Usefulness
+from bot.domain.model import DemandeForm
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,26 +20,6 @@ class Draft:
     state: str  # "pending" | "confirmed" | "cancelled"
     demande_id: int | None
     created_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
-class DemandeRecord:
-    """A demande's metadata. The usager's data is only reachable through `Tx.load_form`."""
-
-    id: int
-    reference: str
-    territoire: str
-    organisations: tuple[str, ...]
-    categorie: str | None
-    status: Status
-    times: StatusTimes
-    usefulness: Usefulness | None
-    aidant_agent_id: int
-    room_id: str | None
-    creation_step: str  # "pending" | "room_created" | "invited" | "ready"
-    dossier_event_id: str | None
-    group_ids: tuple[int, ...]
-    draft_id: int | None
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,12 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import or_, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncSession
 
+import bot.store.codec as codec
 from bot.domain.model import (
     Agent,
+    Demande,
     DemandeForm,
+    DirectoryConflict,
     Group,
     Participant,
     Role,
@@ -26,9 +27,7 @@ from bot.domain.model import (
     StatusTimes,
     Usefulness,
 )
-from bot.store import codec
 from bot.store.admin_tx import AdminTx
-from bot.store.crypto import FieldCipher
 from bot.store.crypto_tx import CryptoTx
 from bot.store.email_tx import EmailTx
 from bot.store.models import (
@@ -50,15 +49,12 @@ from bot.store.models import (
     RoomOffenceRow,
     utcnow,
 )
-from bot.store.records import AuditEntry, DemandeRecord, Draft, OutgoingMessage
+from bot.store.records import AuditEntry, Draft, OutgoingMessage
+from bot.store.work_tx import WorkTx
 
 
 class NotFound(LookupError):
     """An update named a row that does not exist: a bug in the caller, not a no-op."""
-
-
-class DirectoryConflict(ValueError):
-    """The directory entry matches two different agents."""
 
 
 def _join(values: Iterable[str], what: str, *, sort: bool) -> str:
@@ -104,8 +100,8 @@ def _to_agent(row: AgentRow) -> Agent:
     )
 
 
-def _to_record(row: DemandeRow) -> DemandeRecord:
-    return DemandeRecord(
+def _to_record(row: DemandeRow) -> Demande:
+    return Demande(
         id=row.id,
         reference=row.reference,
         territoire=row.territoire,
@@ -167,19 +163,8 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx(EmailTx, AdminTx, CryptoTx):
+class Tx(EmailTx, AdminTx, CryptoTx, WorkTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
-
-    def __init__(self, session: AsyncSession, cipher: FieldCipher, dialect: str) -> None:
-        self._s = session
-        self._cipher = cipher
-        self._dialect = dialect
-
-    def _insert(self, model: type[Any]) -> Any:
-        # Both dialects spell upserts the same way; only the construct differs.
-        if self._dialect == "postgresql":
-            return postgresql.insert(model)
-        return sqlite.insert(model)
 
     # ------------------------------------------------------------------ directory
 
@@ -395,7 +380,7 @@ class Tx(EmailTx, AdminTx, CryptoTx):
         group_ids: Sequence[int],
         draft_id: int | None,
         now: datetime,
-    ) -> DemandeRecord:
+    ) -> Demande:
         row = DemandeRow(
             reference=reference,
             territoire=form.territoire,
@@ -416,23 +401,23 @@ class Tx(EmailTx, AdminTx, CryptoTx):
         await self._s.flush()
         return _to_record(row)
 
-    async def get_demande(self, demande_id: int) -> DemandeRecord | None:
+    async def get_demande(self, demande_id: int) -> Demande | None:
         row = await self._s.get(DemandeRow, demande_id)
         return _to_record(row) if row else None
 
-    async def get_demande_by_reference(self, reference: str) -> DemandeRecord | None:
+    async def get_demande_by_reference(self, reference: str) -> Demande | None:
         row = await self._s.scalar(select(DemandeRow).where(DemandeRow.reference == reference))
         return _to_record(row) if row else None
 
-    async def get_demande_by_room(self, room_id: str) -> DemandeRecord | None:
+    async def get_demande_by_room(self, room_id: str) -> Demande | None:
         row = await self._s.scalar(select(DemandeRow).where(DemandeRow.room_id == room_id))
         return _to_record(row) if row else None
 
-    async def demandes_in_creation(self) -> list[DemandeRecord]:
+    async def demandes_in_creation(self) -> list[Demande]:
         stmt = select(DemandeRow).where(DemandeRow.creation_step != "ready")
         return [_to_record(r) for r in await self._s.scalars(stmt.order_by(DemandeRow.id))]
 
-    async def list_demandes(self, *, status: Status | None = None) -> list[DemandeRecord]:
+    async def list_demandes(self, *, status: Status | None = None) -> list[Demande]:
         stmt = select(DemandeRow).order_by(DemandeRow.id)
         if status is not None:
             stmt = stmt.where(DemandeRow.status == status.value)
@@ -552,7 +537,7 @@ class Tx(EmailTx, AdminTx, CryptoTx):
             )
         return removed is not None
 
-    async def demandes_of_agent(self, agent_id: int) -> list[DemandeRecord]:
+    async def demandes_of_agent(self, agent_id: int) -> list[Demande]:
         """Demandes the agent opened, or takes part in (as an active participant)."""
         taking_part = select(ParticipantRow.demande_id).where(
             ParticipantRow.agent_id == agent_id, ParticipantRow.removed_at.is_(None)

@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from bot.domain.model import Role, Status, StatusTimes
+from bot.domain.model import DirectoryConflict, Role, Status, StatusTimes
 from bot.store import Store
-from bot.store.admin_tx import AUDIT_PURGE_PERMIT_KEY, DirectoryConflictError
+from bot.store.admin_tx import AUDIT_PURGE_PERMIT_KEY
 from tests.integration.test_store import NOW, SECRETS_IN_CLEAR, new_demande, seed
 
 
@@ -27,7 +27,7 @@ async def test_directory_edits_by_id_and_aggregates(store: Store) -> None:
         await tx.update_agent(
             replace(instructeur, roles=frozenset({Role.OPERATEUR}), matrix_id="@ivan:aplus.test")
         )
-        with pytest.raises(DirectoryConflictError, match="déjà"):
+        with pytest.raises(DirectoryConflict, match="déjà"):
             await tx.update_agent(replace(instructeur, email=aidant.email))
     async with store.transaction() as tx:
         assert await tx.operators() == ["@ivan:aplus.test"]
@@ -38,7 +38,7 @@ async def test_directory_edits_by_id_and_aggregates(store: Store) -> None:
             departements=frozenset({"75"}),
             bal=None,
         )
-        with pytest.raises(DirectoryConflictError):
+        with pytest.raises(DirectoryConflict):
             await tx.update_group(
                 g_caf,
                 name="France Services Paris 19",

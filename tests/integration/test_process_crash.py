@@ -18,9 +18,8 @@ import nio
 import pytest
 
 from bot.devserver import LocalSynapse
-from bot.domain.model import Role
+from bot.domain.model import Demande, Role
 from bot.matrix.content import APLUS_KEY
-from bot.store.records import DemandeRecord
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support import process as proc
@@ -50,7 +49,7 @@ async def _directory(files: proc.BotFiles, clients: matrix.Clients) -> dict[str,
     return people
 
 
-async def _demandes(files: proc.BotFiles) -> list[DemandeRecord]:
+async def _demandes(files: proc.BotFiles) -> list[Demande]:
     async with files.store() as store, store.transaction() as tx:
         return await tx.list_demandes()
 

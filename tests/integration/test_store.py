@@ -36,7 +36,7 @@ from bot.store import (
 )
 from bot.store.crypto import FieldCipher, TamperedDataError, UnknownKeyError
 from bot.store.db import create_engine
-from bot.store.models import Base
+from bot.store.tables import metadata
 
 NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 PRENOM, NOM = "Gwendoline", "Kerbrat-Zyskowski"
@@ -125,7 +125,7 @@ async def raw(store: Store, sql: str, **params: object) -> None:
 async def test_open_upgrades_to_head_and_is_idempotent(
     store: Store, store_url: str, field_cipher: FieldCipher
 ) -> None:
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
     assert await store.current_revision() == head_revision()
     again = await Store.open(store_url, field_cipher)  # already at head: no-op
     try:
@@ -135,7 +135,7 @@ async def test_open_upgrades_to_head_and_is_idempotent(
 
 
 def _diff(conn: Connection) -> list[object]:
-    return list(compare_metadata(MigrationContext.configure(conn), Base.metadata))
+    return list(compare_metadata(MigrationContext.configure(conn), metadata))
 
 
 async def test_migrated_schema_equals_models(store_url: str) -> None:
@@ -886,3 +886,39 @@ async def _postgres_dump(store: Store) -> bytes:
             rows = await conn.execute(text(f'SELECT t::text FROM "{name}" t'))  # noqa: S608
             chunks.extend(r for (r,) in rows)
     return "\n".join(chunks).encode("utf-8")
+
+
+async def test_migration_0005_moves_the_json_queues_into_their_tables(store_url: str) -> None:
+    """The guard's rooms and the pending invitations were JSON rows in bot_state."""
+
+    def upgrade_to(conn: Connection, revision: str) -> None:
+        from alembic import command
+
+        from bot.store.db import alembic_config
+
+        command.upgrade(alembic_config(conn), revision)
+
+    engine = create_engine(store_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to, "0004")
+            await conn.execute(
+                text("INSERT INTO bot_state (key, value) VALUES (:k, :v)"),
+                [
+                    {"k": "guard.pending_rooms", "v": '["!a:hs", "!b:hs"]'},
+                    {"k": "invites.pending", "v": '["!a:hs @x:hs"]'},
+                    {"k": "other", "v": "kept"},
+                ],
+            )
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to, "head")
+            guard = (await conn.execute(text("SELECT room_id FROM guard_pending"))).all()
+            invites = (
+                await conn.execute(text("SELECT room_id, user_id FROM pending_invites"))
+            ).all()
+            state = (await conn.execute(text("SELECT key FROM bot_state"))).all()
+        assert sorted(r[0] for r in guard) == ["!a:hs", "!b:hs"]
+        assert [tuple(r) for r in invites] == [("!a:hs", "@x:hs")]
+        assert [r[0] for r in state] == ["other"]
+    finally:
+        await engine.dispose()
