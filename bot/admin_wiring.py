@@ -1,33 +1,36 @@
-"""The admin room, the follow-up and retention jobs and the health endpoint, plugged
-into a started `App` (after its rooms, outbox and dispatcher exist)."""
+"""The admin room's console, the follow-up and retention jobs and the health endpoint,
+built for the composition root (`bot.app`) from the parts they use; never the app."""
 
 from __future__ import annotations
 
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from bot.commands.admin import ADMIN, AdminCtx
 from bot.domain import schedule
 from bot.domain.followup import FollowUpRules
-from bot.domain.policies import Policies
 from bot.domain.retention import RetentionRules
-from bot.services.admin_room import AdminRoom, ReceivedFile
+from bot.matrix.gateway import MatrixGateway
+from bot.ports import EmailHooks, PoliciesRef, Sender
+from bot.services.admin_room import AdminConsole, AdminRoom, ReceivedFile
+from bot.services.clock import Clock
 from bot.services.directory_admin import DirectoryAdmin
 from bot.services.followup import AgentNotices, FollowUp
 from bot.services.health import Health, HealthServer
 from bot.services.jobs import Job, Jobs
 from bot.services.retention import Retention
+from bot.services.room_guard import RoomGuard
+from bot.services.room_specs import RoomSpecs
 from bot.services.synapse_admin import SynapseAdmin
-
-if TYPE_CHECKING:
-    from bot.app import App
-    from bot.services.dispatch import Dispatcher
+from bot.settings import Settings
+from bot.store.db import Store
 
 
 @dataclass
 class AdminRuntime:
     room: AdminRoom
+    console: AdminConsole
     directory: DirectoryAdmin
     followup: FollowUp
     notices: AgentNotices
@@ -41,61 +44,56 @@ class AdminRuntime:
     def workers(self) -> dict[str, Coroutine[Any, Any, None]]:
         return {"jobs": self.jobs.run()} if self.jobs_enabled else {}
 
+    async def start(self) -> None:
+        """The admin room exists and follows the operators; the health endpoint listens."""
+        await self.room.ensure()
+        if self.server is not None:
+            await self.server.start()
+
     async def close(self) -> None:
         if self.server is not None:
             await self.server.close()
         await self.synapse.close()
 
 
-def _set_policies(app: App, policies: Policies) -> None:
-    """Every holder of the policies switches at once (one event loop: no half state)."""
-    app.policies = policies
-    holders: list[Any] = [app.rooms, app.opening]
-    email = getattr(app, "email", None)
-    if email is not None:
-        holders.append(email.bridge)
-    for holder in holders:
-        if hasattr(holder, "policies"):
-            holder.policies = policies
-
-
-async def start_admin(app: App, dispatcher: Dispatcher) -> AdminRuntime:
-    s = app.settings
+def build_admin(
+    *,
+    settings: Settings,
+    store: Store,
+    gateway: MatrixGateway,
+    sender: Sender,
+    clock: Clock,
+    policies: PoliciesRef,
+    specs: RoomSpecs,
+    guard: RoomGuard,
+    email: EmailHooks,
+    room: AdminRoom,
+) -> AdminRuntime:
+    s = settings
     a = s.admin
     rules = FollowUpRules(
         first_answer_days=a.late_first_answer_business_days,
         followup_days=a.late_followup_business_days,
         digest_after_days=a.digest_after_days,
     )
-    room = AdminRoom(
-        store=app.store,
-        gateway=app.gateway,
-        outbox=app.outbox,
-        clock=app.clock,
-        bot_user_id=s.bot.user_id,
-        commands=ADMIN,
-        configured_room_id=a.room_id,
-        room_name=a.room_name,
-        room_version=s.bot.room_version,
-        confirmation_minutes=a.confirmation_minutes,
-        max_file_bytes=s.bot.max_attachment_bytes,
-    )
     directory = DirectoryAdmin(
-        store=app.store, rooms=app.rooms, clock=app.clock, sync_admin_room=room.sync_members
+        store=store,
+        gateway=gateway,
+        guard=guard,
+        sender=sender,
+        clock=clock,
+        sync_admin_room=room.sync_members,
     )
-    notices = AgentNotices(store=app.store, gateway=app.gateway, outbox=app.outbox, clock=app.clock)
+    notices = AgentNotices(store=store, gateway=gateway, sender=sender, clock=clock, email=email)
     followup = FollowUp(
-        store=app.store, rooms=app.rooms, notices=notices, clock=app.clock, rules=rules
+        store=store, sender=sender, notices=notices, email=email, clock=clock, rules=rules
     )
-    email = getattr(app, "email", None)
-    if email is not None:
-        followup.email_bridge = email.bridge
     token = a.synapse_admin_token.reveal() if a.synapse_admin_token else None
     synapse = SynapseAdmin(s.homeserver.url, token)
     retention = Retention(
-        store=app.store,
+        store=store,
         synapse=synapse,
-        clock=app.clock,
+        clock=clock,
         rules=RetentionRules(
             usager_months=a.retention_usager_months,
             attachment_days=a.retention_attachment_days,
@@ -103,41 +101,38 @@ async def start_admin(app: App, dispatcher: Dispatcher) -> AdminRuntime:
             audit_days=a.retention_audit_days,
         ),
     )
-    smtp = None
-    email_settings = getattr(s, "email", None)
-    if email_settings is not None and email_settings.enabled:
-        smtp = (email_settings.relay_host, email_settings.relay_port)
-    health = Health(store=app.store, gateway=app.gateway, clock=app.clock, rules=rules, smtp=smtp)
+    smtp = (s.email.relay_host, s.email.relay_port) if s.email.enabled else None
+    health = Health(store=store, gateway=gateway, clock=clock, rules=rules, smtp=smtp)
 
-    async def make_ctx(sender: str, event_id: str, file: ReceivedFile | None) -> AdminCtx:
-        assert app.policies is not None
+    async def make_ctx(sender_id: str, event_id: str, file: ReceivedFile | None) -> AdminCtx:
         return AdminCtx(
-            store=app.store,
-            rooms=app.rooms,
+            store=store,
             admin=room,
             directory=directory,
             followup=followup,
             retention=retention,
             health=health,
-            clock=app.clock,
+            clock=clock,
             rules=rules,
             policies_dir=s.policies.dir,
-            get_policies=lambda: app.policies,  # type: ignore[arg-type,return-value]
-            set_policies=lambda p: _set_policies(app, p),
+            policies_ref=policies,
+            membership=specs.membership_rules,
+            fetch_attachment=gateway.fetch_attachment,
             max_file_bytes=s.bot.max_attachment_bytes,
-            sender=sender,
+            sender=sender_id,
             event_id=event_id,
             file=file,
         )
 
-    room.make_ctx = make_ctx
-    dispatcher.admin = room
-    dispatcher.retention = retention
-    await room.ensure()
-
+    console = AdminConsole(
+        room=room,
+        commands=ADMIN,
+        make_ctx=make_ctx,
+        confirmation_minutes=a.confirmation_minutes,
+    )
     jobs = Jobs(
-        store=app.store,
-        clock=app.clock,
+        store=store,
+        clock=clock,
         jobs=[
             Job(
                 "retention",
@@ -156,12 +151,10 @@ async def start_admin(app: App, dispatcher: Dispatcher) -> AdminRuntime:
             ),
         ],
     )
-    server = None
-    if s.health.enabled:
-        server = HealthServer(health, s.health.host, s.health.port)
-        await server.start()
+    server = HealthServer(health, s.health.host, s.health.port) if s.health.enabled else None
     return AdminRuntime(
         room=room,
+        console=console,
         directory=directory,
         followup=followup,
         notices=notices,

@@ -1,40 +1,49 @@
-"""The one place where everything is wired together, and run on one event loop."""
+"""The one place where everything is wired together, and run on one event loop.
+
+Every object gets what it uses in its constructor, built here in dependency order;
+nothing is assigned onto another object afterwards. Where two parts must reach each
+other at run time without holding each other (the outbox wakes the guard, the guard
+sends through the outbox), they share a `Wakeup` made first.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from bot.admin_wiring import AdminRuntime, start_admin
+from bot.admin_wiring import AdminRuntime, build_admin
 from bot.domain.policies import Policies
+from bot.domain.retry import RetryPolicy
 from bot.matrix.cross_signing import ensure_cross_signing
-from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway, SavedLogin
+from bot.matrix.gateway import MatrixGateway
 from bot.policy_loader import load_policies
+from bot.ports import EmailHooks, NoEmail, PoliciesRef
+from bot.services import login
+from bot.services.admin_room import AdminRoom
 from bot.services.clock import Clock, SystemClock
 from bot.services.demande_room import DemandeRooms
 from bot.services.dispatch import Dispatcher
+from bot.services.event_retries import EventRetries
+from bot.services.failures import database_unavailable
+from bot.services.ledger import StoreLedger
 from bot.services.opening import Opening
 from bot.services.outbox import Outbox
+from bot.services.room_guard import RoomGuard
+from bot.services.room_index import DemandeRoomIndex
+from bot.services.room_specs import RoomSpecs
 from bot.services.undecryptable import Undecryptables
+from bot.services.worker import Wakeup
 from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
 from bot.sync_loop import EventRouter, SyncLoop
-from bridge.wiring import EmailRuntime, start_email
+from bridge.wiring import EmailRuntime, build_hooks, build_runtime
 
 log = logging.getLogger(__name__)
 
-LOGIN_USER = "matrix.user_id"
-LOGIN_DEVICE = "matrix.device_id"
-LOGIN_TOKEN = "matrix.access_token"  # noqa: S105 (a key name)
-
-
-def server_of(user_id: str) -> str:
-    return user_id.split(":", 1)[1]
+RECOVERY_EVERY_SECONDS = 60.0
 
 
 @dataclass
@@ -43,33 +52,69 @@ class App:
 
     settings: Settings
     clock: Clock = field(default_factory=SystemClock)
-    policies: Policies | None = None
+    initial_policies: Policies | None = None
 
-    store: Store = field(init=False)
-    gateway: MatrixGateway = field(init=False)
-    outbox: Outbox = field(init=False)
-    opening: Opening = field(init=False)
-    rooms: DemandeRooms = field(init=False)
-    sync: SyncLoop = field(init=False)
-    undecryptable: Undecryptables = field(init=False)
     # Tests only: a bot without cross-signing, to show what Element then does. Never in
     # production, where the bot always cross-signs its device at start.
     _cross_sign: bool = field(default=True, repr=False)
-    email: EmailRuntime | None = field(init=False, default=None)
-    admin: AdminRuntime = field(init=False)
     _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
+    _parts: _Parts | None = field(init=False, default=None)
+
+    # -- what tests, `aplus dev` and the CLI look at, once started
+    @property
+    def parts(self) -> _Parts:
+        assert self._parts is not None, "start() first"
+        return self._parts
+
+    @property
+    def store(self) -> Store:
+        return self.parts.store
+
+    @property
+    def gateway(self) -> MatrixGateway:
+        return self.parts.gateway
+
+    @property
+    def policies(self) -> Policies:
+        return self.parts.policies.current
+
+    @property
+    def rooms(self) -> DemandeRooms:
+        return self.parts.rooms
+
+    @property
+    def opening(self) -> Opening:
+        return self.parts.opening
+
+    @property
+    def outbox(self) -> Outbox:
+        return self.parts.outbox
+
+    @property
+    def guard(self) -> RoomGuard:
+        return self.parts.guard
+
+    @property
+    def sync(self) -> SyncLoop:
+        return self.parts.sync
+
+    @property
+    def email(self) -> EmailRuntime | None:
+        return self.parts.email
+
+    @property
+    def admin(self) -> AdminRuntime:
+        return self.parts.admin
 
     async def start(self) -> None:
         s = self.settings
         # The data folder holds the database and the crypto store: private to the service.
         s.data.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if self.policies is None:
-            self.policies = load_policies(s.policies.dir)
+        policies = PoliciesRef(self.initial_policies or load_policies(s.policies.dir))
         cipher = FieldCipher.from_secret(s.secrets.data_key.reveal())
-        self.store = await Store.open(s.database.url.reveal(), cipher)
-        self._stack.push_async_callback(self.store.close)
-
-        self.gateway = MatrixGateway(
+        store = await Store.open(s.database.url.reveal(), cipher)
+        self._stack.push_async_callback(store.close)
+        gateway = MatrixGateway(
             homeserver=s.homeserver.url,
             user_id=s.bot.user_id,
             device_name=s.bot.device_name,
@@ -78,15 +123,12 @@ class App:
             require_cross_signed_devices=s.bot.require_cross_signed_devices,
             max_attachment_bytes=s.bot.max_attachment_bytes,
         )
-        self._stack.push_async_callback(self.gateway.close)
-        await self._login()
-
+        self._stack.push_async_callback(gateway.close)
+        await login.connect(s.bot, store, gateway)
         if self._cross_sign:
-            async with self.store.transaction() as tx:
+            async with store.transaction() as tx:
                 status = await ensure_cross_signing(
-                    self.gateway.client,
-                    tx,
-                    password=s.bot.password.reveal(),
+                    gateway.client, tx, password=s.bot.password.reveal()
                 )
             log.info(
                 "cross-signing %s: device %s signed=%s",
@@ -97,129 +139,213 @@ class App:
         else:
             log.warning("cross-signing skipped (test switch): Element will exclude this bot")
 
-        allowed = _allowed_servers(self.policies.membership.allowed_homeservers, s.bot.user_id)
-        self.rooms = DemandeRooms(
-            store=self.store,
-            gateway=self.gateway,
-            policies=self.policies,
-            clock=self.clock,
-            bot_user_id=s.bot.user_id,
-            allowed_servers=allowed,
+        clock = self.clock
+        bot_id = s.bot.user_id
+        retry = RetryPolicy(
+            attempts=s.bot.event_retry_attempts, base_seconds=s.bot.event_retry_base_seconds
+        )
+        specs = RoomSpecs(policies=policies, bot_user_id=bot_id, room_version=s.bot.room_version)
+        guard_wakeup = Wakeup()
+        outbox = Outbox(
+            store, gateway, clock, StoreLedger(store, bot_id), wake_guard=guard_wakeup.set
+        )
+        guard = RoomGuard(
+            store=store,
+            gateway=gateway,
+            clock=clock,
+            specs=specs,
+            sender=outbox,
+            invite_retry=retry,
+            wakeup=guard_wakeup,
+        )
+        email_parts = None
+        email: EmailHooks = NoEmail()
+        if s.email.enabled:
+            email_parts = await build_hooks(
+                settings=s.email,
+                store=store,
+                gateway=gateway,
+                sender=outbox,
+                policies=policies,
+                clock=clock,
+            )
+            email = email_parts.bridge
+        undecryptables = Undecryptables(
+            store=store,
+            gateway=gateway,
+            clock=clock,
+            sender=outbox,
+            notice_after_seconds=s.bot.undecryptable_notice_after_seconds,
+        )
+        rooms = DemandeRooms(
+            store=store,
+            clock=clock,
+            policies=policies,
+            specs=specs,
+            guard=guard,
+            email=email,
+            sender=outbox,
+            undecryptables=undecryptables,
+            max_attachment_bytes=s.bot.max_attachment_bytes,
+        )
+        admin_room = AdminRoom(
+            store=store,
+            gateway=gateway,
+            sender=outbox,
+            clock=clock,
+            bot_user_id=bot_id,
+            configured_room_id=s.admin.room_id,
+            room_name=s.admin.room_name,
             room_version=s.bot.room_version,
         )
-        self.outbox = Outbox(self.store, self.gateway, self.clock, self.rooms.recipients)
-        self.rooms.outbox = self.outbox
-        self.opening = Opening(
-            store=self.store,
-            gateway=self.gateway,
-            outbox_=self.outbox,
-            policies=self.policies,
-            clock=self.clock,
-            bot_user_id=s.bot.user_id,
-            allowed_servers=allowed,
-            room_version=s.bot.room_version,
+        index = DemandeRoomIndex(store)
+        await index.load()
+        opening = Opening(
+            store=store,
+            gateway=gateway,
+            sender=outbox,
+            clock=clock,
+            policies=policies,
+            specs=specs,
+            index=index,
+            email=email,
+            retry=retry,
+            alert_operators=admin_room.alert,
         )
-        await self.opening.load_room_index()
+        admin = build_admin(
+            settings=s,
+            store=store,
+            gateway=gateway,
+            sender=outbox,
+            clock=clock,
+            policies=policies,
+            specs=specs,
+            guard=guard,
+            email=email,
+            room=admin_room,
+        )
+        retries = EventRetries(
+            store=store, clock=clock, sender=outbox, policy=retry, bot_user_id=bot_id
+        )
         dispatcher = Dispatcher(
-            store=self.store,
-            gateway=self.gateway,
-            opening=self.opening,
-            rooms=self.rooms,
-            outbox=self.outbox,
-            clock=self.clock,
-            bot_user_id=s.bot.user_id,
+            store=store,
+            gateway=gateway,
+            clock=clock,
+            bot_user_id=bot_id,
+            index=index,
+            rooms=rooms,
+            opening=opening,
+            admin=admin.console,
+            retention=admin.retention,
+            undecryptables=undecryptables,
         )
         router = EventRouter(
-            bot_user_id=s.bot.user_id,
+            bot_user_id=bot_id,
             on_invite=dispatcher.on_invite,
             on_room_event=dispatcher.on_room_event,
+            retries=retries,
+            concurrency=s.bot.room_concurrency,
         )
-        self.undecryptable = Undecryptables(
-            store=self.store,
-            gateway=self.gateway,
-            clock=self.clock,
-            outbox=self.outbox,
-            notice_after_seconds=s.bot.undecryptable_notice_after_seconds,
-            handler=dispatcher.on_room_event,
-        )
-        self.rooms.undecryptable = self.undecryptable
-        self.sync = SyncLoop(
-            store=self.store,
-            gateway=self.gateway,
+        sync = SyncLoop(
+            store=store,
+            gateway=gateway,
             router=router,
-            after_batch=self.undecryptable.after_sync,
+            undecryptables=undecryptables,
+            retries=retries,
         )
-        if s.email.enabled:
-            self.email = await start_email(self)
-            self._stack.push_async_callback(self.email.close)
-        # The admin room, follow-up and retention jobs, health endpoint (after email:
-        # reminders reach email-only participants through the bridge).
-        self.admin = await start_admin(self, dispatcher)
-        self._stack.push_async_callback(self.admin.close)
-
-    async def _login(self) -> None:
-        s = self.settings
-        async with self.store.transaction() as tx:
-            user = await tx.get_state(LOGIN_USER)
-            device = await tx.get_state(LOGIN_DEVICE)
-            token = await tx.get_secret(LOGIN_TOKEN)
-        saved = None
-        if user == s.bot.user_id and device and token:
-            saved = SavedLogin(user, device, token.decode())
-        login = await self.gateway.connect(
-            saved=saved,
-            password=s.bot.password.reveal(),
-            access_token=s.bot.access_token.reveal() if s.bot.access_token else None,
+        email_runtime = None
+        if email_parts is not None:
+            email_runtime = await build_runtime(
+                settings=s.email,
+                parts=email_parts,
+                store=store,
+                gateway=gateway,
+                sender=outbox,
+                rooms=rooms,
+                clock=clock,
+            )
+            self._stack.push_async_callback(email_runtime.close)
+        self._stack.push_async_callback(admin.close)
+        await admin.start()
+        self._parts = _Parts(
+            store=store,
+            gateway=gateway,
+            policies=policies,
+            outbox=outbox,
+            guard=guard,
+            rooms=rooms,
+            opening=opening,
+            undecryptables=undecryptables,
+            sync=sync,
+            email=email_runtime,
+            admin=admin,
         )
-        if login != saved:
-            async with self.store.transaction() as tx:
-                await tx.set_state(LOGIN_USER, login.user_id)
-                await tx.set_state(LOGIN_DEVICE, login.device_id)
-                await tx.set_secret(LOGIN_TOKEN, login.access_token.encode())
-        log.info("logged in as %s, device %s", login.user_id, login.device_id)
 
     async def run(self) -> None:
         """Serve until cancelled. Unfinished work from a previous run is finished first."""
+        p = self.parts
         # Demandes whose room was being built when the bot stopped are finished before any
         # new event is handled, so that the events of their rooms are recognised.
         await self._recover()
         async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(self.sync.run(), name="sync")
-            tasks.create_task(self.outbox.run(), name="outbox")
-            tasks.create_task(self.undecryptable.run(), name="undecryptable")
+            tasks.create_task(p.sync.run(), name="sync")
+            tasks.create_task(p.outbox.run(), name="outbox")
+            tasks.create_task(p.guard.run(), name="guard")
+            tasks.create_task(p.undecryptables.run(), name="undecryptable")
+            tasks.create_task(self._check_rooms(), name="state check")
             tasks.create_task(self._recover_periodically(), name="recover")
-            if self.email is not None:
-                for name, worker in self.email.workers().items():
+            if p.email is not None:
+                for name, worker in p.email.workers().items():
                     tasks.create_task(worker, name=name)
-            for name, worker in self.admin.workers().items():
+            for name, worker in p.admin.workers().items():
                 tasks.create_task(worker, name=name)
 
     async def _recover(self) -> None:
-        """Finish what a stop or an outage interrupted; every step is idempotent."""
+        """Finish what a stop or an outage interrupted; every step is idempotent, and one
+        piece of work that fails never stops the others nor the service."""
+        p = self.parts
         try:
-            await self.opening.resume_all()
-            await self.rooms.invite_pending()
-            await self.rooms.reconcile_pending()
-        except MatrixError as exc:
-            log.warning("recovery postponed, homeserver unavailable: %s", exc)
-        self.outbox.wake()
-        if self.email is not None:
-            self.email.wake()
+            await p.opening.resume_all()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                log.exception("recovery of the openings failed; next round in a minute")
+            else:
+                log.warning("recovery postponed, database unavailable")
+        p.guard.wake()
+        p.outbox.flush_soon()
+        if p.email is not None:
+            p.email.wake()
 
-    async def _recover_periodically(self, every_seconds: float = 60.0) -> None:
+    async def _recover_periodically(self) -> None:
         while True:
-            await asyncio.sleep(every_seconds)
-            try:
-                await self._recover()
-            except Exception:
-                # Database down: try again at the next round, nothing is lost.
-                log.exception("recovery round failed")
+            await asyncio.sleep(RECOVERY_EVERY_SECONDS)
+            await self._recover()
+
+    async def _check_rooms(self) -> None:
+        """The level-triggered check of the open rooms' protected state, once at start
+        (a change made while the bot was down, or lost in a sync gap, is reverted)."""
+        try:
+            reverted = await self.parts.guard.check_open_rooms()
+        except Exception:
+            log.exception("start-up check of the rooms' state failed")
+            return
+        if reverted:
+            log.warning("state reverted in %d room(s) at start", reverted)
 
     async def close(self) -> None:
         await self._stack.aclose()
 
 
-def _allowed_servers(configured: Sequence[str], bot_user_id: str) -> tuple[str, ...]:
-    """The bot's own server is always allowed, or its own rooms would lock it out."""
-    own = server_of(bot_user_id)
-    return tuple(dict.fromkeys([own, *configured]))
+@dataclass(frozen=True)
+class _Parts:
+    store: Store
+    gateway: MatrixGateway
+    policies: PoliciesRef
+    outbox: Outbox
+    guard: RoomGuard
+    rooms: DemandeRooms
+    opening: Opening
+    undecryptables: Undecryptables
+    sync: SyncLoop
+    email: EmailRuntime | None
+    admin: AdminRuntime

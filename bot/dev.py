@@ -358,12 +358,12 @@ async def run_dev(data_dir: Path) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     synapse, settings, facts = await prepare(data_dir)
-    app = App(settings)
     mail = MailFolderSink(data_dir / "mail")
+    app: App | None = None
     try:
         # Outgoing mail is kept as .eml files; replies go to the bot's listener.
         await mail.start()
-        app.settings = replace(settings, email=replace(settings.email, relay_port=mail.port))
+        app = App(replace(settings, email=replace(settings.email, relay_port=mail.port)))
         await app.start()
         if app.email is not None:
             host, port = app.email.address
@@ -388,7 +388,8 @@ async def run_dev(data_dir: Path) -> None:
             raise runner.exception()  # type: ignore[misc]
         print("Arrêt demandé : le service s'arrête proprement.", flush=True)
     finally:
-        await app.close()
+        if app is not None:
+            await app.close()
         await mail.close()
         await synapse.stop()
         (synapse.data_dir / SYNAPSE_PID_FILE).unlink(missing_ok=True)

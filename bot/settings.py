@@ -152,6 +152,12 @@ class BotSettings:
     undecryptable_notice_after_seconds: int
     password: Secret
     access_token: Secret | None
+    # An event whose handling fails is retried on its own this many times (a doubling
+    # delay from the base), then given up, audited and told in the room.
+    event_retry_attempts: int = 8
+    event_retry_base_seconds: int = 30
+    # How many rooms' events are handled at once (those of one room, in order).
+    room_concurrency: int = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -740,6 +746,9 @@ def _parse_bot(t: _Table) -> BotSettings:
         ),
         password=password or Secret(""),
         access_token=access_token,
+        event_retry_attempts=t.integer("event_retry_attempts", 8, minimum=1),
+        event_retry_base_seconds=t.integer("event_retry_base_seconds", 30, minimum=1),
+        room_concurrency=t.integer("room_concurrency", 8, minimum=1),
     )
 
 

@@ -1,16 +1,22 @@
-"""The sync loop: our own position, saved only after every event was handled.
+"""The sync loop: our own position, saved only after every event was handled or set aside.
 
 nio would save its sync token *before* our callbacks run, so a crash would skip
 events. We keep the token in our database and write it after the batch is
 handled; each handler is idempotent (keyed on the event ID), so a batch seen
 twice after a crash is handled once.
+
+Faults stay with what caused them. An event whose handling fails is recorded for a
+retry of its own (`EventRetries`) and the batch goes on; only the database being
+unavailable (nothing can be recorded) or `/sync` itself failing holds the batch back.
+The events of different rooms are handled concurrently (bounded), those of one room in
+order, so that one slow room does not delay the others.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from nio import (
@@ -21,71 +27,102 @@ from nio import (
     RoomMessageText,
     SyncResponse,
 )
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
+from bot.services.event_retries import EventRetries
+from bot.services.failures import database_unavailable, describe
+from bot.services.undecryptable import Undecryptables
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
 
 SYNC_TOKEN_KEY = "sync.next_batch"  # noqa: S105 (a key name)
 LONG_POLL_MS = 30_000
+ROOM_CONCURRENCY = 8
 
 Handler = Callable[[str, Any], Awaitable[None]]
+InviteHandler = Callable[[str, list[Any]], Awaitable[None]]
 
 
 class EventRouter:
-    """Sends each event to the right use case. Unknown or odd events are logged, never fatal."""
+    """Sends each event to its use case; a failure stays with the event that caused it."""
 
     def __init__(
         self,
         *,
         bot_user_id: str,
-        on_invite: Callable[[str, list[Any]], Awaitable[None]],
+        on_invite: InviteHandler,
         on_room_event: Handler,
+        retries: EventRetries,
+        concurrency: int = ROOM_CONCURRENCY,
     ) -> None:
         self.bot_user_id = bot_user_id
         self.on_invite = on_invite
         self.on_room_event = on_room_event
+        self.retries = retries
+        self.concurrency = concurrency
 
     async def handle(self, resp: SyncResponse) -> None:
         for room_id, info in resp.rooms.invite.items():
-            await self.on_invite(room_id, list(info.invite_state))
+            try:
+                await self.on_invite(room_id, list(info.invite_state))
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise
+                # An invitation comes back with the next sync while it stands.
+                log.warning("invitation to %s not handled yet (%s)", room_id, describe(exc))
+        rooms: dict[str, list[tuple[Any, bool]]] = {}
         for room_id, info in resp.rooms.join.items():
-            # State in the `state` block happened in a gap before the timeline (limited sync):
-            # membership changes there must be checked too.
-            for event in info.state:
-                if isinstance(event, RoomMemberEvent):
-                    await self._guarded(room_id, event)
-            for event in info.timeline.events:
-                await self._guarded(room_id, event)
+            # State in the `state` block changed in a gap before the timeline (a limited
+            # sync): it is checked like the timeline's, first.
+            events = [(e, False) for e in (*info.state, *info.timeline.events)]
+            if events:
+                rooms[room_id] = events
+        await self.handle_rooms(rooms)
 
-    async def _guarded(self, room_id: str, event: Any) -> None:
+    async def handle_events(
+        self, events: Iterable[tuple[str, Any]], *, retried: bool = False
+    ) -> list[str]:
+        """Handle (room ID, event) pairs outside a sync response (late decrypted, retried).
+
+        Returns the IDs of the events handled successfully.
+        """
+        rooms: dict[str, list[tuple[Any, bool]]] = {}
+        for room_id, event in events:
+            rooms.setdefault(room_id, []).append((event, retried))
+        return await self.handle_rooms(rooms)
+
+    async def handle_rooms(self, rooms: dict[str, list[tuple[Any, bool]]]) -> list[str]:
+        limit = asyncio.Semaphore(self.concurrency)
+        handled: list[str] = []
+
+        async def one_room(room_id: str, events: list[tuple[Any, bool]]) -> None:
+            async with limit:
+                for event, retried in events:
+                    if await self._guarded(room_id, event, retried=retried):
+                        handled.append(str(getattr(event, "event_id", "")))
+
+        async with asyncio.TaskGroup() as tasks:
+            for room_id, events in rooms.items():
+                tasks.create_task(one_room(room_id, events), name=f"room {room_id}")
+        return handled
+
+    async def _guarded(self, room_id: str, event: Any, *, retried: bool) -> bool:
         sender = getattr(event, "sender", None)
         if sender == self.bot_user_id and not _is_state(event):
-            return
+            return True
         try:
             await self.on_room_event(room_id, event)
         except Exception as exc:
-            if is_infrastructure_error(exc):
-                raise  # the whole batch is retried: nothing is lost
-            # A malformed or unexpected event must never stop the service.
-            log.exception(
-                "event %s (%s) in %s could not be handled; skipped",
-                getattr(event, "event_id", "?"),
-                classify(event),
-                room_id,
-            )
-
-
-def is_infrastructure_error(exc: BaseException) -> bool:
-    """Homeserver or database unavailable: retry later rather than skip."""
-    if isinstance(exc, MatrixError):
-        return exc.transient
-    if isinstance(exc, (OSError, ConnectionError, TimeoutError)):
+            if database_unavailable(exc):
+                raise  # the whole batch is retried: nothing can even be recorded
+            # The event's own failure: kept for a retry of its own; the others go on.
+            await self.retries.failed(room_id, event, exc)
+            return False
+        if retried:
+            await self.retries.done(str(getattr(event, "event_id", "")))
         return True
-    return isinstance(exc, (OperationalError, InterfaceError))
 
 
 def _is_state(event: Any) -> bool:
@@ -116,22 +153,40 @@ class SyncLoop:
         store: Store,
         gateway: MatrixGateway,
         router: EventRouter,
-        after_batch: Callable[[], Awaitable[None]] | None = None,
+        undecryptables: Undecryptables,
+        retries: EventRetries,
     ) -> None:
         self.store = store
         self.gateway = gateway
         self.router = router
-        # Runs once the batch is handled and its keys are in (e.g. retry undecryptable events).
-        self.after_batch = after_batch
+        self.undecryptables = undecryptables
+        self.retries = retries
         self.synced = asyncio.Event()
 
     async def _handle(self, resp: SyncResponse) -> None:
         await self.router.handle(resp)
-        await self.gateway.after_sync()
-        if self.after_batch is not None:
-            await self.after_batch()
+        try:
+            await self.gateway.after_sync()
+        except MatrixError as exc:
+            # Key uploads, queries and claims are tried again after the next sync.
+            log.warning("crypto housekeeping postponed: %s", exc)
+        # Events whose key came with this batch, then events due for a retry.
+        late = await self.undecryptables.after_sync()
+        for room_id, event in late:
+            await self.router.handle_events([(room_id, event)])
+            await self.undecryptables.handled(room_id, event.event_id)
+        await self.router.handle_events(await self.retries.due(), retried=True)
         async with self.store.transaction() as tx:
             await tx.set_state(SYNC_TOKEN_KEY, resp.next_batch)
+
+    async def _timeout(self, first: bool) -> int:
+        """The long-poll's wait: shorter when a retry falls due before it would end."""
+        if first:
+            return 0
+        due = await self.retries.seconds_until_due()
+        if due is None:
+            return LONG_POLL_MS
+        return int(min(LONG_POLL_MS, due * 1000 + 100))
 
     async def run(self) -> None:
         async with self.store.transaction() as tx:
@@ -140,10 +195,7 @@ class SyncLoop:
         delay = 1.0
         while True:
             try:
-                # nio skips a response whose token it saw already; a retry of the same batch
-                # after a failure must be decrypted and handled again.
-                self.gateway.client.next_batch = since
-                resp = await self.gateway.sync(since=since, timeout_ms=0 if first else LONG_POLL_MS)
+                resp = await self.gateway.sync(since=since, timeout_ms=await self._timeout(first))
                 handling = asyncio.ensure_future(self._handle(resp))
                 try:
                     await asyncio.shield(handling)
@@ -165,7 +217,7 @@ class SyncLoop:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             except Exception:
-                # Database down or a bug in a handler: do not advance, try the batch again.
+                # The database is down: do not advance, try the batch again.
                 log.exception("handling a sync batch failed; retry in %.0f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)

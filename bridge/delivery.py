@@ -22,7 +22,6 @@ import logging
 import random
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import aiosmtplib
 import dkim
@@ -33,6 +32,7 @@ from bot.services.clock import Clock
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import OutgoingEmail
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +228,16 @@ class EmailDelivery:
                 error=error,
                 now=now,
             )
-        log.warning("email %d (demande %d) failed: %s", email.id, email.demande_id, error[:100])
+        log.warning("email %d (demande %s) failed: %s", email.id, email.demande_id, error[:100])
         if told:
             self.wake_matrix()
 
 
 async def record_failure(
-    tx: Any,
+    tx: Tx,
     *,
     email_id: int,
-    demande_id: int,
+    demande_id: int | None,
     recipient: str,
     kind: str,
     reason_fr: str,
@@ -247,7 +247,7 @@ async def record_failure(
     """Mark the recipient failing, audit, and tell the room (not for notices to Matrix
     users). True if a room notice was queued (the caller wakes the Matrix outbox)."""
     await tx.mark_recipient_failing(recipient, error[:200], now)
-    demande = await tx.get_demande(demande_id)
+    demande = await tx.get_demande(demande_id) if demande_id is not None else None
     await tx.audit(
         "email_delivery_failed",
         actor="email",

@@ -40,6 +40,7 @@ from bot.services.clock import Clock
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import ReplyBinding
+from bot.store.repository import Tx
 from bridge.addressing import check_sender, extract_token, parse_single_mailbox, token_digest
 from bridge.delivery import record_failure
 from bridge.inbound_parse import InboundMail, Kind, dkim_aligned, parse_inbound
@@ -212,7 +213,7 @@ class InboundHandler:
             self.wake_matrix()
         return SmtpReply.OK
 
-    async def _bounce(self, tx: Any, binding: ReplyBinding, mail: InboundMail) -> bool:
+    async def _bounce(self, tx: Tx, binding: ReplyBinding, mail: InboundMail) -> bool:
         """A bounce of one of our emails to this token's agent: the recipient is failing."""
         await self._audit(tx, "email_bounce_received", binding, mail.kind_reason)
         if mail.bounced_message_id is None:
@@ -236,7 +237,7 @@ class InboundHandler:
             )
         return told
 
-    async def _audit(self, tx: Any, action: str, binding: ReplyBinding, why: str) -> None:
+    async def _audit(self, tx: Tx, action: str, binding: ReplyBinding, why: str) -> None:
         await tx.audit(
             action,
             actor=binding.agent_email,

@@ -22,20 +22,25 @@ import hmac
 import html as html_lib
 import logging
 import secrets
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from bot.domain.model import Agent, Demande, Group, Status
-from bot.domain.policies import Policies
+from bot.ports import DemandeTx, FileAttachment, MailTx, PoliciesRef, Transactions
 from bot.services.clock import Clock
 from bot.settings import EmailSettings
-from bot.store.db import Store
 from bridge import render
 from bridge.addressing import reply_address, token_digest
 
-if TYPE_CHECKING:
-    from bot.matrix.gateway import MatrixGateway
+
+class AttachmentFetcher(Protocol):
+    """Downloads and decrypts a Matrix file (the gateway): (filename, mimetype, bytes)."""
+
+    def __call__(
+        self, content: Mapping[str, Any], *, max_bytes: int | None = None
+    ) -> Awaitable[tuple[str, str, bytes]]: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +63,30 @@ def _affiliation(agent: Agent | None, groups: Mapping[int, Group]) -> str:
 
 
 class EmailBridge:
-    """Hooks the Matrix handlers call inside their transaction; each enqueues emails."""
+    """The `EmailHooks` of the email bridge: the Matrix handlers call them inside their
+    transaction, and each enqueues emails (delivered after the commit)."""
 
     def __init__(
-        self, *, settings: EmailSettings, store: Store, policies: Policies, clock: Clock
+        self,
+        *,
+        settings: EmailSettings,
+        store: Transactions,
+        policies: PoliciesRef,
+        clock: Clock,
+        fetch_attachment: AttachmentFetcher,
+        wake_delivery: Callable[[], None],
     ) -> None:
         self.settings = settings
         self.store = store
         self.policies = policies
         self.clock = clock
+        self.fetch_attachment = fetch_attachment
+        self._wake_delivery = wake_delivery
         self._key: bytes | None = None
-        self._wake_delivery: list[Any] = []
-        self.gateway: MatrixGateway | None = None  # downloads the files to attach
+
+    @property
+    def enabled(self) -> bool:
+        return True
 
     async def load_key(self) -> None:
         """The secret reply tokens derive from: created once, kept sealed with the others."""
@@ -80,10 +97,6 @@ class EmailBridge:
                 await tx.set_secret(TOKEN_KEY_SECRET, key)
         self._key = key
 
-    def on_enqueued(self, callback: Any) -> None:
-        """`callback()` runs after a transaction that queued emails commits."""
-        self._wake_delivery.append(callback)
-
     # ------------------------------------------------------------------ tokens
 
     def _derive(self, demande_id: int, address: str, generation: int) -> str:
@@ -92,7 +105,7 @@ class EmailBridge:
         raw = hmac.new(self._key, data, hashlib.sha256).digest()[:20]
         return base64.b32encode(raw).decode("ascii").rstrip("=").lower()
 
-    async def reply_token(self, tx: Any, demande_id: int, address: str) -> str:
+    async def reply_token(self, tx: MailTx, demande_id: int, address: str) -> str:
         """The live reply token of (demande, agent address), created on first use."""
         generation = await tx.reply_token_generation(demande_id, address)
         if generation is None:
@@ -110,10 +123,10 @@ class EmailBridge:
 
     # ------------------------------------------------------------------ recipients
 
-    async def _groups(self, tx: Any) -> dict[int, Group]:
+    async def _groups(self, tx: DemandeTx) -> dict[int, Group]:
         return {g.id: g for g in await tx.list_groups()}
 
-    async def _people(self, tx: Any, demande: Demande) -> list[Recipient]:
+    async def _people(self, tx: MailTx, demande: Demande) -> list[Recipient]:
         """Email-only participants (content + reply address), notified Matrix participants."""
         out: list[Recipient] = []
         matrix_agents: list[Agent] = []
@@ -140,12 +153,12 @@ class EmailBridge:
     # ------------------------------------------------------------------ composing
 
     def _org_names(self, demande: Demande) -> list[str]:
-        orgs = self.policies.organisations
+        orgs = self.policies.current.organisations
         return [orgs[o].name if o in orgs else o for o in demande.organisations]
 
     async def _enqueue(
         self,
-        tx: Any,
+        tx: MailTx,
         demande: Demande,
         recipient: Recipient,
         rendered: render.RenderedEmail,
@@ -200,8 +213,7 @@ class EmailBridge:
             now=self.clock.now(),
         )
         if queued:
-            for callback in self._wake_delivery:
-                tx.after_commit(callback)
+            tx.after_commit(self._wake_delivery)
         return queued
 
     def _notice(self, demande: Demande) -> render.RenderedEmail:
@@ -218,7 +230,7 @@ class EmailBridge:
 
     # ------------------------------------------------------------------ hooks
 
-    async def on_demande_ready(self, tx: Any, demande: Demande) -> None:
+    async def demande_ready(self, tx: MailTx, demande: Demande) -> None:
         """The room is ready: the dossier goes to email-only instructeurs and the BALs."""
         groups = await self._groups(tx)
         people = [r for r in await self._people(tx, demande) if r.full]
@@ -232,8 +244,8 @@ class EmailBridge:
             groups=groups,
         )
 
-    async def on_participants_added(
-        self, tx: Any, demande: Demande, agents: Sequence[Agent], *, key: str
+    async def participants_added(
+        self, tx: MailTx, demande: Demande, agents: Sequence[Agent], *, key: str
     ) -> None:
         """Invited later (`!inviter`): email-only agents and their groups' BALs get the dossier."""
         current = await tx.get_demande(demande.id)
@@ -258,7 +270,7 @@ class EmailBridge:
 
     async def _send_dossier(
         self,
-        tx: Any,
+        tx: MailTx,
         demande: Demande,
         recipients: Sequence[Recipient],
         *,
@@ -293,16 +305,16 @@ class EmailBridge:
                 message_id=message_id,
             )
 
-    async def on_room_message(
+    async def room_message(
         self,
-        tx: Any,
+        tx: MailTx,
         demande: Demande,
         *,
         event_key: str,
         author: Agent | None,
         author_id: str,
         content: Mapping[str, Any],
-        attachments: Sequence[render.Attachment] = (),
+        attachments: Sequence[FileAttachment] = (),
     ) -> None:
         """A participant's message (or a correction of one): to everyone else by email."""
         groups = await self._groups(tx)
@@ -344,18 +356,36 @@ class EmailBridge:
                 author=author_id,
                 message_id=message_id,
                 parents=parents,
-                attachments=attachments if r.full else (),
+                attachments=[
+                    render.Attachment(a.filename, a.content_type, a.data) for a in attachments
+                ]
+                if r.full
+                else (),
             )
 
-    async def on_redaction(
-        self, tx: Any, demande: Demande, *, redacted_event_id: str, redaction_event_id: str
+    async def redaction(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        redacted_event_id: str,
+        redaction_event_id: str,
+        sender: str,
     ) -> None:
-        """A bridged message was withdrawn: those who got it are told to disregard it."""
+        """A bridged message was withdrawn by its author: those who got it are told to
+        disregard it (a withdrawal by anyone else is not bridged)."""
         sent = [e for e in await tx.emails_of_event(redacted_event_id) if e.kind != "notification"]
         if not sent:
             return
-        groups = await self._groups(tx)
         author_id = sent[0].author or ""
+        if sender != author_id:
+            log.warning(
+                "demande %s: withdrawal of %s by someone else than its author, not bridged",
+                demande.reference,
+                redacted_event_id,
+            )
+            return
+        groups = await self._groups(tx)
         author = await self._agent_of(tx, author_id)
         rendered = render.redacted_message_email(
             author_name=author.display_name if author else author_id,
@@ -379,9 +409,9 @@ class EmailBridge:
                 parents=[parent],
             )
 
-    async def on_status(
+    async def status_changed(
         self,
-        tx: Any,
+        tx: MailTx,
         demande: Demande,
         *,
         old: Status,
@@ -421,7 +451,7 @@ class EmailBridge:
         return self.settings.from_domain
 
     @staticmethod
-    async def _agent_of(tx: Any, actor: str) -> Agent | None:
+    async def _agent_of(tx: DemandeTx, actor: str) -> Agent | None:
         """Actors are Matrix IDs, or the address of an email-only agent."""
         if actor.startswith("@"):
             agent: Agent | None = await tx.get_agent_by_matrix_id(actor)
@@ -431,32 +461,27 @@ class EmailBridge:
 
     # ------------------------------------------------------------------ files
 
-    async def on_room_file(self, demande: Demande, room_id: str, event: Any) -> None:
-        """An encrypted file posted by a participant: attached to the email when small enough."""
-        source = getattr(event, "source", None) or {}
-        content = source.get("content") or {}
-        event_id = str(getattr(event, "event_id", ""))
-        sender = str(getattr(event, "sender", ""))
-        async with self.store.transaction() as tx:
-            if await tx.is_processed(event_id):
-                return
-            author = await tx.get_agent_by_matrix_id(sender)
-            allowed = {p.matrix_id for p in await tx.participants(demande.id) if p.matrix_id}
-        if author is None or sender not in allowed or not isinstance(content, Mapping):
-            return  # the room guard deals with intruders
+    async def room_file(
+        self, demande: Demande, *, event_id: str, author: Agent, content: Mapping[str, Any]
+    ) -> None:
+        """A participant's encrypted file: attached to the email when small enough.
+
+        The download happens outside any transaction; when the media cannot be fetched
+        the error is raised (the event is retried on its own), never hidden.
+        """
         name = str(content.get("filename") or content.get("body") or "piece-jointe")
         info = content.get("info") if isinstance(content.get("info"), Mapping) else {}
         size = info.get("size") if isinstance(info, Mapping) else None
         ctype = str((info or {}).get("mimetype") or "application/octet-stream")
         limit = self.settings.max_outbound_attachment_bytes
-        attachments: list[render.Attachment] = []
+        attachments: list[FileAttachment] = []
         bridged: Mapping[str, Any] = content
         file = content.get("file")
         too_big = not isinstance(size, int) or size > limit
-        if not too_big and isinstance(file, Mapping) and self.gateway is not None:
+        if not too_big and isinstance(file, Mapping):
             try:
-                _, _, data = await self.gateway.fetch_attachment(content, max_bytes=limit)
-                attachments.append(render.Attachment(name, ctype, data))
+                _, _, data = await self.fetch_attachment(content, max_bytes=limit)
+                attachments.append(FileAttachment(name, ctype, data))
             except ValueError as exc:
                 log.warning(
                     "demande %s: file %s not attached: %s", demande.reference, event_id, exc
@@ -474,27 +499,59 @@ class EmailBridge:
                     else f"Pièce jointe « {shown} » (non jointe à ce courriel)."
                 ),
             }
+        assert author.matrix_id is not None and demande.room_id is not None
         async with self.store.transaction() as tx:
-            if not await tx.mark_processed(event_id, room_id, self.clock.now()):
+            if not await tx.mark_processed(event_id, demande.room_id, self.clock.now()):
                 return
-            await self.on_room_message(
+            await self.room_message(
                 tx,
                 demande,
                 event_key=event_id,
                 author=author,
-                author_id=sender,
+                author_id=author.matrix_id,
                 content=bridged,
                 attachments=attachments,
             )
 
-    async def on_redaction_event(self, demande: Demande, room_id: str, event: Any) -> None:
-        redacted = getattr(event, "redacts", None)
-        event_id = str(getattr(event, "event_id", ""))
-        if not isinstance(redacted, str):
-            return
-        async with self.store.transaction() as tx:
-            if not await tx.mark_processed(event_id, room_id, self.clock.now()):
-                return
-            await self.on_redaction(
-                tx, demande, redacted_event_id=redacted, redaction_event_id=event_id
-            )
+    async def notify_agent(
+        self, tx: MailTx, agent: Agent, subject: str, text: str, *, key: str
+    ) -> bool:
+        """A message to one email-only agent that belongs to no demande (a reminder of
+        late demandes to a responsable, the weekly digest to an aidant)."""
+        if not agent.email or not agent.active:
+            return False
+        s = self.settings
+        paragraphs = [p for p in text.split("\n\n") if p.strip()]
+        html_body = "".join(
+            f"<p>{html_lib.escape(p).replace(chr(10), '<br>')}</p>" for p in paragraphs
+        )
+        rendered = render.agent_notice_email(subject, text, html_body)
+        message_id = render.message_id(f"agent-{key}", s.from_domain)
+        msg = render.build_email(
+            from_addr=render.mailbox(s.from_name, s.from_address),
+            to_addr=render.mailbox(agent.display_name, agent.email),
+            reply_to=None,
+            subject=render.clean_header_value(f"[A+] {subject}", 120),
+            message_id=message_id,
+            in_reply_to=None,
+            references=None,
+            text=rendered.text,
+            html=rendered.html,
+            loop_marker=s.loop_marker,
+            auto_generated=True,
+            date=self.clock.now(),
+        )
+        queued: bool = await tx.enqueue_email(
+            event_key=f"agent-{key}",
+            recipient=agent.email,
+            kind="agent_notice",
+            demande_id=None,
+            author=None,
+            message_id=message_id,
+            envelope_from=s.from_address,
+            message=msg.as_bytes(),
+            now=self.clock.now(),
+        )
+        if queued:
+            tx.after_commit(self._wake_delivery)
+        return queued

@@ -13,19 +13,17 @@ uploaded is recorded, so a retry does not upload again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html as html_lib
 import logging
 from typing import Any
 
-from bot.commands import room as room_commands
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
-from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.services import outbox as matrix_outbox
+from bot.ports import Author, Sender
 from bot.services.clock import Clock
-from bot.services.demande_room import DemandeRooms
+from bot.services.demande_room import DemandeRooms, ParticipantMessage
+from bot.services.worker import Worker
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import InboundRecord
@@ -63,41 +61,28 @@ class InboxPoster:
         store: Store,
         rooms: DemandeRooms,
         gateway: MatrixGateway,
+        sender: Sender,
         settings: EmailSettings,
         clock: Clock,
     ) -> None:
         self.store = store
         self.rooms = rooms
         self.gateway = gateway  # uploads only: the outbox posts
+        self.sender = sender
         self.settings = settings
         self.clock = clock
-        self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self.worker = Worker("email posting", self.flush, idle_seconds=30.0, max_backoff_seconds=10)
 
     def wake(self) -> None:
-        self._wake.set()
+        self.worker.wake()
 
-    async def run(self, *, idle_seconds: float = 30.0) -> None:
-        delay = 1.0
-        while True:
-            try:
-                self._wake.clear()
-                await self.flush()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=idle_seconds)
-                delay = 1.0
-            except Exception as exc:
-                # Homeserver (uploads) or database unavailable: the rows stay pending.
-                if isinstance(exc, MatrixError):
-                    log.warning("email posting: homeserver unavailable (%s)", exc)
-                else:
-                    log.exception("email posting: unexpected failure")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+    async def run(self) -> None:
+        await self.worker.run()
 
     async def flush(self) -> int:
-        """Post what is pending, then send it. Raises `MatrixError` while the homeserver
-        is down: what was posted stays in the Matrix outbox and is sent on the next try."""
+        """Move what is pending into the Matrix outbox (which sends it). Raises an outage
+        error while the homeserver is down (uploads): the rows stay pending."""
         posted = 0
         async with self._lock:
             async with self.store.transaction() as tx:
@@ -107,14 +92,6 @@ class InboxPoster:
                     posted += 1
             async with self.store.transaction() as tx:
                 waiting = await tx.inbound_awaiting_event()
-                rooms = set()
-                for record in waiting:
-                    demande = await tx.get_demande(record.demande_id)
-                    if demande is not None and demande.room_id:
-                        rooms.add(demande.room_id)
-            assert self.rooms.outbox is not None
-            for room_id in sorted(rooms):
-                await self.rooms.outbox.flush(room_id)
             if waiting:
                 await self._record_event_ids(waiting)
         return posted
@@ -154,22 +131,41 @@ class InboxPoster:
                 return None  # posted meanwhile
             demande = await tx.get_demande(record.demande_id)
             agent = await tx.get_agent_by_email(record.agent_email)
+            # Checked again here, not only when the reply was accepted: the agent may have
+            # been deactivated, or left the demande, in between.
             participant = next(
                 (
                     p
-                    for p in await tx.participants(record.demande_id, active_only=False)
+                    for p in await tx.participants(record.demande_id)
                     if agent is not None and p.agent_id == agent.id
                 ),
                 None,
             )
-            if demande is None or not demande.room_id or agent is None or participant is None:
+            if (
+                demande is None
+                or not demande.room_id
+                or agent is None
+                or not agent.active
+                or participant is None
+            ):
                 await tx.mark_inbound(record.key, "dropped", now=now)
                 await tx.audit(
                     "email_reply_dropped",
                     actor=record.agent_email,
-                    details={"inbox": record.key},
+                    reference=demande.reference if demande else None,
+                    details={"inbox": record.key, "why": _why_dropped(agent, participant)},
                     now=now,
                 )
+                if demande is not None and demande.room_id and agent is not None:
+                    await self.sender.enqueue(
+                        tx,
+                        txn_id=f"{txn_of(record.key)}-dropped",
+                        room_id=demande.room_id,
+                        content=mx.notice(
+                            f"Une réponse par courriel de {agent.display_name} n'a pas été "
+                            "publiée : cette personne ne participe plus à la demande."
+                        ),
+                    )
                 return None
             group = await tx.get_group(agent.group_id) if agent.group_id else None
             label = f"{agent.display_name} ({group.name + ', ' if group else ''}par courriel)"
@@ -189,15 +185,14 @@ class InboxPoster:
                 "inbox": record.key,
             }
             key = txn_of(record.key)
-            await matrix_outbox.enqueue(
+            await self.sender.enqueue(
                 tx,
                 txn_id=key,
                 room_id=demande.room_id,
                 content=attributed(label, shown, bridged=bridged),
-                now=now,
             )
             for index, up in enumerate(uploads or []):
-                await matrix_outbox.enqueue(
+                await self.sender.enqueue(
                     tx,
                     txn_id=f"{key}-att-{index}",
                     room_id=demande.room_id,
@@ -208,17 +203,18 @@ class InboxPoster:
                         size=up["size"],
                         marker={"bridged": bridged},
                     ),
-                    now=now,
                 )
-            await room_commands.handle_email_reply(
-                self.rooms,
+            await self.rooms.on_participant_message(
                 tx,
                 demande,
-                agent,
+                ParticipantMessage(
+                    author=Author(agent, "email"),
+                    key=key,
+                    command=f"!{command}" if command else None,
+                    text=mail.text,
+                    content={"msgtype": "m.text", "body": mail.text},
+                ),
                 participant.kind,
-                key=key,
-                command=command,
-                text=mail.text,
             )
             await tx.mark_inbound(record.key, "posted", now=now)
             await tx.audit(
@@ -237,3 +233,13 @@ class InboxPoster:
                 if event_id:
                     now = self.clock.now()
                     await tx.mark_inbound(record.key, "posted", now=now, event_id=event_id)
+
+
+def _why_dropped(agent: Any, participant: Any) -> str:
+    if agent is None:
+        return "unknown_agent"
+    if not agent.active:
+        return "agent_deactivated"
+    if participant is None:
+        return "not_a_participant"
+    return "no_room"

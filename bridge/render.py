@@ -549,6 +549,25 @@ def edited_message_email(
     )
 
 
+def agent_notice_email(what: str, text: str, html_body: str) -> RenderedEmail:
+    """A message from the service to one agent, outside any demande (no reply address)."""
+    note = (
+        "Ce message vous est adressé par le service ; il ne contient aucune donnée "
+        "d'usager. N'y répondez pas : ouvrez la demande concernée pour agir."
+    )
+    signature = "Administration+ — messagerie sécurisée des services publics."
+    return RenderedEmail(
+        what=what,
+        text=f"{text.rstrip()}\n\n-- \n{note}\n{signature}\n",
+        html=(
+            '<!DOCTYPE html><html lang="fr"><head><meta charset="utf-8">'
+            f"<title>{html_lib.escape(what)}</title></head><body>{html_body}"
+            f"<hr><p>{html_lib.escape(note)}</p><p>{html_lib.escape(signature)}</p></body></html>"
+        ),
+        auto_generated=True,
+    )
+
+
 def redacted_message_email(*, author_name: str, author_affiliation: str) -> RenderedEmail:
     text = (
         f"Un message de {_label(author_name, author_affiliation)} a été retiré de la demande. "

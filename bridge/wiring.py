@@ -1,19 +1,60 @@
-"""The email bridge plugged into a started `App`: hooks, workers and the listener."""
+"""The email bridge's parts, built for the composition root (`bot.app`), in two steps:
+
+1. `build_hooks`, before the room services: the delivery worker and the `EmailHooks`
+   they are given (the bridge queues emails in their transactions);
+2. `build_runtime`, after them: the inbox poster (it posts replies through the room
+   service) and the SMTP/LMTP listener.
+
+Neither sees the application object; each gets what it uses.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bot.matrix.gateway import MatrixGateway
+from bot.ports import PoliciesRef, Sender
+from bot.services.clock import Clock
+from bot.services.demande_room import DemandeRooms
+from bot.settings import EmailSettings
+from bot.store.db import Store
 from bridge.delivery import EmailDelivery
 from bridge.inbound import InboundHandler, listening_address, start_listener
 from bridge.outbound import EmailBridge
 from bridge.posting import InboxPoster
 
-if TYPE_CHECKING:
-    from bot.app import App
+
+@dataclass(frozen=True)
+class EmailHooksParts:
+    bridge: EmailBridge
+    delivery: EmailDelivery
+
+
+async def build_hooks(
+    *,
+    settings: EmailSettings,
+    store: Store,
+    gateway: MatrixGateway,
+    sender: Sender,
+    policies: PoliciesRef,
+    clock: Clock,
+) -> EmailHooksParts:
+    delivery = EmailDelivery(
+        store=store, settings=settings, clock=clock, wake_matrix=sender.flush_soon
+    )
+    bridge = EmailBridge(
+        settings=settings,
+        store=store,
+        policies=policies,
+        clock=clock,
+        fetch_attachment=gateway.fetch_attachment,
+        wake_delivery=delivery.wake,
+    )
+    await bridge.load_key()
+    return EmailHooksParts(bridge, delivery)
 
 
 @dataclass
@@ -42,28 +83,31 @@ class EmailRuntime:
         await self.server.wait_closed()
 
 
-async def start_email(app: App) -> EmailRuntime:
-    """Build the bridge on the app's store, gateway and rooms; start listening."""
-    settings = app.settings.email
-    assert app.policies is not None
-    bridge = EmailBridge(settings=settings, store=app.store, policies=app.policies, clock=app.clock)
-    await bridge.load_key()
-    bridge.gateway = app.gateway
-    app.rooms.email = bridge
-    app.opening.email = bridge
-    delivery = EmailDelivery(
-        store=app.store, settings=settings, clock=app.clock, wake_matrix=app.outbox.wake
-    )
-    bridge.on_enqueued(delivery.wake)
+async def build_runtime(
+    *,
+    settings: EmailSettings,
+    parts: EmailHooksParts,
+    store: Store,
+    gateway: MatrixGateway,
+    sender: Sender,
+    rooms: DemandeRooms,
+    clock: Clock,
+) -> EmailRuntime:
+    """The inbox poster and the listener (listening once this returns)."""
     poster = InboxPoster(
-        store=app.store, rooms=app.rooms, gateway=app.gateway, settings=settings, clock=app.clock
+        store=store,
+        rooms=rooms,
+        gateway=gateway,
+        sender=sender,
+        settings=settings,
+        clock=clock,
     )
     handler = InboundHandler(
-        store=app.store,
+        store=store,
         settings=settings,
-        clock=app.clock,
+        clock=clock,
         on_committed=poster.wake,
-        wake_matrix=app.outbox.wake,
+        wake_matrix=sender.flush_soon,
     )
     server = await start_listener(handler, settings)
-    return EmailRuntime(bridge, delivery, poster, handler, server)
+    return EmailRuntime(parts.bridge, parts.delivery, poster, handler, server)

@@ -29,7 +29,13 @@ from bot.domain.calendar import PARIS, paris_date
 from bot.domain.directory_csv import is_valid_email, parse_directory_csv
 from bot.domain.followup import FollowUpRules
 from bot.domain.model import Agent, DirectoryConflict, Group, Role
-from bot.domain.policies import Policies, PolicyError, fold, is_valid_matrix_user_id
+from bot.domain.policies import (
+    MembershipRules,
+    Policies,
+    PolicyError,
+    fold,
+    is_valid_matrix_user_id,
+)
 from bot.domain.stats import (
     DemandeFilter,
     FilterError,
@@ -40,10 +46,10 @@ from bot.domain.stats import (
 )
 from bot.matrix.attachments import AttachmentError
 from bot.policy_loader import load_policies
+from bot.ports import PoliciesRef
 from bot.services.admin_room import AdminRoom, ReceivedFile
 from bot.services.chart import render_png
 from bot.services.clock import Clock
-from bot.services.demande_room import DemandeRooms
 from bot.services.directory import apply_import
 from bot.services.directory_admin import DirectoryAdmin
 from bot.services.followup import FollowUp, describe_late
@@ -51,6 +57,7 @@ from bot.services.health import Health
 from bot.services.retention import Retention
 from bot.services.statistics import collect, select
 from bot.store.db import Store
+from bridge.outbound import AttachmentFetcher
 
 SECTION_DIRECTORY = "Annuaire"
 SECTION_DEMANDES = "Demandes (métadonnées)"
@@ -67,10 +74,9 @@ FILTERS_HELP = (
 ROLE_WORDS = {fold(r.value): r for r in Role} | {"operateur": Role.OPERATEUR}
 
 
-@dataclass
+@dataclass(frozen=True)
 class AdminCtx:
     store: Store
-    rooms: DemandeRooms
     admin: AdminRoom
     directory: DirectoryAdmin
     followup: FollowUp
@@ -79,8 +85,9 @@ class AdminCtx:
     clock: Clock
     rules: FollowUpRules
     policies_dir: Path
-    get_policies: Callable[[], Policies]
-    set_policies: Callable[[Policies], None]
+    policies_ref: PoliciesRef
+    membership: Callable[[], MembershipRules]  # with the bot's own homeserver
+    fetch_attachment: AttachmentFetcher
     max_file_bytes: int
     sender: str
     event_id: str
@@ -88,7 +95,7 @@ class AdminCtx:
 
     @property
     def policies(self) -> Policies:
-        return self.get_policies()
+        return self.policies_ref.current
 
 
 ADMIN: CommandSet[AdminCtx] = CommandSet()
@@ -224,6 +231,8 @@ async def _agent_ajouter(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
         matrix_id, email = _contacts([args["contact"], args["contact2"]])
     except ValueError as exc:
         return Reply.error(str(exc))
+    if matrix_id and (refusal := _server_refusal(ctx, matrix_id)):
+        return Reply.error(refusal)
     async with ctx.store.transaction() as tx:
         group = None
         if args["groupe"] != "-":
@@ -264,6 +273,18 @@ async def _after_change(ctx: AdminCtx, agent: Agent, text: str) -> Reply:
     return Reply(text)
 
 
+def _server_refusal(ctx: AdminCtx, matrix_id: str) -> str | None:
+    """A Matrix account on a homeserver that may not join demandes: refused at entry."""
+    server = matrix_id.split(":", 1)[1].lower()
+    if ctx.membership().homeserver_allowed(server):
+        return None
+    return (
+        f"Le serveur Matrix « {server} » de {matrix_id} n'est pas autorisé pour ce service "
+        "(politique allowed_homeservers) : cet agent ne pourrait entrer dans aucune demande. "
+        "Ajoutez le serveur à la politique, ou enregistrez l'agent par son adresse e-mail."
+    )
+
+
 _CHANGEABLE = ("prenom", "nom", "groupe", "roles", "email", "matrix")
 
 
@@ -289,6 +310,10 @@ async def _agent_modifier(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
             changed = await _changed(tx, agent, field, value)
         except ValueError as exc:
             return Reply.error(str(exc))
+        if changed.matrix_id and changed.matrix_id != agent.matrix_id:
+            refusal = _server_refusal(ctx, changed.matrix_id)
+            if refusal:
+                return Reply.error(refusal)
         if (changed.matrix_id, changed.email) != (agent.matrix_id, agent.email) and (
             await ctx.directory.departures(tx, agent)
         ):
@@ -547,16 +572,14 @@ async def _import_annuaire(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: 
             "!import-annuaire."
         )
     try:
-        _, _, raw = await ctx.admin.gateway.fetch_attachment(
-            ctx.file.content, max_bytes=ctx.max_file_bytes
-        )
+        _, _, raw = await ctx.fetch_attachment(ctx.file.content, max_bytes=ctx.max_file_bytes)
     except AttachmentError as exc:
         return Reply.error(f"Fichier « {ctx.file.filename} » illisible. {exc}")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = raw.decode("cp1252", errors="replace")  # Excel on Windows
-    parsed = parse_directory_csv(text, ctx.policies)
+    parsed = parse_directory_csv(text, ctx.policies, ctx.membership())
     name = ctx.file.filename
     if not parsed.ok:
         async with ctx.store.transaction() as tx:
@@ -798,7 +821,7 @@ async def _politiques_recharger(ctx: AdminCtx, args: Args, flags: Flags) -> Repl
             _policy_problems(ctx, exc, "refusées")
             + "\nRien n'a changé : les politiques précédentes restent en vigueur."
         )
-    ctx.set_policies(policies)
+    ctx.policies_ref.replace(policies)
     async with ctx.store.transaction() as tx:
         await tx.audit("policies_reloaded", actor=ctx.sender, now=now)
     return Reply(

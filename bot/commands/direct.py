@@ -1,30 +1,68 @@
-"""Commands of the aidant's direct chat with the bot (opening a demande)."""
+"""Commands of the aidant's direct chat with the bot (opening a demande).
+
+A leaf, like the room's commands: declarations, a small context, one handler each.
+The draft itself (keeping, confirming, dropping it) is the opening service's: the
+handlers reach it through `DraftOps`, bound by the service to this message.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
-from bot.commands.framework import (
-    CommandSet,
-    CommandSpec,
-    NotACommand,
-    ParseFailure,
-    Reply,
-)
-from bot.domain.dossier import render_form_template
+from bot.commands.framework import CommandSet, CommandSpec, Reply
+from bot.domain import dossier as texts
+from bot.domain.model import Agent, Role
 
 SECTION = "Ouvrir une demande"
+# Who may run a command (checked by `gate`): an active aidant, in an encrypted chat.
+AIDANT = "aidant"
 
 
-async def _demande(ctx: object, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
-    template = render_form_template()
-    return Reply(template.body, template.formatted_body)
+class DraftOps(Protocol):
+    async def confirm(self) -> Reply:
+        """Open the demande of the pending draft."""
+        ...
+
+    async def cancel(self) -> Reply:
+        """Drop the pending draft."""
+        ...
 
 
-DIRECT: CommandSet[object] = CommandSet()
-DIRECT.add(
+@dataclass(frozen=True)
+class DirectCtx:
+    agent: Agent | None
+    encrypted: bool
+    drafts: DraftOps
+
+    @property
+    def is_aidant(self) -> bool:
+        return self.agent is not None and self.agent.active and self.agent.has(Role.AIDANT)
+
+
+def refusal(ctx: DirectCtx) -> tuple[str, str] | None:
+    """Why this person may not open a demande here: (audit action, French text)."""
+    if not ctx.is_aidant:
+        return "demande_refused_not_aidant", texts.REFUSAL_NOT_AIDANT
+    if not ctx.encrypted:
+        # Personal data must never travel in clear, not even once.
+        return "form_refused_unencrypted", texts.REFUSAL_UNENCRYPTED_ROOM
+    return None
+
+
+def gate(ctx: DirectCtx, spec: CommandSpec) -> str | None:
+    found = refusal(ctx) if spec.audience == AIDANT else None
+    return found[1] if found else None
+
+
+DIRECT: CommandSet[DirectCtx] = CommandSet(gate=gate, confirmations=False)
+
+Args = Mapping[str, Any]
+Flags = frozenset[str]
+
+
+@DIRECT.command(
     CommandSpec(
         "demande",
         (),
@@ -32,34 +70,35 @@ DIRECT.add(
         "Renvoyez-le complété : je vous montre un récapitulatif, puis !confirmer "
         "ouvre la demande et !annuler l'abandonne.",
         section=SECTION,
-    ),
-    _demande,
+        audience=AIDANT,
+    )
 )
+async def _demande(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
+    template = texts.render_form_template()
+    return Reply(template.body, template.formatted_body)
 
 
-@dataclass(frozen=True, slots=True)
-class DirectParsed:
-    """`command`: demande | confirmer | annuler | aide | None (free text: maybe a form)."""
-
-    command: str | None
-    error: Reply | None = None
-    help_topic: str | None = None
-
-
-def parse(body: str) -> DirectParsed:
-    result = DIRECT.parse(body)
-    if isinstance(result, NotACommand):
-        return DirectParsed(None)
-    if isinstance(result, ParseFailure):
-        return DirectParsed("erreur", error=result.reply())
-    name = result.spec.name
-    if name == "aide":
-        return DirectParsed("aide", help_topic=result.args.get("commande"))
-    return DirectParsed(name)
+@DIRECT.command(
+    CommandSpec(
+        "confirmer",
+        (),
+        "Ouvrir la demande que vous venez de préparer (après son récapitulatif).",
+        section=SECTION,
+        audience=AIDANT,
+    )
+)
+async def _confirmer(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
+    return await ctx.drafts.confirm()
 
 
-def help_reply(topic: str | None) -> Reply:
-    text = DIRECT.help_text(topic)
-    if topic and DIRECT.find(topic) is None:
-        return Reply.error(text)
-    return Reply(text)
+@DIRECT.command(
+    CommandSpec(
+        "annuler",
+        (),
+        "Abandonner la demande en préparation (rien n'est envoyé).",
+        section=SECTION,
+        audience=AIDANT,
+    )
+)
+async def _annuler(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
+    return await ctx.drafts.cancel()

@@ -16,6 +16,12 @@ the next ``dispatch``; ``!confirmer`` then runs the handler with
 ``dry_run=False``. With ``--dry-run`` only the summary is shown. After a
 ``Parsed`` whose ``settles_pending`` is true (``!confirmer``, ``!annuler``) the
 caller drops the stored pending confirmation; expiry is the caller's too.
+
+Who may run a command is declared on it (``audience``) and checked once, here, by the
+set's ``gate`` before any handler runs. A handler that fails is never swallowed: the
+failure is logged with a reference and raised as ``CommandFailed``, which carries the
+reply to give; the caller rolls back what the handler did (a savepoint) and decides
+whether the event is retried (an outage) or answered with that reply.
 """
 
 from __future__ import annotations
@@ -110,6 +116,8 @@ class CommandSpec:
     flags: tuple[Flag, ...] = ()
     aliases: tuple[str, ...] = ()
     section: str = ""
+    # Who may run it (the set's gate knows what each audience means); None: anyone here.
+    audience: str | None = None
 
     def __post_init__(self) -> None:
         for word in (self.name, *self.aliases):
@@ -226,8 +234,11 @@ class Parsed:
 
     @property
     def settles_pending(self) -> bool:
-        """After this command the caller forgets its pending confirmation."""
-        return self.spec.name in (CONFIRM_COMMAND, CANCEL_COMMAND)
+        """After this command the caller forgets its pending confirmation (a `!confirmer`
+        without its code leaves it waiting: it runs nothing and abandons nothing)."""
+        if self.spec.name == CONFIRM_COMMAND:
+            return self.args.get("code") is not None
+        return self.spec.name == CANCEL_COMMAND
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +291,20 @@ class DestructiveHandler(Protocol[CtxT_contra]):
 
 
 ErrorCallback: TypeAlias = Callable[[BaseException, str, Parsed], None]
+# Returns the French refusal when the context may not run the command, None otherwise.
+Gate: TypeAlias = Callable[[CtxT_contra, CommandSpec], str | None]
+
+
+class CommandFailed(Exception):
+    """A handler raised; the cause is chained and was logged with `reference`.
+
+    The caller rolls back what it can, re-raises an outage so the work is retried, and
+    otherwise answers `failure_reply(reference, ...)`.
+    """
+
+    def __init__(self, reference: str) -> None:
+        super().__init__(reference)
+        self.reference = reference
 
 
 def _log_error(exc: BaseException, reference: str, parsed: Parsed) -> None:
@@ -434,10 +459,18 @@ class _Entry(Generic[CtxT]):
 class CommandSet(Generic[CtxT]):
     """The declared commands, with ``!aide``, ``!confirmer`` and ``!annuler`` built in."""
 
-    def __init__(self, *, on_error: ErrorCallback | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_error: ErrorCallback | None = None,
+        gate: Gate[CtxT] | None = None,
+        confirmations: bool = True,
+    ) -> None:
         self._on_error: ErrorCallback = on_error or _log_error
+        self._gate = gate
         self._entries: dict[str, _Entry[CtxT]] = {}  # folded name or alias → entry
         self._order: list[_Entry[CtxT]] = []
+        self.confirmations = confirmations
         self._help = self._builtin(
             CommandSpec(
                 HELP_COMMAND,
@@ -447,22 +480,27 @@ class CommandSet(Generic[CtxT]):
                 section=BUILTIN_SECTION,
             )
         )
-        self._confirm = self._builtin(
-            CommandSpec(
-                CONFIRM_COMMAND,
-                (Arg("code", "text", "Le code donné avec le résumé.", optional=True),),
-                "Exécute la commande qui attend votre confirmation.",
-                section=BUILTIN_SECTION,
+        # Sets without destructive commands (a demande room, the direct chat) have no
+        # confirmation to give: their `!confirmer` / `!annuler`, if any, are their own.
+        self._confirm: CommandSpec | None = None
+        self._cancel: CommandSpec | None = None
+        if confirmations:
+            self._confirm = self._builtin(
+                CommandSpec(
+                    CONFIRM_COMMAND,
+                    (Arg("code", "text", "Le code donné avec le résumé.", optional=True),),
+                    "Exécute la commande qui attend votre confirmation.",
+                    section=BUILTIN_SECTION,
+                )
             )
-        )
-        self._cancel = self._builtin(
-            CommandSpec(
-                CANCEL_COMMAND,
-                (),
-                "Abandonne la commande qui attend votre confirmation.",
-                section=BUILTIN_SECTION,
+            self._cancel = self._builtin(
+                CommandSpec(
+                    CANCEL_COMMAND,
+                    (),
+                    "Abandonne la commande qui attend votre confirmation.",
+                    section=BUILTIN_SECTION,
+                )
             )
-        )
 
     # -- registration
 
@@ -488,6 +526,8 @@ class CommandSet(Generic[CtxT]):
         """The handler gets ``dry_run``: true → say what would be done, change nothing."""
         if not spec.destructive:
             raise TypeError(f"!{spec.name} is not destructive: use add()")
+        if not self.confirmations:
+            raise TypeError(f"!{spec.name} is destructive: this set has no confirmations")
         self._register(_Entry(spec, destructive_handler=handler))
 
     def command(self, spec: CommandSpec) -> Callable[[Handler[CtxT]], Handler[CtxT]]:
@@ -625,7 +665,9 @@ class CommandSet(Generic[CtxT]):
         for entry in self._order:
             if entry.spec.section != BUILTIN_SECTION:
                 sections.setdefault(entry.spec.section or DEFAULT_SECTION, []).append(entry.spec)
-        sections[BUILTIN_SECTION] = [self._help, self._confirm, self._cancel]
+        sections[BUILTIN_SECTION] = [
+            s for s in (self._help, self._confirm, self._cancel) if s is not None
+        ]
         lines = ["Commandes disponibles :"]
         for title, specs in sections.items():
             lines += ["", f"{title} :"]
@@ -667,12 +709,16 @@ class CommandSet(Generic[CtxT]):
             topic = parsed.args["commande"]
             text = self.help_text(topic)
             return Reply.error(text) if topic and self.find(topic) is None else Reply(text)
-        if spec is self._cancel:
+        if self._cancel is not None and spec is self._cancel:
             if pending is None:
                 return Reply.error("Aucune commande n'attend de confirmation.")
             return Reply(f"Commande !{pending.parsed.spec.name} abandonnée : rien n'a été fait.")
-        if spec is self._confirm:
+        if self._confirm is not None and spec is self._confirm:
             return await self._confirmed(parsed, ctx, pending)
+        if self._gate is not None and spec.audience is not None:
+            refusal = self._gate(ctx, spec)
+            if refusal is not None:
+                return Reply.error(refusal)
         if not spec.destructive:
             return await self._run(parsed, ctx, dry_run=False)
         summary = await self._run(parsed, ctx, dry_run=True)
@@ -686,7 +732,13 @@ class CommandSet(Generic[CtxT]):
         if pending is None:
             return Reply.error("Aucune commande n'attend de confirmation.")
         code = parsed.args["code"]
-        if code is not None and fold(code) != fold(pending.token):
+        if code is None:
+            # The code makes the operator read the summary: never run without it.
+            return Reply.error(
+                f"Pour exécuter !{pending.parsed.spec.name}, écrivez le code donné avec le "
+                f"résumé : !{CONFIRM_COMMAND} CODE (ou !{CANCEL_COMMAND} pour abandonner)."
+            )
+        if fold(code) != fold(pending.token):
             return Reply.error(
                 f"Code « {code} » incorrect : la commande !{pending.parsed.spec.name} est "
                 "abandonnée, rien n'a été fait. Relancez-la pour obtenir un nouveau code."
@@ -726,9 +778,17 @@ class CommandSet(Generic[CtxT]):
                 self._on_error(exc, reference, parsed)
             except Exception:
                 _log_error(exc, reference, parsed)
-            return Reply.error(
-                f"Une erreur inattendue s'est produite (référence {reference}). "
-                "Il n'est pas certain que la commande ait abouti : vérifiez avant de la relancer, "
-                "et donnez cette référence à l'équipe technique si le problème persiste."
-            )
+            raise CommandFailed(reference) from exc
         return reply
+
+
+def failure_reply(reference: str, *, rolled_back: bool) -> Reply:
+    """What a user reads when their command failed: `rolled_back` when nothing of it stayed."""
+    if rolled_back:
+        what = "La commande n'a pas été exécutée : réessayez dans un moment"
+    else:
+        what = "Il n'est pas certain que la commande ait abouti : vérifiez avant de la relancer"
+    return Reply.error(
+        f"Une erreur inattendue s'est produite (référence {reference}). {what}, et donnez "
+        "cette référence à l'équipe technique si le problème persiste."
+    )

@@ -1,58 +1,55 @@
-"""Commands and messages in a demande room.
+"""Commands of a demande room: declarations and one small handler each.
 
-Each handler runs inside the transaction that marks the event processed, gets
-what it needs from a small context, and returns a `Reply`; status notices and
-the reply are queued in the outbox by that same transaction.
+A leaf: it imports the command framework, the domain and the ports, nothing else.
+Each handler gets a `RoomCtx` (the caller's transaction seen through `DemandeTx`, the
+demande, who wrote, and the few capabilities a command may use) and returns a `Reply`.
+Who may run each command is declared on it (`audience`) and checked once, by the
+framework, through `gate` below. The caller runs the handler in a savepoint: what a
+failing handler did is rolled back.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
-from zoneinfo import ZoneInfo
+from typing import Any
 
-from bot.commands.framework import (
-    Arg,
-    CommandSet,
-    CommandSpec,
-    NotACommand,
-    ParseFailure,
-    PendingConfirmation,
-    Reply,
-)
+from bot.commands.framework import Arg, CommandSet, CommandSpec, Reply
 from bot.domain import status as status_rules
+from bot.domain.calendar import PARIS
 from bot.domain.model import Agent, Demande, Role, Status, Usefulness
+from bot.domain.policies import MembershipRules, Policies
 from bot.domain.routing import may_invite_agent, may_invite_group
-from bot.matrix import content as mx
-from bot.services import outbox as outbox_mod
-
-if TYPE_CHECKING:
-    from bot.services.demande_room import DemandeRooms
-    from bot.services.opening import Incoming
-
-log = logging.getLogger(__name__)
-
-# Agents read times in French local time.
-PARIS = ZoneInfo("Europe/Paris")
+from bot.ports import Author, EmailHooks, MailTx, StatusChanger
 
 SECTION_DEMANDE = "La demande"
 SECTION_ANSWERS = "Réponses rapides (instructeurs)"
 SECTION_CLOSE = "Clôture (aidant)"
 
+# Who may run a command (checked by `gate`).
+INSTRUCTEUR = "instructeur"
+AIDANT_SIDE = "aidant_side"
 
-@dataclass
+
+@dataclass(frozen=True)
 class RoomCtx:
-    rooms: DemandeRooms
-    tx: Any
+    tx: MailTx
     demande: Demande
-    msg: Incoming
-    agent: Agent
+    author: Author
     participant_kind: str
     aidant: Agent
-    invited_users: list[str] = field(default_factory=list)
+    status: StatusChanger
+    email: EmailHooks
+    rules: MembershipRules
+    policies: Policies
+    now: datetime
+    key: str  # the event ID (or the email's key): txn IDs derive from it
+    invite: Callable[[Sequence[str]], Awaitable[None]]  # Matrix IDs already in the ledger
+
+    @property
+    def agent(self) -> Agent:
+        return self.author.agent
 
     @property
     def is_instructeur(self) -> bool:
@@ -71,14 +68,37 @@ class RoomCtx:
             and self.agent.has(Role.AIDANT)
         )
 
+    async def audit(self, action: str, **details: Any) -> None:
+        await self.tx.audit(
+            action,
+            actor=self.author.address,
+            reference=self.demande.reference,
+            details={**details, "via": self.author.via},
+            now=self.now,
+        )
 
-ROOM: CommandSet[RoomCtx] = CommandSet()
+
+def gate(ctx: RoomCtx, spec: CommandSpec) -> str | None:
+    if spec.audience == INSTRUCTEUR and not ctx.is_instructeur:
+        return f"Seuls les instructeurs invités dans la demande peuvent utiliser !{spec.name}."
+    if spec.audience == AIDANT_SIDE and not ctx.is_aidant_side:
+        return (
+            "Seul l'aidant qui a ouvert la demande, ou un membre de son groupe, peut "
+            f"utiliser !{spec.name}."
+        )
+    return None
+
+
+ROOM: CommandSet[RoomCtx] = CommandSet(gate=gate, confirmations=False)
+
+Args = Mapping[str, Any]
+Flags = frozenset[str]
 
 
 async def _status_reply(ctx: RoomCtx, event: status_rules.Event, done: str, **kw: Any) -> Reply:
     """Apply a status event; one reply says who did what and what the status became."""
-    result = await ctx.rooms.apply_status(
-        ctx.tx, ctx.demande, event, actor=ctx.msg.sender, txn=ctx.msg.event_id, announce=False, **kw
+    result = await ctx.status.apply(
+        ctx.tx, ctx.demande, event, actor=ctx.author.address, txn=ctx.key, announce=False, **kw
     )
     if isinstance(result, status_rules.Refusal):
         return Reply.error(result.reason)
@@ -88,8 +108,9 @@ async def _status_reply(ctx: RoomCtx, event: status_rules.Event, done: str, **kw
 @ROOM.command(
     CommandSpec("statut", (), "Afficher le statut de la demande.", section=SECTION_DEMANDE)
 )
-async def _statut(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
+async def _statut(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     d = await ctx.tx.get_demande(ctx.demande.id)
+    assert d is not None
     times = d.times
     lines = [f"Demande {d.reference} : {d.status.label}", f"Ouverte le {_fmt(times.created_at)}"]
     if times.first_answer_at:
@@ -98,9 +119,8 @@ async def _statut(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) 
         lines.append(f"Traitée le {_fmt(times.treated_at)}")
     if times.closed_at and d.status == Status.CLOTUREE:
         lines.append(f"Clôturée le {_fmt(times.closed_at)}")
-    participants = await ctx.tx.participants(d.id)
     names = []
-    for p in participants:
+    for p in await ctx.tx.participants(d.id):
         agent = await ctx.tx.get_agent(p.agent_id)
         if agent is not None:
             names.append(agent.display_name + (" (par courriel)" if agent.email_only else ""))
@@ -116,11 +136,9 @@ async def _statut(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) 
         section=SECTION_DEMANDE,
     )
 )
-async def _inviter(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
+async def _inviter(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     target = str(args["cible"]).strip()
     tx = ctx.tx
-    rules = ctx.rooms.membership_rules()
-    policies = ctx.rooms.policies
     participants = await tx.participants(ctx.demande.id)
     if target.startswith("@"):
         agent = await tx.get_agent_by_matrix_id(target)
@@ -130,50 +148,41 @@ async def _inviter(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str])
             )
         group = await tx.get_group(agent.group_id) if agent.group_id else None
         decision = may_invite_agent(
-            ctx.demande.territoire, agent, group, participants, rules, policies
+            ctx.demande.territoire, agent, group, participants, ctx.rules, ctx.policies
         )
     else:
-        group = await tx.get_group_by_name(target)
-        if group is None:
+        found = await tx.get_group_by_name(target)
+        if found is None:
             names = ", ".join(sorted(g.name for g in await tx.list_groups()))
             return Reply.error(f"Groupe « {target} » inconnu. Groupes existants : {names}.")
         decision = may_invite_group(
             ctx.demande.territoire,
-            group,
-            await tx.agents_of_group(group.id),
+            found,
+            await tx.agents_of_group(found.id),
             participants,
-            rules,
-            policies,
+            ctx.rules,
+            ctx.policies,
         )
     if not decision.allowed:
-        await tx.audit(
-            "invitation_refused",
-            actor=ctx.msg.sender,
-            reference=ctx.demande.reference,
-            details={"target": target},
-            now=ctx.rooms.clock.now(),
-        )
+        await ctx.audit("invitation_refused", target=target)
         return Reply.error(f"Invitation refusée : {decision.reason}.")
-    now = ctx.rooms.clock.now()
     added = []
+    invited: list[str] = []
     for agent in decision.agents:
         await tx.add_participant(
-            demande_id=ctx.demande.id, agent=agent, kind="invite", added_by=ctx.msg.sender, now=now
+            demande_id=ctx.demande.id,
+            agent=agent,
+            kind="invite",
+            added_by=ctx.author.address,
+            now=ctx.now,
         )
-        await tx.audit(
-            "participant_added",
-            actor=ctx.msg.sender,
-            reference=ctx.demande.reference,
-            details={"agent": agent.id},
-            now=now,
-        )
+        await ctx.audit("participant_added", agent=agent.id)
         added.append(agent.display_name + (" (par courriel)" if agent.email_only else ""))
         if agent.matrix_id:
-            ctx.invited_users.append(agent.matrix_id)
-    if ctx.rooms.email is not None:  # email-only agents get the dossier by email
-        await ctx.rooms.email.on_participants_added(
-            tx, ctx.demande, decision.agents, key=ctx.msg.event_id
-        )
+            invited.append(agent.matrix_id)
+    await ctx.invite(invited)
+    # Email-only agents and the groups' shared mailboxes get the dossier by email.
+    await ctx.email.participants_added(tx, ctx.demande, decision.agents, key=ctx.key)
     text = "Invité(s) : " + ", ".join(added) + "."
     if decision.skipped:
         text += (
@@ -186,12 +195,14 @@ async def _inviter(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str])
 
 @ROOM.command(
     CommandSpec(
-        "jemenoccupe", (), "Indiquer que vous prenez la demande en charge.", section=SECTION_ANSWERS
+        "jemenoccupe",
+        (),
+        "Indiquer que vous prenez la demande en charge.",
+        section=SECTION_ANSWERS,
+        audience=INSTRUCTEUR,
     )
 )
-async def _jemenoccupe(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
-    if not ctx.is_instructeur:
-        return Reply.error("Seuls les instructeurs invités peuvent utiliser cette réponse.")
+async def _jemenoccupe(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     return await _status_reply(
         ctx, status_rules.InstructeurAnswer(), f"{ctx.agent.display_name} s'occupe de la demande."
     )
@@ -203,19 +214,11 @@ async def _jemenoccupe(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[s
         (),
         "Indiquer que vous n'êtes pas le bon interlocuteur (pensez à !inviter le bon groupe).",
         section=SECTION_ANSWERS,
+        audience=INSTRUCTEUR,
     )
 )
-async def _pasleboninterlocuteur(
-    ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]
-) -> Reply:
-    if not ctx.is_instructeur:
-        return Reply.error("Seuls les instructeurs invités peuvent utiliser cette réponse.")
-    await ctx.tx.audit(
-        "not_the_right_contact",
-        actor=ctx.msg.sender,
-        reference=ctx.demande.reference,
-        now=ctx.rooms.clock.now(),
-    )
+async def _pasleboninterlocuteur(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    await ctx.audit("not_the_right_contact")
     return Reply(
         f"{ctx.agent.display_name} indique ne pas être le bon interlocuteur pour cette demande. "
         "Un participant peut inviter le groupe compétent avec !inviter <groupe>."
@@ -223,11 +226,15 @@ async def _pasleboninterlocuteur(
 
 
 @ROOM.command(
-    CommandSpec("traitee", (), "Indiquer que la demande est traitée.", section=SECTION_ANSWERS)
+    CommandSpec(
+        "traitee",
+        (),
+        "Indiquer que la demande est traitée.",
+        section=SECTION_ANSWERS,
+        audience=INSTRUCTEUR,
+    )
 )
-async def _traitee(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
-    if not ctx.is_instructeur:
-        return Reply.error("Seuls les instructeurs invités peuvent marquer la demande traitée.")
+async def _traitee(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     return await _status_reply(
         ctx, status_rules.Treated(), f"{ctx.agent.display_name} a traité la demande."
     )
@@ -246,13 +253,10 @@ async def _traitee(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str])
         ),
         "Clore la demande, en disant si la réponse est utile pour l'usager.",
         section=SECTION_CLOSE,
+        audience=AIDANT_SIDE,
     )
 )
-async def _clore(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
-    if not ctx.is_aidant_side:
-        return Reply.error(
-            "Seul l'aidant qui a ouvert la demande, ou un membre de son groupe, peut la clore."
-        )
+async def _clore(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     usefulness = Usefulness(str(args["utilite"]).lower())
     return await _status_reply(
         ctx,
@@ -262,12 +266,16 @@ async def _clore(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -
     )
 
 
-@ROOM.command(CommandSpec("rouvrir", (), "Rouvrir une demande clôturée.", section=SECTION_CLOSE))
-async def _rouvrir(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
-    if not ctx.is_aidant_side:
-        return Reply.error(
-            "Seul l'aidant qui a ouvert la demande, ou un membre de son groupe, peut la rouvrir."
-        )
+@ROOM.command(
+    CommandSpec(
+        "rouvrir",
+        (),
+        "Rouvrir une demande clôturée.",
+        section=SECTION_CLOSE,
+        audience=AIDANT_SIDE,
+    )
+)
+async def _rouvrir(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     return await _status_reply(
         ctx, status_rules.Reopened(), f"{ctx.agent.display_name} rouvre la demande."
     )
@@ -281,8 +289,8 @@ async def _rouvrir(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str])
         section=SECTION_DEMANDE,
     )
 )
-async def _notifications(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
-    if ctx.rooms.email is None:
+async def _notifications(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    if not ctx.email.enabled:
         return Reply.error("Ce service n'envoie pas de courriels.")
     if not ctx.agent.email:
         return Reply.error(
@@ -290,7 +298,7 @@ async def _notifications(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset
             "administrateur de l'ajouter."
         )
     on = str(args["choix"]).lower() == "oui"
-    await ctx.tx.set_email_notifications(ctx.agent.id, on, ctx.rooms.clock.now())
+    await ctx.tx.set_email_notifications(ctx.agent.id, on, ctx.now)
     if on:
         return Reply(
             f"{ctx.agent.display_name} recevra un avis par courriel à {ctx.agent.email} "
@@ -301,138 +309,3 @@ async def _notifications(ctx: RoomCtx, args: Mapping[str, Any], flags: frozenset
 
 def _fmt(when: datetime) -> str:
     return when.astimezone(PARIS).strftime("%d/%m/%Y à %H:%M")
-
-
-async def handle(rooms: DemandeRooms, demande: Demande, msg: Incoming) -> None:
-    """A text message in a demande room: a command, or an answer that moves the status."""
-    now = rooms.clock.now()
-    invited: list[str] = []
-    intruder = False
-    async with rooms.store.transaction() as tx:
-        if not await tx.mark_processed(msg.event_id, msg.room_id, now):
-            return
-        participants = {p.matrix_id: p for p in await tx.participants(demande.id) if p.matrix_id}
-        participant = participants.get(msg.sender)
-        agent = await tx.get_agent_by_matrix_id(msg.sender)
-        if participant is None or agent is None or not agent.active:
-            # Never act on a message from someone who should not be here.
-            await tx.audit(
-                "message_from_unauthorised",
-                actor=msg.sender,
-                reference=demande.reference,
-                now=now,
-            )
-            intruder = True
-        else:
-            aidant = await tx.get_agent(demande.aidant_agent_id)
-            assert aidant is not None
-            ctx = RoomCtx(rooms, tx, demande, msg, agent, participant.kind, aidant)
-            parsed = ROOM.parse(msg.body)
-            reply: Reply | PendingConfirmation | None = None
-            if isinstance(parsed, NotACommand):
-                await _free_message(ctx)
-            elif isinstance(parsed, ParseFailure):
-                reply = parsed.reply()
-            else:
-                if parsed.spec.name in ("confirmer", "annuler"):
-                    reply = Reply.error("Aucune commande n'attend de confirmation dans ce salon.")
-                else:
-                    reply = await ROOM.dispatch(parsed, ctx)
-                if parsed.spec.name != "aide" and isinstance(reply, Reply):
-                    # Refusals are audited too (never the message content).
-                    await tx.audit(
-                        "command_refused" if reply.is_error else f"command_{parsed.spec.name}",
-                        actor=msg.sender,
-                        reference=demande.reference,
-                        details={"command": parsed.spec.name},
-                        now=now,
-                    )
-            if isinstance(reply, Reply):
-                await outbox_mod.enqueue(
-                    tx,
-                    txn_id=f"reply-{msg.event_id}",
-                    room_id=msg.room_id,
-                    content=mx.notice(reply.text, reply.html),
-                    now=now,
-                )
-            invited = ctx.invited_users
-    if intruder:
-        await rooms.reconcile(msg.room_id)
-        return
-    if invited:
-        await rooms.invite_users(demande, invited)
-    await rooms.flush(msg.room_id)
-
-
-async def _free_message(ctx: RoomCtx) -> None:
-    """Not a command: an instructeur's answer, or the aidant writing on a closed demande."""
-    event: status_rules.Event | None = None
-    if ctx.is_instructeur:
-        event = status_rules.InstructeurAnswer()
-    elif ctx.is_aidant_side and ctx.demande.status == Status.CLOTUREE:
-        event = status_rules.AidantMessage()
-    if event is not None:
-        await ctx.rooms.apply_status(
-            ctx.tx, ctx.demande, event, actor=ctx.msg.sender, txn=ctx.msg.event_id, announce=True
-        )
-    if ctx.rooms.email is not None:
-        await ctx.rooms.email.on_room_message(
-            ctx.tx,
-            ctx.demande,
-            event_key=ctx.msg.event_id,
-            author=ctx.agent,
-            author_id=ctx.msg.sender,
-            content=ctx.msg.content or {"msgtype": "m.text", "body": ctx.msg.body},
-        )
-
-
-async def handle_email_reply(
-    rooms: DemandeRooms,
-    tx: Any,
-    demande: Demande,
-    agent: Agent,
-    participant_kind: str,
-    *,
-    key: str,
-    command: str | None,
-    text: str,
-) -> None:
-    """An email-only agent's reply, already posted to the room by the caller in `tx`.
-
-    A quick answer (`!traitee`…) runs as the room command does; a plain answer moves
-    the status like a Matrix message. `key` is unique to the email (txn IDs derive from it).
-    """
-    from bot.services.opening import Incoming
-
-    aidant = await tx.get_agent(demande.aidant_agent_id)
-    assert aidant is not None and agent.email is not None
-    content = {"msgtype": "m.text", "body": text}
-    msg = Incoming(demande.room_id or "", key, agent.email, text, True, content)
-    ctx = RoomCtx(rooms, tx, demande, msg, agent, participant_kind, aidant)
-    if command is None:
-        await _free_message(ctx)
-        return
-    parsed = ROOM.parse("!" + command)
-    if isinstance(parsed, NotACommand | ParseFailure):
-        return
-    reply = await ROOM.dispatch(parsed, ctx)
-    if isinstance(reply, Reply):
-        if not reply.is_error:
-            await tx.audit(
-                f"command_{parsed.spec.name}",
-                actor=agent.email,
-                reference=demande.reference,
-                details={"via": "email"},
-                now=rooms.clock.now(),
-            )
-        await outbox_mod.enqueue(
-            tx,
-            txn_id=f"reply-{key}",
-            room_id=msg.room_id,
-            content=mx.notice(reply.text, reply.html),
-            now=rooms.clock.now(),
-        )
-    if text and rooms.email is not None:
-        await rooms.email.on_room_message(
-            tx, demande, event_key=key, author=agent, author_id=agent.email, content=content
-        )

@@ -19,7 +19,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from bot.domain.model import OrganisationKind, Role
-from bot.domain.policies import Policies, fold, is_valid_matrix_user_id
+from bot.domain.policies import (
+    MembershipRules,
+    Policies,
+    fold,
+    is_valid_matrix_user_id,
+    server_name_of,
+)
 
 # Column key → accepted spellings (already folded).
 _COLUMNS: dict[str, tuple[str, ...]] = {
@@ -136,7 +142,11 @@ def is_valid_email(address: str) -> bool:
     return len(address) <= 254 and _EMAIL.match(address) is not None
 
 
-def parse_directory_csv(text: str, policies: Policies) -> DirectoryImport:
+def parse_directory_csv(
+    text: str, policies: Policies, rules: MembershipRules | None = None
+) -> DirectoryImport:
+    """Every problem of the file at once, with its line; `rules` (the bot's own
+    homeserver included) refuses a Matrix account on a homeserver that may not join."""
     text = text.removeprefix("\ufeff")
     if not text.strip():
         return _failed(ImportProblem(1, "fichier vide : la ligne d'en-têtes est absente"))
@@ -158,7 +168,7 @@ def parse_directory_csv(text: str, policies: Policies) -> DirectoryImport:
             key: cells[index].strip() if index < len(cells) else ""
             for key, index in columns.items()
         }
-        row, row_problems = _row(line, values, policies)
+        row, row_problems = _row(line, values, policies, rules)
         errors.extend(ImportProblem(line, p) for p in row_problems)
         if row is not None:
             rows.append(row)
@@ -222,7 +232,7 @@ def _flag(value: str, column: str, problems: list[str]) -> bool:
 
 
 def _row(
-    line: int, values: dict[str, str], policies: Policies
+    line: int, values: dict[str, str], policies: Policies, rules: MembershipRules | None
 ) -> tuple[ImportRow | None, list[str]]:
     problems: list[str] = []
     first_name, last_name = " ".join(values["prenom"].split()), " ".join(values["nom"].split())
@@ -240,6 +250,13 @@ def _row(
             f"identifiant Matrix invalide « {matrix_id} » (attendu : @identifiant:serveur, "
             "en minuscules)"
         )
+    elif matrix_id is not None and rules is not None:
+        server = server_name_of(matrix_id)
+        if not rules.homeserver_allowed(server):
+            problems.append(
+                f"le serveur Matrix « {server} » de {matrix_id} n'est pas autorisé pour ce "
+                "service (politique allowed_homeservers)"
+            )
     if email is None and matrix_id is None:
         problems.append("ni email ni identifiant Matrix : au moins l'un des deux est requis")
 

@@ -195,8 +195,12 @@ def render_recap(
     email_only: Sequence[ParticipantView],
     *,
     organisation_names: Mapping[str, str] | None = None,
+    left_out: Sequence[str] = (),
 ) -> RenderedMessage:
-    """What will happen on `!confirmer`: who receives the demande, and how."""
+    """What will happen on `!confirmer`: who receives the demande, and how.
+
+    `left_out`: agents of the routed groups who will not receive it, each with why.
+    """
     doc = _Doc()
     title = f"Demande {reference} : récapitulatif" if reference else "Récapitulatif de la demande"
     doc.para(title, strong=True)
@@ -218,6 +222,10 @@ def render_recap(
     for participant in email_only:
         line = _participant_line(participant)
         doc.bullet(line if participant.email_only else line + " (par courriel)")
+    if left_out:
+        doc.title("Ne recevront pas la demande")
+        for line in left_out:
+            doc.bullet(line)
     doc.para("Envoyez !confirmer pour ouvrir la demande, ou !annuler.", strong=True)
     return doc.render()
 
@@ -293,6 +301,38 @@ def intruder_removed(user_id: str, *, banned: bool) -> str:
 
 # ---------------------------------------------------------------------------
 # Status notices and refusals (used by bot.domain.status)
+
+
+def invite_failed(user_id: str, *, server_refused: bool) -> str:
+    """Notice for the room when an invitation could not be sent, for good."""
+    if server_refused:
+        why = "son serveur Matrix n'est pas autorisé pour ce service"
+    else:
+        why = "le serveur a refusé l'invitation à plusieurs reprises"
+    return (
+        f"L'invitation de {user_id} n'a pas pu être envoyée ({why}). L'équipe du service "
+        "est prévenue ; en attendant, cette personne ne voit pas la demande."
+    )
+
+
+def event_given_up(sender_name: str, reference: str, *, is_file: bool) -> str:
+    """Notice for the room when one of its messages could not be handled, for good."""
+    what = "La pièce jointe envoyée" if is_file else "Un message envoyé"
+    return (
+        f"{what} par {sender_name} n'a pas pu être pris en compte par le service "
+        f"(référence {reference}) : s'il contenait une commande ou un document à "
+        "transmettre, renvoyez-le. Le reste de la demande n'est pas concerné."
+    )
+
+
+def opening_problem(reference: str) -> str:
+    """To the aidant, when the room of their demande cannot be built for now."""
+    return (
+        f"Le salon de la demande {reference} n'a pas encore pu être créé. Votre demande "
+        "est bien enregistrée ; l'équipe du service est prévenue et le salon sera créé "
+        "dès que le problème sera réglé. Vous n'avez rien à renvoyer."
+    )
+
 
 NOTICE_EN_COURS = "La demande passe au statut « en cours » : un instructeur a répondu."
 NOTICE_TRAITEE = (

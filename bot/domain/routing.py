@@ -23,6 +23,9 @@ class RoutingResult:
     matrix_instructeurs: tuple[Agent, ...] = ()  # invited to the room
     email_instructeurs: tuple[Agent, ...] = ()  # recorded as participants, reached by email
     errors: tuple[str, ...] = ()
+    # Instructeurs of the routed groups who cannot take part, with why (shown in the
+    # recap; the demande goes to the others).
+    skipped: tuple[tuple[Agent, str], ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -36,11 +39,14 @@ def route(
     groups: Sequence[Group],
     agents: Sequence[Agent],
     policies: Policies,
+    rules: MembershipRules | None = None,
 ) -> RoutingResult:
     """Groups and instructeurs a demande of `territoire` goes to.
 
     Targets are the named organisations, or the category's when none is named.
     Every instructeur of every routed group takes part: there is no assignee.
+    `rules` (with the bot's own homeserver added) leaves out, and reports, an
+    instructeur whose Matrix account is on a homeserver that may not join.
     """
     errors: list[str] = []
     departement = policies.departement(territoire)
@@ -79,6 +85,7 @@ def route(
 
     routed: list[Group] = []
     members: list[Agent] = []
+    skipped: list[tuple[Agent, str]] = []
     for organisation in targets:
         found = False
         for group in sorted(groups, key=lambda g: g.id):
@@ -87,7 +94,13 @@ def route(
                 or departement.code not in group.departements
             ):
                 continue
-            instructeurs = _instructeurs(group, agents)
+            instructeurs = []
+            for agent in _instructeurs(group, agents):
+                why = _server_refusal(agent, rules) if rules is not None else None
+                if why is None:
+                    instructeurs.append(agent)
+                elif all(a is not agent for a, _ in skipped):
+                    skipped.append((agent, why))
             if instructeurs:
                 found = True
                 if group not in routed:
@@ -104,6 +117,7 @@ def route(
         groups=tuple(routed),
         matrix_instructeurs=tuple(a for a in members if a.matrix_id is not None),
         email_instructeurs=tuple(a for a in members if a.matrix_id is None),
+        skipped=tuple(skipped),
     )
 
 
@@ -162,6 +176,14 @@ def _group_refusal(
     return None
 
 
+def _server_refusal(agent: Agent, rules: MembershipRules) -> str | None:
+    if agent.matrix_id is not None:
+        server = server_name_of(agent.matrix_id)
+        if not rules.homeserver_allowed(server):
+            return f"le serveur Matrix « {server} » de {agent.display_name} n'est pas autorisé"
+    return None
+
+
 def _agent_refusal(agent: Agent, rules: MembershipRules) -> str | None:
     if not agent.active:
         return f"le compte de {agent.display_name} est désactivé"
@@ -169,11 +191,7 @@ def _agent_refusal(agent: Agent, rules: MembershipRules) -> str | None:
         return f"{agent.display_name} n'a aucun rôle pouvant être invité"
     if agent.matrix_id is None and agent.email is None:
         return f"{agent.display_name} n'a ni identifiant Matrix ni email"
-    if agent.matrix_id is not None:
-        server = server_name_of(agent.matrix_id)
-        if not rules.homeserver_allowed(server):
-            return f"le serveur « {server} » de {agent.display_name} n'est pas autorisé"
-    return None
+    return _server_refusal(agent, rules)
 
 
 def _limit_refusal(current: int, adding: int, rules: MembershipRules) -> str | None:

@@ -23,3 +23,11 @@ class HomeserverUnavailable(MatrixError):
 
     def __init__(self, message: str) -> None:
         super().__init__(None, None, message)
+
+
+class MediaUnavailable(MatrixError):
+    """A file's media could not be fetched (its server is down, or it does not exist).
+
+    Caused by the event that names the media, not an outage of our homeserver: the
+    event is retried on its own and given up after its budget, never the whole sync.
+    """

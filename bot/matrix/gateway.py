@@ -40,7 +40,7 @@ from nio.rooms import MatrixRoom
 
 from bot.matrix import attachments as files
 from bot.matrix.device_trust import DeviceTrust
-from bot.matrix.errors import HomeserverUnavailable, MatrixError
+from bot.matrix.errors import HomeserverUnavailable, MatrixError, MediaUnavailable
 from bot.matrix.room_keys import RoomKeySharer, accept_forwards_from_session_owner
 
 log = logging.getLogger(__name__)
@@ -174,6 +174,9 @@ class MatrixGateway:
 
     # --------------------------------------------------------------------- sync
     async def sync(self, *, since: str | None, timeout_ms: int) -> SyncResponse:
+        # nio skips a response whose token it saw already; a retry of the same batch
+        # after a failure must be decrypted and handled again.
+        self.client.next_batch = since
         try:
             resp = await self.client.sync(
                 timeout=timeout_ms, sync_filter=SYNC_FILTER, since=since, full_state=False
@@ -301,6 +304,16 @@ class MatrixGateway:
                 return None
             raise
 
+    async def room_state(self, room_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """The room's whole current state in one request: (type, state_key) → content."""
+        data = await self.request("GET", self._room(room_id) + "/state")
+        events = data.get("value", [])
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for ev in events if isinstance(events, list) else []:
+            if isinstance(ev, dict) and isinstance(ev.get("content"), dict):
+                out[(str(ev.get("type")), str(ev.get("state_key", "")))] = ev["content"]
+        return out
+
     async def put_state(
         self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = ""
     ) -> str:
@@ -363,6 +376,19 @@ class MatrixGateway:
                 room.add_member(user, None, None, invited=membership == "invite")
         room.members_synced = True
         return room
+
+    def note_invited(self, room_id: str, user_id: str) -> None:
+        """We invited `user_id`: count them in our view of the room, so that the next
+        message's key reaches them, and rotate the room's outbound session."""
+        room = self.client.rooms.get(room_id)
+        if room is not None and user_id not in room.users:
+            room.add_member(user_id, None, None, invited=True)
+            self.client.invalidate_outbound_session(room_id)
+
+    def member_count(self, room_id: str) -> int | None:
+        """How many members (joined or invited) our view of the room has; None if unknown."""
+        room = self.client.rooms.get(room_id)
+        return None if room is None else len(room.users)
 
     def present_members(self, room_id: str) -> set[str] | None:
         room = self.client.rooms.get(room_id)
@@ -427,7 +453,7 @@ class MatrixGateway:
         try:
             async with self._http.get(self.homeserver + path, headers=headers) as resp:
                 if resp.status >= 400:
-                    raise MatrixError(resp.status, None, f"media download: {resp.reason}")
+                    raise MediaUnavailable(resp.status, None, f"media download: {resp.reason}")
                 data = bytearray()
                 # AES-CTR keeps the size: the ciphertext is bounded by the same limit.
                 async for chunk in resp.content.iter_chunked(64 * 1024):

@@ -10,6 +10,10 @@ audited, and changes nothing.
 Answers are encrypted for the operators only (the ledger of this room is the
 directory), queued in the outbox like every other bot message. Files (a chart,
 an export) are uploaded encrypted first.
+
+Two parts: `AdminRoom` is the room itself (built early: other services post alerts in
+it and follow its operators); `AdminConsole` takes the operators' messages and runs
+their commands (built last, with the context factory the composition root gives it).
 """
 
 from __future__ import annotations
@@ -23,11 +27,13 @@ from typing import Any
 from nio import MegolmEvent, RoomMemberEvent, RoomMessageText
 
 from bot.commands.framework import (
+    CommandFailed,
     CommandSet,
     NotACommand,
     ParseFailure,
     PendingConfirmation,
     Reply,
+    failure_reply,
 )
 from bot.domain import membership as rules
 from bot.domain.model import Role
@@ -35,9 +41,10 @@ from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.services import outbox as outbox_mod
+from bot.ports import Sender
 from bot.services.clock import Clock
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
@@ -113,31 +120,22 @@ class AdminRoom:
         *,
         store: Store,
         gateway: MatrixGateway,
-        outbox: outbox_mod.Outbox,
+        sender: Sender,
         clock: Clock,
         bot_user_id: str,
-        commands: CommandSet[Any],
         configured_room_id: str | None,
         room_name: str,
         room_version: str,
-        confirmation_minutes: int,
-        max_file_bytes: int,
     ) -> None:
         self.store = store
         self.gateway = gateway
-        self.outbox = outbox
+        self.sender = sender
         self.clock = clock
         self.bot_user_id = bot_user_id
-        self.commands = commands
         self.configured_room_id = configured_room_id
         self.room_name = room_name
         self.room_version = room_version
-        self.confirmation = timedelta(minutes=confirmation_minutes)
-        self.max_file_bytes = max_file_bytes
         self.room_id: str | None = configured_room_id
-        self.make_ctx: CtxFactory | None = None
-        self._pending: dict[str, tuple[PendingConfirmation, datetime]] = {}
-        self._files: dict[str, ReceivedFile] = {}
 
     # ------------------------------------------------------------------ the room
     def is_admin_room(self, room_id: str) -> bool:
@@ -230,28 +228,63 @@ class AdminRoom:
                     size=len(attachment.data),
                 )
             )
-        now = self.clock.now()
         async with self.store.transaction() as tx:
-            recipients = await tx.operators()
-            for i, content in enumerate(contents):
-                await outbox_mod.enqueue(
-                    tx,
-                    txn_id=txn if i == 0 else f"{txn}-file{i}",
-                    room_id=self.room_id,
-                    content=content,
-                    now=now,
-                    recipients=recipients,
-                )
-        await self.flush()
+            await self._enqueue(tx, contents, txn=txn)
 
-    async def flush(self) -> None:
+    async def _enqueue(self, tx: Tx, contents: list[dict[str, Any]], *, txn: str) -> None:
+        assert self.room_id is not None
+        recipients = await tx.operators()
+        for i, content in enumerate(contents):
+            await self.sender.enqueue(
+                tx,
+                txn_id=txn if i == 0 else f"{txn}-file{i}",
+                room_id=self.room_id,
+                content=content,
+                recipients=recipients,
+            )
+
+    async def alert(self, key: str, text: str) -> None:
+        """Tell the operators something they must look at (once per `key`)."""
         if self.room_id is None:
+            log.warning("no admin room to tell the operators (%s)", key)
             return
-        try:
-            await self.outbox.flush(self.room_id)
-        except MatrixError as exc:
-            log.warning("admin room: messages queued, homeserver unavailable: %s", exc)
-            self.outbox.wake()
+        async with self.store.transaction() as tx:
+            await self._enqueue(tx, [mx.notice(text)], txn=f"alert-{key}")
+
+
+class AdminConsole:
+    """The operators' messages in the admin room: commands, files, confirmations."""
+
+    def __init__(
+        self,
+        *,
+        room: AdminRoom,
+        commands: CommandSet[Any],
+        make_ctx: CtxFactory,
+        confirmation_minutes: int,
+    ) -> None:
+        self.room = room
+        self.store = room.store
+        self.clock = room.clock
+        self.sender = room.sender
+        self.bot_user_id = room.bot_user_id
+        self.commands = commands
+        self.make_ctx = make_ctx
+        self.confirmation = timedelta(minutes=confirmation_minutes)
+        self._pending: dict[str, tuple[PendingConfirmation, datetime]] = {}
+        self._files: dict[str, ReceivedFile] = {}
+
+    def is_admin_room(self, room_id: str) -> bool:
+        return self.room.is_admin_room(room_id)
+
+    async def post(self, reply: Reply, *, txn: str) -> None:
+        await self.room.post(reply, txn=txn)
+
+    async def sync_members(self) -> None:
+        await self.room.sync_members()
+
+    async def operators(self) -> list[str]:
+        return await self.room.operators()
 
     # ------------------------------------------------------------------ events
     async def on_event(self, room_id: str, event: Any) -> None:
@@ -289,7 +322,7 @@ class AdminRoom:
         elif content.get("msgtype") in FILE_MSGTYPES:
             await self._on_file(room_id, event.event_id, event.sender, content)
 
-    async def _is_operator(self, tx: Any, sender: str) -> bool:
+    async def _is_operator(self, tx: Tx, sender: str) -> bool:
         agent = await tx.get_agent_by_matrix_id(sender)
         return agent is not None and agent.active and agent.has(Role.OPERATEUR)
 
@@ -349,9 +382,14 @@ class AdminRoom:
             await self.post(parsed.reply(), txn=f"admin-{event_id}")
             return
         pending = self._pending_of(sender, now)
-        assert self.make_ctx is not None
         ctx = await self.make_ctx(sender, event_id, self._files.get(sender))
-        result = await self.commands.dispatch(parsed, ctx, pending=pending)
+        # Admin commands run their own transactions (a directory change, then its effects
+        # on the rooms): a failure half-way is told as such, with its reference.
+        result: Reply | PendingConfirmation
+        try:
+            result = await self.commands.dispatch(parsed, ctx, pending=pending)
+        except CommandFailed as failed:
+            result = failure_reply(failed.reference, rolled_back=False)
         if parsed.settles_pending:
             self._pending.pop(sender, None)
         if isinstance(result, PendingConfirmation):
@@ -417,18 +455,12 @@ class AdminRoom:
                 details={"why": "wrong_room", "command": name, "room_id": room_id},
                 now=now,
             )
-            await outbox_mod.enqueue(
+            await self.sender.enqueue(
                 tx,
                 txn_id=f"reply-{event.event_id}",
                 room_id=room_id,
                 content=mx.notice(REFUSED_WRONG_ROOM),
-                now=now,
                 recipients=recipients,
                 encrypted=bool(getattr(event, "decrypted", False)),
             )
-        try:
-            await self.outbox.flush(room_id)
-        except MatrixError as exc:
-            log.warning("refusal queued, homeserver unavailable: %s", exc)
-            self.outbox.wake()
         return True

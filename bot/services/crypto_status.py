@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from bot.app import LOGIN_DEVICE, LOGIN_TOKEN, LOGIN_USER
 from bot.matrix.cross_signing import CrossSigningReport, cross_signing_status
-from bot.matrix.gateway import MatrixGateway, SavedLogin
+from bot.matrix.gateway import MatrixGateway
+from bot.services.login import saved_login
 from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
@@ -33,11 +33,8 @@ async def crypto_status(settings: Settings) -> str:
         settings.database.url.reveal(), FieldCipher.from_secret(settings.secrets.data_key.reveal())
     )
     try:
-        async with store.transaction() as tx:
-            user = await tx.get_state(LOGIN_USER)
-            device = await tx.get_state(LOGIN_DEVICE)
-            token = await tx.get_secret(LOGIN_TOKEN)
-        if not (user and device and token):
+        saved = await saved_login(store, settings.bot.user_id)
+        if saved is None:
             return "Le bot ne s'est encore jamais connecté : aucun appareil enregistré."
         gateway = MatrixGateway(
             homeserver=settings.homeserver.url,
@@ -47,7 +44,7 @@ async def crypto_status(settings: Settings) -> str:
             pickle_key=settings.secrets.pickle_key.reveal(),
         )
         try:
-            await gateway.connect(saved=SavedLogin(user, device, token.decode()), password=None)
+            await gateway.connect(saved=saved, password=None)
             async with store.transaction() as tx:
                 report = await cross_signing_status(gateway.client, tx)
         finally:

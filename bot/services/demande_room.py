@@ -1,124 +1,114 @@
-"""Life in a demande room: the room stays closed, commands, status, dossier for newcomers.
+"""Life in a demande room: participants' messages and commands, status, the dossier for
+newcomers, files and withdrawals for the email bridge.
 
-The guard is level-triggered: whatever the event that woke it, it compares the
-room's real membership (asked of the homeserver) with the ledger and removes
-whoever is not in it. Running it twice changes nothing, so it is safe to run
-again after a crash (rooms to check are recorded in the database first).
+One path for a participant's message, whether it came from Matrix or by email
+(`on_participant_message`, with an `Author`): the same checks, the same commands, the
+same audit. A command runs in a savepoint of the event's transaction: a handler that
+fails leaves nothing of its work, only the refusal and its audit entry are committed,
+and an outage is raised so that the event is tried again.
+
+Membership and protected state are the guard's (`bot.services.room_guard`): this
+service only asks it to look.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
-from nio import MegolmEvent, RedactionEvent, RoomEncryptedMedia, RoomMemberEvent, RoomMessageText
+from nio import (
+    MegolmEvent,
+    RedactionEvent,
+    RoomEncryptedMedia,
+    RoomMemberEvent,
+    RoomMessageText,
+)
 
-from bot.domain import dossier as texts
-from bot.domain import membership as rules
-from bot.domain import room_spec
+from bot.commands.framework import CommandFailed, NotACommand, ParseFailure, Reply, failure_reply
+from bot.commands.room import ROOM, RoomCtx
 from bot.domain import status as status_rules
-from bot.domain.model import Demande, Usefulness
-from bot.domain.policies import MembershipRules, Policies
-from bot.domain.reference import room_name
+from bot.domain.model import Demande, Status, Usefulness
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
-from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
-from bot.services import outbox as outbox_mod
+from bot.ports import Author, EmailHooks, MailTx, PoliciesRef, Sender
 from bot.services.clock import Clock
-from bot.services.directory_view import dossier_content
-from bot.services.opening import Incoming
+from bot.services.dossier_view import dossier_content
+from bot.services.failures import database_unavailable, homeserver_outage
+from bot.services.room_guard import RoomGuard
+from bot.services.room_specs import RoomSpecs
+from bot.services.undecryptable import Undecryptables
 from bot.store.db import Store
-
-if TYPE_CHECKING:
-    from bot.services.undecryptable import Undecryptables
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
-PENDING_GUARD_KEY = "guard.pending_rooms"
-PENDING_INVITES_KEY = "invites.pending"
+
+@dataclass(frozen=True, slots=True)
+class ParticipantMessage:
+    """What a participant wrote: a command line, free text, or both (an email's first
+    line can be a quick answer followed by a sentence)."""
+
+    author: Author
+    key: str  # unique to the message: the event ID, or the email's key
+    command: str | None
+    text: str
+    content: Mapping[str, Any]  # what the email bridge forwards of the free text
 
 
 class DemandeRooms:
-    # Set by the app: keeps the events the bot cannot decrypt until their key arrives.
-    undecryptable: Undecryptables | None = None
-
     def __init__(
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
-        policies: Policies,
         clock: Clock,
-        bot_user_id: str,
-        allowed_servers: Sequence[str],
-        room_version: str,
+        policies: PoliciesRef,
+        specs: RoomSpecs,
+        guard: RoomGuard,
+        email: EmailHooks,
+        sender: Sender,
+        undecryptables: Undecryptables,
+        max_attachment_bytes: int,
     ) -> None:
+        self.sender = sender
         self.store = store
-        self.gateway = gateway
-        self.policies = policies
         self.clock = clock
-        self.bot_user_id = bot_user_id
-        self.allowed_servers = tuple(allowed_servers)
-        self.room_version = room_version
-        self.outbox: outbox_mod.Outbox | None = None
-        self.email: Any = None  # bridge.outbound.EmailBridge when the email bridge is on
+        self.policies = policies
+        self.specs = specs
+        self.guard = guard
+        self.email = email
+        self.undecryptables = undecryptables
+        self.max_attachment_bytes = max_attachment_bytes
 
-    # ------------------------------------------------------------ the ledger
-    async def authorised(self, tx: Any, demande_id: int) -> set[str]:
-        return {p.matrix_id for p in await tx.participants(demande_id) if p.matrix_id} | {
-            self.bot_user_id
-        }
-
-    async def recipients(self, room_id: str) -> set[str] | None:
-        """Who may receive the room key of the next message; None if not a demande room.
-
-        Also the check done before every send: an unauthorised member is removed first.
-        """
-        async with self.store.transaction() as tx:
-            demande = await tx.get_demande_by_room(room_id)
-            if demande is None:
-                return None
-            allowed = await self.authorised(tx, demande.id)
-        present = self.gateway.present_members(room_id)
-        if present is None:
-            present = set((await self.gateway.refresh_members(room_id)).users)
-        if present - allowed:
-            await self.reconcile(room_id)
-        return allowed
+    @property
+    def bot_user_id(self) -> str:
+        return self.specs.bot_user_id
 
     # ---------------------------------------------------------------- events
     async def on_event(self, demande: Demande, event: Any) -> None:
+        room_id = _room(demande)
         if isinstance(event, RoomMemberEvent):
             await self._on_member(demande, event)
         elif isinstance(event, RoomMessageText):
             await self._on_text(demande, event)
         elif self.oversized_attachment(event):
             await self.refuse_attachment(demande, event)
-        elif self.email is not None and isinstance(event, RoomEncryptedMedia):
-            await self.email.on_room_file(demande, _room(demande), event)
-        elif self.email is not None and isinstance(event, RedactionEvent):
-            await self.email.on_redaction_event(demande, _room(demande), event)
+        elif isinstance(event, RoomEncryptedMedia):
+            if self.email.enabled:
+                await self._on_file(demande, event)
+        elif isinstance(event, RedactionEvent):
+            if self.email.enabled:
+                await self._on_redaction(demande, event)
         elif isinstance(event, MegolmEvent):
             # Not marked processed: once its key arrives it comes back here decrypted.
-            await self.on_undecryptable(_room(demande), event, reference=demande.reference)
+            await self.undecryptables.record(room_id, event, reference=demande.reference)
         else:
             source = getattr(event, "source", None) or {}
             # Not filtered on the sender: Synapse's make_room_admin writes its power-level
             # change *as the room creator*, i.e. as the bot itself.
-            if "state_key" in source:
-                await self._on_foreign_state(demande, source)
-
-    async def on_undecryptable(
-        self, room_id: str, event: MegolmEvent, *, reference: str | None
-    ) -> None:
-        """Kept until its key arrives, then handled as if it had just come (never dropped)."""
-        if self.undecryptable is None:
-            log.error("event %s in %s undecryptable, and nothing keeps it", event.event_id, room_id)
-            return
-        await self.undecryptable.record(room_id, event, reference=reference)
+            if isinstance(source, Mapping) and "state_key" in source:
+                await self.guard.on_foreign_state(demande, source)
 
     def oversized_attachment(self, event: Any) -> bool:
         """An attachment whose declared size is over the service's limit."""
@@ -126,12 +116,12 @@ class DemandeRooms:
         if not isinstance(content, Mapping) or not files.is_attachment(content):
             return False
         size = files.declared_size(content)
-        return size is not None and size > self.gateway.max_attachment_bytes
+        return size is not None and size > self.max_attachment_bytes
 
     async def refuse_attachment(self, demande: Demande, event: Any) -> None:
         """Tell the room, once, that the file was not accepted (nothing of it is kept)."""
         size = files.declared_size(event.source["content"])
-        limit = self.gateway.max_attachment_bytes
+        limit = self.max_attachment_bytes
         now = self.clock.now()
         async with self.store.transaction() as tx:
             if not await tx.mark_processed(event.event_id, _room(demande), now):
@@ -146,20 +136,18 @@ class DemandeRooms:
             text = str(files.AttachmentTooLarge(size, limit))
             await self._notice(tx, demande, text, txn=f"attachment-{event.event_id}")
         log.info("demande %s: attachment %s refused (too large)", demande.reference, event.event_id)
-        await self._flush(_room(demande))
 
     async def _on_member(self, demande: Demande, event: RoomMemberEvent) -> None:
         user = event.state_key
         if user == self.bot_user_id:
             return
         now = self.clock.now()
-        check = False
-        repost_for: str | None = None
         async with self.store.transaction() as tx:
             if not await tx.mark_processed(event.event_id, _room(demande), now):
                 return
-            allowed = await self.authorised(tx, demande.id)
-            if event.membership in ("join", "invite", "knock") and user not in allowed:
+            participants = {p.matrix_id: p for p in await tx.participants(demande.id)}
+            participant = participants.get(user)
+            if event.membership in ("join", "invite", "knock") and participant is None:
                 await tx.audit(
                     "intruder_detected",
                     actor=user,
@@ -174,216 +162,206 @@ class DemandeRooms:
                     user,
                     event.sender,
                 )
-                await self._mark_pending(tx, _room(demande))
-                check = True
-            elif event.membership == "join":
-                kinds = {p.matrix_id: p.kind for p in await tx.participants(demande.id)}
+                await self.guard.request(tx, _room(demande), "intruder")
+            elif (
+                participant is not None
+                and event.membership == "join"
+                and (event.prev_membership != "join")
+            ):
+                # A real arrival; a join over a join is a profile change (name, avatar).
                 await tx.audit("joined", actor=user, reference=demande.reference, now=now)
                 # Invitees of the opening got the room key of the dossier; those who came
-                # later cannot read it, so it is posted again for them.
-                if kinds.get(user) == "invite" and demande.creation_step == "ready":
-                    repost_for = user
-                    await self._enqueue_dossier(tx, demande, now, txn=f"dossier-{event.event_id}")
+                # later cannot read it, so it is posted again for them, once each.
+                if participant.kind == "invite" and demande.creation_step == "ready":
+                    await self._enqueue_dossier(
+                        tx, demande, txn=f"dossier-{demande.reference}-for-{participant.agent_id}"
+                    )
             elif event.membership in ("leave", "ban") and event.sender == user:
                 await tx.audit("left", actor=user, reference=demande.reference, now=now)
-        if check:
-            await self.reconcile(_room(demande))
-        if repost_for:
-            log.info("demande %s: dossier posted again for a newcomer", demande.reference)
-            await self._flush(_room(demande))
 
-    async def _on_foreign_state(self, demande: Demande, source: Mapping[str, Any]) -> None:
-        """The room's state differs from what the bot set (only a homeserver admin can): undo it."""
-        etype = str(source.get("type"))
-        if etype not in room_spec.PROTECTED_STATE_EVENTS and etype != "m.room.power_levels":
-            return
-        canonical = self._canonical_state(demande)
-        wanted = canonical.get((etype, str(source.get("state_key", ""))))
-        if wanted is None or not _drifted(etype, source.get("content") or {}, wanted):
-            return
-        now = self.clock.now()
+    async def _on_file(self, demande: Demande, event: RoomEncryptedMedia) -> None:
+        """An encrypted file posted by a participant: to the email-only participants.
+
+        Fetching the media can fail (its server is down): that is this event's failure,
+        raised to the event's guard, which retries it on its own.
+        """
         async with self.store.transaction() as tx:
-            if not await tx.mark_processed(str(source.get("event_id")), _room(demande), now):
+            if await tx.is_processed(event.event_id):
                 return
-            await tx.audit(
-                "state_reverted",
-                actor=str(source.get("sender")),
-                reference=demande.reference,
-                details={"type": etype},
-                now=now,
+            sender = await tx.get_agent_by_matrix_id(event.sender)
+            allowed = {p.matrix_id for p in await tx.participants(demande.id) if p.matrix_id}
+        if sender is None or event.sender not in allowed:
+            return  # the guard deals with intruders
+        content = (getattr(event, "source", None) or {}).get("content") or {}
+        await self.email.room_file(demande, event_id=event.event_id, author=sender, content=content)
+
+    async def _on_redaction(self, demande: Demande, event: RedactionEvent) -> None:
+        redacted = getattr(event, "redacts", None)
+        if not isinstance(redacted, str):
+            return
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event.event_id, _room(demande), self.clock.now()):
+                return
+            await self.email.redaction(
+                tx,
+                demande,
+                redacted_event_id=redacted,
+                redaction_event_id=event.event_id,
+                sender=event.sender,
             )
-            await self._mark_pending(tx, _room(demande))
-        await self.gateway.put_state(
-            _room(demande), etype, wanted, str(source.get("state_key", ""))
-        )
-        log.warning(
-            "demande %s: %s changed by %s, reverted",
-            demande.reference,
-            etype,
-            source.get("sender"),
-        )
-        await self.reconcile(_room(demande))
-
-    def _canonical_state(self, demande: Demande) -> dict[tuple[str, str], dict[str, Any]]:
-        names = [self.policies.organisations[o].name for o in demande.organisations]
-        body = room_spec.create_room_body(
-            reference=demande.reference,
-            name=room_name(demande.reference, names, demande.territoire),
-            bot_user_id=self.bot_user_id,
-            invitees=[],
-            allowed_servers=self.allowed_servers,
-            room_version=self.room_version,
-        )
-        state = {(e["type"], e.get("state_key", "")): e["content"] for e in body["initial_state"]}
-        state[("m.room.power_levels", "")] = body["power_level_content_override"]
-        state[("m.room.name", "")] = {"name": body["name"]}
-        return state
-
-    # ----------------------------------------------------------------- guard
-    async def _mark_pending(self, tx: Any, room_id: str) -> None:
-        pending = set(json.loads(await tx.get_state(PENDING_GUARD_KEY) or "[]"))
-        pending.add(room_id)
-        await tx.set_state(PENDING_GUARD_KEY, json.dumps(sorted(pending)))
-
-    async def reconcile_pending(self) -> None:
-        async with self.store.transaction() as tx:
-            pending = json.loads(await tx.get_state(PENDING_GUARD_KEY) or "[]")
-        for room_id in pending:
-            await self.reconcile(room_id)
-
-    async def reconcile(self, room_id: str) -> list[rules.Action]:
-        """Make the room's membership match the ledger; returns what was done."""
-        async with self.store.transaction() as tx:
-            demande = await tx.get_demande_by_room(room_id)
-            if demande is None:
-                return []
-            allowed = await self.authorised(tx, demande.id)
-            offences = await tx.offences(room_id)
-        members = await self.gateway.members(room_id)
-        # `offences` counts past removals from this room: a second intrusion is a ban.
-        actions: list[rules.Action] = [
-            a
-            for a in rules.reconcile(members, allowed, self.bot_user_id, offences)
-            if not isinstance(a, rules.Unban)
-        ]
-        now = self.clock.now()
-        for action in actions:
-            if isinstance(action, rules.Ban):
-                await self.gateway.ban(room_id, action.user_id, action.reason)
-            else:
-                try:
-                    await self.gateway.kick(room_id, action.user_id, action.reason)
-                except MatrixError as exc:
-                    if exc.transient:
-                        raise
-                    log.warning("kick of %s refused: %s", action.user_id, exc.errcode)
-                    continue
-            banned = isinstance(action, rules.Ban)
-            async with self.store.transaction() as tx:
-                await tx.record_offence(room_id, action.user_id, now)
-                await tx.audit(
-                    "intruder_banned" if banned else "intruder_kicked",
-                    actor=self.bot_user_id,
-                    reference=demande.reference,
-                    details={"user": action.user_id},
-                    now=now,
-                )
-                await self._notice(
-                    tx,
-                    demande,
-                    texts.intruder_removed(action.user_id, banned=banned),
-                    txn=f"guard-{room_id}-{action.user_id}-{offences.get(action.user_id, 0)}",
-                )
-        await self.gateway.refresh_members(room_id)
-        async with self.store.transaction() as tx:
-            pending = set(json.loads(await tx.get_state(PENDING_GUARD_KEY) or "[]"))
-            pending.discard(room_id)
-            await tx.set_state(PENDING_GUARD_KEY, json.dumps(sorted(pending)))
-        if actions:
-            await self._flush(room_id)
-        return actions
 
     # ------------------------------------------------------------- messages
     async def _on_text(self, demande: Demande, event: RoomMessageText) -> None:
-        from bot.commands import room as room_commands
+        body = event.body if isinstance(event.body, str) else ""
+        content = (getattr(event, "source", None) or {}).get("content") or {}
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event.event_id, _room(demande), now):
+                return
+            participant = next(
+                (p for p in await tx.participants(demande.id) if p.matrix_id == event.sender),
+                None,
+            )
+            agent = await tx.get_agent_by_matrix_id(event.sender)
+            if participant is None or agent is None or not agent.active:
+                # Never act on a message from someone who should not be here.
+                await tx.audit(
+                    "message_from_unauthorised",
+                    actor=event.sender,
+                    reference=demande.reference,
+                    now=now,
+                )
+                await self.guard.request(tx, _room(demande), "message_from_unauthorised")
+                return
+            is_command = not isinstance(ROOM.parse(body), NotACommand)
+            message = ParticipantMessage(
+                author=Author(agent, "matrix"),
+                key=event.event_id,
+                command=body if is_command else None,
+                text="" if is_command else body,
+                content=content or {"msgtype": "m.text", "body": body},
+            )
+            await self.on_participant_message(tx, demande, message, participant.kind)
 
-        await room_commands.handle(self, demande, Incoming.of(_room(demande), event))
-
-    async def _notice(
-        self, tx: Any, demande: Demande, text: str, *, txn: str, html: str | None = None
+    async def on_participant_message(
+        self, tx: Tx, demande: Demande, message: ParticipantMessage, participant_kind: str
     ) -> None:
-        await outbox_mod.enqueue(
-            tx,
-            txn_id=txn,
-            room_id=_room(demande),
-            content=mx.notice(text, html),
-            now=self.clock.now(),
+        """A command, an answer that moves the status, or both; in the caller's `tx`.
+
+        The caller has checked that the author takes part in the demande.
+        """
+        aidant = await tx.get_agent(demande.aidant_agent_id)
+        assert aidant is not None
+        room_id = _room(demande)
+        now = self.clock.now()
+
+        async def invite(users: Sequence[str]) -> None:
+            await self.guard.invite(tx, room_id, users)
+
+        ctx = RoomCtx(
+            tx=tx,
+            demande=demande,
+            author=message.author,
+            participant_kind=participant_kind,
+            aidant=aidant,
+            status=self,
+            email=self.email,
+            rules=self.specs.membership_rules(),
+            policies=self.policies.current,
+            now=now,
+            key=message.key,
+            invite=invite,
+        )
+        if message.command is not None:
+            reply = await self._command(ctx, message.command)
+            if reply is not None:
+                await self.sender.enqueue(
+                    tx,
+                    txn_id=f"reply-{message.key}",
+                    room_id=room_id,
+                    content=mx.notice(reply.text, reply.html),
+                )
+            if message.text:
+                # The sentence after an email's quick answer: to the others, no status.
+                await self.email.room_message(
+                    tx,
+                    demande,
+                    event_key=message.key,
+                    author=message.author.agent,
+                    author_id=message.author.address,
+                    content=message.content,
+                )
+            return
+        await self._free_message(ctx, message)
+
+    async def _command(self, ctx: RoomCtx, line: str) -> Reply | None:
+        parsed = ROOM.parse(line)
+        if isinstance(parsed, NotACommand):
+            return None
+        if isinstance(parsed, ParseFailure):
+            await ctx.audit("command_refused", command="?")
+            return parsed.reply()
+        name = parsed.spec.name
+        try:
+            async with ctx.tx.savepoint():
+                result = await ROOM.dispatch(parsed, ctx)
+        except CommandFailed as failed:
+            cause = failed.__cause__
+            if cause is not None and (database_unavailable(cause) or homeserver_outage(cause)):
+                raise cause from failed
+            await ctx.audit("command_failed", command=name, error=failed.reference)
+            return failure_reply(failed.reference, rolled_back=True)
+        assert isinstance(result, Reply)  # the room's set has no confirmations
+        if name != "aide":
+            # Refusals are audited too (never the message content).
+            await ctx.audit(
+                "command_refused" if result.is_error else f"command_{name}", command=name
+            )
+        return result
+
+    async def _free_message(self, ctx: RoomCtx, message: ParticipantMessage) -> None:
+        """Not a command: an instructeur's answer, or the aidant writing on a closed demande."""
+        event: status_rules.Event | None = None
+        if ctx.is_instructeur:
+            event = status_rules.InstructeurAnswer()
+        elif ctx.is_aidant_side and ctx.demande.status == Status.CLOTUREE:
+            event = status_rules.AidantMessage()
+        if event is not None:
+            await self.apply(
+                ctx.tx,
+                ctx.demande,
+                event,
+                actor=message.author.address,
+                txn=message.key,
+                announce=True,
+            )
+        await self.email.room_message(
+            ctx.tx,
+            ctx.demande,
+            event_key=message.key,
+            author=message.author.agent,
+            author_id=message.author.address,
+            content=message.content,
         )
 
-    async def _enqueue_dossier(self, tx: Any, demande: Demande, now: Any, *, txn: str) -> None:
+    async def _notice(self, tx: MailTx, demande: Demande, text: str, *, txn: str) -> None:
+        await self.sender.enqueue(tx, txn_id=txn, room_id=_room(demande), content=mx.notice(text))
+
+    async def _enqueue_dossier(self, tx: Tx, demande: Demande, *, txn: str) -> None:
         current = await tx.get_demande(demande.id)
         content = await dossier_content(
             tx,
             demande,
-            self.policies,
+            self.policies.current,
             status=current.status if current else demande.status,
             repost=True,
         )
-        await outbox_mod.enqueue(tx, txn_id=txn, room_id=_room(demande), content=content, now=now)
-
-    def membership_rules(self) -> MembershipRules:
-        rules_ = self.policies.membership
-        for server in self.allowed_servers:
-            rules_ = rules_.with_homeserver(server)
-        return rules_
-
-    async def invite_users(self, demande: Demande, users: Sequence[str]) -> None:
-        """Invite participants already recorded in the ledger (so the guard lets them in)."""
-        async with self.store.transaction() as tx:
-            pending = set(json.loads(await tx.get_state(PENDING_INVITES_KEY) or "[]"))
-            pending |= {f"{_room(demande)} {u}" for u in users}
-            await tx.set_state(PENDING_INVITES_KEY, json.dumps(sorted(pending)))
-        await self.invite_pending()
-
-    async def invite_pending(self) -> None:
-        """Invitations recorded but maybe not sent (crash): send them, idempotently."""
-        async with self.store.transaction() as tx:
-            pending = sorted(json.loads(await tx.get_state(PENDING_INVITES_KEY) or "[]"))
-        done = set()
-        for item in pending:
-            room_id, user = item.split(" ", 1)
-            members = await self.gateway.members(room_id)
-            if members.get(user) not in ("join", "invite"):
-                try:
-                    await self.gateway.invite(room_id, user)
-                except MatrixError as exc:
-                    if exc.transient:
-                        raise
-                    log.warning("invite of %s refused: %s", user, exc.errcode)
-            room = self.gateway.client.rooms.get(room_id)
-            if room is not None and user not in room.users:
-                room.add_member(user, None, None, invited=True)
-                self.gateway.client.invalidate_outbound_session(room_id)
-            done.add(item)
-        async with self.store.transaction() as tx:
-            pending_now = set(json.loads(await tx.get_state(PENDING_INVITES_KEY) or "[]"))
-            await tx.set_state(PENDING_INVITES_KEY, json.dumps(sorted(pending_now - done)))
-
-    async def flush(self, room_id: str) -> None:
-        await self._flush(room_id)
-
-    async def _flush(self, room_id: str) -> None:
-        assert self.outbox is not None
-        try:
-            await self.outbox.flush(room_id)
-        except MatrixError as exc:
-            log.warning("room %s: messages queued, homeserver unavailable: %s", room_id, exc)
-            self.outbox.wake()
+        await self.sender.enqueue(tx, txn_id=txn, room_id=_room(demande), content=content)
 
     # ------------------------------------------------------- status changes
-    async def apply_status(
+    async def apply(
         self,
-        tx: Any,
+        tx: MailTx,
         demande: Demande,
         event: status_rules.Event,
         *,
@@ -395,6 +373,7 @@ class DemandeRooms:
         """Apply a status event in `tx`; `announce` posts the status notice in the room."""
         now = self.clock.now()
         current = await tx.get_demande(demande.id)
+        assert current is not None
         result = status_rules.apply(current.status, current.times, event, now)
         if isinstance(result, status_rules.Transition) and result.changed:
             await tx.update_status(
@@ -408,8 +387,7 @@ class DemandeRooms:
                     details={"from": current.status.value},
                     now=now,
                 )
-            if self.email is not None and result.status != current.status:
-                await self.email.on_status(
+                await self.email.status_changed(
                     tx, demande, old=current.status, new=result.status, actor=actor, key=txn
                 )
             if result.notice and announce:
@@ -421,13 +399,3 @@ def _room(demande: Demande) -> str:
     """The room of a demande that has one (every demande the room handlers see)."""
     assert demande.room_id is not None
     return demande.room_id
-
-
-def _drifted(etype: str, current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """Does the room's state differ from ours in anything that matters?
-
-    Synapse merges our power levels over its defaults, so extra keys are not drift.
-    """
-    if etype == "m.room.power_levels":
-        return rules.power_levels_drift(current, wanted)
-    return any(current.get(k) != v for k, v in wanted.items())

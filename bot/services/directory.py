@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from bot.domain.directory_csv import DirectoryImport, parse_directory_csv
 from bot.domain.policies import Policies
@@ -13,6 +12,7 @@ from bot.policy_loader import load_policies
 from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,7 @@ class ImportReport:
 
 
 async def apply_import(
-    tx: Any, parsed: DirectoryImport, *, actor: str, now: datetime
+    tx: Tx, parsed: DirectoryImport, *, actor: str, now: datetime
 ) -> tuple[int, int, int]:
     """Upsert groups then agents in one transaction. Returns (groups, created, updated)."""
     groups = {}
@@ -59,9 +59,17 @@ def report_errors(parsed: DirectoryImport) -> str:
 
 
 async def import_directory_text(
-    store: Store, text: str, policies: Policies, *, actor: str, now: datetime
+    store: Store,
+    text: str,
+    policies: Policies,
+    *,
+    actor: str,
+    now: datetime,
+    own_server: str | None = None,
 ) -> ImportReport:
-    parsed = parse_directory_csv(text, policies)
+    """`own_server`: the bot's homeserver, always allowed besides the policy's list."""
+    rules = policies.membership.with_homeserver(own_server) if own_server else None
+    parsed = parse_directory_csv(text, policies, rules)
     if not parsed.ok:
         async with store.transaction() as tx:
             await tx.audit(
@@ -96,7 +104,12 @@ async def import_directory_file(settings: Settings, path: Path) -> ImportReport:
     )
     try:
         return await import_directory_text(
-            store, text, policies, actor="cli", now=datetime.now(UTC)
+            store,
+            text,
+            policies,
+            actor="cli",
+            now=datetime.now(UTC),
+            own_server=settings.bot.user_id.split(":", 1)[1],
         )
     finally:
         await store.close()

@@ -14,15 +14,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
-from bot.domain.model import Agent, Role
+from bot.domain.model import Agent, Demande, Role
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
-from bot.services import outbox as outbox_mod
+from bot.matrix.gateway import MatrixGateway
+from bot.ports import Sender
 from bot.services.clock import Clock
-from bot.services.demande_room import DemandeRooms
+from bot.services.failures import homeserver_outage
+from bot.services.room_guard import RoomGuard
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
@@ -40,17 +42,21 @@ class DirectoryAdmin:
         self,
         *,
         store: Store,
-        rooms: DemandeRooms,
+        gateway: MatrixGateway,
+        guard: RoomGuard,
+        sender: Sender,
         clock: Clock,
         sync_admin_room: Callable[[], Awaitable[None]],
     ) -> None:
         self.store = store
-        self.rooms = rooms
+        self.gateway = gateway
+        self.guard = guard
+        self.sender = sender
         self.clock = clock
         self.sync_admin_room = sync_admin_room
 
     # ------------------------------------------------------------ joining
-    async def demandes_to_join(self, tx: Any, agent: Agent) -> list[Any]:
+    async def demandes_to_join(self, tx: Tx, agent: Agent) -> list[Demande]:
         """Open demandes of the agent's group they are not part of yet."""
         if not (agent.active and agent.has(Role.INSTRUCTEUR) and agent.group_id is not None):
             return []
@@ -59,13 +65,14 @@ class DirectoryAdmin:
             participants = await tx.participants(demande_id)
             if any(p.agent_id == agent.id for p in participants):
                 continue
-            out.append(await tx.get_demande(demande_id))
+            demande = await tx.get_demande(demande_id)
+            if demande is not None:
+                out.append(demande)
         return out
 
     async def join_group_demandes(self, agent_ids: list[int], *, actor: str) -> list[str]:
         """Add the instructeurs to their group's open demandes; returns the references."""
         now = self.clock.now()
-        invites: list[tuple[Any, str]] = []
         references: list[str] = []
         async with self.store.transaction() as tx:
             for agent_id in agent_ids:
@@ -84,7 +91,9 @@ class DirectoryAdmin:
                         details={"agent": agent.id, "why": "new_instructeur_of_group"},
                         now=now,
                     )
-                    await outbox_mod.enqueue(
+                    if demande.room_id is None:
+                        continue  # its room is being built: the opening invites the ledger
+                    await self.sender.enqueue(
                         tx,
                         txn_id=f"joined-{demande.reference}-{agent.id}-{now.isoformat()}",
                         room_id=demande.room_id,
@@ -92,19 +101,14 @@ class DirectoryAdmin:
                             f"{agent.display_name}, nouvel instructeur du groupe, rejoint la "
                             "demande" + (" (par courriel)." if agent.email_only else ".")
                         ),
-                        now=now,
                     )
                     references.append(demande.reference)
                     if agent.matrix_id:
-                        invites.append((demande, agent.matrix_id))
-        for demande, user in invites:
-            await self.rooms.invite_users(demande, [user])
-        for demande, _ in invites:
-            await self.rooms.flush(demande.room_id)
+                        await self.guard.invite(tx, demande.room_id, [agent.matrix_id])
         return references
 
     # ------------------------------------------------------------ leaving
-    async def departures(self, tx: Any, agent: Agent) -> list[Departure]:
+    async def departures(self, tx: Tx, agent: Agent) -> list[Departure]:
         out = []
         for demande in await tx.demandes_of_agent(agent.id):
             if any(p.agent_id == agent.id for p in await tx.participants(demande.id)):
@@ -132,7 +136,7 @@ class DirectoryAdmin:
                     now=now,
                 )
                 if departure.room_id:
-                    await outbox_mod.enqueue(
+                    await self.sender.enqueue(
                         tx,
                         txn_id=f"left-{departure.reference}-{agent.id}-{now.isoformat()}",
                         room_id=departure.room_id,
@@ -140,13 +144,12 @@ class DirectoryAdmin:
                             f"{agent.display_name} ne participe plus à cette demande "
                             "(compte désactivé)."
                         ),
-                        now=now,
                     )
+                    # The guard checks the room once the kick below is done (or failed).
+                    await self.guard.request(tx, departure.room_id, "agent_deactivated")
             if agent.email:
-                # Reply-by-email tokens die with the account (the email bridge's table).
-                revoke = getattr(tx, "revoke_reply_tokens", None)
-                if revoke is not None:
-                    await revoke(agent_email=agent.email, now=now)
+                # Reply-by-email tokens die with the account.
+                await tx.revoke_reply_tokens(agent_email=agent.email, now=now)
             await tx.audit(
                 "agent_deactivated",
                 actor=actor,
@@ -154,19 +157,14 @@ class DirectoryAdmin:
                 now=now,
             )
         for departure in left:
-            if departure.room_id is None:
+            if departure.room_id is None or not agent.matrix_id:
                 continue
-            if agent.matrix_id:
-                try:
-                    await self.rooms.gateway.kick(
-                        departure.room_id, agent.matrix_id, REASON_DEACTIVATED
-                    )
-                except MatrixError as exc:
-                    if exc.transient:
-                        raise
+            try:
+                await self.gateway.kick(departure.room_id, agent.matrix_id, REASON_DEACTIVATED)
+            except MatrixError as exc:
+                # An outage: the guard, already asked, removes them once it can.
+                if not homeserver_outage(exc):
                     log.info("kick of %s: %s", agent.matrix_id, exc.errcode)
-            await self.rooms.reconcile(departure.room_id)
-            await self.rooms.flush(departure.room_id)
         if agent.has(Role.OPERATEUR):
             await self.sync_admin_room()
         return left

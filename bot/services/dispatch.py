@@ -1,20 +1,27 @@
-"""Which use case an event belongs to: a demande room, or a direct chat with an agent."""
+"""Which use case an event belongs to: the admin room, a demande room, or a direct chat
+with an agent; and which invitations the bot accepts."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
-from nio import InviteMemberEvent, MegolmEvent, RoomMemberEvent, RoomMessageText
+from nio import InviteMemberEvent, MegolmEvent, RoomMessageText
 
 from bot.commands import direct as direct_commands
 from bot.commands import room as room_commands
+from bot.domain.model import Demande
+from bot.matrix.attachments import is_attachment
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
+from bot.services.admin_room import AdminConsole
 from bot.services.clock import Clock
 from bot.services.demande_room import DemandeRooms
+from bot.services.failures import homeserver_outage
 from bot.services.opening import Incoming, Opening
-from bot.services.outbox import Outbox
+from bot.services.retention import Retention
+from bot.services.room_index import DemandeRoomIndex
+from bot.services.undecryptable import Undecryptables
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -26,23 +33,25 @@ class Dispatcher:
         *,
         store: Store,
         gateway: MatrixGateway,
-        opening: Opening,
-        rooms: DemandeRooms,
-        outbox: Outbox,
         clock: Clock,
         bot_user_id: str,
+        index: DemandeRoomIndex,
+        rooms: DemandeRooms,
+        opening: Opening,
+        admin: AdminConsole,
+        retention: Retention,
+        undecryptables: Undecryptables,
     ) -> None:
         self.store = store
         self.gateway = gateway
-        self.opening = opening
-        self.rooms = rooms
-        self.outbox = outbox
         self.clock = clock
         self.bot_user_id = bot_user_id
-        # Set by the admin wiring (bot.admin_wiring): the admin room, and the retention
-        # job's record of files posted in demande rooms.
-        self.admin: Any | None = None
-        self.retention: Any | None = None
+        self.index = index
+        self.rooms = rooms
+        self.opening = opening
+        self.admin = admin
+        self.retention = retention
+        self.undecryptables = undecryptables
 
     async def on_invite(self, room_id: str, invite_state: list[Any]) -> None:
         """Join direct chats opened by directory agents; decline everything else."""
@@ -56,7 +65,7 @@ class Dispatcher:
         async with self.store.transaction() as tx:
             if await tx.get_demande_by_room(room_id) is not None:
                 accept, why = True, "own_room"
-            elif self.admin is not None and self.admin.is_admin_room(room_id):
+            elif self.admin.is_admin_room(room_id):
                 accept, why = True, "admin_room"
             else:
                 agent = await tx.get_agent_by_matrix_id(inviter) if inviter else None
@@ -78,7 +87,7 @@ class Dispatcher:
             else:
                 await self.gateway.leave(room_id)
         except MatrixError as exc:
-            if exc.transient:
+            if homeserver_outage(exc):
                 raise
             log.warning("invitation to %s: %s %s", room_id, exc.status, exc.errcode)
 
@@ -88,35 +97,19 @@ class Dispatcher:
         Guards against acting on a room the bot owns but does not know yet (a demande
         whose room ID was not recorded before a crash) as if it were a direct chat.
         """
-        room = self.gateway.client.rooms.get(room_id)
-        return room is None or _members_of(room) <= 2
+        count = self.gateway.member_count(room_id)
+        return count is None or count <= 2
 
     async def on_room_event(self, room_id: str, event: Any) -> None:
-        if self.admin is not None and self.admin.is_admin_room(room_id):
+        if self.admin.is_admin_room(room_id):
             await self.admin.on_event(room_id, event)
             return
-        demande = None
-        if self.opening.is_demande_room(room_id):
+        if room_id in self.index:
             async with self.store.transaction() as tx:
                 demande = await tx.get_demande_by_room(room_id)
-        if demande is not None:
-            if self.retention is not None and _is_file(event):
-                await self.retention.record_attachment(
-                    reference=demande.reference,
-                    room_id=room_id,
-                    event_id=event.event_id,
-                    content=event.source.get("content") or {},
-                )
-            if (
-                self.admin is not None
-                and isinstance(event, RoomMessageText)
-                and await self.admin.refuse_elsewhere(
-                    room_id, event, own_commands=room_commands.ROOM, recipients=None
-                )
-            ):
+            if demande is not None:
+                await self._in_demande_room(demande, room_id, event)
                 return
-            await self.rooms.on_event(demande, event)
-            return
         if isinstance(event, RoomMessageText):
             if event.sender == self.bot_user_id:
                 return
@@ -124,30 +117,27 @@ class Dispatcher:
                 # Not a demande room, not a one-to-one chat: the bot does not act here.
                 log.info("message in %s ignored: not a direct chat", room_id)
                 return
-            if self.admin is not None and await self.admin.refuse_elsewhere(
+            if await self.admin.refuse_elsewhere(
                 room_id, event, own_commands=direct_commands.DIRECT, recipients=[event.sender]
             ):
                 return
             msg = Incoming.of(room_id, event)
-            await self.opening.on_direct_message(msg, direct_commands.parse(msg.body))
+            await self.opening.on_direct_message(msg)
         elif isinstance(event, MegolmEvent):
             # A direct chat (the aidant's form): kept and retried like in a demande room.
-            await self.rooms.on_undecryptable(room_id, event, reference=None)
-        elif isinstance(event, RoomMemberEvent):
+            await self.undecryptables.record(room_id, event, reference=None)
+
+    async def _in_demande_room(self, demande: Demande, room_id: str, event: Any) -> None:
+        content = (getattr(event, "source", None) or {}).get("content")
+        if isinstance(content, dict) and is_attachment(content):
+            await self.retention.record_attachment(
+                reference=demande.reference,
+                room_id=room_id,
+                event_id=event.event_id,
+                content=content,
+            )
+        if isinstance(event, RoomMessageText) and await self.admin.refuse_elsewhere(
+            room_id, event, own_commands=room_commands.ROOM, recipients=None
+        ):
             return
-
-
-def _members_of(room: Any) -> int:
-    return len(getattr(room, "users", {}) or {})
-
-
-def _is_file(event: Any) -> bool:
-    """A file or image message (encrypted or not) whose media the retention job deletes."""
-    source = getattr(event, "source", None) or {}
-    content = source.get("content") if isinstance(source, dict) else None
-    return (
-        isinstance(content, dict)
-        and source.get("type") == "m.room.message"
-        and content.get("msgtype") in ("m.file", "m.image", "m.video", "m.audio")
-        and isinstance(getattr(event, "event_id", None), str)
-    )
+        await self.rooms.on_event(demande, event)

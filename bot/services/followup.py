@@ -8,17 +8,16 @@ from being sent twice for the same episode.
 
 Messages to one agent go to a private encrypted room between the bot and that
 agent ("Administration+ · suivi"), created the first time; its ID is kept in
-`bot_state`.
+`bot_state`. An email-only agent gets them by email, through the bridge's hook.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from bot.domain.calendar import PARIS
 from bot.domain.followup import (
@@ -34,19 +33,16 @@ from bot.domain.followup import (
 )
 from bot.domain.model import Agent, Demande, Role, Status
 from bot.matrix import content as mx
-from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.services import outbox as outbox_mod
+from bot.ports import EmailHooks, Sender
 from bot.services.clock import Clock
-from bot.services.demande_room import DemandeRooms
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
 REMINDED = "late_reminded"
 NOTICE_ROOM_KEY = "notices.room.{agent_id}"
-# An email hook: (agent, subject, text, key) → queued or not. Set by the email bridge.
-EmailNotifier = Callable[[Agent, str, str, str], Awaitable[bool]]
 
 
 def facts(d: Demande) -> DemandeFacts:
@@ -68,13 +64,19 @@ class AgentNotices:
     """One private room per agent for the bot's follow-up messages."""
 
     def __init__(
-        self, *, store: Store, gateway: MatrixGateway, outbox: outbox_mod.Outbox, clock: Clock
+        self,
+        *,
+        store: Store,
+        gateway: MatrixGateway,
+        sender: Sender,
+        clock: Clock,
+        email: EmailHooks,
     ) -> None:
         self.store = store
         self.gateway = gateway
-        self.outbox = outbox
+        self.sender = sender
         self.clock = clock
-        self.email: EmailNotifier | None = None
+        self.email = email
 
     async def room_of(self, agent: Agent) -> str:
         assert agent.matrix_id is not None
@@ -106,25 +108,20 @@ class AgentNotices:
     async def send(self, agent: Agent, subject: str, text: str, *, key: str) -> bool:
         """True if the message was queued (Matrix room, or email for email-only agents)."""
         if agent.matrix_id is None:
-            if self.email is None:
-                log.info("agent %d is email-only and the email bridge is off", agent.id)
-                return False
-            return await self.email(agent, subject, text, key)
+            async with self.store.transaction() as tx:
+                queued = await self.email.notify_agent(tx, agent, subject, text, key=key)
+            if not queued:
+                log.info("agent %d is email-only and got no email (bridge off?)", agent.id)
+            return queued
         room_id = await self.room_of(agent)
         async with self.store.transaction() as tx:
-            await outbox_mod.enqueue(
+            await self.sender.enqueue(
                 tx,
                 txn_id=f"notice-{key}",
                 room_id=room_id,
                 content=mx.notice(text),
-                now=self.clock.now(),
                 recipients=[agent.matrix_id],
             )
-        try:
-            await self.outbox.flush(room_id)
-        except MatrixError as exc:
-            log.warning("notice queued, homeserver unavailable: %s", exc)
-            self.outbox.wake()
         return True
 
 
@@ -140,21 +137,20 @@ class FollowUp:
         self,
         *,
         store: Store,
-        rooms: DemandeRooms,
+        sender: Sender,
         notices: AgentNotices,
+        email: EmailHooks,
         clock: Clock,
         rules: FollowUpRules,
     ) -> None:
         self.store = store
-        self.rooms = rooms
+        self.sender = sender
         self.notices = notices
+        self.email = email
         self.clock = clock
         self.rules = rules
-        # The email bridge, when it is on: its `on_room_message` mails a room message to
-        # the email-only participants of the demande (set by the wiring).
-        self.email_bridge: Any | None = None
 
-    async def _open_demandes(self, tx: Any) -> list[Demande]:
+    async def _open_demandes(self, tx: Tx) -> list[Demande]:
         return [
             d
             for d in await tx.list_demandes()
@@ -201,13 +197,13 @@ class FollowUp:
             async with self.store.transaction() as tx:
                 demande = await tx.get_demande_by_reference(ref)
                 assert demande is not None and demande.room_id is not None
-                await outbox_mod.enqueue(
-                    tx, txn_id=txn, room_id=demande.room_id, content=mx.notice(text), now=now
+                await self.sender.enqueue(
+                    tx, txn_id=txn, room_id=demande.room_id, content=mx.notice(text)
                 )
-                if self.email_bridge is not None and any(
+                if self.email.enabled and any(
                     p.matrix_id is None for p in await tx.participants(demande.id)
                 ):
-                    await self.email_bridge.on_room_message(
+                    await self.email.room_message(
                         tx,
                         demande,
                         event_key=txn,
@@ -227,7 +223,6 @@ class FollowUp:
                     for agent in await tx.agents_of_group(group_id):
                         if agent.has(Role.RESPONSABLE):
                             responsables.setdefault(agent.id, (agent, []))[1].append(reminder)
-            await self.rooms.flush(demande.room_id)
         told = 0
         for agent, items in responsables.values():
             lines = [

@@ -11,37 +11,51 @@ without a second room, a second invitation or a second dossier:
 The only step the homeserver cannot make idempotent is createRoom. A bot killed
 right after it, before recording the room ID, finds the room again on restart
 through its `fr.aplus.demande` state event (see `_find_orphan_room`).
+
+One demande that cannot be finished never holds back the others: the recovery works
+demande by demande, records the problem (`work_problems`), tells the aidant and the
+operators once, in French, and tries again later with a doubling delay.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from bot.commands import direct as direct_commands
-from bot.commands.direct import DirectParsed
+from bot.commands.direct import AIDANT, DIRECT, DirectCtx, refusal
+from bot.commands.framework import (
+    CommandFailed,
+    NotACommand,
+    ParseFailure,
+    Reply,
+    failure_reply,
+)
 from bot.domain import dossier as texts
 from bot.domain import form as form_rules
-from bot.domain import room_spec
-from bot.domain.model import Agent, Demande, DemandeForm, Role
-from bot.domain.policies import Policies
-from bot.domain.reference import room_name
-from bot.domain.routing import route
+from bot.domain.model import Agent, Demande, DemandeForm
+from bot.domain.retry import RetryPolicy, after_failure
+from bot.domain.routing import RoutingResult, route
 from bot.faults import crash_point
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.services import outbox
+from bot.ports import EmailHooks, PoliciesRef, Sender
 from bot.services.clock import Clock
-from bot.services.directory_view import dossier_content, view_of
+from bot.services.dossier_view import dossier_content, view_of
+from bot.services.failures import database_unavailable, describe, homeserver_outage
+from bot.services.room_index import DemandeRoomIndex
+from bot.services.room_specs import RoomSpecs
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
 DEMANDE_STATE_TYPE = "fr.aplus.demande"
+OPENING_PROBLEM = "opening"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,129 +83,135 @@ class Incoming:
         )
 
 
+# Tells the operators about a demande whose room cannot be built (the admin room).
+OperatorAlert = Callable[[str, str], Awaitable[None]]
+
+
 class Opening:
     def __init__(
         self,
         *,
         store: Store,
         gateway: MatrixGateway,
-        outbox_: outbox.Outbox,
-        policies: Policies,
+        sender: Sender,
         clock: Clock,
-        bot_user_id: str,
-        allowed_servers: Sequence[str],
-        room_version: str,
+        policies: PoliciesRef,
+        specs: RoomSpecs,
+        index: DemandeRoomIndex,
+        email: EmailHooks,
+        retry: RetryPolicy,
+        alert_operators: OperatorAlert,
     ) -> None:
         self.store = store
         self.gateway = gateway
-        self.outbox = outbox_
-        self.policies = policies
+        self.sender = sender
         self.clock = clock
-        self.bot_user_id = bot_user_id
-        self.allowed_servers = tuple(allowed_servers)
-        self.room_version = room_version
-        # Rooms of demandes; this service is the only one that records a room.
-        self._demande_rooms: set[str] = set()
-        self.email: Any = None  # bridge.outbound.EmailBridge when the email bridge is on
+        self.policies = policies
+        self.specs = specs
+        self.index = index
+        self.email = email
+        self.retry = retry
+        self.alert_operators = alert_operators
 
-    # ------------------------------------------------------- the room index
-    async def load_room_index(self) -> None:
-        """Every room recorded for a demande, kept in memory: the dispatcher asks for each
-        event, and the answer is almost always "no" (direct chats) — no query needed."""
-        async with self.store.transaction() as tx:
-            self._demande_rooms = set(await tx.known_room_ids())
-
-    def is_demande_room(self, room_id: str) -> bool:
-        return room_id in self._demande_rooms
+    @property
+    def bot_user_id(self) -> str:
+        return self.specs.bot_user_id
 
     # ---------------------------------------------------------- direct chat
-    async def on_direct_message(self, msg: Incoming, parsed: DirectParsed) -> None:
-        """A message in a direct chat: a command (`parsed.command`) or maybe a form."""
-        command = parsed.command
+    async def on_direct_message(self, msg: Incoming) -> None:
+        """A message in a direct chat: a command, or maybe a form."""
         created: int | None = None
         now = self.clock.now()
         async with self.store.transaction() as tx:
             if not await tx.mark_processed(msg.event_id, msg.room_id, now):
                 return
             agent = await tx.get_agent_by_matrix_id(msg.sender)
-
-            async def reply(text: str, html: str | None = None) -> None:
-                await outbox.enqueue(
+            drafts = _Drafts(self, tx, agent, msg)
+            ctx = DirectCtx(agent=agent, encrypted=msg.encrypted, drafts=drafts)
+            parsed = DIRECT.parse(msg.body)
+            reply: Reply | None
+            if isinstance(parsed, NotACommand):
+                reply = await self._free_text(tx, ctx, msg)
+            elif isinstance(parsed, ParseFailure):
+                reply = parsed.reply()
+            else:
+                found = refusal(ctx) if parsed.spec.audience == AIDANT else None
+                if found is not None:
+                    await tx.audit(
+                        found[0], actor=msg.sender, details={"command": parsed.spec.name}, now=now
+                    )
+                try:
+                    async with tx.savepoint():
+                        result = await DIRECT.dispatch(parsed, ctx)
+                except CommandFailed as failed:
+                    cause = failed.__cause__
+                    if cause is not None and database_unavailable(cause):
+                        raise cause from failed
+                    result = failure_reply(failed.reference, rolled_back=True)
+                assert isinstance(result, Reply)
+                reply = result
+                created = drafts.created
+            if reply is not None:
+                await self.sender.enqueue(
                     tx,
                     txn_id=f"reply-{msg.event_id}",
                     room_id=msg.room_id,
-                    content=mx.notice(text, html),
-                    now=now,
+                    content=mx.notice(reply.text, reply.html),
                     recipients=[msg.sender],
                     encrypted=msg.encrypted,
+                    # « ouverte, vous avez été invité(e) » goes once the room exists (after
+                    # a crash: the restart builds the rooms before the outbox sends).
+                    hold=created is not None,
                 )
-
-            if command == "aide":
-                help_ = direct_commands.help_reply(parsed.help_topic)
-                await reply(help_.text, help_.html)
-            elif parsed.error is not None:
-                await reply(parsed.error.text, parsed.error.html)
-            elif agent is None or not agent.active or not agent.has(Role.AIDANT):
-                await tx.audit(
-                    "demande_refused_not_aidant",
-                    actor=msg.sender,
-                    details={"command": command or "formulaire"},
-                    now=now,
-                )
-                await reply(texts.REFUSAL_NOT_AIDANT)
-            elif command in (None, "demande", "confirmer") and not msg.encrypted:
-                # Personal data must never travel in clear, not even once.
-                await tx.audit("form_refused_unencrypted", actor=msg.sender, now=now)
-                await reply(texts.REFUSAL_UNENCRYPTED_ROOM)
-            elif command == "demande":
-                template = texts.render_form_template()
-                await reply(template.body, template.formatted_body)
-            elif command == "annuler":
-                draft = await tx.pending_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
-                if draft is None:
-                    await reply(texts.NOTHING_TO_CANCEL)
-                else:
-                    await tx.set_draft_state(draft.id, "cancelled", now=now)
-                    await tx.audit("draft_cancelled", actor=msg.sender, now=now)
-                    await reply(texts.CANCELLED)
-            elif command == "confirmer":
-                created = await self._confirm(tx, agent, msg, reply)
-            elif command is None:
-                await self._take_form(tx, agent, msg, reply)
         if created is not None:
             try:
-                await self.advance(created)
-            except MatrixError as exc:
-                # Committed: the room is finished by the recovery job once the homeserver is back.
-                log.warning("demande %d: room not finished yet: %s", created, exc)
-        await self._flush(msg.room_id)
+                await self._advance_or_record(created)
+            finally:
+                self.sender.flush_soon(msg.room_id)
 
-    async def _take_form(self, tx, agent: Agent, msg: Incoming, reply) -> None:  # type: ignore[no-untyped-def]
+    async def _free_text(self, tx: Tx, ctx: DirectCtx, msg: Incoming) -> Reply:
+        """Not a command: a form, if it is one (only an aidant's, only encrypted)."""
+        found = refusal(ctx)
+        if found is not None:
+            await tx.audit(
+                found[0], actor=msg.sender, details={"command": "formulaire"}, now=self.clock.now()
+            )
+            return Reply.error(found[1])
+        assert ctx.agent is not None
+        return await self._take_form(tx, ctx.agent, msg)
+
+    def _route(self, form: DemandeForm, groups: Any, agents: Any) -> RoutingResult:
+        return route(
+            form.territoire,
+            form.organisations,
+            form.categorie,
+            groups,
+            agents,
+            self.policies.current,
+            self.specs.membership_rules(),
+        )
+
+    async def _take_form(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
         now = self.clock.now()
+        policies = self.policies.current
         result = form_rules.parse_form(
             msg.body,
             today=now.date(),
-            known_departements=self.policies.departements.keys(),
+            known_departements=policies.departements.keys(),
             organisation_lookup=self._organisation_id,
-            categories=self.policies.categories.keys(),
+            categories=policies.categories.keys(),
         )
         if isinstance(result, form_rules.NotAForm):
-            await reply(NOT_A_FORM)
-            return
+            return Reply(NOT_A_FORM)
         if isinstance(result, form_rules.FormErrors):
             errors = texts.render_form_errors(result)
-            await reply(errors.body, errors.formatted_body)
-            return
+            return Reply(errors.body, errors.formatted_body)
         form: DemandeForm = result
         groups = await tx.list_groups()
-        agents = await tx.list_agents()
-        routing = route(
-            form.territoire, form.organisations, form.categorie, groups, agents, self.policies
-        )
+        routing = self._route(form, groups, await tx.list_agents())
         if routing.errors:
             errors = texts.render_form_errors(form_rules.FormErrors(routing.errors))
-            await reply(errors.body, errors.formatted_body)
-            return
+            return Reply(errors.body, errors.formatted_body)
         draft = await tx.save_draft(
             aidant_agent_id=agent.id,
             dm_room_id=msg.room_id,
@@ -209,49 +229,37 @@ class Opening:
             form,
             [g.name for g in routing.groups],
             [
-                view_of(a, groups_by_id.get(a.group_id or -1), self.policies)
+                view_of(a, groups_by_id.get(a.group_id or -1), policies)
                 for a in routing.matrix_instructeurs
             ],
             [
-                view_of(a, groups_by_id.get(a.group_id or -1), self.policies)
+                view_of(a, groups_by_id.get(a.group_id or -1), policies)
                 for a in routing.email_instructeurs
             ],
-            organisation_names=self._org_names(),
+            organisation_names={k: v.name for k, v in policies.organisations.items()},
+            left_out=[f"{a.display_name} ({a.matrix_id}) : {why}" for a, why in routing.skipped],
         )
         await tx.audit("draft_saved", actor=msg.sender, details={"draft": draft.id}, now=now)
-        await reply(recap.body, recap.formatted_body)
-
-    def _org_names(self) -> dict[str, str]:
-        return {k: v.name for k, v in self.policies.organisations.items()}
+        return Reply(recap.body, recap.formatted_body)
 
     def _organisation_id(self, text: str) -> str | None:
-        org = self.policies.find_organisation(text)
+        org = self.policies.current.find_organisation(text)
         return org.id if org is not None else None
 
-    async def _confirm(self, tx, agent: Agent, msg: Incoming, reply) -> int | None:  # type: ignore[no-untyped-def]
+    async def confirm(self, tx: Tx, agent: Agent, msg: Incoming) -> tuple[Reply, int | None]:
         now = self.clock.now()
         draft = await tx.pending_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
         if draft is None:
             last = await tx.last_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
             if last is not None and last.state == "confirmed" and last.demande_id is not None:
                 demande = await tx.get_demande(last.demande_id)
-                await reply(already_confirmed(demande.reference if demande else "?"))
-            else:
-                await reply(texts.NOTHING_TO_CONFIRM)
-            return None
+                return Reply(already_confirmed(demande.reference if demande else "?")), None
+            return Reply(texts.NOTHING_TO_CONFIRM), None
         # The directory may have changed since the recap: route again, refuse if it broke.
-        routing = route(
-            draft.form.territoire,
-            draft.form.organisations,
-            draft.form.categorie,
-            await tx.list_groups(),
-            await tx.list_agents(),
-            self.policies,
-        )
+        routing = self._route(draft.form, await tx.list_groups(), await tx.list_agents())
         if routing.errors:
             errors = texts.render_form_errors(form_rules.FormErrors(routing.errors))
-            await reply(errors.body, errors.formatted_body)
-            return None
+            return Reply(errors.body, errors.formatted_body), None
         reference = await tx.get_state(_draft_reference_key(draft.id)) or await tx.next_reference(
             now.year
         )
@@ -286,25 +294,123 @@ class Opening:
             },
             now=now,
         )
-        await reply(texts.demande_opened(reference))
-        return int(demande.id)
+        for skipped, why in routing.skipped:
+            await tx.audit(
+                "routing_skipped",
+                actor=self.bot_user_id,
+                reference=reference,
+                details={"agent": skipped.id, "why": why},
+                now=now,
+            )
+        return Reply(texts.demande_opened(reference)), int(demande.id)
+
+    async def cancel(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
+        now = self.clock.now()
+        draft = await tx.pending_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
+        if draft is None:
+            return Reply(texts.NOTHING_TO_CANCEL)
+        await tx.set_draft_state(draft.id, "cancelled", now=now)
+        await tx.audit("draft_cancelled", actor=msg.sender, now=now)
+        return Reply(texts.CANCELLED)
 
     # ------------------------------------------------------------- the room
     async def resume_all(self) -> None:
-        """After a restart: finish every demande whose room is not ready yet."""
+        """After a restart, and every minute: finish every demande whose room is not ready,
+        each on its own (one that fails is recorded and retried later, never fatal)."""
         async with self.store.transaction() as tx:
             pending = await tx.demandes_in_creation()
+            problems = {p.key: p for p in await tx.work_problems(OPENING_PROBLEM)}
+        now = self.clock.now()
         for demande in pending:
-            try:
-                await self.advance(demande.id, recovering=True)
-            except MatrixError as exc:
-                log.warning("demande %s not finished yet: %s", demande.reference, exc)
+            problem = problems.get(str(demande.id))
+            if problem is not None and problem.next_attempt_at > now:
+                continue
+            await self._advance_or_record(demande.id, recovering=True)
+
+    async def _advance_or_record(self, demande_id: int, *, recovering: bool = False) -> None:
+        """Build the room; an outage is left for the next round, anything else recorded."""
+        try:
+            await self.advance(demande_id, recovering=recovering)
+        except Exception as exc:
+            if database_unavailable(exc):
+                raise
+            if homeserver_outage(exc):
+                # Committed: the room is finished by the recovery once the homeserver is back.
+                log.warning("demande %d: room not finished yet: %s", demande_id, exc)
+                return
+            await self._opening_problem(demande_id, exc)
+            return
+        async with self.store.transaction() as tx:
+            solved = await tx.work_problem_resolved(
+                OPENING_PROBLEM, str(demande_id), self.clock.now()
+            )
+        if solved:
+            log.info("demande %d: its room is finished after all", demande_id)
+
+    async def _opening_problem(self, demande_id: int, exc: Exception) -> None:
+        now = self.clock.now()
+        log.error("demande %d: its room cannot be built (%s)", demande_id, describe(exc),
+                  exc_info=exc)  # fmt: skip
+        async with self.store.transaction() as tx:
+            demande = await tx.get_demande(demande_id)
+            current = await tx.work_problem(OPENING_PROBLEM, str(demande_id))
+            attempts = current.attempts if current else 0
+            outcome = after_failure(self.retry, attempts, now, outage=False)
+            # Past its budget the demande is still retried, at the longest delay: the cause
+            # (a directory entry, a policy) may be fixed any time.
+            next_at = getattr(outcome, "at", None) or now + _longest(self.retry)
+            problem = await tx.record_work_problem(
+                OPENING_PROBLEM,
+                str(demande_id),
+                error=describe(exc),
+                attempts=attempts + 1,
+                next_at=next_at,
+                now=now,
+            )
+            first = problem.notified_at is None
+            if first and demande is not None:
+                await tx.audit(
+                    "demande_opening_problem",
+                    actor=self.bot_user_id,
+                    reference=demande.reference,
+                    details={"error": describe(exc)},
+                    now=now,
+                )
+                draft_room = await self._draft_room(tx, demande)
+                aidant = await tx.get_agent(demande.aidant_agent_id)
+                if draft_room is not None and aidant is not None and aidant.matrix_id:
+                    await self.sender.enqueue(
+                        tx,
+                        txn_id=f"opening-problem-{demande.reference}",
+                        room_id=draft_room,
+                        content=mx.notice(texts.opening_problem(demande.reference)),
+                        recipients=[aidant.matrix_id],
+                    )
+                await tx.work_problem_notified(OPENING_PROBLEM, str(demande_id), now)
+        if first and demande is not None:
+            await self.alert_operators(
+                f"opening-problem-{demande.reference}",
+                f"Le salon de la demande {demande.reference} n'a pas pu être créé "
+                f"({describe(exc)}). Le service réessaiera ; vérifiez l'annuaire et les "
+                "politiques (serveurs autorisés, comptes des instructeurs).",
+            )
+
+    @staticmethod
+    async def _draft_room(tx: Tx, demande: Demande) -> str | None:
+        if demande.draft_id is None:
+            return None
+        found = await tx.draft_room(demande.draft_id)
+        return found[0] if found else None
 
     async def advance(self, demande_id: int, *, recovering: bool = False) -> Demande:
         async with self.store.transaction() as tx:
             demande = await tx.get_demande(demande_id)
             assert demande is not None
-            invitees = _matrix_ids(await tx.participants(demande_id))
+            ledger = sorted({p.matrix_id for p in await tx.participants(demande_id) if p.matrix_id})
+            # An account on a homeserver outside the room's ACL could never take part
+            # (data of an older version, a policy changed since): left out, and told.
+            invitees = [user for user in ledger if self.specs.may_take_part(user)]
+            left_out = [user for user in ledger if user not in invitees]
             # A first attempt records that createRoom is about to be sent in the same
             # transaction; a recovery must first look for the room of an earlier attempt.
             marked = demande.creation_step == "pending" and not recovering
@@ -325,7 +431,7 @@ class Opening:
                 # commit. A room found again after a crash has them checked one by one.
                 fresh = True
             crash_point("after_create_room")
-            self._demande_rooms.add(room_id)
+            self.index.add(room_id)
             async with self.store.transaction() as tx:
                 await tx.set_creation_step(
                     demande.id, "invited" if fresh else "room_created", room_id=room_id
@@ -339,6 +445,8 @@ class Opening:
                 )
                 demande = await tx.get_demande(demande_id)
                 assert demande is not None
+                for user in left_out:
+                    await self._left_out(tx, demande, user)
                 if fresh:
                     dossier = await self._enqueue_dossier(tx, demande)
             if fresh:
@@ -363,38 +471,44 @@ class Opening:
                     dossier_txn(demande.reference),
                     recipients={*invitees, self.bot_user_id},
                 )
-            else:
-                await self._post_dossier(demande)
             async with self.store.transaction() as tx:
-                if sent is not None:
+                if sent is None:
+                    await self._enqueue_dossier(tx, demande)
+                else:
                     await tx.mark_message_sent(
                         dossier_txn(demande.reference), sent, now=self.clock.now()
                     )
                 event_id = sent or await tx.message_event_id(dossier_txn(demande.reference))
                 await tx.set_creation_step(demande.id, "ready", dossier_event_id=event_id)
-                if self.email is not None:
-                    await self.email.on_demande_ready(tx, demande)
+                await self.email.demande_ready(tx, demande)
                 demande = await tx.get_demande(demande_id)
             assert demande is not None
         return demande
 
-    async def _mark_creating(self, tx: Any, demande: Demande) -> None:
+    async def _left_out(self, tx: Tx, demande: Demande, user: str) -> None:
+        assert demande.room_id is not None
+        await tx.audit(
+            "invite_impossible",
+            actor=self.bot_user_id,
+            reference=demande.reference,
+            details={"user": user, "why": "server_not_allowed"},
+            now=self.clock.now(),
+        )
+        await self.sender.enqueue(
+            tx,
+            txn_id=f"invite-impossible-{demande.reference}-{user}",
+            room_id=demande.room_id,
+            content=mx.notice(texts.invite_failed(user, server_refused=True)),
+        )
+
+    async def _mark_creating(self, tx: Tx, demande: Demande) -> None:
         # Recorded before the request: a bot killed while createRoom is in flight knows,
         # on restart, to wait for that room rather than make a second one (the homeserver
         # finishes the request without us).
         await tx.set_state(_creating_key(demande.id), self.clock.now().isoformat())
 
     async def _create_room(self, demande: Demande, invitees: list[str]) -> str:
-        names = [self.policies.organisations[o].name for o in demande.organisations]
-        body = room_spec.create_room_body(
-            reference=demande.reference,
-            name=room_name(demande.reference, names, demande.territoire),
-            bot_user_id=self.bot_user_id,
-            invitees=invitees,
-            allowed_servers=self.allowed_servers,
-            room_version=self.room_version,
-        )
-        room_id = await self.gateway.create_room(body)
+        room_id = await self.gateway.create_room(self.specs.body(demande, invitees))
         self.gateway.track_new_room(room_id, invited=invitees)
         log.info("demande %s: room %s created", demande.reference, room_id)
         return room_id
@@ -430,24 +544,30 @@ class Opening:
         return None
 
     async def _ensure_invites(self, demande: Demande, invitees: list[str]) -> None:
+        """A room found again after a crash: its invitations are queued, and sent now."""
         assert demande.room_id is not None
         # One membership read, which also rebuilds our view of the room for the dossier.
         present = set((await self.gateway.refresh_members(demande.room_id)).users)
         now = self.clock.now()
-        invited_now = False
+        async with self.store.transaction() as tx:
+            for user in invitees:
+                if user not in present:
+                    await tx.add_pending_invite(demande.room_id, user, now)
+        # The guard's worker would send them too; sending now keeps the opening short.
         for user in invitees:
             if user in present:
                 continue
             try:
                 await self.gateway.invite(demande.room_id, user)
             except MatrixError as exc:
-                if exc.transient:
+                if homeserver_outage(exc):
                     raise
-                # e.g. an unknown account: the others must still be invited.
+                # Left queued: the guard retries it, and reports it if it never goes.
                 log.warning("demande %s: invite refused: %s", demande.reference, exc.errcode)
                 continue
-            invited_now = True
+            self.gateway.note_invited(demande.room_id, user)
             async with self.store.transaction() as tx:
+                await tx.invite_done(demande.room_id, user)
                 await tx.audit(
                     "invited",
                     actor=self.bot_user_id,
@@ -455,36 +575,37 @@ class Opening:
                     details={"user": user},
                     now=now,
                 )
-        if invited_now:
-            await self.gateway.refresh_members(demande.room_id)
 
-    async def _enqueue_dossier(self, tx: Any, demande: Demande) -> dict[str, Any]:
+    async def _enqueue_dossier(self, tx: Tx, demande: Demande) -> dict[str, Any]:
         """Queue the dossier and return its content; idempotent (a second call keeps the first)."""
         assert demande.room_id is not None
         content = await dossier_content(
-            tx, demande, self.policies, status=demande.status, repost=False
+            tx, demande, self.policies.current, status=demande.status, repost=False
         )
-        await outbox.enqueue(
-            tx,
-            txn_id=dossier_txn(demande.reference),
-            room_id=demande.room_id,
-            content=content,
-            now=self.clock.now(),
+        await self.sender.enqueue(
+            tx, txn_id=dossier_txn(demande.reference), room_id=demande.room_id, content=content
         )
         return content
 
-    async def _post_dossier(self, demande: Demande) -> None:
-        assert demande.room_id is not None
-        async with self.store.transaction() as tx:
-            await self._enqueue_dossier(tx, demande)
-        await self.outbox.flush(demande.room_id)
 
-    async def _flush(self, room_id: str) -> None:
-        try:
-            await self.outbox.flush(room_id)
-        except MatrixError as exc:
-            log.warning("reply queued, homeserver unavailable: %s", exc)
-            self.outbox.wake()
+class _Drafts:
+    """`DraftOps` for one direct message: what `!confirmer` and `!annuler` act on."""
+
+    def __init__(self, opening: Opening, tx: Tx, agent: Agent | None, msg: Incoming) -> None:
+        self._opening = opening
+        self._tx = tx
+        self._agent = agent
+        self._msg = msg
+        self.created: int | None = None
+
+    async def confirm(self) -> Reply:
+        assert self._agent is not None  # the command's audience is the aidant
+        reply, self.created = await self._opening.confirm(self._tx, self._agent, self._msg)
+        return reply
+
+    async def cancel(self) -> Reply:
+        assert self._agent is not None
+        return await self._opening.cancel(self._tx, self._agent, self._msg)
 
 
 NOT_A_FORM = (
@@ -501,16 +622,16 @@ def already_confirmed(reference: str) -> str:
 ORPHAN_SEARCH_SECONDS = 10.0
 
 
+def _longest(policy: RetryPolicy) -> timedelta:
+    return timedelta(seconds=policy.cap_seconds)
+
+
 def _creating_key(demande_id: int) -> str:
     return f"demande.{demande_id}.create_room_sent_at"
 
 
 def _draft_reference_key(draft_id: int) -> str:
     return f"draft.{draft_id}.reference"
-
-
-def _matrix_ids(participants: Sequence[Any]) -> list[str]:
-    return sorted({p.matrix_id for p in participants if p.matrix_id})
 
 
 def dossier_txn(reference: str) -> str:

@@ -5,23 +5,35 @@ change that caused it, then sent after the commit with a transaction ID that
 never changes. A crash before the send leaves it in the outbox; a crash after
 the homeserver accepted it but before we recorded that gives, on retry, the
 same event back (the homeserver remembers transaction IDs per device).
+
+The outbox only reads the ledger: it never calls back into the room services. Before a
+demande-room message goes out, it checks that nobody outside the ledger is in the room;
+a room that is not clean is skipped (its messages stay queued), recorded for the guard
+and the guard's worker is woken. The guard tells the outbox when the room is clean
+again (`flush_soon`). Rooms are flushed independently: one slow or refusing room never
+holds back the others.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from datetime import datetime
 from typing import Any, Protocol
 
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
+from bot.ports import DemandeTx, Ledger
 from bot.services.clock import Clock
+from bot.services.failures import database_unavailable, describe, homeserver_outage
+from bot.services.worker import Worker
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
+
+# A message that fails this many times for a reason of its own is set aside.
+MAX_SEND_ATTEMPTS = 5
 
 
 class OutboxTx(Protocol):
@@ -51,8 +63,8 @@ async def enqueue(
     return await tx.enqueue_message(txn_id=txn_id, room_id=room_id, content=envelope, now=now)
 
 
-# Resolves the authorised recipients of a room and makes sure no intruder is in it.
-RecipientsFor = Callable[[str], Awaitable[Collection[str] | None]]
+class RoomNotClean(Exception):
+    """Someone outside the ledger is in the room: nothing is sent until the guard is done."""
 
 
 class Outbox:
@@ -61,80 +73,176 @@ class Outbox:
         store: Store,
         gateway: MatrixGateway,
         clock: Clock,
-        recipients_for: RecipientsFor,
+        ledger: Ledger,
+        *,
+        wake_guard: Callable[[], None],
+        concurrency: int = 4,
     ) -> None:
         self.store = store
         self.gateway = gateway
         self.clock = clock
-        self.recipients_for = recipients_for
-        self._wake = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
+        self.ledger = ledger
+        self._wake_guard = wake_guard
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._soon: set[str] = set()
+        self._all = False
+        self._limit = asyncio.Semaphore(concurrency)
+        self.worker = Worker("outbox", self._step, idle_seconds=30.0)
+
+    # ------------------------------------------------------------------ waking
+    def flush_soon(self, room_id: str | None = None) -> None:
+        """Send what is queued for this room (every room if None) as soon as possible."""
+        if room_id is None:
+            self._all = True
+        else:
+            self._soon.add(room_id)
+        self.worker.wake()
 
     def wake(self) -> None:
-        self._wake.set()
+        self.flush_soon()
 
+    async def enqueue(
+        self,
+        tx: DemandeTx,
+        *,
+        txn_id: str,
+        room_id: str,
+        content: Mapping[str, Any],
+        recipients: Collection[str] | None = None,
+        encrypted: bool = True,
+        hold: bool = False,
+    ) -> bool:
+        """Queue a message in `tx`; it is sent once `tx` commits (``hold``: once asked)."""
+        queued = await enqueue(
+            tx,
+            txn_id=txn_id,
+            room_id=room_id,
+            content=content,
+            now=self.clock.now(),
+            recipients=recipients,
+            encrypted=encrypted,
+        )
+        if not hold:
+            tx.after_commit(lambda: self.flush_soon(room_id))
+        return queued
+
+    async def run(self) -> None:
+        await self.worker.run()
+
+    async def _step(self) -> None:
+        rooms, self._soon = self._soon, set()
+        everything, self._all = self._all, False
+        if everything or not rooms:
+            async with self.store.transaction() as tx:
+                rooms |= set(await tx.rooms_with_pending_messages())
+        failures = await asyncio.gather(*(self._flush_quietly(r) for r in sorted(rooms)))
+        retry = [room for room, failed in zip(sorted(rooms), failures, strict=True) if failed]
+        if retry:
+            self._soon.update(retry)
+            raise next(f for f in failures if f is not None)
+
+    async def _flush_quietly(self, room_id: str) -> BaseException | None:
+        """Flush one room; a failure of that room is returned, never raised to the others."""
+        try:
+            async with self._limit:
+                await self.flush_room(room_id)
+        except RoomNotClean:
+            return None  # the guard wakes us once the room is clean
+        except Exception as exc:
+            if not (homeserver_outage(exc) or database_unavailable(exc)):
+                log.exception("outbox: room %s could not be flushed", room_id)
+            return exc
+        return None
+
+    # ------------------------------------------------------------------ flushing
     async def flush(self, room_id: str | None = None) -> int:
-        """Send what is pending (oldest first). Returns how many were sent.
+        """Send what is pending now (tests, the admin room). Raises an outage error."""
+        if room_id is not None:
+            try:
+                return await self.flush_room(room_id)
+            except RoomNotClean:
+                return 0
+        async with self.store.transaction() as tx:
+            rooms = await tx.rooms_with_pending_messages()
+        sent = 0
+        for room in rooms:
+            try:
+                sent += await self.flush_room(room)
+            except RoomNotClean:
+                continue
+        return sent
 
-        Raises the first transient error (homeserver down): what is left stays queued.
-        A permanent refusal (e.g. the bot is no longer in the room) is logged and the
-        message is set aside so it cannot block the queue.
+    async def flush_room(self, room_id: str) -> int:
+        """Send the room's pending messages, oldest first; returns how many were sent.
+
+        Raises the first outage error (homeserver down): what is left stays queued.
+        A permanent refusal, or a message that keeps failing for a reason of its own, is
+        logged and set aside so that it cannot block the room's queue.
         """
         sent = 0
-        async with self._flush_lock:
+        lock = self._locks.setdefault(room_id, asyncio.Lock())
+        async with lock:
             async with self.store.transaction() as tx:
                 pending = await tx.pending_messages(room_id)
+            ledger: set[str] | None = None
             for msg in pending:
                 env = msg.content
+                if env.get("encrypted", True) and env.get("recipients") is None and ledger is None:
+                    ledger = await self._clean_ledger(room_id)
+                event_id: str | None
                 try:
-                    event_id = await self._send_one(msg.room_id, msg.txn_id, env)
-                except MatrixError as exc:
-                    if exc.transient:
+                    event_id = await self._send_one(room_id, msg.txn_id, env, ledger)
+                except Exception as exc:
+                    if homeserver_outage(exc) or database_unavailable(exc):
                         raise
-                    log.error(
-                        "message %s to %s refused by the homeserver: %s %s",
-                        msg.txn_id,
-                        msg.room_id,
-                        exc.status,
-                        exc.errcode,
-                    )
-                    event_id = f"!refused:{exc.status}:{exc.errcode}"
+                    event_id = await self._failed(msg.txn_id, room_id, exc)
+                if event_id is None:
+                    continue  # tried again on the next flush
                 async with self.store.transaction() as tx:
                     await tx.mark_message_sent(msg.txn_id, event_id, now=self.clock.now())
                 sent += 1
         return sent
 
-    async def _send_one(self, room_id: str, txn_id: str, env: Mapping[str, Any]) -> str:
+    async def _clean_ledger(self, room_id: str) -> set[str]:
+        """The room's authorised members; raises `RoomNotClean` if anyone else is there."""
+        allowed = await self.ledger.authorised(room_id)
+        if allowed is None:
+            raise MatrixError(None, "APLUS_UNKNOWN_ROOM", f"no ledger for room {room_id}")
+        present = self.gateway.present_members(room_id)
+        if present is None:
+            present = set((await self.gateway.refresh_members(room_id)).users)
+        if present - allowed:
+            async with self.store.transaction() as tx:
+                await tx.request_guard(room_id, "present_at_send", self.clock.now())
+            log.warning("room %s: not sent, someone outside the ledger is present", room_id)
+            self._wake_guard()
+            raise RoomNotClean(room_id)
+        return allowed
+
+    async def _send_one(
+        self, room_id: str, txn_id: str, env: Mapping[str, Any], ledger: set[str] | None
+    ) -> str:
         content = env["content"]
         event_type = env.get("type", "m.room.message")
         if not env.get("encrypted", True):
             return await self.gateway.send_plain(room_id, content, txn_id, event_type=event_type)
         recipients = env.get("recipients")
         if recipients is None:
-            resolved = await self.recipients_for(room_id)
-            if resolved is None:
-                raise MatrixError(None, "APLUS_UNKNOWN_ROOM", f"no ledger for room {room_id}")
-            recipients = resolved
+            assert ledger is not None
+            recipients = ledger
         return await self.gateway.send_encrypted(
             room_id, content, txn_id, recipients=recipients, event_type=event_type
         )
 
-    async def run(self, *, idle_seconds: float = 30.0) -> None:
-        """Background worker: retries what is left, with backoff while the homeserver is down."""
-        delay = 1.0
-        while True:
-            try:
-                await self.flush()
-                delay = 1.0
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=idle_seconds)
-                self._wake.clear()
-            except MatrixError as exc:
-                log.warning("outbox: homeserver unavailable (%s); retry in %.0f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
-            except Exception:
-                # Database gone or a bug: keep the worker alive, the messages stay queued.
-                log.exception("outbox: unexpected failure; retry in %.0f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
+    async def _failed(self, txn_id: str, room_id: str, exc: Exception) -> str | None:
+        """A message's own failure: refused for good (an event ID placeholder), or later."""
+        if isinstance(exc, MatrixError) and exc.status is not None and 400 <= exc.status < 500:
+            log.error("message %s to %s refused by the homeserver: %s", txn_id, room_id, exc)
+            return f"!refused:{exc.status}:{exc.errcode}"
+        async with self.store.transaction() as tx:
+            attempts = await tx.record_send_attempt(txn_id)
+        if attempts >= MAX_SEND_ATTEMPTS:
+            log.error("message %s to %s set aside after %d failures", txn_id, room_id, attempts)
+            return f"!failed:{describe(exc)}"
+        log.exception("message %s to %s failed (attempt %d)", txn_id, room_id, attempts)
+        return None

@@ -36,6 +36,7 @@ from bot.matrix.errors import MatrixError
 from bot.services.clock import Clock
 from bot.services.synapse_admin import NoAdminToken, SynapseAdmin
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
@@ -148,8 +149,13 @@ class Retention:
                     waiting.append(entry)
                 await tx.set_state(ROOMS_TO_PURGE_KEY, json.dumps(waiting))
             report.wiped.append(d.reference)
-        await self._delete_attachments(p, report, actor, now)
-        await self._purge_rooms(report, actor, now)
+        deleted, waiting_files, problems = await self._delete_attachments(p, actor, now)
+        report.attachments_deleted += deleted
+        report.attachments_waiting += waiting_files
+        report.problems.extend(problems)
+        purged, waiting_rooms = await self._purge_rooms(actor, now)
+        report.rooms_purged.extend(purged)
+        report.rooms_waiting.extend(waiting_rooms)
         async with self.store.transaction() as tx:
             report.drafts_wiped = await tx.wipe_stale_drafts(p.drafts_before, now=now)
             report.outbox_blanked = await tx.blank_sent_outbox(p.drafts_before, now=now)
@@ -171,7 +177,7 @@ class Retention:
             )
         return report
 
-    async def _draft_room(self, tx: Any, draft_id: int) -> dict[str, Any] | None:
+    async def _draft_room(self, tx: Tx, draft_id: int) -> dict[str, Any] | None:
         """The direct chat where the form was typed, and when it was confirmed."""
         found = await tx.draft_room(draft_id)
         if found is None:
@@ -180,19 +186,22 @@ class Retention:
         return {"room_id": room_id, "until_ms": int(confirmed_at.timestamp() * 1000) + 1}
 
     async def _delete_attachments(
-        self, p: RetentionPlan, report: RetentionReport, actor: str, now: datetime
-    ) -> None:
+        self, p: RetentionPlan, actor: str, now: datetime
+    ) -> tuple[int, int, list[str]]:
+        """(deleted, waiting, problems) of the attachments the plan says are due."""
+        deleted = waiting = 0
+        problems: list[str] = []
         for a in p.attachments:
             try:
                 await self.synapse.delete_media(a.mxc)
             except NoAdminToken:
-                report.attachments_waiting += 1
+                waiting += 1
                 continue
             except MatrixError as exc:
                 if exc.transient:
-                    report.attachments_waiting += 1
+                    waiting += 1
                     continue
-                report.problems.append(f"pièce jointe {a.event_id} : {exc.errcode or exc.status}")
+                problems.append(f"pièce jointe {a.event_id} : {exc.errcode or exc.status}")
                 continue
             async with self.store.transaction() as tx:
                 await tx.audit(
@@ -202,11 +211,15 @@ class Retention:
                     details={"event_id": a.event_id, "mxc": a.mxc},
                     now=now,
                 )
-            report.attachments_deleted += 1
+            deleted += 1
+        return deleted, waiting, problems
 
-    async def _purge_rooms(self, report: RetentionReport, actor: str, now: datetime) -> None:
+    async def _purge_rooms(self, actor: str, now: datetime) -> tuple[list[str], list[str]]:
+        """(purged, still waiting) references of the rooms recorded as to purge."""
         async with self.store.transaction() as tx:
             waiting = json.loads(await tx.get_state(ROOMS_TO_PURGE_KEY) or "[]")
+        purged: list[str] = []
+        postponed: list[str] = []
         done = []
         for entry in waiting:
             reference, room_id, dm = entry["reference"], entry.get("room_id"), entry.get("dm")
@@ -216,11 +229,11 @@ class Retention:
                 if dm:
                     await self.synapse.purge_history(dm["room_id"], dm["until_ms"])
             except NoAdminToken:
-                report.rooms_waiting.append(reference)
+                postponed.append(reference)
                 continue
             except MatrixError as exc:
                 log.warning("retention: purge of %s postponed: %s", reference, exc)
-                report.rooms_waiting.append(reference)
+                postponed.append(reference)
                 continue
             async with self.store.transaction() as tx:
                 await tx.audit(
@@ -230,7 +243,7 @@ class Retention:
                     details={"room_id": room_id, "direct_chat_purged": bool(dm)},
                     now=now,
                 )
-            report.rooms_purged.append(reference)
+            purged.append(reference)
             done.append(entry)
         if done:
             async with self.store.transaction() as tx:
@@ -238,3 +251,4 @@ class Retention:
                 await tx.set_state(
                     ROOMS_TO_PURGE_KEY, json.dumps([e for e in current if e not in done])
                 )
+        return purged, postponed

@@ -6,14 +6,14 @@ Reads metadata only (`Demande`, group names): never `load_form`.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from bot.domain.followup import FollowUpRules, lateness
 from bot.domain.model import Demande
 from bot.domain.stats import DemandeFilter, DemandeStat, matches
+from bot.store.repository import Tx
 
 
-async def collect(tx: Any, now: datetime, rules: FollowUpRules) -> list[DemandeStat]:
+async def collect(tx: Tx, now: datetime, rules: FollowUpRules) -> list[DemandeStat]:
     groups = {g.id: g.name for g in await tx.list_groups()}
     agents_group: dict[int, str | None] = {}
     out = []

@@ -3,8 +3,9 @@
 An undecryptable event is recorded in the database (with its ciphertext) the
 first time it is seen. After every sync batch, each pending event is tried
 again against the keys nio holds by then (new `m.room_key` or accepted forwarded
-keys); once it decrypts, it goes to the normal handler, which is idempotent on
-the event ID, so an event decrypted late is acted on once. Meanwhile the key is
+keys); the ones that decrypt are returned to the sync loop, which hands them to
+the normal handler (idempotent on the event ID, so an event decrypted late is
+acted on once) and then calls `handled`. Meanwhile the key is
 requested from the sender's devices, and once the configured wait is over one
 notice asks the room to send the message again (one per event, by transaction ID).
 """
@@ -14,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
@@ -24,15 +24,15 @@ from bot.domain import undecryptable as rules
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.services import outbox as outbox_mod
+from bot.ports import Sender
 from bot.services.clock import Clock
+from bot.services.failures import database_unavailable, homeserver_outage
 from bot.store.crypto_tx import UndecryptableEvent
 from bot.store.db import Store
-from bot.sync_loop import is_infrastructure_error
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[str, Any], Awaitable[None]]
 IDLE_SECONDS = 60.0
 
 
@@ -51,16 +51,14 @@ class Undecryptables:
         store: Store,
         gateway: MatrixGateway,
         clock: Clock,
-        outbox: outbox_mod.Outbox,
+        sender: Sender,
         notice_after_seconds: float,
-        handler: Handler,
     ) -> None:
         self.store = store
         self.gateway = gateway
         self.clock = clock
-        self.outbox = outbox
+        self.sender = sender
         self.notice_after = timedelta(seconds=notice_after_seconds)
-        self.handler = handler
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
 
@@ -97,59 +95,69 @@ class Undecryptables:
             self._wake.set()
 
     # ------------------------------------------------------------------- retry
-    async def after_sync(self) -> None:
-        """After each sync batch: new keys may have arrived.
+    async def after_sync(self) -> list[tuple[str, Any]]:
+        """After each sync batch, when new keys may have arrived: the events that decrypt
+        now, as (room ID, decrypted event), for the sync loop to handle (then `handled`).
 
-        Homeserver or database down: raised, so the batch is retried. Anything else
-        is logged: a bug here must not stop the sync loop.
+        The database down: raised, so the batch is retried. Anything else is logged (the
+        events stay pending): neither an outage nor a bug here stops the sync loop.
         """
         try:
-            await self.retry()
+            return await self.retry()
         except Exception as exc:
-            if is_infrastructure_error(exc):
+            if database_unavailable(exc):
                 raise
-            log.exception("retrying undecryptable events failed")
+            if not homeserver_outage(exc):
+                log.exception("retrying undecryptable events failed")
+            return []
 
-    async def retry(self, *, decrypt: bool = True) -> int:
-        """Try every pending event again; request keys; post due notices. Returns decrypted.
+    async def retry(self, *, decrypt: bool = True) -> list[tuple[str, Any]]:
+        """Try every pending event again; request keys; post due notices.
 
-        Keys only arrive with a sync, so only the sync loop asks to ``decrypt``: events
-        are then handled in the sync loop's task, like every other event.
+        Keys only arrive with a sync, so only the sync loop asks to ``decrypt``.
         """
-        decrypted = 0
+        decrypted: list[tuple[str, Any]] = []
         async with self._lock:
             async with self.store.transaction() as tx:
                 pending = await tx.undecryptable_events()
             for item in pending:
-                if decrypt and await self._try(item):
-                    decrypted += 1
-                else:
+                clear = self._try(item) if decrypt else None
+                if clear is not None:
+                    decrypted.append((item.room_id, clear))
+                    continue
+                try:
                     await self._follow_up(item)
+                except Exception as exc:
+                    if database_unavailable(exc):
+                        raise
+                    log.warning("event %s: follow-up postponed (%s)", item.event_id, exc)
         return decrypted
 
-    async def _try(self, item: UndecryptableEvent) -> bool:
+    def _try(self, item: UndecryptableEvent) -> Any | None:
         event = MegolmEvent.from_dict(item.event)
         if not isinstance(event, MegolmEvent):
             log.error("stored undecryptable event %s cannot be parsed", item.event_id)
-            return False
+            return None
         clear = self.gateway.try_decrypt(event, item.room_id)
-        if clear is None:
-            return False
+        if clear is not None:
+            log.info("event %s in %s decrypted late", item.event_id, item.room_id)
+        return clear
+
+    async def handled(self, room_id: str, event_id: str) -> None:
+        """The sync loop handled (or set aside for a retry) an event decrypted late."""
         now = self.clock.now()
-        log.info("event %s in %s decrypted late; handled now", item.event_id, item.room_id)
-        # Handled first, then marked: a crash in between hands it over again, and the
-        # handler's own idempotency (processed event IDs) makes that harmless.
-        await self.handler(item.room_id, clear)
         async with self.store.transaction() as tx:
-            await tx.mark_undecryptable(item.event_id, decrypted_at=now)
+            item = await tx.undecryptable_event(event_id)
+            if item is None or item.decrypted_at is not None:
+                return
+            await tx.mark_undecryptable(event_id, decrypted_at=now)
             await tx.audit(
                 "undecryptable_decrypted",
                 actor=item.sender,
-                reference=await self._reference(tx, item.room_id),
-                details={"event_id": item.event_id, "late_seconds": _seconds(now, item)},
+                reference=await self._reference(tx, room_id),
+                details={"event_id": event_id, "late_seconds": _seconds(now, item)},
                 now=now,
             )
-        return True
 
     async def _follow_up(self, item: UndecryptableEvent) -> None:
         now = self.clock.now()
@@ -172,12 +180,11 @@ class Undecryptables:
             reference = await self._reference(tx, item.room_id)
             # A demande room: its ledger receives it. A direct chat: only its agent.
             recipients = None if reference is not None else [item.sender]
-            await outbox_mod.enqueue(
+            await self.sender.enqueue(
                 tx,
                 txn_id=rules.notice_txn(item.event_id),
                 room_id=item.room_id,
                 content=mx.notice(rules.NOTICE_TEXT),
-                now=now,
                 recipients=recipients,
             )
             await tx.mark_undecryptable(item.event_id, notice_at=now)
@@ -191,14 +198,9 @@ class Undecryptables:
         log.warning(
             "event %s in %s still undecryptable: notice posted", item.event_id, item.room_id
         )
-        try:
-            await self.outbox.flush(item.room_id)
-        except MatrixError as exc:
-            log.warning("notice for %s queued, homeserver unavailable: %s", item.event_id, exc)
-            self.outbox.wake()
 
     @staticmethod
-    async def _reference(tx: Any, room_id: str) -> str | None:
+    async def _reference(tx: Tx, room_id: str) -> str | None:
         demande = await tx.get_demande_by_room(room_id)
         return demande.reference if demande is not None else None
 

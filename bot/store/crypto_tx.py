@@ -78,6 +78,22 @@ class CryptoTx(TxBase):
             for r in await self._s.scalars(stmt)
         ]
 
+    async def undecryptable_event(self, event_id: str) -> UndecryptableEvent | None:
+        row = await self._s.get(UndecryptableEventRow, event_id)
+        if row is None:
+            return None
+        return UndecryptableEvent(
+            event_id=row.event_id,
+            room_id=row.room_id,
+            sender=row.sender,
+            session_id=row.session_id,
+            event=self._cipher.decrypt_json(row.event_enc, _event_aad(row.event_id)),
+            received_at=row.received_at,
+            key_requested_at=row.key_requested_at,
+            notice_at=row.notice_at,
+            decrypted_at=row.decrypted_at,
+        )
+
     async def mark_undecryptable(
         self,
         event_id: str,

@@ -52,7 +52,8 @@ class EmailOutboxRow(Base):
     event_key: Mapped[str]
     recipient: Mapped[str]
     kind: Mapped[str]
-    demande_id: Mapped[int] = mapped_column(ForeignKey("demandes.id"), index=True)
+    # None: an email to one agent that belongs to no demande (a reminder, the digest).
+    demande_id: Mapped[int | None] = mapped_column(ForeignKey("demandes.id"), index=True)
     author: Mapped[str | None]
     message_id: Mapped[str] = mapped_column(index=True)
     envelope_from: Mapped[str]

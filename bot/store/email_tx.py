@@ -45,7 +45,7 @@ class OutgoingEmail:
     event_key: str
     recipient: str
     kind: str
-    demande_id: int
+    demande_id: int | None
     author: str | None
     message_id: str
     envelope_from: str
@@ -62,7 +62,7 @@ class EmailState:
     event_key: str
     recipient: str
     kind: str
-    demande_id: int
+    demande_id: int | None
     message_id: str
     attempts: int
     created_at: datetime
@@ -195,7 +195,7 @@ class EmailTx(TxBase):
         event_key: str,
         recipient: str,
         kind: str,
-        demande_id: int,
+        demande_id: int | None,
         author: str | None,
         message_id: str,
         envelope_from: str,

@@ -603,6 +603,15 @@ class Tx(EmailTx, AdminTx, CryptoTx, WorkTx):
             for r in await self._s.scalars(stmt)
         ]
 
+    async def rooms_with_pending_messages(self) -> list[str]:
+        rows = await self._s.scalars(
+            select(OutboxMessageRow.room_id)
+            .where(OutboxMessageRow.sent_at.is_(None))
+            .group_by(OutboxMessageRow.room_id)
+            .order_by(OutboxMessageRow.room_id)
+        )
+        return list(rows)
+
     async def record_send_attempt(self, txn_id: str) -> int:
         """Counts a delivery attempt (for backoff and alerting); returns the new count."""
         stmt = (

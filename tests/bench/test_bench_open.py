@@ -62,7 +62,7 @@ from bot.domain.reference import format_reference, room_name
 from bot.domain.room_spec import create_room_body
 from bot.matrix import content as mx
 from bot.matrix.gateway import SYNC_FILTER
-from bot.services.directory_view import participant_views
+from bot.services.dossier_view import participant_views
 from tests.bench.conftest import (
     POLL_S,
     BotDb,

@@ -31,20 +31,10 @@ from bot.settings import PoliciesSettings, Settings
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, reply_with, say
+from tests.support.clock import FakeClock
 from tests.support.world import World, demande_of, make_world, open_demande
 
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
-
-
-class FakeClock:
-    """A fixed time (`at`), or the real time shifted by `offset` when `at` is None."""
-
-    def __init__(self, at: datetime | None, offset: timedelta = timedelta(0)) -> None:
-        self.at = at
-        self.offset = offset
-
-    def now(self) -> datetime:
-        return self.at if self.at is not None else datetime.now(UTC) + self.offset
 
 
 @dataclass
@@ -104,6 +94,11 @@ class Admin:
         n = count_from(client, self.room_id, self.bot_id)
         await say(client, self.room_id, text)
         return await reply_with(client, self.room_id, self.bot_id, expect, after=n)
+
+    async def confirm(self, pending: str, expect: str) -> str:
+        """`!confirmer <code>` with the code the summary `pending` gave."""
+        code = pending.split("!confirmer ", 1)[1].split()[0]
+        return await self.command(f"!confirmer {code}", expect)
 
 
 async def _admin(clients: matrix.Clients, runner: AdminRunner) -> Admin:
@@ -301,7 +296,9 @@ async def test_admin_room_commands(
         assert "Paul Import" in preview and "création" in preview
         async with runner.store.transaction() as tx:
             assert await tx.get_agent_by_email("paul.import@cpam95.example.test") is None
-        await admin.command("!confirmer", "réussi")
+        # The code is required: without it, nothing happens.
+        assert "code" in await admin.command("!confirmer", "écrivez le code")
+        await admin.confirm(preview, "réussi")
         async with runner.store.transaction() as tx:
             assert await tx.get_agent_by_email("lea.import@cpam95.example.test") is not None
 
@@ -339,12 +336,12 @@ async def test_admin_room_commands(
         await admin.command("!politiques-verifier", "organisations.toml")
         refused_reload = await admin.command("!politiques-recharger", "refusées")
         assert "organisations.toml" in refused_reload and "ligne 1" in refused_reload
-        assert runner.app.policies is before and runner.app.rooms.policies is before
+        assert runner.app.policies is before and runner.app.rooms.policies.current is before
         shutil.copy(REPO_POLICIES / "organisations.toml", policies / "organisations.toml")
         await admin.command("!politiques-recharger", "rechargées")
         assert runner.app.policies is not before
-        assert runner.app.rooms.policies is runner.app.policies
-        assert runner.app.opening.policies is runner.app.policies
+        assert runner.app.rooms.policies.current is runner.app.policies
+        assert runner.app.opening.policies.current is runner.app.policies
 
         # --- retention preview changes nothing; health
         preview = await admin.command("!retention --dry-run", "ce qui serait fait")
@@ -397,8 +394,8 @@ async def test_late_reminders_and_digest_with_an_injected_clock(
         # 10:00: 3 business days (Fri 3, Tue 7, Wed 8) without a first answer.
         clock.at = paris(2026, 4, 8, 10)
         assert reference in await admin.command("!retards", "Demandes en retard (1)")
-        await admin.command("!relances", "!confirmer")
-        await admin.command("!confirmer", "1 relance(s) envoyée(s) ; 1 responsable")
+        pending = await admin.command("!relances", "!confirmer")
+        await admin.confirm(pending, "1 relance(s) envoyée(s) ; 1 responsable")
         await matrix.join_and_read(world.instr1, demande.room_id, 1)
         reminder = await reply_with(world.instr1, demande.room_id, bot_id, "Relance")
         assert reference in reminder and "Dupontel" not in reminder
@@ -490,8 +487,8 @@ async def test_retention_wipes_and_purges_a_closed_demande(
         assert old_ref in preview and kept_ref not in preview
         async with runner.store.transaction() as tx:
             assert await tx.wiped_demande_ids() == set()
-        await admin.command("!retention", "!confirmer")
-        done = await admin.command("!confirmer", "Conservation appliquée")
+        pending = await admin.command("!retention", "!confirmer")
+        done = await admin.confirm(pending, "Conservation appliquée")
         assert "1 demande(s) effacée(s), 1 salon(s) purgé(s), 1 pièce(s)" in done
 
         # --- the bot's database: the sealed columns are gone, the other demande is intact

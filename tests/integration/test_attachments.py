@@ -17,6 +17,7 @@ from nio.crypto.attachments import decrypt_attachment
 
 from bot.devserver import LocalSynapse
 from bot.matrix.attachments import AttachmentError, AttachmentTooLarge
+from bot.services.ledger import StoreLedger
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with
@@ -93,7 +94,7 @@ async def test_encrypted_attachments_both_ways_within_the_limit(
 
         # The bot's file: the instructeur decrypts it; a retried send is the same event.
         payload = b"%PDF-1.4 accuse de reception " + os.urandom(5_000)
-        recipients = await runner.app.rooms.recipients(room_id)
+        recipients = await StoreLedger(runner.store, runner.user_id).authorised(room_id)
         assert recipients is not None
         event_id = await gateway.send_attachment(
             room_id, "accuse.pdf", "application/pdf", payload, "test-file-1", recipients

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import text
 
 from bot.domain.policies import Policies
 from bot.policy_loader import load_policies
+from bot.ports import PoliciesRef
 from bot.services.clock import SystemClock
 from bot.settings import REPO_POLICIES_DIR, Settings
 from bot.store import Store
@@ -36,9 +38,18 @@ def _policies() -> Policies:
     return load_policies(REPO_POLICIES_DIR)
 
 
+async def _no_fetch(content: Any, *, max_bytes: int | None = None) -> tuple[str, str, bytes]:
+    raise AssertionError("no attachment is fetched in these tests")
+
+
 async def _bridge(store: Store, tmp_path: Path) -> EmailBridge:
     bridge = EmailBridge(
-        settings=_settings(tmp_path).email, store=store, policies=_policies(), clock=SystemClock()
+        settings=_settings(tmp_path).email,
+        store=store,
+        policies=PoliciesRef(_policies()),
+        clock=SystemClock(),
+        fetch_attachment=_no_fetch,
+        wake_delivery=lambda: None,
     )
     await bridge.load_key()
     return bridge

@@ -7,20 +7,27 @@ send time. Each failed on the code before the fault-isolation work.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import Any
 
+import nio
+import pytest
 from nio.crypto.attachments import encrypt_attachment
 
 from bot.devserver import LocalSynapse
 from bot.domain import form as form_rules
-from bot.domain.model import DemandeForm, Role
+from bot.domain.model import DemandeForm, Role, Status
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
+from bot.store.repository import Tx
+from bridge.posting import InboxPoster
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
-from tests.support.email import email_bot, relay
+from tests.support.clock import FakeClock
+from tests.support.email import bridged, email_bot, mailonly, relay, reply
 from tests.support.world import audit_actions, demande_of, make_world, open_demande
 
 UNREACHABLE_MEDIA = "mxc://unreachable.invalid/AAAAAAAAAAAAAAAAAAAAAAAA"
@@ -111,12 +118,14 @@ async def test_an_instructeur_on_a_homeserver_not_allowed_is_left_out_and_report
 async def test_a_demande_that_cannot_be_opened_never_blocks_the_others_nor_the_start(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
-    """H2, recovery: a demande recorded with a participant the room cannot take (data of
-    an older version) is reported, and the next demande is opened all the same."""
+    """H2, recovery: data written by an older version (a participant the room cannot take,
+    a reference the room cannot be named after) is reported, and the bot starts and opens
+    the next demande all the same."""
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
         world = await make_world(clients, runner)
         aidant = world.directory.agents["aidant"]
+        caf = world.directory.groups["caf"].id
         await runner.stop()
 
         # Written straight into the database, as an older version of the bot did.
@@ -128,43 +137,57 @@ async def test_a_demande_that_cannot_be_opened_never_blocks_the_others_nor_the_s
                     last_name="Partenaire",
                     email=None,
                     matrix_id="@ghost:partenaire.example",
-                    group_id=world.directory.groups["caf"].id,
+                    group_id=caf,
                     roles=frozenset({Role.INSTRUCTEUR}),
                 )
-                draft = await tx.save_draft(
-                    aidant_agent_id=aidant.id,
-                    dm_room_id="!nowhere:localhost",
-                    form=_form(),
-                    group_ids=[world.directory.groups["caf"].id],
-                    now=datetime.now(UTC),
-                )
-                stuck = await tx.create_demande(
-                    reference="A-2026-900001",
-                    form=_form(),
-                    aidant_agent_id=aidant.id,
-                    group_ids=[world.directory.groups["caf"].id],
-                    draft_id=draft.id,
-                    now=datetime.now(UTC),
-                )
-                await tx.add_participant(
-                    demande_id=stuck.id,
-                    agent=aidant,
-                    kind="aidant",
-                    added_by="t",
-                    now=datetime.now(UTC),
-                )
-                await tx.add_participant(
-                    demande_id=stuck.id, agent=ghost, kind="instructeur", added_by="t",
-                    now=datetime.now(UTC),
-                )  # fmt: skip
+                for reference in ("A-2026-900001", "A-2026-0900002"):
+                    draft = await tx.save_draft(
+                        aidant_agent_id=aidant.id,
+                        dm_room_id="!nowhere:localhost",
+                        form=_form(),
+                        group_ids=[caf],
+                        now=datetime.now(UTC),
+                    )
+                    stuck = await tx.create_demande(
+                        reference=reference,
+                        form=_form(),
+                        aidant_agent_id=aidant.id,
+                        group_ids=[caf],
+                        draft_id=draft.id,
+                        now=datetime.now(UTC),
+                    )
+                    for agent, kind in ((aidant, "aidant"), (ghost, "instructeur")):
+                        await tx.add_participant(
+                            demande_id=stuck.id,
+                            agent=agent,
+                            kind=kind,
+                            added_by="t",
+                            now=datetime.now(UTC),
+                        )
         finally:
             await store.close()
 
         await runner.start()  # before: ValueError out of App.run(), a crash loop
+        # The first one gets its room, without the account it cannot take.
+        ghosted = await demande_of(world, "A-2026-900001")
+        assert ghosted.creation_step == "ready" and ghosted.room_id
+        members = await runner.app.gateway.members(ghosted.room_id)  # type: ignore[union-attr]
+        assert "@ghost:partenaire.example" not in members
+        assert "invite_impossible" in await audit_actions(world, "A-2026-900001")
+        # The second cannot be built: recorded once, the operators told, the rest goes on.
+        assert "demande_opening_problem" in await audit_actions(world, "A-2026-0900002")
         _, reference = await open_demande(world)
         assert (await demande_of(world, reference)).creation_step == "ready"
-        actions = await audit_actions(world, "A-2026-900001")
-        assert "demande_opening_problem" in actions
+
+        async def operators_told() -> bool:
+            async with runner.store.transaction() as tx:
+                queued = await tx.pending_messages(runner.app.admin.room.room_id)  # type: ignore[union-attr]
+                sent = await tx.message_event_id("alert-opening-problem-A-2026-0900002")
+            return sent is not None or any("alert-opening" in m.txn_id for m in queued)
+
+        await matrix.wait_for(operators_told, 30, "the operators told")
+        await runner.restart()
+        assert (await audit_actions(world, "A-2026-0900002")).count("demande_opening_problem") == 1
         await runner.check_alive()
 
 
@@ -232,3 +255,210 @@ def _form() -> DemandeForm:
     )
     assert isinstance(result, DemandeForm), result
     return result
+
+
+async def test_a_command_that_fails_half_way_leaves_nothing_of_its_work(
+    synapse: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect 4: the framework swallowed the exception inside the event's transaction, so
+    `!inviter` kept its ledger rows (the invited agent was authorised) and was never retried."""
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        await matrix.join_and_read(world.instr1, demande.room_id, 1)
+        instr3 = await clients.client("instr3")
+        await botsupport.add_agent(
+            runner.store, world.directory, "instr3", matrix_id=instr3.user_id,
+            roles=[Role.INSTRUCTEUR], group="cpam",
+        )  # fmt: skip
+
+        real_audit = Tx.audit
+
+        async def failing_audit(self: Tx, action: str, **kw: Any) -> None:
+            if action == "participant_added":  # after the ledger row is written
+                raise RuntimeError("injected failure in the middle of !inviter")
+            await real_audit(self, action, **kw)
+
+        monkeypatch.setattr(Tx, "audit", failing_audit)
+        n = count_from(world.instr1, demande.room_id, world.bot_id)
+        await say(world.instr1, demande.room_id, f"!inviter {world.directory.groups['cpam'].name}")
+        failed = await reply_with(
+            world.instr1, demande.room_id, world.bot_id, "erreur inattendue", after=n
+        )
+        participants = {p.matrix_id for p in await _participants(runner, demande.id)}
+        assert instr3.user_id not in participants  # before: the ledger row stayed
+        members = await runner.app.gateway.members(demande.room_id)  # type: ignore[union-attr]
+        assert instr3.user_id not in members
+        assert "n'a pas été exécutée" in failed
+        assert "command_failed" in await audit_actions(world, reference)
+
+        # Once the fault is gone the same command works.
+        monkeypatch.setattr(Tx, "audit", real_audit)
+        n = count_from(world.instr1, demande.room_id, world.bot_id)
+        await say(world.instr1, demande.room_id, f"!inviter {world.directory.groups['cpam'].name}")
+        await reply_with(world.instr1, demande.room_id, world.bot_id, "Invité", after=n)
+        assert instr3.user_id in {p.matrix_id for p in await _participants(runner, demande.id)}
+        await runner.check_alive()
+
+
+async def test_an_email_only_responsable_gets_the_late_list_by_email(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    """Defect 5: the email hook of the reminders was never wired: nothing was sent."""
+    clock = FakeClock(datetime(2026, 4, 2, 10, tzinfo=UTC))  # a Thursday
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        runner.clock = clock
+        await runner.start()
+        world = await make_world(clients, runner)
+        chef = f"{matrix.unique('chef')}@caf95.example.test"
+        await botsupport.add_agent(
+            runner.store, world.directory, "chef", matrix_id=None, email=chef,
+            roles=[Role.RESPONSABLE], group="caf", first_name="Chantal",
+        )  # fmt: skip
+        _, reference = await open_demande(world, filled_form(date_mandat="01/03/2026"))
+        clock.at = datetime(2026, 4, 9, 10, tzinfo=UTC)  # 4 business days, no answer
+        report = await runner.app.admin.followup.remind(actor="test")  # type: ignore[union-attr]
+        assert report.responsables_told == 1
+        await sink.wait_for(lambda: sink.to(chef), what="the late list to the responsable")
+        [mail] = sink.to(chef)
+        assert reference in mail.text and "retard" in mail.text
+        assert "Dupontel" not in mail.text and "Dupontel" not in mail.header("Subject")
+        assert mail.header("Reply-To") == ""  # nothing to answer to
+        await runner.check_alive()
+
+
+async def test_a_profile_change_of_a_late_joiner_never_reposts_the_dossier(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    """Defect 6: each display-name change (join → join) re-posted the usager's data."""
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        await matrix.join_and_read(world.instr1, demande.room_id, 1)
+        instr3 = await clients.client("instr3")
+        await botsupport.add_agent(
+            runner.store, world.directory, "instr3", matrix_id=instr3.user_id,
+            roles=[Role.INSTRUCTEUR], group="cpam",
+        )  # fmt: skip
+        n = count_from(world.instr1, demande.room_id, world.bot_id)
+        await say(world.instr1, demande.room_id, f"!inviter {world.directory.groups['cpam'].name}")
+        await reply_with(world.instr1, demande.room_id, world.bot_id, "Invité", after=n)
+        first = await matrix.join_and_read(instr3, demande.room_id, 1)
+        assert "Dupontel" in first[0]
+        for name in ("Ines", "Ines T.", "Ines Test"):
+            resp = await instr3.set_displayname(name)
+            assert isinstance(resp, nio.ProfileSetDisplayNameResponse), resp
+        # A later message proves the bot handled the three changes before it.
+        n = count_from(instr3, demande.room_id, world.bot_id)
+        await say(instr3, demande.room_id, "!statut")
+        await reply_with(instr3, demande.room_id, world.bot_id, reference, after=n)
+        dossiers = [t for t in matrix.texts(instr3, demande.room_id) if "Dupontel" in t]
+        assert len(dossiers) == 1, len(dossiers)
+        await runner.check_alive()
+
+
+async def test_protected_state_changed_while_the_bot_was_away_is_reverted(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    """Defect 7: a change hidden in a limited sync (more than 100 events after it) was
+    never looked at; the bot now checks every open room's protected state at start."""
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
+        await matrix.join_and_read(world.instr1, room_id, 1)
+        await runner.stop()
+
+        admin = await clients.user("admin", admin=True)
+        insider = await clients.client("insider")
+        resp = await synapse.admin_request(
+            "POST",
+            f"/_synapse/admin/v1/rooms/{room_id}/make_room_admin",
+            admin.access_token,
+            json={"user_id": insider.user_id},
+        )
+        assert resp.ok, resp
+        await matrix.accept_invite(insider, room_id)
+        for etype, content in (
+            ("m.room.join_rules", {"join_rule": "public"}),
+            ("m.room.history_visibility", {"history_visibility": "world_readable"}),
+        ):
+            put = await insider.room_put_state(room_id, etype, content)
+            assert isinstance(put, nio.RoomPutStateResponse), put
+        # More than a sync's timeline: the changes end up in the `state` block.
+        for i in range(110):
+            sent = await synapse.admin_request(
+                "PUT",
+                f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/pad{i}",
+                insider.access_token,
+                json={"msgtype": "m.notice", "body": "."},
+            )
+            assert sent.ok, sent
+
+        await runner.start()
+
+        async def restored() -> bool:
+            gw = runner.app.gateway  # type: ignore[union-attr]
+            joins = await gw.state_event(room_id, "m.room.join_rules")
+            history = await gw.state_event(room_id, "m.room.history_visibility")
+            members = await gw.members(room_id)
+            return (
+                (joins or {}).get("join_rule") == "invite"
+                and (history or {}).get("history_visibility") == "invited"
+                and members.get(insider.user_id) in ("leave", "ban", None)
+            )
+
+        await matrix.wait_for(restored, 60, "the protected state restored")
+        assert "state_reverted" in await audit_actions(world, reference)
+        await runner.check_alive()
+
+
+async def test_a_reply_accepted_before_its_agent_was_deactivated_is_not_posted(
+    synapse: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect 8: the reply (and its quick answer) was posted in the name of an agent who
+    had left; it is now dropped, audited, and the room told."""
+    gate = asyncio.Event()
+    real_flush = InboxPoster.flush
+
+    async def gated_flush(self: InboxPoster) -> int:
+        await gate.wait()
+        return await real_flush(self)
+
+    monkeypatch.setattr(InboxPoster, "flush", gated_flush)
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        sophie = mailonly(world)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
+        code, _ = await reply(runner, sink.to(sophie)[0], sophie, "!traitee\nC'est réglé.")
+        assert code == 250
+        agent = world.directory.agents["mailonly"]
+        await runner.app.admin.directory.deactivate(agent.id, actor="test")  # type: ignore[union-attr]
+        gate.set()
+        await matrix.join_and_read(world.instr1, demande.room_id, 1)
+
+        async def reply_handled() -> bool:
+            async with runner.store.transaction() as tx:
+                return not await tx.pending_inbound()
+
+        await matrix.wait_for(reply_handled, 30, "the reply handled")
+        assert (await demande_of(world, reference)).status != Status.TRAITEE
+        await reply_with(world.instr1, demande.room_id, world.bot_id, "n'a pas été publiée")
+        actions = await audit_actions(world, reference)
+        assert "email_reply_dropped" in actions and "status_traitee" not in actions
+        assert not bridged(world.instr1, demande.room_id, world.bot_id)
+        await runner.check_alive()

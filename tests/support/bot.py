@@ -24,6 +24,7 @@ import nio
 from bot.app import App
 from bot.devserver import LocalSynapse, RegisteredUser
 from bot.domain.model import Agent, Group, MandatType, Role
+from bot.services.clock import Clock, SystemClock
 from bot.settings import Settings
 from bot.store.db import Store
 from tests.support import matrix
@@ -45,6 +46,8 @@ class BotRunner:
     cross_sign: bool = True
     # `[email]` keys over `DEV_EMAIL`; None: the email bridge is off.
     email: dict[str, Any] | None = None
+    # An injected clock (tests that move time); None: the wall clock.
+    clock: Clock | None = None
 
     @property
     def user_id(self) -> str:
@@ -69,7 +72,7 @@ class BotRunner:
             settings = dataclasses.replace(
                 settings, bot=dataclasses.replace(settings.bot, **self.bot_settings)
             )
-        app = App(settings, _cross_sign=self.cross_sign)
+        app = App(settings, clock=self.clock or SystemClock(), _cross_sign=self.cross_sign)
         await app.start()
         self.app = app
         task = asyncio.create_task(app.run(), name="bot")

@@ -13,6 +13,7 @@ import pytest
 
 from bot.commands.framework import (
     Arg,
+    CommandFailed,
     CommandSet,
     CommandSpec,
     Flag,
@@ -21,6 +22,7 @@ from bot.commands.framework import (
     ParseFailure,
     PendingConfirmation,
     Reply,
+    failure_reply,
     fold,
     render_table,
 )
@@ -400,8 +402,15 @@ async def test_confirmation_without_code_wrong_code_and_cancel() -> None:
     nothing = await commands.dispatch(parsed(commands, "!confirmer"), ctx)
     assert nothing == Reply.error("Aucune commande n'attend de confirmation.")
 
+    # The code is required: without it nothing runs, and the confirmation still waits.
     without_code = await commands.dispatch(parsed(commands, "!confirmer"), ctx, pending=pending)
-    assert isinstance(without_code, Reply) and not without_code.is_error
+    assert isinstance(without_code, Reply) and without_code.is_error
+    assert "code" in without_code.text and pending.token not in without_code.text
+    assert ctx.done == []
+    with_code = await commands.dispatch(
+        parsed(commands, f"!confirmer {pending.token.lower()}"), ctx, pending=pending
+    )
+    assert isinstance(with_code, Reply) and not with_code.is_error
     assert ctx.done == ["retirer @a:ex.fr"]
     assert not parsed(commands, "!inviter x").settles_pending
 
@@ -420,29 +429,39 @@ async def test_refused_destructive_command_needs_no_confirmation() -> None:
     assert result == Reply.error("Ce compte ne participe pas à la demande.")
 
 
-async def test_unexpected_error_gives_a_reference_that_is_logged() -> None:
+async def test_unexpected_error_is_raised_with_a_reference_that_is_logged() -> None:
+    """Never swallowed: the caller rolls back the handler's work and decides (retry or
+    answer), with the reference the log has."""
     logged: list[tuple[BaseException, str, str]] = []
     commands = build(on_error=lambda exc, ref, p: logged.append((exc, ref, p.spec.name)))
-    reply = await commands.dispatch(parsed(commands, "!panne"), Ctx())
+    with pytest.raises(CommandFailed) as failed:
+        await commands.dispatch(parsed(commands, "!panne"), Ctx())
 
-    assert isinstance(reply, Reply) and reply.is_error
     (exc, reference, name) = logged[0]
     assert len(logged) == 1 and name == "panne" and isinstance(exc, RuntimeError)
+    assert failed.value.reference == reference and failed.value.__cause__ is exc
     assert re.fullmatch(r"ERR-[A-Z2-9]{6}", reference)
-    assert reply.text.startswith(f"Une erreur inattendue s'est produite (référence {reference}).")
-    for leak in ("Traceback", "RuntimeError", "hunter2", "secret internal"):
-        assert leak not in reply.text
+    for rolled_back in (True, False):
+        reply = failure_reply(reference, rolled_back=rolled_back)
+        assert reply.is_error
+        assert reply.text.startswith(
+            f"Une erreur inattendue s'est produite (référence {reference})."
+        )
+        for leak in ("Traceback", "RuntimeError", "hunter2", "secret internal"):
+            assert leak not in reply.text
+    assert "n'a pas été exécutée" in failure_reply(reference, rolled_back=True).text
+    assert "pas certain" in failure_reply(reference, rolled_back=False).text
 
 
 async def test_default_error_callback_logs_the_reference(caplog: pytest.LogCaptureFixture) -> None:
     commands = build()
-    with caplog.at_level(logging.ERROR, logger="bot.commands.framework"):
-        reply = await commands.dispatch(parsed(commands, "!panne"), Ctx())
-    assert isinstance(reply, Reply)
-    reference = re.search(r"ERR-[A-Z2-9]{6}", reply.text)
-    assert reference is not None
+    with (
+        caplog.at_level(logging.ERROR, logger="bot.commands.framework"),
+        pytest.raises(CommandFailed) as failed,
+    ):
+        await commands.dispatch(parsed(commands, "!panne"), Ctx())
     (record,) = caplog.records
-    assert reference.group() in record.getMessage()
+    assert failed.value.reference in record.getMessage()
     assert record.exc_info is not None and record.exc_info[0] is RuntimeError
 
 
@@ -454,8 +473,32 @@ async def test_handler_returning_a_non_reply_is_an_unexpected_error() -> None:
         return "ok"  # type: ignore[return-value]
 
     commands.add(CommandSpec("bancale", (), "."), sloppy)
-    reply = await commands.dispatch(parsed(commands, "!bancale"), Ctx())
-    assert isinstance(reply, Reply) and reply.is_error and logged[0] in reply.text
+    with pytest.raises(CommandFailed) as failed:
+        await commands.dispatch(parsed(commands, "!bancale"), Ctx())
+    assert logged == [failed.value.reference]
+
+
+async def test_the_declared_audience_is_checked_once_before_the_handler() -> None:
+    ran: list[str] = []
+
+    def gate(ctx: Ctx, spec: CommandSpec) -> str | None:
+        return None if spec.audience != "chef" else f"!{spec.name} : réservé aux chefs."
+
+    commands: CommandSet[Ctx] = CommandSet(gate=gate, confirmations=False)
+
+    async def handler(ctx: Ctx, args: Mapping[str, Any], flags: frozenset[str]) -> Reply:
+        ran.append("ok")
+        return Reply("fait")
+
+    commands.add(CommandSpec("chef", (), ".", audience="chef"), handler)
+    commands.add(CommandSpec("tous", (), "."), handler)
+    assert await commands.dispatch(parsed(commands, "!chef"), Ctx()) == Reply.error(
+        "!chef : réservé aux chefs."
+    )
+    assert ran == []
+    assert await commands.dispatch(parsed(commands, "!tous"), Ctx()) == Reply("fait")
+    # Without confirmations, the set has no !confirmer / !annuler of its own.
+    assert commands.find("confirmer") is None and commands.find("annuler") is None
 
 
 # ----------------------------------------------------------------------------- tables

@@ -213,7 +213,7 @@ def test_cross_departement_refused_when_rule_says_so(policies: Policies) -> None
             LEA,
             CAF_IDF,
             rules(),
-            "le serveur « partner.example.org » de Prénom14 Nom14 n'est pas autorisé",
+            "le serveur Matrix « partner.example.org » de Prénom14 Nom14 n'est pas autorisé",
         ),
         (JEANNE, None, rules(), "Prénom10 Nom10 n'appartient à aucun groupe"),
         (JEANNE, CAF_78, rules(), "Prénom10 Nom10 n'appartient à aucun groupe"),
@@ -268,7 +268,7 @@ def test_group_invitation_adds_new_active_instructeurs_and_reports_skipped(
     assert decision.agents == (PAUL,)  # Jeanne is already in; Boss is no instructeur
     ((skipped, why),) = decision.skipped
     assert skipped.id == 30
-    assert why == "le serveur « elsewhere.org » de Prénom30 Nom30 n'est pas autorisé"
+    assert why == "le serveur Matrix « elsewhere.org » de Prénom30 Nom30 n'est pas autorisé"
 
 
 def test_group_invitation_refusals(policies: Policies) -> None:

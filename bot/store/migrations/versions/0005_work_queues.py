@@ -1,7 +1,8 @@
 """Work queues as tables: events to retry, rooms to guard, invitations, problems.
 
 The guard's rooms and the pending invitations were JSON lists in `bot_state` rows;
-they are moved into their tables here, and the rows dropped.
+they are moved into their tables here, and the rows dropped. An email may now be for
+no demande (a reminder or the digest to an email-only agent).
 
 Revision ID: 0005
 Revises: 0004
@@ -79,6 +80,8 @@ def upgrade() -> None:
         _ts("resolved_at", nullable=True),
         sa.PrimaryKeyConstraint("kind", "key", name="pk_work_problems"),
     )
+    with op.batch_alter_table("email_outbox") as batch:
+        batch.alter_column("demande_id", existing_type=sa.Integer(), nullable=True)
     _move_json_queues()
 
 
@@ -118,6 +121,8 @@ def _move_json_queues() -> None:
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("email_outbox") as batch:
+        batch.alter_column("demande_id", existing_type=sa.Integer(), nullable=False)
     op.drop_table("work_problems")
     op.drop_index("ix_pending_invites_next_attempt_at", table_name="pending_invites")
     op.drop_table("pending_invites")

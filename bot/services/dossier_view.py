@@ -8,6 +8,7 @@ from bot.domain.dossier import ParticipantView, render_dossier
 from bot.domain.model import Agent, Demande, Group, Status
 from bot.domain.policies import Policies
 from bot.matrix import content as mx
+from bot.ports import DemandeTx
 
 
 def view_of(agent: Agent, group: Group | None, policies: Policies) -> ParticipantView:
@@ -21,7 +22,7 @@ def view_of(agent: Agent, group: Group | None, policies: Policies) -> Participan
 
 
 async def participant_views(
-    tx: Any, demande: Demande, policies: Policies
+    tx: DemandeTx, demande: Demande, policies: Policies
 ) -> tuple[list[ParticipantView], ParticipantView]:
     """The instructeurs (and invited agents) and the aidant of a demande, for display."""
     groups = {g.id: g for g in await tx.list_groups()}
@@ -44,7 +45,7 @@ async def participant_views(
 
 
 async def dossier_content(
-    tx: Any, demande: Demande, policies: Policies, *, status: Status, repost: bool
+    tx: DemandeTx, demande: Demande, policies: Policies, *, status: Status, repost: bool
 ) -> dict[str, Any]:
     """The dossier's Matrix content (it holds the usager's data: encrypted rooms only)."""
     form = await tx.load_form(demande.id)

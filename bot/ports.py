@@ -1,0 +1,334 @@
+"""Typed ports: what crosses a feature line, and nothing else.
+
+This module imports only the domain. Everything that one feature offers another goes
+through one of these interfaces, given at construction by the composition root
+(`bot.app`): the email hooks (with `NoEmail` when the bridge is off), the ledger,
+status changes, the outbox seen from a feature, the current policies, and the narrow
+transaction interfaces commands and hooks may use.
+
+Transactions: `DemandeTx` is what a room command or a hook may read and write inside
+the caller's transaction; `MailTx` adds what the email bridge queues. The store's `Tx`
+satisfies both (mypy checks it where a `Tx` is passed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, Protocol
+
+from bot.domain import status as status_rules
+from bot.domain.model import (
+    Agent,
+    Demande,
+    DemandeForm,
+    Group,
+    Participant,
+    Status,
+    StatusTimes,
+    Usefulness,
+)
+from bot.domain.policies import Policies
+
+Via = Literal["matrix", "email"]
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    """Who wrote a participant's message, and how it reached the bot.
+
+    One type for both channels, so that nothing has to guess whether an actor is a
+    Matrix ID or an email address.
+    """
+
+    agent: Agent
+    via: Via
+
+    @property
+    def address(self) -> str:
+        """The identifier recorded as the actor of the audit trail."""
+        if self.via == "matrix" and self.agent.matrix_id:
+            return self.agent.matrix_id
+        return self.agent.email or f"agent:{self.agent.id}"
+
+    @property
+    def label(self) -> str:
+        suffix = " (par courriel)" if self.via == "email" else ""
+        return self.agent.display_name + suffix
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+class DemandeTx(Protocol):
+    """The part of a transaction a room command, a status change or a hook uses."""
+
+    async def get_agent(self, agent_id: int) -> Agent | None: ...
+    async def get_agent_by_matrix_id(self, matrix_id: str) -> Agent | None: ...
+    async def get_agent_by_email(self, email: str) -> Agent | None: ...
+    async def list_agents(self, *, active_only: bool = True) -> list[Agent]: ...
+    async def agents_of_group(self, group_id: int, *, active_only: bool = True) -> list[Agent]: ...
+    async def get_group(self, group_id: int) -> Group | None: ...
+    async def get_group_by_name(self, name: str) -> Group | None: ...
+    async def list_groups(self) -> list[Group]: ...
+    async def get_demande(self, demande_id: int) -> Demande | None: ...
+    async def participants(
+        self, demande_id: int, *, active_only: bool = True
+    ) -> list[Participant]: ...
+    async def add_participant(
+        self, *, demande_id: int, agent: Agent, kind: str, added_by: str, now: datetime
+    ) -> bool: ...
+    async def update_status(
+        self,
+        demande_id: int,
+        status: Status,
+        times: StatusTimes,
+        *,
+        usefulness: Usefulness | None = None,
+    ) -> None: ...
+    async def load_form(self, demande_id: int) -> DemandeForm: ...
+    async def audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        reference: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        now: datetime,
+    ) -> None: ...
+    async def enqueue_message(
+        self, *, txn_id: str, room_id: str, content: dict[str, Any], now: datetime
+    ) -> bool: ...
+    async def add_pending_invite(self, room_id: str, user_id: str, now: datetime) -> None: ...
+    async def set_email_notifications(self, agent_id: int, notify: bool, now: datetime) -> None: ...
+    def after_commit(self, callback: Callable[[], None]) -> None: ...
+    def savepoint(self) -> AbstractAsyncContextManager[None]: ...
+
+
+class SentEmail(Protocol):
+    """An email already queued, as the bridge needs to know it again."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def author(self) -> str | None: ...
+    @property
+    def recipient(self) -> str: ...
+
+
+class MailTx(DemandeTx, Protocol):
+    """What the email bridge adds to a transaction: reply tokens, the email outbox."""
+
+    async def reply_token_generation(self, demande_id: int, agent_email: str) -> int | None: ...
+    async def last_reply_token_generation(self, demande_id: int, agent_email: str) -> int: ...
+    async def add_reply_token(
+        self, *, digest: str, demande_id: int, agent_email: str, generation: int, now: datetime
+    ) -> None: ...
+    async def agents_notified_by_email(self, agent_ids: Iterable[int]) -> set[int]: ...
+    async def enqueue_email(
+        self,
+        *,
+        event_key: str,
+        recipient: str,
+        kind: str,
+        demande_id: int | None,
+        author: str | None,
+        message_id: str,
+        envelope_from: str,
+        message: bytes,
+        now: datetime,
+    ) -> bool: ...
+    async def emails_of_event(self, event_key: str) -> Sequence[SentEmail]: ...
+
+
+class Transactions(Protocol):
+    """Opens a transaction (the store)."""
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+
+
+# --------------------------------------------------------------------------- email
+
+
+@dataclass(frozen=True, slots=True)
+class FileAttachment:
+    filename: str
+    content_type: str
+    data: bytes
+
+
+class EmailHooks(Protocol):
+    """What the Matrix side tells the email bridge, inside the transaction of the event
+    that caused it (so an email is queued exactly when the change commits)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    async def demande_ready(self, tx: MailTx, demande: Demande) -> None: ...
+
+    async def participants_added(
+        self, tx: MailTx, demande: Demande, agents: Sequence[Agent], *, key: str
+    ) -> None: ...
+
+    async def room_message(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        event_key: str,
+        author: Agent | None,
+        author_id: str,
+        content: Mapping[str, Any],
+        attachments: Sequence[FileAttachment] = (),
+    ) -> None: ...
+
+    async def status_changed(
+        self, tx: MailTx, demande: Demande, *, old: Status, new: Status, actor: str, key: str
+    ) -> None: ...
+
+    async def redaction(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        redacted_event_id: str,
+        redaction_event_id: str,
+        sender: str,
+    ) -> None: ...
+
+    async def room_file(
+        self, demande: Demande, *, event_id: str, author: Agent, content: Mapping[str, Any]
+    ) -> None:
+        """A participant's file: fetched (outside any transaction), then queued by email to
+        the email-only participants in a transaction of its own, once."""
+        ...
+
+    async def notify_agent(
+        self, tx: MailTx, agent: Agent, subject: str, text: str, *, key: str
+    ) -> bool:
+        """A message for one email-only agent (a reminder, the digest): True if queued."""
+        ...
+
+
+class NoEmail:
+    """The email bridge is off: every hook does nothing, and says so where asked."""
+
+    @property
+    def enabled(self) -> bool:
+        return False
+
+    async def demande_ready(self, tx: MailTx, demande: Demande) -> None:
+        return None
+
+    async def participants_added(
+        self, tx: MailTx, demande: Demande, agents: Sequence[Agent], *, key: str
+    ) -> None:
+        return None
+
+    async def room_message(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        event_key: str,
+        author: Agent | None,
+        author_id: str,
+        content: Mapping[str, Any],
+        attachments: Sequence[FileAttachment] = (),
+    ) -> None:
+        return None
+
+    async def status_changed(
+        self, tx: MailTx, demande: Demande, *, old: Status, new: Status, actor: str, key: str
+    ) -> None:
+        return None
+
+    async def redaction(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        redacted_event_id: str,
+        redaction_event_id: str,
+        sender: str,
+    ) -> None:
+        return None
+
+    async def room_file(
+        self, demande: Demande, *, event_id: str, author: Agent, content: Mapping[str, Any]
+    ) -> None:
+        return None
+
+    async def notify_agent(
+        self, tx: MailTx, agent: Agent, subject: str, text: str, *, key: str
+    ) -> bool:
+        return False
+
+
+# --------------------------------------------------------------------------- demandes
+
+
+class Ledger(Protocol):
+    """Who may be in a demande room: the committed ledger, read only."""
+
+    async def authorised(self, room_id: str) -> set[str] | None:
+        """Matrix IDs of the room's participants and the bot; None if not a demande room."""
+        ...
+
+
+class StatusChanger(Protocol):
+    async def apply(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        event: status_rules.Event,
+        *,
+        actor: str,
+        txn: str,
+        announce: bool,
+        usefulness: Usefulness | None = None,
+    ) -> status_rules.Transition | status_rules.Refusal:
+        """Apply a status event in `tx`; `announce` posts the status notice in the room."""
+        ...
+
+
+class Sender(Protocol):
+    """The outbox seen from a feature: a message is queued in the transaction of the
+    change that caused it, and sent after the commit by the outbox's worker."""
+
+    async def enqueue(
+        self,
+        tx: DemandeTx,
+        *,
+        txn_id: str,
+        room_id: str,
+        content: Mapping[str, Any],
+        recipients: Collection[str] | None = None,
+        encrypted: bool = True,
+        hold: bool = False,
+    ) -> bool:
+        """Queue a message (``recipients`` None: the demande room's ledger); True if new.
+
+        ``hold``: not sent when the transaction commits, but at the caller's next
+        `flush_soon` for the room (or after a restart), e.g. a reply that must follow
+        work done after the commit."""
+        ...
+
+    def flush_soon(self, room_id: str | None = None) -> None: ...
+
+
+class PoliciesRef:
+    """The policies in force, shared by every holder: `!politiques-recharger` replaces
+    them in one place (one event loop: no reader ever sees half of a change)."""
+
+    def __init__(self, policies: Policies) -> None:
+        self._current = policies
+
+    @property
+    def current(self) -> Policies:
+        return self._current
+
+    def replace(self, policies: Policies) -> None:
+        self._current = policies

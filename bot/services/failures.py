@@ -1,0 +1,42 @@
+"""What a failure means for the work that met it: hold everything back, or only this.
+
+Only two faults hold back the sync position and every other event: the database
+being unavailable (nothing can be recorded, not even the failure), and the
+homeserver's `/sync` failing (the loop never got the batch). Anything else that goes
+wrong while handling one event stays with that event (`bot.services.event_retries`).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+from bot.matrix.errors import HomeserverUnavailable, MatrixError, MediaUnavailable
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """The database cannot be reached or answered with a connection-level error."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    # asyncpg raises plain OSErrors when it cannot connect; the gateway wraps its own
+    # network errors, so a bare one here comes from the database driver.
+    return isinstance(exc, (ConnectionError, OSError, TimeoutError)) and not isinstance(
+        exc, MatrixError
+    )
+
+
+def homeserver_outage(exc: BaseException) -> bool:
+    """Our homeserver is unreachable or overloaded: wait, without blaming the work."""
+    if isinstance(exc, MediaUnavailable):
+        return False
+    if isinstance(exc, HomeserverUnavailable):
+        return True
+    return isinstance(exc, MatrixError) and exc.status in (429, 502, 503, 504)
+
+
+def describe(exc: BaseException) -> str:
+    """A short name for the audit trail and the logs: never the content of anything."""
+    if isinstance(exc, MatrixError):
+        return f"{type(exc).__name__}({exc.status} {exc.errcode})"
+    return type(exc).__name__
