@@ -17,6 +17,7 @@ from bot.policy_loader import load_policies
 from bot.services.clock import Clock, SystemClock
 from bot.services.demande_room import DemandeRooms
 from bot.services.dispatch import Dispatcher
+from bot.services.membership_api import MembershipApi, start_membership_api
 from bot.services.opening import Opening
 from bot.services.outbox import Outbox
 from bot.services.undecryptable import Undecryptables
@@ -57,6 +58,7 @@ class App:
     _cross_sign: bool = field(default=True, repr=False)
     email: EmailRuntime | None = field(init=False, default=None)
     admin: AdminRuntime = field(init=False)
+    membership_api: MembershipApi | None = field(init=False, default=None)
     _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
 
     async def start(self) -> None:
@@ -68,6 +70,13 @@ class App:
         cipher = FieldCipher.from_secret(s.secrets.data_key.reveal())
         self.store = await Store.open(s.database.url.reveal(), cipher)
         self._stack.push_async_callback(self.store.close)
+
+        # The homeserver guard (synapse_module/, deploy/synapse-module.md) asks this
+        # endpoint about every invite and join in a demande room: it listens before
+        # anything below invites anyone, and answers from the committed ledger only.
+        if s.guard.enabled:
+            self.membership_api = await start_membership_api(s, self.store, self.clock)
+            self._stack.push_async_callback(self.membership_api.close)
 
         self.gateway = MatrixGateway(
             homeserver=s.homeserver.url,

@@ -357,6 +357,11 @@ class DemandeRooms:
                 try:
                     await self.gateway.invite(room_id, user)
                 except MatrixError as exc:
+                    if exc.guard_unavailable:
+                        # The homeserver guard could not ask our ledger in time: the
+                        # invite stays pending for the next recovery round.
+                        log.warning("invite of %s deferred: guard unavailable", user)
+                        continue
                     if exc.transient:
                         raise
                     log.warning("invite of %s refused: %s", user, exc.errcode)
