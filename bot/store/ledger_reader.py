@@ -43,13 +43,14 @@ class LedgerReader:
         await self._engine.dispose()
 
     async def view(self, *, room_id: str | None, reference: str | None) -> LedgerView | None:
-        """The demande of `room_id`, else the one of `reference` whose room is being made."""
+        """The demande whose room is `room_id`, else the demande `reference` (whose room may
+        be still in the making, or another one: the rules of `bot.domain.guard` decide)."""
         if room_id is not None:
             found = await self._one(_D.c.room_id == room_id)
             if found is not None:
                 return found
         if reference is not None:
-            return await self._one(and_(_D.c.reference == reference, _D.c.room_id.is_(None)))
+            return await self._one(_D.c.reference == reference)
         return None
 
     async def _one(self, where: Any) -> LedgerView | None:

@@ -45,6 +45,8 @@ class BotRunner:
     cross_sign: bool = True
     # `[email]` keys over `DEV_EMAIL`; None: the email bridge is off.
     email: dict[str, Any] | None = None
+    # `[guard]` keys (the homeserver guard's endpoint); None: the endpoint is off.
+    guard: dict[str, Any] | None = None
 
     @property
     def user_id(self) -> str:
@@ -61,6 +63,7 @@ class BotRunner:
             self.user_id,
             values,
             email=self.email,
+            guard=self.guard,
         )
 
     async def start(self) -> App:
