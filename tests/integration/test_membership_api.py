@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +14,12 @@ import aiohttp
 import pytest
 
 from bot.devserver import LocalSynapse
-from bot.domain.model import Agent, Role
+from bot.domain.model import Agent, DemandeForm, Mandat, MandatType, Role, Usager
 from bot.services.clock import SystemClock
 from bot.services.membership_api import CHECK_PATH, MembershipApi, audit_refusals
 from bot.store.db import Store
 from bot.store.ledger_reader import LedgerReader
 from synapse_module import decision
-from tests.integration.test_store import NOW, make_form
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import filled_form, next_reply, say
@@ -28,6 +28,16 @@ SECRET = secrets.token_urlsafe(32)
 AIDANT = "@aidant:aplus.test"
 INSTR = "@instr:aplus.test"
 OUTSIDER = "@outsider:aplus.test"
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+FORM = DemandeForm(
+    territoire="75",
+    organisations=("caf",),
+    categorie=None,
+    objet="Versement suspendu",
+    usager=Usager(prenom="Jeanne", nom="Test", date_naissance=date(1961, 3, 12)),
+    description="Le versement est suspendu.",
+    mandat=Mandat(type=MandatType.PAPIER, date=date(2026, 3, 1), attestation=True),
+)
 # A bound on each request, not a measure: an answer that waited for the test's open
 # transaction (SQLite's busy timeout is 10 s) would not arrive within it.
 ANSWER_BOUND_S = 5
@@ -92,7 +102,7 @@ async def seed(store: Store) -> tuple[str, int, Agent, Agent]:
         )
         demande = await tx.create_demande(
             reference=await tx.next_reference(2026),
-            form=make_form(),
+            form=FORM,
             aidant_agent_id=aidant.id,
             group_ids=[group.id],
             draft_id=None,
