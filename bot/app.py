@@ -28,6 +28,7 @@ from bot.services.dispatch import Dispatcher
 from bot.services.event_retries import EventRetries
 from bot.services.failures import database_unavailable
 from bot.services.ledger import StoreLedger
+from bot.services.membership_api import MembershipApi, start_membership_api
 from bot.services.opening import Opening
 from bot.services.outbox import Outbox
 from bot.services.room_guard import RoomGuard
@@ -106,6 +107,10 @@ class App:
     def admin(self) -> AdminRuntime:
         return self.parts.admin
 
+    @property
+    def membership_api(self) -> MembershipApi | None:
+        return self.parts.membership_api
+
     async def start(self) -> None:
         s = self.settings
         # The data folder holds the database and the crypto store: private to the service.
@@ -114,6 +119,13 @@ class App:
         cipher = FieldCipher.from_secret(s.secrets.data_key.reveal())
         store = await Store.open(s.database.url.reveal(), cipher)
         self._stack.push_async_callback(store.close)
+        # The homeserver guard (synapse_module/, deploy/synapse-module.md) asks this
+        # endpoint about every invite and join in a demande room: it listens before
+        # anything below invites anyone, and answers from the committed ledger only.
+        membership_api: MembershipApi | None = None
+        if s.guard.enabled:
+            membership_api = await start_membership_api(s, store, self.clock)
+            self._stack.push_async_callback(membership_api.close)
         gateway = MatrixGateway(
             homeserver=s.homeserver.url,
             user_id=s.bot.user_id,
@@ -279,6 +291,7 @@ class App:
             sync=sync,
             email=email_runtime,
             admin=admin,
+            membership_api=membership_api,
         )
 
     async def run(self) -> None:
@@ -349,3 +362,4 @@ class _Parts:
     sync: SyncLoop
     email: EmailRuntime | None
     admin: AdminRuntime
+    membership_api: MembershipApi | None

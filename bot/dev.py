@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import App
-from bot.devserver import LocalSynapse
+from bot.devserver import (
+    DevServerError,
+    LocalSynapse,
+    ensure_guard_secret,
+    free_port,
+    guard_module,
+    port_is_free,
+)
 from bot.domain.model import Role
 from bot.settings import Settings
 from bot.store.crypto import FieldCipher
@@ -31,6 +38,9 @@ from bridge.devsink import MailFolderSink
 log = logging.getLogger(__name__)
 
 BOT_LOCALPART = "aplus"
+DEV_SERVER_NAME = "localhost"
+GUARD_SECRET_FILE = "guard_shared_secret"  # noqa: S105 (a file name)
+GUARD_PORT_FILE = "guard_port"
 ADMIN_LOCALPART = "synapse-admin"
 RETENTION_DEVICE = "APLUS-RETENTION"
 EMAIL_DEMO_DOMAIN = "caf95.demo.aplus.test"
@@ -139,7 +149,22 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
     secret_values = _load_or_create_secrets(data_dir / "secrets.json")
     # Loopback-only demo with generated passwords: cheap password hashing makes every
     # start (seven accounts registered or logged in again) seconds faster.
-    synapse = LocalSynapse(data_dir / "synapse", fast_hashing=True)
+    # The production design: Synapse loads the guard module, which asks the bot's
+    # membership endpoint about every invite and join in a demande room.
+    guard_secret = ensure_guard_secret(data_dir / GUARD_SECRET_FILE)
+    guard_port = _guard_port(data_dir)
+    synapse = LocalSynapse(
+        data_dir / "synapse",
+        fast_hashing=True,
+        server_name=DEV_SERVER_NAME,
+        modules=[
+            guard_module(
+                bot_user_id=f"@{BOT_LOCALPART}:{DEV_SERVER_NAME}",
+                api_urls=[f"http://127.0.0.1:{guard_port}"],
+                shared_secret_path=guard_secret,
+            )
+        ],
+    )
     await _stop_leftover_synapse(synapse.data_dir)
     await synapse.start()
     _remember_synapse(synapse)
@@ -148,6 +173,9 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
         bot = await synapse.register(
             BOT_LOCALPART, secret_values["APLUS_BOT_PASSWORD"], displayname="Administration+"
         )
+        if bot.user_id != f"@{BOT_LOCALPART}:{DEV_SERVER_NAME}":
+            # The guard module names the bot: with another ID it would guard nothing.
+            raise DevServerError(f"Le compte du bot est {bot.user_id}, pas celui du module.")
         # Registration (or, on a later run, its fallback login) opened a session with a
         # device of its own: the bot must keep the one device it logs in with itself.
         await _logout(synapse, bot.access_token)
@@ -198,6 +226,7 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
             },
             # The email bridge on loopback; run_dev points its relay at the mail folder.
             email={},
+            guard={"port": guard_port, "shared_secret_file": str(guard_secret)},
         )
         await _import_demo_directory(settings, synapse.server_name)
     except BaseException:
@@ -207,6 +236,19 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
         raise
     facts = {"homeserver": synapse.base_url, "bot": {"user_id": bot.user_id}, "users": users}
     return synapse, settings, facts
+
+
+def _guard_port(data_dir: Path) -> int:
+    """The membership endpoint's port, kept across runs (Synapse's config names it)."""
+    path = data_dir / GUARD_PORT_FILE
+    try:
+        port = int(path.read_text().strip())
+    except (OSError, ValueError):
+        port = 0
+    if not port or not port_is_free(port):
+        port = free_port()
+        path.write_text(f"{port}\n")
+    return port
 
 
 def _remember_synapse(synapse: LocalSynapse) -> None:

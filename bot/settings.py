@@ -21,6 +21,7 @@ import base64
 import binascii
 import difflib
 import hmac
+import ipaddress
 import os
 import re
 import stat
@@ -45,6 +46,7 @@ ENV_DATABASE_URL: Final = "APLUS_DATABASE_URL"
 ENV_SMTP_PASSWORD: Final = "APLUS_SMTP_PASSWORD"  # noqa: S105 (a variable name)
 ENV_DKIM_PRIVATE_KEY: Final = "APLUS_DKIM_PRIVATE_KEY"
 ENV_SYNAPSE_ADMIN_TOKEN: Final = "APLUS_SYNAPSE_ADMIN_TOKEN"  # noqa: S105 (a variable name)
+ENV_GUARD_SECRET: Final = "APLUS_GUARD_SHARED_SECRET"  # noqa: S105 (a variable name)
 SECRET_ENV_VARS: Final = frozenset(
     {
         ENV_BOT_PASSWORD,
@@ -55,6 +57,7 @@ SECRET_ENV_VARS: Final = frozenset(
         ENV_SMTP_PASSWORD,
         ENV_DKIM_PRIVATE_KEY,
         ENV_SYNAPSE_ADMIN_TOKEN,
+        ENV_GUARD_SECRET,
     }
 )
 
@@ -265,6 +268,16 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class GuardSettings:
+    """The answers to the homeserver guard (the Synapse module of `synapse_module/`)."""
+
+    enabled: bool
+    host: str  # loopback or a private address: Synapse alone calls it
+    port: int  # 0: a free port, chosen at start (tests)
+    shared_secret: Secret | None  # required when enabled; the module reads the same value
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     homeserver: HomeserverSettings
     data: DataSettings
@@ -276,6 +289,7 @@ class Settings:
     email: EmailSettings
     admin: AdminSettings
     health: HealthSettings
+    guard: GuardSettings
     config_path: Path | None = None
 
     @staticmethod
@@ -286,6 +300,7 @@ class Settings:
         bot_user_id: str,
         secrets: Mapping[str, str],
         email: Mapping[str, Any] | None = None,
+        guard: Mapping[str, Any] | None = None,
     ) -> Settings:
         """Settings without a file, for ``aplus dev`` and tests.
 
@@ -297,6 +312,9 @@ class Settings:
         ``email``: ``None`` leaves the email bridge off; a mapping (even empty) turns
         it on with ``DEV_EMAIL`` (loopback listener on a free port, trusted
         authserv-id ``aplus-dev``) overridden by the given ``[email]`` keys.
+
+        ``guard``: ``None`` leaves the homeserver guard's endpoint off; a mapping turns
+        it on with the given ``[guard]`` keys (``port``, ``shared_secret_file``).
         """
         unknown = sorted(set(secrets) - SECRET_ENV_VARS)
         if unknown:
@@ -316,6 +334,8 @@ class Settings:
         }
         if email is not None:
             doc["email"] = {**DEV_EMAIL, **email}
+        if guard is not None:
+            doc["guard"] = {"enabled": True, **guard}
         return _build(doc, config_dir=data_dir, env=secrets, config_path=None)
 
 
@@ -956,4 +976,48 @@ def _parse_health(t: _Table) -> HealthSettings:
         enabled=t.boolean("enabled", True),
         host=t.text("host", "127.0.0.1"),
         port=port,
+    )
+
+
+_GUARD_SECRET_MIN_CHARS: Final = 32
+
+
+def _check_guard_host(value: str) -> str | None:
+    message = (
+        "seulement 127.0.0.1, ::1 ou une adresse IP privée : Synapse est seul à appeler "
+        "ce point d'accès"
+    )
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return message
+    if address.is_unspecified:  # 0.0.0.0 or ::, every interface: counts as "private"
+        return message
+    return None if address.is_loopback or address.is_private else message
+
+
+def _check_guard_secret(value: str) -> str | None:
+    if len(value) < _GUARD_SECRET_MIN_CHARS:
+        return (
+            f"trop court : au moins {_GUARD_SECRET_MIN_CHARS} caractères "
+            "(générer avec : openssl rand -base64 32)"
+        )
+    return None
+
+
+@_section("guard")
+def _parse_guard(t: _Table) -> GuardSettings:
+    enabled = t.boolean("enabled", False)
+    port = t.integer("port", 9181, minimum=0)
+    if port > 65535:
+        t.error("port", "doit être un port entre 0 et 65535")
+        port = 9181
+    secret = t.secret(
+        "shared_secret", ENV_GUARD_SECRET, required=enabled, check=_check_guard_secret
+    )
+    return GuardSettings(
+        enabled=enabled,
+        host=t.text("host", "127.0.0.1", check=_check_guard_host),
+        port=port,
+        shared_secret=secret,
     )

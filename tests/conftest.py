@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.devserver import LocalSynapse
-from tests.support import matrix
+from tests.support import guard, matrix
 
 try:
     from tests.db_fixtures import *  # noqa: F403
@@ -41,6 +41,21 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
         _run_in_own_loop(server.stop())
 
 
+@pytest.fixture(scope="session")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[guard.GuardedHomeserver]:
+    """A second Synapse with the homeserver guard loaded, started on first use.
+
+    Its module names one bot account and fixed endpoint ports, chosen before it starts
+    (tests/support/guard.py); the session's `synapse` stays without the module.
+    """
+    env = guard.prepare(tmp_path_factory.mktemp("guarded"))
+    _run_in_own_loop(guard.start(env))
+    try:
+        yield env
+    finally:
+        _run_in_own_loop(env.synapse.stop())
+
+
 @pytest.fixture
 async def clients(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[matrix.Clients]:
     """Users and E2EE clients for one test, all closed at teardown."""
@@ -53,5 +68,5 @@ async def clients(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[matrix
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        if "synapse" in getattr(item, "fixturenames", ()):
+        if {"synapse", "guarded"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.synapse)

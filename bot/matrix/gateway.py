@@ -40,7 +40,12 @@ from nio.rooms import MatrixRoom
 
 from bot.matrix import attachments as files
 from bot.matrix.device_trust import DeviceTrust
-from bot.matrix.errors import HomeserverUnavailable, MatrixError, MediaUnavailable
+from bot.matrix.errors import (
+    GUARD_REASON_FIELD,
+    HomeserverUnavailable,
+    MatrixError,
+    MediaUnavailable,
+)
 from bot.matrix.room_keys import RoomKeySharer, accept_forwards_from_session_owner
 
 log = logging.getLogger(__name__)
@@ -234,8 +239,12 @@ class MatrixGateway:
                     data = {}
                 if resp.status >= 400:
                     data = data if isinstance(data, dict) else {}
+                    reason = data.get(GUARD_REASON_FIELD)
                     raise MatrixError(
-                        resp.status, data.get("errcode"), str(data.get("error", resp.reason))
+                        resp.status,
+                        data.get("errcode"),
+                        str(data.get("error", resp.reason)),
+                        guard_reason=reason if isinstance(reason, str) else None,
                     )
                 return data if isinstance(data, dict) else {"value": data}
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:

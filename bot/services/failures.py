@@ -32,6 +32,9 @@ def homeserver_outage(exc: BaseException) -> bool:
         return False
     if isinstance(exc, HomeserverUnavailable):
         return True
+    if isinstance(exc, MatrixError) and exc.guard_unavailable:
+        # The homeserver guard could not ask any bot in time: wait for it, as for an outage.
+        return True
     return isinstance(exc, MatrixError) and exc.status in (429, 502, 503, 504)
 
 

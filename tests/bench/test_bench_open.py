@@ -31,6 +31,12 @@ shared machine hits every variant alike. The target (median bot ≤ 1.3 × media
 printed as PASS/MISS; the run fails only on a wrong result (a room not ready, a reply
 missing, a dossier an instructeur cannot decrypt).
 
+`BENCH_GUARD=1` runs both on a Synapse with the homeserver guard loaded
+(`synapse_module/`, the `guarded` fixture of tests/conftest.py): the bot's createRoom and
+invites are then checked against its ledger over HTTP. The raw clients' rooms carry no
+demande state (the guard refuses it to anyone but the bot), so they pay nothing for the
+guard: the ratio then includes the guard's whole cost.
+
 `test_opening_timeline` then traces a few openings (HTTP calls, database transactions,
 sync) by wrapping the running bot's objects from the outside, to show where time goes.
 """
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import statistics
 import sys
@@ -53,13 +60,14 @@ from urllib.parse import unquote
 
 import aiohttp
 import nio
+import pytest
 from sqlalchemy import event as sa_event
 
 from bot.devserver import LocalSynapse
 from bot.domain import dossier as texts
 from bot.domain.model import Role
 from bot.domain.reference import format_reference, room_name
-from bot.domain.room_spec import create_room_body
+from bot.domain.room_spec import DEMANDE_STATE_TYPE, create_room_body
 from bot.matrix import content as mx
 from bot.matrix.gateway import SYNC_FILTER
 from bot.services.dossier_view import participant_views
@@ -75,7 +83,7 @@ from tests.bench.conftest import (
     verdict,
 )
 from tests.support import bot as botsupport
-from tests.support import matrix
+from tests.support import guard, matrix
 from tests.support.bot import count_from, filled_form
 
 RUNS = env_int("BENCH_OPEN_RUNS", 30)
@@ -86,6 +94,7 @@ TARGET_RATIO = 1.3
 # events, the aidant's reply) finish, so it does not land on the next variant.
 SETTLE_S = 0.4
 WAIT_S = 30.0
+GUARD = os.environ.get("BENCH_GUARD") == "1"
 
 
 # -- the parties ------------------------------------------------------------------
@@ -101,11 +110,14 @@ class World:
     dm: str
     allowed_servers: tuple[str, ...]
     room_version: str
+    territoire: str = "95"
+    # Demandes of earlier tests in the same database (the guarded bot's is shared).
+    demandes_before: int = 0
     dossier: dict[str, Any] = field(default_factory=dict)
 
 
 async def make_world(
-    synapse: LocalSynapse, clients: matrix.Clients, runner: botsupport.BotRunner
+    synapse: LocalSynapse, clients: matrix.Clients, runner: botsupport.BotRunner, territoire: str
 ) -> World:
     """The directory of tests/integration/test_demande_flow.py: one aidant, two Matrix
     instructeurs and one e-mail-only instructeur at the CAF of the 95."""
@@ -114,8 +126,8 @@ async def make_world(
     instr1 = await clients.client("instr1")
     instr2 = await clients.client("instr2")
     store = runner.store
-    await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
-    await botsupport.add_group(store, directory, "caf", "caf", ["95"])
+    await botsupport.add_group(store, directory, "fs", "france_services", [territoire])
+    await botsupport.add_group(store, directory, "caf", "caf", [territoire])
     for key, client, role, group in (
         ("aidant", aidant, Role.AIDANT, "fs"),
         ("instr1", instr1, Role.INSTRUCTEUR, "caf"),
@@ -136,9 +148,12 @@ async def make_world(
     dm = await botsupport.open_direct_chat(aidant, runner.user_id)
     app = runner.app
     assert app is not None
+    db = BotDb(runner.settings().database.url.reveal())
     return World(
         runner=runner,
-        db=BotDb(runner.settings().database.url.reveal()),
+        db=db,
+        territoire=territoire,
+        demandes_before=db.last_demande_id(),
         aidant=aidant,
         instr1=instr1,
         invitees=sorted(c.user_id for c in (aidant, instr1, instr2)),
@@ -240,7 +255,7 @@ class BotVariant:
         w = self.w
         bot_id = w.runner.user_id
         n = count_from(w.aidant, w.dm, bot_id)
-        await botsupport.say(w.aidant, w.dm, filled_form())
+        await botsupport.say(w.aidant, w.dm, filled_form(territoire=w.territoire))
         recap = await reply_after(w.aidant, w.dm, bot_id, n)
         assert "!confirmer" in recap, recap
         last = w.db.last_demande_id()
@@ -308,14 +323,19 @@ class RawOpener:
     def body(self) -> dict[str, Any]:
         RawOpener._seq += 1
         reference = format_reference(2099, RawOpener._seq)
-        return create_room_body(
+        body = create_room_body(
             reference=reference,
-            name=room_name(reference, ["CAF"], "95"),
+            name=room_name(reference, ["CAF"], self.w.territoire),
             bot_user_id=str(self.client.user_id),
             invitees=self.w.invitees,
             allowed_servers=self.w.allowed_servers,
             room_version=self.w.room_version,
         )
+        if GUARD:  # only the bot may create a room with the demande state
+            body["initial_state"] = [
+                e for e in body["initial_state"] if e["type"] != DEMANDE_STATE_TYPE
+            ]
+        return body
 
     async def open(self, body: dict[str, Any]) -> str:
         room_id = await self.create(body)
@@ -477,7 +497,8 @@ async def check_dossiers(instr: nio.AsyncClient, room_ids: list[str]) -> None:
 
 async def check_bot_rooms(world: World, expected: int) -> None:
     rows = world.db._db.execute(
-        "SELECT reference, creation_step, room_id, dossier_event_id FROM demandes"
+        "SELECT reference, creation_step, room_id, dossier_event_id FROM demandes WHERE id > ?",
+        (world.demandes_before,),
     ).fetchall()
     assert len(rows) == expected, (len(rows), expected)
     for reference, step, room_id, dossier in rows:
@@ -487,13 +508,52 @@ async def check_bot_rooms(world: World, expected: int) -> None:
 # -- the benchmark --------------------------------------------------------------------
 
 
+@pytest.fixture
+def homeserver(request: pytest.FixtureRequest) -> LocalSynapse:
+    """The session's Synapse, or with BENCH_GUARD=1 the one with the guard loaded."""
+    if GUARD:
+        env: guard.GuardedHomeserver = request.getfixturevalue("guarded")
+        return env.synapse
+    server: LocalSynapse = request.getfixturevalue("synapse")
+    return server
+
+
+@pytest.fixture
+async def clients(homeserver: LocalSynapse, tmp_path: Path) -> AsyncIterator[matrix.Clients]:
+    """Users and clients on `homeserver` (shadows the suite's fixture of the same name)."""
+    pool = matrix.Clients(homeserver, tmp_path / "nio")
+    try:
+        yield pool
+    finally:
+        await pool.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _runner(
+    request: pytest.FixtureRequest, synapse: LocalSynapse, tmp_path: Path
+) -> AsyncIterator[tuple[botsupport.BotRunner, str]]:
+    if GUARD:
+        env: guard.GuardedHomeserver = request.getfixturevalue("guarded")
+        runner = env.runner()
+        try:
+            yield runner, guard.next_territoire()
+        finally:
+            await runner.stop()
+        return
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        yield runner, "95"
+
+
 @contextlib.asynccontextmanager
 async def bench_world(
-    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+    request: pytest.FixtureRequest,
+    synapse: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
 ) -> AsyncIterator[tuple[World, ReadyWatch, aiohttp.ClientSession]]:
-    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+    async with _runner(request, synapse, tmp_path) as (runner, territoire):
         await runner.start()
-        world = await make_world(synapse, clients, runner)
+        world = await make_world(synapse, clients, runner, territoire)
         watch = ReadyWatch(world.db)
         watch.start()
         try:
@@ -506,9 +566,13 @@ async def bench_world(
 
 
 async def test_opening_overhead(
-    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+    request: pytest.FixtureRequest,
+    homeserver: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
 ) -> None:
-    async with bench_world(synapse, clients, tmp_path) as (world, watch, http):
+    report(f"\nhomeserver guard loaded: {'yes' if GUARD else 'no'} (BENCH_GUARD=1 loads it)")
+    async with bench_world(request, homeserver, clients, tmp_path) as (world, watch, http):
         bot = BotVariant(world, watch)
         raw = RawVariant(RawOpener(await clients.client("raw"), world, http))
         reactive = ReactiveVariant(RawOpener(await clients.client("reactive"), world, http), world)
@@ -723,10 +787,13 @@ def _print_timeline(opening: Sample, spans: list[Span]) -> None:
 
 
 async def test_opening_timeline(
-    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+    request: pytest.FixtureRequest,
+    homeserver: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
 ) -> None:
     """Where an opening's time goes, bot and raw side by side (traced, interleaved)."""
-    async with bench_world(synapse, clients, tmp_path) as (world, watch, http):
+    async with bench_world(request, homeserver, clients, tmp_path) as (world, watch, http):
         bot = BotVariant(world, watch)
         opener = RawOpener(await clients.client("raw"), world, http)
         raw = RawVariant(opener)

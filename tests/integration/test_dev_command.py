@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import nio
+import yaml
 
+from bot.devserver import GUARD_MODULE
 from tests.support import matrix
 from tests.support import process as proc
 from tests.support.bot import count_from, next_reply, open_direct_chat, say
@@ -88,6 +90,27 @@ async def _bot_devices(facts: dict[str, Any], data_dir: Path) -> list[str]:
     return sorted(d["device_id"] for d in devices)
 
 
+async def _bot_is_server_admin(facts: dict[str, Any], data_dir: Path) -> bool:
+    admin_password = json.loads((data_dir / "secrets.json").read_text())["admin_password"]
+    homeserver = facts["homeserver"]
+    token, _ = await proc.password_login(homeserver, "synapse-admin", admin_password)
+    try:
+        user = await proc.AdminApi(homeserver, token).get(
+            f"/_synapse/admin/v2/users/{facts['bot']['user_id']}"
+        )
+    finally:
+        await proc.logout(homeserver, token)
+    return bool(user["admin"])
+
+
+def _guard_of(data_dir: Path) -> dict[str, Any]:
+    """The guard module's config in the demo's homeserver.yaml."""
+    config = yaml.safe_load((data_dir / "synapse" / "homeserver.yaml").read_text())
+    [module] = [m for m in config["modules"] if m["module"] == GUARD_MODULE]
+    guard: dict[str, Any] = module["config"]
+    return guard
+
+
 async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: Path) -> None:
     data_dir = tmp_path / "dev"
     first = proc.AplusProcess(["dev", "--data-dir", str(data_dir)], tmp_path / "logs", name="dev")
@@ -115,6 +138,10 @@ async def test_aplus_dev_serves_the_demo_stops_on_ctrl_c_and_resumes(tmp_path: P
 
             devices = await _bot_devices(facts, data_dir)
             assert len(devices) == 1, devices
+            # The production design: Synapse loads the guard, which names this bot, and
+            # the bot is an ordinary account (a server admin would skip the guard).
+            assert await _bot_is_server_admin(facts, data_dir) is False
+            assert _guard_of(data_dir)["bot_user_id"] == bot_id
 
             aidant = await _login(
                 homeserver, demo_aidant["user_id"], demo_aidant["password"], tmp_path / "element"

@@ -48,6 +48,8 @@ class BotRunner:
     email: dict[str, Any] | None = None
     # An injected clock (tests that move time); None: the wall clock.
     clock: Clock | None = None
+    # `[guard]` keys (the homeserver guard's endpoint); None: the endpoint is off.
+    guard: dict[str, Any] | None = None
 
     @property
     def user_id(self) -> str:
@@ -64,6 +66,7 @@ class BotRunner:
             self.user_id,
             values,
             email=self.email,
+            guard=self.guard,
         )
 
     async def start(self) -> App:

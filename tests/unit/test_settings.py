@@ -342,6 +342,7 @@ def test_example_config_loads_once_placeholders_are_replaced(tmp_path: Path) -> 
         ("bot_password", PASSWORD),
         ("pickle_key", PICKLE_KEY),
         ("data_key", DATA_KEY),
+        ("guard_shared_secret", "guard-secret-long-enough-for-the-module-0123"),
     ):
         secret = write_secret(tmp_path / "secrets" / name, value)
         text = text.replace(f"/etc/aplus/secrets/{name}", str(secret))
@@ -349,6 +350,7 @@ def test_example_config_loads_once_placeholders_are_replaced(tmp_path: Path) -> 
     settings = load_settings(write_config(tmp_path, text), env={})
     assert settings.bot.user_id == "@aplus:aplus.example"
     assert settings.bot.store_dir == tmp_path / "data" / "nio-store"
+    assert settings.guard.enabled and settings.guard.port == 9181
 
 
 def test_wrong_types_and_values(config_dir: Path) -> None:
@@ -449,3 +451,53 @@ def test_every_settings_field_has_a_registered_section() -> None:
 
     names = [f.name for f in dataclasses.fields(Settings) if f.name != "config_path"]
     assert sorted(names) == sorted(_SECTIONS)
+
+
+# -- [guard]: the homeserver guard's endpoint ------------------------------------------
+
+GUARD_SECRET = "guard-secret-long-enough-for-the-module-0123"
+
+
+def test_guard_is_off_by_default(config_dir: Path) -> None:
+    guard = load_settings(write_config(config_dir, VALID), env={}).guard
+    assert (guard.enabled, guard.host, guard.port, guard.shared_secret) == (
+        False,
+        "127.0.0.1",
+        9181,
+        None,
+    )
+
+
+def test_guard_reads_its_secret_from_a_file(config_dir: Path) -> None:
+    write_secret(config_dir / "secrets" / "guard", GUARD_SECRET)
+    text = VALID + '\n[guard]\nenabled = true\nhost = "10.0.0.12"\nport = 9200\n'
+    text += 'shared_secret_file = "secrets/guard"\n'
+    guard = load_settings(write_config(config_dir, text), env={}).guard
+    assert guard.enabled and guard.host == "10.0.0.12" and guard.port == 9200
+    assert guard.shared_secret is not None and guard.shared_secret.reveal() == GUARD_SECRET
+
+
+def test_guard_errors_all_at_once(config_dir: Path) -> None:
+    write_secret(config_dir / "secrets" / "guard", "trop-court")
+    text = VALID + '\n[guard]\nenabled = true\nhost = "0.0.0.0"\nport = 70000\n'
+    text += 'shared_secret_file = "secrets/guard"\n'
+    problems = problems_of(write_config(config_dir, text))
+    assert set(problems) == {"guard.host", "guard.port", "guard.shared_secret"}
+    assert "adresse IP privée" in problems["guard.host"]
+    assert "au moins 32 caractères" in problems["guard.shared_secret"]
+    for host in ("8.8.8.8", "bot.example.fr"):
+        text = VALID + f'\n[guard]\nhost = "{host}"\n'
+        assert set(problems_of(write_config(config_dir, text))) == {"guard.host"}
+
+
+def test_guard_enabled_needs_its_secret(config_dir: Path) -> None:
+    problems = problems_of(write_config(config_dir, VALID + "\n[guard]\nenabled = true\n"))
+    assert problems == {
+        "guard.shared_secret": (
+            "secret manquant : indiquez guard.shared_secret_file ou la variable "
+            "d'environnement APLUS_GUARD_SHARED_SECRET"
+        )
+    }
+    env = {"APLUS_GUARD_SHARED_SECRET": GUARD_SECRET}
+    text = VALID + "\n[guard]\nenabled = true\n"
+    assert load_settings(write_config(config_dir, text), env=env).guard.shared_secret is not None
