@@ -110,6 +110,23 @@ def cmd_crypto_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Every configuration error at once (load_settings), then the offline and online checks."""
+    from bot.services import checks
+
+    settings = load_settings(Path(args.config))
+    synapse_config = Path(args.synapse_config) if args.synapse_config else None
+    found = [
+        checks.Check("configuration", True, f"{args.config} valide."),
+        *checks.check_files(settings),
+        *checks.check_module_config(settings, synapse_config),
+    ]
+    if not args.offline:
+        found += asyncio.run(checks.check_online(settings, synapse_config))
+    print(checks.render(found))
+    return 1 if any(c.ok is False for c in found) else 0
+
+
 def cmd_policies_check(args: argparse.Namespace) -> int:
     folder = Path(args.dir) if args.dir else default_policies_dir()
     policies = load_policies(folder)
@@ -132,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", required=True, help="fichier de configuration TOML")
     run.set_defaults(func=cmd_run)
 
+    check = sub.add_parser("check", help="vérifier qu'une installation est prête")
+    check.add_argument("--config", required=True, help="fichier de configuration TOML")
+    check.add_argument("--synapse-config", help="homeserver.yaml, pour le module de garde")
+    check.add_argument("--offline", action="store_true", help="les fichiers seulement")
+    check.set_defaults(func=cmd_check)
+
     directory = sub.add_parser("directory", help="annuaire des agents")
     dsub = directory.add_subparsers(dest="action", required=True)
     imp = dsub.add_parser("import", help="importer un fichier CSV (en-têtes Administration+)")
@@ -147,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     policies = sub.add_parser("policies", help="règles du service")
     psub = policies.add_subparsers(dest="action", required=True)
-    check = psub.add_parser("check", help="vérifier les fichiers de politiques")
-    check.add_argument("dir", nargs="?")
-    check.set_defaults(func=cmd_policies_check)
+    pcheck = psub.add_parser("check", help="vérifier les fichiers de politiques")
+    pcheck.add_argument("dir", nargs="?")
+    pcheck.set_defaults(func=cmd_policies_check)
     return parser
 
 

@@ -107,6 +107,18 @@ class Store:
             raise
         return cls(engine, cipher)
 
+    @classmethod
+    async def connect(cls, url: str, cipher: FieldCipher) -> Store:
+        """Connects without touching the schema (`aplus check`: nothing changes)."""
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except BaseException:
+            await engine.dispose()
+            raise
+        return cls(engine, cipher)
+
     @property
     def dialect(self) -> str:
         return self._dialect

@@ -145,6 +145,10 @@ def write_bot_config(
                 "[logging]",
                 'level = "INFO"',
                 "",
+                # A free port: several bots (a failover test, parallel runs) on one machine.
+                "[health]",
+                "port = 0",
+                "",
                 "[secrets]",
                 'pickle_key_file = "secrets/pickle_key"',
                 'data_key_file = "secrets/data_key"',
