@@ -100,6 +100,7 @@ def build_admin(
             draft_days=a.retention_draft_days,
             audit_days=a.retention_audit_days,
         ),
+        bot_user_id=s.bot.user_id,
     )
     smtp = (s.email.relay_host, s.email.relay_port) if s.email.enabled else None
     health = Health(store=store, gateway=gateway, clock=clock, rules=rules, smtp=smtp)

@@ -48,6 +48,30 @@ class RetainedAttachment:
     event_id: str
     mxc: str
     posted_at: datetime
+    sender: str | None = None  # who posted it (a participant or the bot), when recorded
+
+
+def may_delete_media(
+    *,
+    uploader: str | None,
+    bot_user_id: str,
+    participants: Iterable[str],
+    other_references: Iterable[str],
+) -> str | None:
+    """Why the media of an attachment must be kept (None: it may be deleted).
+
+    The retention job deletes with the server's admin token: only media that belong to
+    the demande may go — uploaded by the bot or by one of its participants, and named by
+    no other demande. Anything else (another user's avatar named in a file message, a
+    file of another room) stays.
+    """
+    if uploader is None:
+        return "not_local"
+    if uploader != bot_user_id and uploader not in set(participants):
+        return "not_uploaded_by_a_participant"
+    if any(True for _ in other_references):
+        return "referenced_elsewhere"
+    return None
 
 
 @dataclass(frozen=True, slots=True)

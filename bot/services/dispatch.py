@@ -134,6 +134,7 @@ class Dispatcher:
                 reference=demande.reference,
                 room_id=room_id,
                 event_id=event.event_id,
+                sender=str(getattr(event, "sender", "")),
                 content=content,
             )
         if isinstance(event, RoomMessageText) and await self.admin.refuse_elsewhere(

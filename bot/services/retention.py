@@ -30,6 +30,7 @@ from bot.domain.retention import (
     RetainedDemande,
     RetentionPlan,
     RetentionRules,
+    may_delete_media,
     plan,
 )
 from bot.matrix.errors import MatrixError
@@ -60,31 +61,52 @@ class RetentionReport:
 
 class Retention:
     def __init__(
-        self, *, store: Store, synapse: SynapseAdmin, clock: Clock, rules: RetentionRules
+        self,
+        *,
+        store: Store,
+        synapse: SynapseAdmin,
+        clock: Clock,
+        rules: RetentionRules,
+        bot_user_id: str,
     ) -> None:
         self.store = store
         self.synapse = synapse
         self.clock = clock
         self.rules = rules
+        self.bot_user_id = bot_user_id
 
     # ------------------------------------------------------------ attachments seen
     async def record_attachment(
-        self, *, reference: str, room_id: str, event_id: str, content: Mapping[str, Any]
+        self,
+        *,
+        reference: str,
+        room_id: str,
+        event_id: str,
+        sender: str,
+        content: Mapping[str, Any],
     ) -> None:
-        """Called for every file posted in a demande room (by anyone, the bot included)."""
+        """Called for every file posted in a demande room: kept in mind for its deletion
+        only when a participant (or the bot) posted it, encrypted. An unencrypted `url`
+        or a file posted by someone outside the ledger names nothing the job may delete."""
         file = content.get("file") if isinstance(content.get("file"), Mapping) else None
-        mxc = (file or {}).get("url") or content.get("url")
+        mxc = (file or {}).get("url")
         if not isinstance(mxc, str) or not mxc.startswith("mxc://"):
             return
         now = self.clock.now()
         async with self.store.transaction() as tx:
+            demande = await tx.get_demande_by_reference(reference)
+            participants = (
+                {p.matrix_id for p in await tx.participants(demande.id)} if demande else set()
+            )
+            if sender != self.bot_user_id and sender not in participants:
+                return  # the guard deals with whoever posted it
             if not await tx.mark_processed(f"attachment:{event_id}", room_id, now):
                 return
             await tx.audit(
                 ATTACHMENT_POSTED,
                 actor="bot",
                 reference=reference,
-                details={"event_id": event_id, "room_id": room_id, "mxc": mxc},
+                details={"event_id": event_id, "room_id": room_id, "mxc": mxc, "sender": sender},
                 now=now,
             )
 
@@ -108,6 +130,7 @@ class Retention:
                     event_id=str(details.get("event_id")),
                     mxc=str(details.get("mxc")),
                     posted_at=at,
+                    sender=details.get("sender"),
                 )
                 for ref, at, details in await tx.audit_details(ATTACHMENT_POSTED)
                 if str(details.get("event_id")) not in deleted
@@ -193,6 +216,10 @@ class Retention:
         problems: list[str] = []
         for a in p.attachments:
             try:
+                why = await self._keep_reason(a)
+                if why is not None:
+                    await self._kept(a, why, actor, now)
+                    continue
                 await self.synapse.delete_media(a.mxc)
             except NoAdminToken:
                 waiting += 1
@@ -213,6 +240,42 @@ class Retention:
                 )
             deleted += 1
         return deleted, waiting, problems
+
+    async def _keep_reason(self, a: RetainedAttachment) -> str | None:
+        """Why this attachment's media must stay (another user's, another demande's)."""
+        uploader = await self.synapse.media_uploader(a.mxc)
+        async with self.store.transaction() as tx:
+            demande = await tx.get_demande_by_reference(a.reference)
+            participants = (
+                [p.matrix_id or "" for p in await tx.participants(demande.id, active_only=False)]
+                if demande
+                else []
+            )
+            elsewhere = [
+                ref
+                for ref, _, details in await tx.audit_details(ATTACHMENT_POSTED)
+                if details.get("mxc") == a.mxc and ref not in (None, a.reference)
+            ]
+        return may_delete_media(
+            uploader=uploader,
+            bot_user_id=self.bot_user_id,
+            participants=participants,
+            other_references=elsewhere,
+        )
+
+    async def _kept(self, a: RetainedAttachment, why: str, actor: str, now: datetime) -> None:
+        """Recorded once as deleted for the plan, with why nothing was deleted."""
+        async with self.store.transaction() as tx:
+            await tx.audit(
+                ATTACHMENT_DELETED,
+                actor=actor,
+                reference=a.reference,
+                details={"event_id": a.event_id, "mxc": a.mxc, "kept": why},
+                now=now,
+            )
+        log.warning(
+            "retention: media of %s kept (%s): not the demande's to delete", a.event_id, why
+        )
 
     async def _purge_rooms(self, actor: str, now: datetime) -> tuple[list[str], list[str]]:
         """(purged, still waiting) references of the rooms recorded as to purge."""

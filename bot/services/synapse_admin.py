@@ -118,6 +118,23 @@ class SynapseAdmin:
             await asyncio.sleep(DELETE_POLL_SECONDS)
         raise MatrixError(None, None, f"history purge of {room_id} still running")
 
+    async def media_uploader(self, mxc: str) -> str | None:
+        """Who uploaded a media of this homeserver (None: not ours, or unknown)."""
+        server, _, media_id = mxc.removeprefix("mxc://").partition("/")
+        try:
+            data = await self._request(
+                "GET",
+                f"/_synapse/admin/v1/media/{quote(server, safe='')}/{quote(media_id, safe='')}",
+            )
+        except MatrixError as exc:
+            if exc.status in (400, 404):
+                return None
+            raise
+        found = data.get("media_info")
+        info: dict[str, Any] = found if isinstance(found, dict) else {}
+        uploader = info.get("user_id") if info.get("media_origin") is None else None
+        return uploader if isinstance(uploader, str) else None
+
     async def delete_media(self, mxc: str) -> None:
         server, _, media_id = mxc.removeprefix("mxc://").partition("/")
         try:

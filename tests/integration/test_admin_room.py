@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 import nio
-from nio.crypto.attachments import decrypt_attachment
+from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 from PIL import Image
 
 from bot.app import App
@@ -555,4 +555,68 @@ async def test_retention_wipes_and_purges_a_closed_demande(
         # A second run has nothing left to do.
         again = await runner.app.admin.retention.run(actor="test")
         assert again.wiped == [] and again.rooms_purged == []
+        await runner.check_alive()
+
+
+async def test_retention_deletes_only_the_media_of_the_demande(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    """Security review M1: any member could name someone else's media (an avatar) in a
+    file message, and the job deleted it with the server's admin token 15 days later."""
+    clock = FakeClock(None)
+    token = (await clients.user("srvadmin", admin=True)).access_token
+    async with admin_bot(synapse, tmp_path / "bot", clock=clock, admin_token=token) as runner:
+        await runner.start()
+        admin = await _admin(clients, runner)
+        world = admin.world
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        await matrix.join_and_read(world.instr1, demande.room_id, 1)
+
+        # Someone with nothing to do with the service uploads an avatar.
+        victim = await clients.client("victim")
+        avatar_bytes = b"\x89PNG avatar"
+        upload, _ = await victim.upload(
+            io.BytesIO(avatar_bytes),
+            content_type="image/png",
+            filename="me.png",
+            filesize=len(avatar_bytes),
+        )
+        assert isinstance(upload, nio.UploadResponse), upload
+        avatar = upload.content_uri
+        # A participant names it in an encrypted file message of the demande...
+        _, keys = encrypt_attachment(b"x")
+        sent = await world.instr1.room_send(
+            demande.room_id,
+            "m.room.message",
+            {"msgtype": "m.image", "body": "photo.png", "file": {"url": avatar, **keys}},
+            ignore_unverified_devices=True,
+        )
+        assert isinstance(sent, nio.RoomSendResponse), sent
+        # ... and posts a real file of their own.
+        own = await _send_file(
+            world.instr1, demande.room_id, b"Courrier de la CAF", "courrier.txt", "text/plain"
+        )
+
+        async def both_recorded() -> bool:
+            return len(await _actions(runner, "attachment_posted")) >= 2
+
+        await matrix.wait_for(both_recorded, 30, "the files recorded")
+        clock.offset = timedelta(days=16)
+        report = await runner.app.admin.retention.run(actor="test")  # type: ignore[union-attr]
+
+        def local(mxc: str) -> list[tuple[Any, ...]]:
+            return _synapse_rows(
+                synapse,
+                "SELECT media_id FROM local_media_repository WHERE media_id = ?",
+                mxc.rsplit("/", 1)[1],
+            )
+
+        assert local(avatar), "another user's media was deleted"
+        assert local(own) == [] and report.attachments_deleted == 1
+        kept = [d for d in await _actions(runner, "attachment_deleted") if d.get("kept")]
+        assert [d["kept"] for d in kept] == ["not_uploaded_by_a_participant"]
+        # The next run does not look at it again.
+        again = await runner.app.admin.retention.run(actor="test")  # type: ignore[union-attr]
+        assert again.attachments_deleted == 0 and local(avatar)
         await runner.check_alive()

@@ -232,3 +232,20 @@ def test_metrics_text() -> None:
     assert "aplus_resolved_within_7_days_ratio 0.75" in text
     assert "aplus_outbox_oldest_age_seconds 12.5" in text
     assert "# TYPE aplus_intruders_removed gauge" in text and text.endswith("\n")
+
+
+def test_only_the_demandes_own_media_may_be_deleted() -> None:
+    from bot.domain.retention import may_delete_media
+
+    bot, alice = "@bot:hs", "@alice:hs"
+    ok = {"bot_user_id": bot, "participants": [alice], "other_references": []}
+    assert may_delete_media(uploader=bot, **ok) is None  # type: ignore[arg-type]
+    assert may_delete_media(uploader=alice, **ok) is None  # type: ignore[arg-type]
+    assert may_delete_media(uploader="@victim:hs", **ok) == "not_uploaded_by_a_participant"  # type: ignore[arg-type]
+    assert may_delete_media(uploader=None, **ok) == "not_local"  # type: ignore[arg-type]
+    assert (
+        may_delete_media(
+            uploader=alice, bot_user_id=bot, participants=[alice], other_references=["A-1"]
+        )
+        == "referenced_elsewhere"
+    )
