@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 PLACEHOLDER: Final = "CHANGE_ME"
 REPO_POLICIES_DIR: Final = Path(__file__).resolve().parent.parent / "policies"
@@ -707,17 +707,41 @@ def _check_database_url(value: str) -> str | None:
     return message
 
 
+# Query keys libpq (and asyncpg, through SQLAlchemy) read a password from.
+_PASSWORD_QUERY_KEYS: Final = frozenset({"password", "passfile"})
+
+
+def _query_keys(query: str) -> set[str]:
+    return {key.strip().lower() for key, _ in parse_qsl(query, keep_blank_values=True)}
+
+
+def _url_has_password(value: str) -> bool:
+    """A password in the user-info (``user:pw@``) or in the query (``?password=``)."""
+    try:
+        parts = urlsplit(value)
+        in_userinfo = parts.password is not None
+    except ValueError:
+        return False
+    return in_userinfo or bool(_query_keys(parts.query) & _PASSWORD_QUERY_KEYS)
+
+
 def _redact_url(value: str) -> str:
     try:
         parts = urlsplit(value)
         password = parts.password
     except ValueError:
         return "<URL illisible>"
-    if not password:
-        return value
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    if _query_keys(parts.query) & _PASSWORD_QUERY_KEYS:
+        query = "&".join(
+            f"{key}=***" if key.strip().lower() in _PASSWORD_QUERY_KEYS else f"{key}={val}"
+            for key, val in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        parts = parts._replace(query=query)
+    if password:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return parts.geturl()
 
 
 # --------------------------------------------------------------------------- parsers
@@ -783,11 +807,7 @@ def _parse_database(t: _Table) -> DatabaseSettings:
         value = from_secret.reveal()
     elif inline is not None:
         value = inline
-        try:
-            has_password = urlsplit(inline).password is not None
-        except ValueError:
-            has_password = False
-        if has_password:
+        if _url_has_password(inline):
             t.error(
                 "url",
                 "contient un mot de passe : mettez l'URL complète dans database.url_file "
