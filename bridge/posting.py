@@ -28,7 +28,8 @@ from bot.services.worker import Worker
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import InboundRecord
-from bridge.inbound_parse import InboundMail, RefusalReason, parse_inbound
+from bridge.inbound.mail import InboundMail, RefusalReason
+from bridge.inbound.parse import parse_inbound
 
 log = logging.getLogger(__name__)
 

@@ -13,18 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.inbound_parse import (
-    Command,
-    InboundMail,
-    Kind,
-    RefusalReason,
-    auth_results,
-    dkim_aligned,
-    html_to_text,
-    parse_inbound,
-    sanitise_filename,
-    strip_quoted,
-)
+from bridge.inbound.attachments import sanitise_filename
+from bridge.inbound.authres import auth_results, dkim_aligned
+from bridge.inbound.html_text import html_to_text
+from bridge.inbound.mail import Command, InboundMail, Kind, RefusalReason
+from bridge.inbound.parse import parse_inbound
+from bridge.inbound.quotes import strip_quoted
 from bridge.render import LOOP_HEADER
 
 CORPUS = Path(__file__).parent / "corpus"

@@ -43,7 +43,9 @@ from bot.store.email_tx import ReplyBinding
 from bot.store.repository import Tx
 from bridge.addressing import check_sender, extract_token, parse_single_mailbox, token_digest
 from bridge.delivery import record_failure
-from bridge.inbound_parse import InboundMail, Kind, dkim_aligned, parse_inbound
+from bridge.inbound.authres import dkim_aligned
+from bridge.inbound.mail import InboundMail, Kind
+from bridge.inbound.parse import parse_inbound
 from bridge.smtp_codes import SmtpReply
 
 log = logging.getLogger(__name__)
