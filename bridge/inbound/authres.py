@@ -9,7 +9,7 @@ from email.message import Message
 from bridge.addressing import parse_single_mailbox
 from bridge.inbound.mail import AuthVerdict
 from bridge.inbound.mime import field_values, header_fields
-from bridge.inbound.text import words
+from bridge.inbound.public_suffix import is_public_suffix
 
 
 def _strip_comments(value: str) -> str:
@@ -87,18 +87,11 @@ def _parse_auth_header(value: str) -> tuple[str, list[tuple[str, str, dict[str, 
     return authserv_id, results
 
 
-# Registries: a signature by one of these is not "the sender's organisation".
-_PUBLIC_SUFFIXES = words(
-    "gouv.fr asso.fr com.fr nom.fr tm.fr presse.fr co.uk org.uk com.au co.nz com.br co.jp eu.org"
-)
-
-
 def dkim_aligned(signing_domain: str, from_domain: str) -> bool:
     """DKIM ``d=`` aligned with the From domain: equal, or a parent of it.
 
-    A parent must keep at least two labels and not be a registry suffix such
-    as ``gouv.fr`` (the plain "last two labels" rule would align every
-    ``*.gouv.fr`` sender with every other one).
+    A parent must not be a public suffix such as ``gouv.fr`` (the plain "last two
+    labels" rule would align every ``*.gouv.fr`` sender with every other one).
     """
     d = signing_domain.strip().strip(".").lower()
     f = from_domain.strip().strip(".").lower()
@@ -106,7 +99,7 @@ def dkim_aligned(signing_domain: str, from_domain: str) -> bool:
         return False
     if d == f:
         return True
-    return f.endswith("." + d) and d not in _PUBLIC_SUFFIXES
+    return f.endswith("." + d) and not is_public_suffix(d)
 
 
 def auth_results(msg: Message, trusted_authserv_ids: Collection[str]) -> AuthVerdict:
