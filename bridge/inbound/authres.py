@@ -139,8 +139,9 @@ def auth_results(msg: Message, trusted_authserv_ids: Collection[str]) -> AuthVer
         seen.add(authserv_id)
         for method, result, props in results:
             if method == "dmarc" and result == "pass":
-                header_from = props.get("header.from")
-                if header_from is None or header_from == from_domain:
+                # Only a verdict about this very From domain counts (RFC 7489 11.2):
+                # a pass that does not say for which domain vouches for nothing.
+                if props.get("header.from") == from_domain:
                     dmarc = True
             elif method == "dkim" and result == "pass":
                 d = props.get("header.d") or props.get("header.i", "").rpartition("@")[2]

@@ -459,6 +459,14 @@ def test_dmarc_must_match_the_from_domain() -> None:
     assert _verdict(_auth([line])) == (False, False)
 
 
+def test_dmarc_pass_must_name_the_from_domain() -> None:
+    # A trusted pass that does not say for which domain (security review, L6).
+    assert _verdict(_auth(["mx.aplus.example.fr; dmarc=pass"])) == (False, False)
+    assert _verdict(_auth(["mx.aplus.example.fr; dmarc=pass header.from="])) == (False, False)
+    line = "mx.aplus.example.fr; dmarc=pass header.from=CAF.FR"
+    assert _verdict(_auth([line])) == (True, False)
+
+
 def test_dkim_must_be_aligned() -> None:
     for d, aligned in [("caf.fr", True), ("evil.example", False), ("sub.caf.fr", False)]:
         line = f"mx.aplus.example.fr; dkim=pass header.d={d}"
