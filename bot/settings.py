@@ -36,6 +36,11 @@ from urllib.parse import parse_qsl, urlsplit
 PLACEHOLDER: Final = "CHANGE_ME"
 REPO_POLICIES_DIR: Final = Path(__file__).resolve().parent.parent / "policies"
 DEFAULT_MAX_ATTACHMENT_BYTES: Final = 10 * 1024 * 1024
+# What a reply needs: one attachment at the inbound limit (10 MiB), base64-encoded
+# (x 1.37 with its line breaks: 13.7 MiB), plus text, HTML and quoted history.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 15 * 1024 * 1024
+# The listener listens on loopback by default: only a local MTA may connect.
+DEFAULT_ALLOWED_PEERS: Final = ("127.0.0.0/8", "::1")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 ENV_BOT_PASSWORD: Final = "APLUS_BOT_PASSWORD"  # noqa: S105 (a variable name)
@@ -224,6 +229,9 @@ class EmailSettings:
     listen_host: str
     listen_port: int  # 0: a free port, chosen at start (tests, demo)
     listen_protocol: str  # "smtp" | "lmtp"
+    listen_allowed_peers: tuple[str, ...]  # IP networks the MTA connects from
+    listen_max_connections: int
+    listen_idle_timeout_seconds: int
     max_message_bytes: int
     max_inbound_attachment_bytes: int
     allowed_attachment_types: tuple[str, ...]
@@ -925,7 +933,10 @@ def _parse_email(t: _Table) -> EmailSettings:
         listen_host=t.text("listen_host", "127.0.0.1"),
         listen_port=t.integer("listen_port", 2525, minimum=0),
         listen_protocol=protocol,
-        max_message_bytes=t.integer("max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+        listen_allowed_peers=_allowed_peers(t),
+        listen_max_connections=t.integer("listen_max_connections", 20, minimum=1),
+        listen_idle_timeout_seconds=t.integer("listen_idle_timeout_seconds", 60, minimum=5),
+        max_message_bytes=t.integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, minimum=1024),
         max_inbound_attachment_bytes=t.integer(
             "max_inbound_attachment_bytes", DEFAULT_MAX_ATTACHMENT_BYTES, minimum=1
         ),
@@ -936,6 +947,25 @@ def _parse_email(t: _Table) -> EmailSettings:
         trusted_authserv_ids=t.strings("trusted_authserv_ids", ()),
         dkim_verify=t.boolean("dkim_verify", False),
     )
+
+
+def _allowed_peers(t: _Table) -> tuple[str, ...]:
+    """``listen_allowed_peers``: addresses or networks (``10.0.0.5``, ``192.0.2.0/28``)."""
+    peers = t.strings("listen_allowed_peers", DEFAULT_ALLOWED_PEERS)
+    wrong = []
+    for peer in peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            wrong.append(peer)
+    if wrong:
+        t.error(
+            "listen_allowed_peers",
+            f"adresse ou réseau IP invalide : {', '.join(wrong[:3])} "
+            "(ex. : 10.0.0.5, 192.0.2.0/28)",
+        )
+        return DEFAULT_ALLOWED_PEERS
+    return peers
 
 
 _ROOM_ID_RE: Final = re.compile(r"^![A-Za-z0-9._~=/+-]+(?::.+)?$")

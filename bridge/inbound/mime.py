@@ -11,6 +11,7 @@ from email.header import decode_header
 from email.message import Message
 from typing import TypeVar
 
+from bridge.addressing import normalise_address, parse_single_mailbox
 from bridge.inbound.text import MAX_DECODED_CHARS, one_line
 
 _T = TypeVar("_T")
@@ -194,3 +195,23 @@ def is_attachment(part: Message) -> bool:
     if disposition_of(part) == "attachment":
         return True
     return bool(safely(lambda: part.get_filename(), None))
+
+
+_ANGLE_ADDR_RE = re.compile(r"<([^<>\s\"]+@[^<>\s\"]+)>")
+_BARE_ADDR_RE = re.compile(r"[^\s<>,;:\"()=?]+@[^\s<>,;:\"()=?]+")
+
+
+def addresses_of(from_values: list[str]) -> tuple[str, ...]:
+    """Every address the From fields name (strict parse, else a plain scan).
+
+    Informational: the decision is :func:`check_sender` on ``from_header``.
+    """
+    found: list[str] = []
+    for value in from_values:
+        strict = parse_single_mailbox(value)
+        if strict is not None:
+            found.append(strict[1])
+            continue
+        for spec in _ANGLE_ADDR_RE.findall(value) or _BARE_ADDR_RE.findall(value):
+            found.append(normalise_address(spec) or one_line(spec, 254).lower())
+    return tuple(dict.fromkeys(a for a in found if a))

@@ -16,13 +16,11 @@ What the caller does with the result (not decided here):
 from __future__ import annotations
 
 import hashlib
-import re
 import unicodedata
 from collections.abc import Collection
 from email import policy
 from email.parser import BytesParser
 
-from bridge.addressing import normalise_address, parse_single_mailbox
 from bridge.inbound.attachments import check_attachment
 from bridge.inbound.authres import auth_results
 from bridge.inbound.bounces import bounce_details
@@ -37,6 +35,7 @@ from bridge.inbound.mail import (
     RefusedAttachment,
 )
 from bridge.inbound.mime import (
+    addresses_of,
     content_type_of,
     decode_words,
     disposition_of,
@@ -113,26 +112,6 @@ def parse_inbound(
         )
 
 
-_ANGLE_ADDR_RE = re.compile(r"<([^<>\s\"]+@[^<>\s\"]+)>")
-_BARE_ADDR_RE = re.compile(r"[^\s<>,;:\"()=?]+@[^\s<>,;:\"()=?]+")
-
-
-def _from_addresses(from_values: list[str]) -> tuple[str, ...]:
-    """Every address the From fields name (strict parse, else a plain scan).
-
-    Informational: the decision is :func:`check_sender` on ``from_header``.
-    """
-    found: list[str] = []
-    for value in from_values:
-        strict = parse_single_mailbox(value)
-        if strict is not None:
-            found.append(strict[1])
-            continue
-        for spec in _ANGLE_ADDR_RE.findall(value) or _BARE_ADDR_RE.findall(value):
-            found.append(normalise_address(spec) or one_line(spec, 254).lower())
-    return tuple(dict.fromkeys(a for a in found if a))
-
-
 def _parse(
     raw: bytes,
     defects: list[str],
@@ -157,7 +136,7 @@ def _parse(
     from_header = from_values[0] if len(from_values) == 1 else None
     if len(from_values) > 1:
         defects.append("several From fields")
-    from_addresses = _from_addresses(from_values)
+    from_addresses = addresses_of(from_values)
     if len(from_addresses) > 1:
         defects.append("several From addresses")
 
