@@ -10,6 +10,8 @@ peer can make the bot hold:
 * **Connections.** At most ``listen_max_connections`` at once (``421 4.7.0`` beyond,
   the MTA retries); an idle connection is closed after
   ``listen_idle_timeout_seconds`` (aiosmtpd's timeout, reset by each command).
+* **Turns.** aiosmtpd reads DATA line by line without yielding while lines are
+  buffered; its reader here yields to the loop every few dozen lines.
 * **Lines.** aiosmtpd enforces ``max_message_bytes`` on the lines it completes, but
   keeps every fragment of a line that never ends (no CRLF): memory then grows with the
   bytes sent. Here a DATA line longer than `MAX_UNTERMINATED_BYTES` closes the
@@ -38,6 +40,7 @@ log = logging.getLogger(__name__)
 # Far above the 1,000 bytes a mail line may have (RFC 5321 4.5.3.1.6), far below memory.
 MAX_UNTERMINATED_BYTES = 64 * 1024
 _LOG_EVERY_S = 60.0
+_LINES_PER_TURN = 64
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -95,6 +98,29 @@ def _host(peer: Any) -> str:
     return str(peer[0]) if isinstance(peer, tuple) and peer else "a local socket"
 
 
+class _Yielding:
+    """aiosmtpd's reader, giving the loop a turn every `_LINES_PER_TURN` lines.
+
+    aiosmtpd reads DATA a line at a time, and a buffered line comes back without the
+    loop running: a large chunk from the peer (loopback sends them) meant tens of
+    thousands of lines, hundreds of milliseconds, with every other task of the bot
+    waiting.
+    """
+
+    def __init__(self, inner: asyncio.StreamReader) -> None:
+        self._inner = inner
+        self._lines = 0
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        self._lines += 1
+        if self._lines % _LINES_PER_TURN == 0:
+            await asyncio.sleep(0)
+        return await self._inner.readuntil(separator)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
 def guarded(base: type[SMTP]) -> type[SMTP]:
     """`base` (aiosmtpd's SMTP or LMTP) behind a `Gate`, with DATA lines bounded."""
 
@@ -121,6 +147,9 @@ def guarded(base: type[SMTP]) -> type[SMTP]:
             self._gate.open += 1
             self._counted = True
             super().connection_made(transport)
+            # The session task, created above, reads `self._reader` once it starts.
+            reader: asyncio.StreamReader = self._reader  # type: ignore[has-type]
+            self._reader = _Yielding(reader)
 
         def connection_lost(self, exc: Exception | None) -> None:
             if self._refused:

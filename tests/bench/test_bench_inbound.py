@@ -8,8 +8,9 @@ The mail is the one of the security review (finding M4): 1.4 MB, 40,000 empty MI
 From someone who is not the address's agent, not authenticated, sent to a live reply
 address (an attacker who read one in a mail or a log). Figures printed:
 
-* CPU seconds of the whole process (`time.process_time`, all threads) from the client's
-  connection to the listener's answer, for one such mail;
+* CPU seconds of the bot's whole process (`time.process_time`, all threads) from the
+  client's connection to the listener's answer, for one such mail (the client is another
+  process);
 * the lag of a 10 ms ticker on the bot's loop (how late each tick wakes, max and p99)
   while four of them arrive at once, next to the same ticker on an idle bot.
 
@@ -20,11 +21,9 @@ wrong answer from the listener (anything but a refusal).
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import sys
 import time
 from pathlib import Path
-
-import aiosmtplib
 
 from bot.devserver import LocalSynapse
 from tests.bench.conftest import machine, report, table
@@ -46,21 +45,32 @@ def hostile_mail(parts: int = PARTS) -> bytes:
     return head + b"--b\r\nContent-Type: text/plain\r\n\r\nx\r\n" * parts + b"--b--\r\n"
 
 
-async def deliver(host: str, port: int, rcpt: str, data: bytes) -> int:
-    """One SMTP transaction; the final code (a refusal ends it too). Waits long: a listener
+# The attacker's client, in a process of its own as in reality: its own work (line
+# endings, dot-stuffing of 1.4 MB) must not count in the bot's CPU or loop lag.
+_CLIENT = """
+import smtplib, sys
+host, port, rcpt, path = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+data = open(path, "rb").read()
+try:
+    with smtplib.SMTP(host, port, timeout=900) as smtp:
+        smtp.sendmail("pirate@attaquant.example", [rcpt], data)
+    print(250)
+except smtplib.SMTPRecipientsRefused as exc:
+    print(list(exc.recipients.values())[0][0])
+except smtplib.SMTPResponseException as exc:
+    print(exc.smtp_code)
+"""
+
+
+async def deliver(host: str, port: int, rcpt: str, path: Path) -> int:
+    """One SMTP transaction from another process; the final code. Waits long: a listener
     that parses everything takes minutes for four of these."""
-    client = aiosmtplib.SMTP(hostname=host, port=port, start_tls=False, timeout=900)
-    await client.connect()
-    try:
-        await client.sendmail("pirate@attaquant.example", [rcpt], data)
-    except aiosmtplib.SMTPRecipientsRefused as exc:
-        return exc.recipients[0].code
-    except aiosmtplib.SMTPResponseException as exc:
-        return exc.code
-    finally:
-        with contextlib.suppress(aiosmtplib.SMTPException):
-            await client.quit()
-    return 250
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CLIENT, host, str(port), rcpt, str(path),
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, _ = await asyncio.wait_for(proc.communicate(), 900)
+    return int(out.decode().strip() or 0)
 
 
 async def ticker(stop: asyncio.Event, lags: list[float]) -> None:
@@ -99,6 +109,8 @@ async def test_hostile_mail_cpu_and_loop_lag(
         address = reply_to(sink.to(sophie)[0])
         host, port = listener(runner)
         data = hostile_mail()
+        path = tmp_path / "hostile.eml"
+        path.write_bytes(data)
         report(f"mail: {len(data) / 1e6:.2f} MB, {PARTS} parts, to a live reply address")
 
         # Idle reference: the same ticker, nothing arriving.
@@ -110,7 +122,7 @@ async def test_hostile_mail_cpu_and_loop_lag(
 
         # One mail: CPU of the whole process, wall time.
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        code = await deliver(host, port, address, data)
+        code = await deliver(host, port, address, path)
         cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
         assert 500 <= code < 600 or code == 421, code
         report(f"one mail: answered {code}, CPU {cpu:.2f} s, wall {wall:.2f} s")
@@ -119,7 +131,7 @@ async def test_hostile_mail_cpu_and_loop_lag(
         stop, busy = asyncio.Event(), []
         task = asyncio.create_task(ticker(stop, busy))
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        codes = await asyncio.gather(*(deliver(host, port, address, data) for _ in range(4)))
+        codes = await asyncio.gather(*(deliver(host, port, address, path) for _ in range(4)))
         cpu4, wall4 = time.process_time() - cpu0, time.perf_counter() - wall0
         stop.set()
         await task
