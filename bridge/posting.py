@@ -28,6 +28,7 @@ from bot.services.worker import Worker
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import InboundRecord
+from bridge.inbound import stored
 from bridge.inbound.mail import InboundMail, RefusalReason
 from bridge.inbound.parse import parse_inbound
 
@@ -124,8 +125,13 @@ class InboxPoster:
         return posted
 
     async def _parse(self, record: InboundRecord) -> InboundMail:
+        """The mail as the listener parsed it when it accepted it."""
         async with self.store.transaction() as tx:
-            raw = await tx.inbound_raw(record.key)
+            parsed = await tx.inbound_parsed(record.key)
+            raw = await tx.inbound_raw(record.key) if parsed is None else b""
+        if parsed is not None:
+            return stored.decode(parsed)
+        # A row kept before the listener stored its parse (upgrade): parse it here.
         s = self.settings
         return await asyncio.to_thread(
             parse_inbound,

@@ -56,6 +56,7 @@ from bot.store.email_tx import ReplyBinding
 from bot.store.repository import Tx
 from bridge.addressing import extract_token, parse_single_mailbox, token_digest
 from bridge.delivery import record_failure
+from bridge.inbound import stored
 from bridge.inbound.authres import dkim_aligned
 from bridge.inbound.mail import InboundMail, Kind
 from bridge.inbound.outline import Outline, outline
@@ -240,7 +241,7 @@ class InboundHandler:
             if binding is None:  # revoked meanwhile
                 return SmtpReply.UNKNOWN_RECIPIENT, False
 
-            async def keep(state: str, kind: Kind) -> bool:
+            async def keep(state: str, kind: Kind, parsed: bytes | None = None) -> bool:
                 return bool(
                     await tx.add_inbound(
                         key=uuid.uuid4().hex,
@@ -254,6 +255,7 @@ class InboundHandler:
                         state=state,
                         raw=raw,
                         now=now,
+                        parsed=parsed,
                     )
                 )
 
@@ -303,7 +305,8 @@ class InboundHandler:
                 empty = not (
                     mail.text or mail.command or mail.attachments or mail.refused_attachments
                 )
-                await keep("empty" if empty else "pending", Kind.HUMAN)
+                # What was parsed here is what will be posted: no second parse.
+                await keep("empty" if empty else "pending", Kind.HUMAN, stored.encode(mail))
         return SmtpReply.OK, told
 
     async def _bounce(self, tx: Tx, binding: ReplyBinding, mail: InboundMail) -> bool:

@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from bot.devserver import LocalSynapse
 from tests.bench.conftest import machine, report, table
 from tests.support import matrix
@@ -96,6 +98,7 @@ def lag_row(name: str, lags: list[float], seconds: float) -> list[str]:
     ]
 
 
+@pytest.mark.timeout(1800)  # a listener that parses everything: minutes
 async def test_hostile_mail_cpu_and_loop_lag(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
