@@ -120,3 +120,11 @@ def test_every_rule_says_in_french_what_it_protects() -> None:
     names = [r.name for r in (*BEFORE_AUTHENTICATION, *AFTER_AUTHENTICATION)]
     assert len(names) == len(set(names))
     assert all(r.description.endswith(".") for r in (*BEFORE_AUTHENTICATION, *AFTER_AUTHENTICATION))
+
+
+def test_kind_rules_are_named_and_described_in_french() -> None:
+    from bridge.inbound.rules import KIND_RULES
+
+    names = [r.name for r in KIND_RULES]
+    assert len(names) == len(set(names)) and names[0] == "our_loop_marker"
+    assert all(r.description.endswith(".") for r in KIND_RULES)
