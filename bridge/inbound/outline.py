@@ -34,9 +34,12 @@ __all__ = ["MAX_BODY_HEADER_LINES", "MAX_HEADER_LINES", "MAX_LINES", "Outline", 
 MAX_HEADER_LINES = 1_000  # the top header block (a real one has 30 to 300)
 MAX_BODY_HEADER_LINES = 5_000  # header-like lines below it (the parts', forwarded mails')
 MAX_LINES = 400_000  # a 15 MiB mail of 76-character lines has 200,000
-_BOUNDARY_RE = re.compile(rb"""\s*=\s*(?:"([^"\r\n]{1,200})"|([^\s;"]{1,200}))""")
+# After "boundary": an optional RFC 2231 star (then the count is done without it), "=".
+_BOUNDARY_RE = re.compile(rb"""(\*[0-9]*\*?)?\s*=\s*(?:"([^"\r\n]*)"|([^\s;"]+))""")
 _HEADER_END_RE = re.compile(rb"\r?\n\r?\n")
-_HEADERISH_RE = re.compile(rb"\n[A-Za-z0-9-]{1,76}:")
+# The parser splits lines at CRLF, LF and a bare CR alike: so do these scans.
+_HEADERISH_RE = re.compile(rb"[\r\n][A-Za-z0-9-]{1,76}:")
+_ANY_DELIMITER_RE = re.compile(rb"[\r\n]--")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,12 +57,10 @@ class Outline:
     auth: AuthVerdict
 
 
-def _split_head(raw: bytes) -> tuple[bytes, int]:
-    """The header block and the offset where the body starts."""
+def _split_head(raw: bytes) -> bytes:
+    """The header block (up to the first blank line)."""
     end = _HEADER_END_RE.search(raw)
-    if end is None:
-        return raw, len(raw)
-    return raw[: end.start()], end.end()
+    return raw if end is None else raw[: end.start()]
 
 
 # The scans below run in the listener's parser thread while the bot's loop runs in
@@ -90,8 +91,10 @@ def _count(pattern: re.Pattern[bytes], raw: bytes, start: int, enough: int) -> i
     return count
 
 
-def _boundaries(raw: bytes) -> set[bytes]:
-    """Every ``boundary=`` value declared anywhere (headers of parts included)."""
+def _boundaries(raw: bytes) -> set[bytes] | None:
+    """Every ``boundary=`` value declared anywhere (headers of parts included), as the
+    parser reads it (trailing spaces dropped); None if one is RFC 2231-encoded
+    (``boundary*=``), which no mail client writes: then every ``--`` line counts."""
     found: set[bytes] = set()
     for first, last, end in _windows(raw, 0):
         window = raw[first:end].lower()
@@ -99,27 +102,43 @@ def _boundaries(raw: bytes) -> set[bytes]:
         while -1 < pos < last - first:
             match = _BOUNDARY_RE.match(raw, first + pos + len(b"boundary"))
             if match:
-                found.add(match.group(1) or match.group(2))
+                if match.group(1):
+                    return None
+                value = match.group(2) if match.group(2) is not None else match.group(3)
+                found.add(value.rstrip())
                 if len(found) > MAX_PARTS:
                     return found
             pos = window.find(b"boundary", pos + 1)
     return found
 
 
-def _parts(raw: bytes, body_start: int) -> int:
-    """Opening delimiter lines of declared boundaries: the parts the parser would build."""
+def _parts(raw: bytes) -> int:
+    """Opening delimiter lines of declared boundaries: the parts the parser would build.
+
+    Counted from the very start: the header block may end where this scan does not
+    think it does (a bare CR blank line), and no header line starts with "--"."""
     boundaries = _boundaries(raw)
+    if boundaries is None:
+        return _count(_ANY_DELIMITER_RE, raw, 0, MAX_PARTS)
     if len(boundaries) > MAX_PARTS:
         return len(boundaries)  # each multipart declares one: over already
     if not boundaries:
         return 0
     alternatives = b"|".join(re.escape(b) for b in sorted(boundaries))
-    delimiter = re.compile(rb"\n--(?:" + alternatives + rb")[ \t]*(?=\r?\n)")
-    return _count(delimiter, raw, max(0, body_start - 1), MAX_PARTS)
+    delimiter = re.compile(rb"[\r\n]--(?:" + alternatives + rb")[ \t]*(?=[\r\n])")
+    return _count(delimiter, raw, 0, MAX_PARTS)
+
+
+def _line_count(raw: bytes, first: int = 0, last: int | None = None) -> int:
+    """Lines as the parser splits them: at CRLF, LF or a bare CR."""
+    last = len(raw) if last is None else last
+    crlf = raw.count(b"\r\n", first, last)
+    return raw.count(b"\n", first, last) + raw.count(b"\r", first, last) - crlf
 
 
 def _lines(raw: bytes) -> int:
-    return sum(raw.count(b"\n", first, last) for first, last, _ in _windows(raw, 0))
+    # A CRLF across two windows is counted as two line ends: an upper bound, as wanted.
+    return sum(_line_count(raw, first, last) for first, last, _ in _windows(raw, 0))
 
 
 def _none(reason: str, lines: int) -> Outline:
@@ -146,8 +165,8 @@ def outline(
     max_received: int = 30,
 ) -> Outline:
     """The header-level view of ``raw``; ``too_complex`` says why not to parse it fully."""
-    head, body_start = _split_head(raw)
-    lines = head.count(b"\n") + 1
+    head = _split_head(raw)
+    lines = _line_count(head) + 1
     if lines > MAX_HEADER_LINES:
         return _none(f"{lines} header lines (at most {MAX_HEADER_LINES})", lines)
     try:
@@ -167,10 +186,12 @@ def outline(
     too_complex = None
     if total_lines > MAX_LINES:
         too_complex = f"{total_lines} lines (at most {MAX_LINES})"
-    elif (parts := _parts(raw, body_start)) > MAX_PARTS:
+    elif (parts := _parts(raw)) > MAX_PARTS:
         too_complex = f"more than {MAX_PARTS} MIME parts"
     elif (
-        body_headers := _count(_HEADERISH_RE, raw, max(0, body_start - 1), MAX_BODY_HEADER_LINES)
+        # From the start too (where the header block ends is the parser's call), so the
+        # top block's own lines are allowed for.
+        body_headers := max(0, _count(_HEADERISH_RE, raw, 0, MAX_BODY_HEADER_LINES + lines) - lines)
     ) > MAX_BODY_HEADER_LINES:
         too_complex = f"more than {MAX_BODY_HEADER_LINES} header lines below the top"
     return Outline(

@@ -128,3 +128,20 @@ def test_kind_rules_are_named_and_described_in_french() -> None:
     names = [r.name for r in KIND_RULES]
     assert len(names) == len(set(names)) and names[0] == "our_loop_marker"
     assert all(r.description.endswith(".") for r in KIND_RULES)
+
+
+def test_no_way_around_the_part_count() -> None:
+    """What the stdlib parser accepts as delimiters, the count sees too."""
+    flat = "--b\r\n\r\nx\r\n" * (MAX_PARTS + 1)
+    head = f"From: {AGENT}\r\nContent-Type: multipart/mixed; "
+    for declared, body in (
+        ('boundary="b   "', flat),  # trailing spaces: dropped by the parser
+        ("boundary*=utf-8''b", flat),  # RFC 2231
+        ('boundary*0="b"', flat),
+        ("BOUNDARY=" + "b" * 300, flat.replace("--b", "--" + "b" * 300)),  # long
+        ("boundary=b", flat.replace("\r\n", "\r")),  # bare CR line ends
+    ):
+        raw = mail(head + declared + "\r\n", body)
+        assert view(raw).too_complex == f"more than {MAX_PARTS} MIME parts", declared
+    # Lines ended by a bare CR count as lines.
+    assert "lines" in (view(mail(f"From: {AGENT}\r\n", "\r" * (MAX_LINES + 2))).too_complex or "")
