@@ -10,7 +10,9 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import IO
 
+from bot import log_privacy
 from bot.domain.policies import PolicyError
 from bot.policy_loader import default_policies_dir, load_policies
 from bot.settings import Settings, SettingsError, load_settings
@@ -19,15 +21,10 @@ DEFAULT_DEV_DIR = Path(".aplus-dev")
 log = logging.getLogger("bot.cli")
 
 
-def _setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # nio and aiohttp are chatty at INFO, and nio logs event contents at DEBUG.
-    for noisy in ("nio", "aiohttp", "peewee", "alembic"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(level: str = "INFO", stream: IO[str] | None = None) -> logging.Handler:
+    # One handler, the privacy filter on every handler, chatty or leaky libraries held
+    # above the level where they write tokens or contents (see bot.log_privacy).
+    return log_privacy.configure(level, stream)
 
 
 def _settings_from(args: argparse.Namespace) -> Settings:

@@ -31,11 +31,16 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from pathlib import Path
 from typing import Any, ClassVar, Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 PLACEHOLDER: Final = "CHANGE_ME"
 REPO_POLICIES_DIR: Final = Path(__file__).resolve().parent.parent / "policies"
 DEFAULT_MAX_ATTACHMENT_BYTES: Final = 10 * 1024 * 1024
+# What a reply needs: one attachment at the inbound limit (10 MiB), base64-encoded
+# (x 1.37 with its line breaks: 13.7 MiB), plus text, HTML and quoted history.
+DEFAULT_MAX_MESSAGE_BYTES: Final = 15 * 1024 * 1024
+# The listener listens on loopback by default: only a local MTA may connect.
+DEFAULT_ALLOWED_PEERS: Final = ("127.0.0.0/8", "::1")
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 ENV_BOT_PASSWORD: Final = "APLUS_BOT_PASSWORD"  # noqa: S105 (a variable name)
@@ -224,6 +229,9 @@ class EmailSettings:
     listen_host: str
     listen_port: int  # 0: a free port, chosen at start (tests, demo)
     listen_protocol: str  # "smtp" | "lmtp"
+    listen_allowed_peers: tuple[str, ...]  # IP networks the MTA connects from
+    listen_max_connections: int
+    listen_idle_timeout_seconds: int
     max_message_bytes: int
     max_inbound_attachment_bytes: int
     allowed_attachment_types: tuple[str, ...]
@@ -707,17 +715,41 @@ def _check_database_url(value: str) -> str | None:
     return message
 
 
+# Query keys libpq (and asyncpg, through SQLAlchemy) read a password from.
+_PASSWORD_QUERY_KEYS: Final = frozenset({"password", "passfile"})
+
+
+def _query_keys(query: str) -> set[str]:
+    return {key.strip().lower() for key, _ in parse_qsl(query, keep_blank_values=True)}
+
+
+def _url_has_password(value: str) -> bool:
+    """A password in the user-info (``user:pw@``) or in the query (``?password=``)."""
+    try:
+        parts = urlsplit(value)
+        in_userinfo = parts.password is not None
+    except ValueError:
+        return False
+    return in_userinfo or bool(_query_keys(parts.query) & _PASSWORD_QUERY_KEYS)
+
+
 def _redact_url(value: str) -> str:
     try:
         parts = urlsplit(value)
         password = parts.password
     except ValueError:
         return "<URL illisible>"
-    if not password:
-        return value
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return parts._replace(netloc=f"{user}:***@{host}").geturl()
+    if _query_keys(parts.query) & _PASSWORD_QUERY_KEYS:
+        query = "&".join(
+            f"{key}=***" if key.strip().lower() in _PASSWORD_QUERY_KEYS else f"{key}={val}"
+            for key, val in parse_qsl(parts.query, keep_blank_values=True)
+        )
+        parts = parts._replace(query=query)
+    if password:
+        userinfo, _, host = parts.netloc.rpartition("@")
+        user = userinfo.split(":", 1)[0]
+        parts = parts._replace(netloc=f"{user}:***@{host}")
+    return parts.geturl()
 
 
 # --------------------------------------------------------------------------- parsers
@@ -783,11 +815,7 @@ def _parse_database(t: _Table) -> DatabaseSettings:
         value = from_secret.reveal()
     elif inline is not None:
         value = inline
-        try:
-            has_password = urlsplit(inline).password is not None
-        except ValueError:
-            has_password = False
-        if has_password:
+        if _url_has_password(inline):
             t.error(
                 "url",
                 "contient un mot de passe : mettez l'URL complète dans database.url_file "
@@ -905,7 +933,10 @@ def _parse_email(t: _Table) -> EmailSettings:
         listen_host=t.text("listen_host", "127.0.0.1"),
         listen_port=t.integer("listen_port", 2525, minimum=0),
         listen_protocol=protocol,
-        max_message_bytes=t.integer("max_message_bytes", 25 * 1024 * 1024, minimum=1024),
+        listen_allowed_peers=_allowed_peers(t),
+        listen_max_connections=t.integer("listen_max_connections", 20, minimum=1),
+        listen_idle_timeout_seconds=t.integer("listen_idle_timeout_seconds", 60, minimum=5),
+        max_message_bytes=t.integer("max_message_bytes", DEFAULT_MAX_MESSAGE_BYTES, minimum=1024),
         max_inbound_attachment_bytes=t.integer(
             "max_inbound_attachment_bytes", DEFAULT_MAX_ATTACHMENT_BYTES, minimum=1
         ),
@@ -916,6 +947,25 @@ def _parse_email(t: _Table) -> EmailSettings:
         trusted_authserv_ids=t.strings("trusted_authserv_ids", ()),
         dkim_verify=t.boolean("dkim_verify", False),
     )
+
+
+def _allowed_peers(t: _Table) -> tuple[str, ...]:
+    """``listen_allowed_peers``: addresses or networks (``10.0.0.5``, ``192.0.2.0/28``)."""
+    peers = t.strings("listen_allowed_peers", DEFAULT_ALLOWED_PEERS)
+    wrong = []
+    for peer in peers:
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            wrong.append(peer)
+    if wrong:
+        t.error(
+            "listen_allowed_peers",
+            f"adresse ou réseau IP invalide : {', '.join(wrong[:3])} "
+            "(ex. : 10.0.0.5, 192.0.2.0/28)",
+        )
+        return DEFAULT_ALLOWED_PEERS
+    return peers
 
 
 _ROOM_ID_RE: Final = re.compile(r"^![A-Za-z0-9._~=/+-]+(?::.+)?$")

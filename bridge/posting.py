@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import html as html_lib
 import logging
+import re
 from typing import Any
 
 from bot.matrix import attachments as files
@@ -27,7 +28,9 @@ from bot.services.worker import Worker
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import InboundRecord
-from bridge.inbound_parse import InboundMail, RefusalReason, parse_inbound
+from bridge.inbound import stored
+from bridge.inbound.mail import InboundMail, RefusalReason
+from bridge.inbound.parse import parse_inbound
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +49,37 @@ def txn_of(key: str) -> str:
     return f"email-{key}"
 
 
+# "@room" as a whole word is what the legacy `.m.rule.roomnotif` push rule looks for.
+_ROOM_PING_RE = re.compile(r"@(room)\b", re.IGNORECASE)
+WORD_JOINER = "\u2060"
+
+
+def no_room_ping(text: str) -> str:
+    """`text` reading the same, but no longer the word ``@room`` (a word joiner after @)."""
+    return _ROOM_PING_RE.sub(lambda m: f"@{WORD_JOINER}{m.group(1)}", text)
+
+
+def mentioning_nobody(content: dict[str, Any]) -> dict[str, Any]:
+    """The bot posts email content with creator power: it must ping no one.
+
+    An empty ``m.mentions`` turns off the body-matching mention rules in clients and
+    servers that know intentional mentions (the room mention then needs
+    ``m.mentions.room``); the body loses its ``@room`` word for those that do not.
+    """
+    content = dict(content)
+    content["body"] = no_room_ping(str(content.get("body", "")))
+    if "formatted_body" in content:
+        content["formatted_body"] = no_room_ping(str(content["formatted_body"]))
+    content["m.mentions"] = {}
+    return content
+
+
 def attributed(label: str, text: str, **marker: Any) -> dict[str, Any]:
     """« **Marie Durand (CAF 95, par courriel)** : … » as an m.text content."""
     body = f"{label} : {text}" if "\n" not in text else f"{label} :\n{text}"
     paragraphs = html_lib.escape(text).replace("\n", "<br>")
     html = f"<strong>{html_lib.escape(label)}</strong> : {paragraphs}"
-    return mx.text(body, html, **marker)
+    return mentioning_nobody(mx.text(body, html, **marker))
 
 
 class InboxPoster:
@@ -97,8 +125,13 @@ class InboxPoster:
         return posted
 
     async def _parse(self, record: InboundRecord) -> InboundMail:
+        """The mail as the listener parsed it when it accepted it."""
         async with self.store.transaction() as tx:
-            raw = await tx.inbound_raw(record.key)
+            parsed = await tx.inbound_parsed(record.key)
+            raw = await tx.inbound_raw(record.key) if parsed is None else b""
+        if parsed is not None:
+            return stored.decode(parsed)
+        # A row kept before the listener stored its parse (upgrade): parse it here.
         s = self.settings
         return await asyncio.to_thread(
             parse_inbound,
@@ -196,12 +229,14 @@ class InboxPoster:
                     tx,
                     txn_id=f"{key}-att-{index}",
                     room_id=demande.room_id,
-                    content=files.file_content(
-                        up["file"],
-                        filename=up["filename"],
-                        mimetype=up["content_type"],
-                        size=up["size"],
-                        marker={"bridged": bridged},
+                    content=mentioning_nobody(
+                        files.file_content(
+                            up["file"],
+                            filename=up["filename"],
+                            mimetype=up["content_type"],
+                            size=up["size"],
+                            marker={"bridged": bridged},
+                        )
                     ),
                 )
             await self.rooms.on_participant_message(

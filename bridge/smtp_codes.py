@@ -27,6 +27,13 @@ class SmtpReply(Enum):
     # MTA keeps it and retries (RFC 5321 section 6.1).
     TRY_AGAIN_LATER = (451, "4.3.0", "Temporary failure, please try again later")
     CONTENT_REJECTED = (554, "5.6.0", "Message content not accepted")
+    # Refused before any parse: more parts or header lines than any reply needs.
+    TOO_COMPLEX = (554, "5.6.0", "Message structure too complex (parts or header lines)")
+    # Said at connect, then the connection is closed.
+    PEER_NOT_ALLOWED = (554, "5.7.1", "Connection refused: not an allowed peer")
+    TOO_MANY_CONNECTIONS = (421, "4.7.0", "Too many connections, try again later")
+    # Said mid-DATA, then the connection is closed (no CRLF within any sane line length).
+    LINE_TOO_LONG = (421, "4.7.0", "Line too long, closing connection")
 
     def __init__(self, code: int, enhanced: str, text: str) -> None:
         self.code = code

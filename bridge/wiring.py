@@ -81,6 +81,7 @@ class EmailRuntime:
     async def close(self) -> None:
         self.server.close()
         await self.server.wait_closed()
+        self.handler.close()  # its parser thread
 
 
 async def build_runtime(

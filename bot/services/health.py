@@ -2,6 +2,12 @@
 
 An aiohttp application factory with typed application keys; `HealthServer`
 runs it on the bot's own event loop (an `AppRunner`, no thread).
+
+The endpoint is unauthenticated: `/healthz` answers fixed words only (a state per
+dependency, never an exception's text, which names internal hosts and drivers; the
+details are for operators, in `!sante`), and `/metrics` serves a snapshot at most
+`METRICS_CACHE_S` old, so polling it cannot make the bot recompute every demande's
+statistics on each request.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from bot.store.db import Store
 log = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_S = 5.0
+METRICS_CACHE_S = 10.0
 OK, FAILING, NOT_CONFIGURED = "ok", "en panne", "non configuré"
 
 
@@ -34,12 +41,6 @@ class CheckResult:
     state: str  # ok | en panne | non configuré
     detail: str = ""
     required: bool = True
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"state": self.state, "required": self.required}
-        if self.detail:
-            out["detail"] = self.detail
-        return out
 
 
 Check = Callable[[], Awaitable[CheckResult]]
@@ -56,6 +57,7 @@ class Health:
         clock: Clock,
         rules: FollowUpRules,
         smtp: tuple[str, int] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -63,6 +65,9 @@ class Health:
         self.rules = rules
         self.smtp = smtp  # the email bridge's relay, once it is on
         self.extra_metrics: Callable[[], Awaitable[dict[str, float]]] | None = None
+        self._monotonic = monotonic
+        self._cached: tuple[float, MetricsSnapshot] | None = None
+        self._cache_lock = asyncio.Lock()
 
     async def checks(self) -> dict[str, CheckResult]:
         names = ("homeserver", "database", "smtp")
@@ -105,6 +110,15 @@ class Health:
             writer.close()
         return CheckResult(OK)
 
+    async def cached_snapshot(self, max_age: float = METRICS_CACHE_S) -> MetricsSnapshot:
+        """`snapshot()`, reused while younger than `max_age` seconds (one computation at a
+        time: concurrent requests wait for it and share it)."""
+        async with self._cache_lock:
+            now = self._monotonic()
+            if self._cached is None or now - self._cached[0] >= max_age:
+                self._cached = (now, await self.snapshot())
+            return self._cached[1]
+
     async def snapshot(self) -> MetricsSnapshot:
         now = self.clock.now()
         async with self.store.transaction() as tx:
@@ -133,20 +147,20 @@ class Health:
 HEALTH: web.AppKey[Health] = web.AppKey("health", Health)
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    started = time.monotonic()
-    results = await request.app[HEALTH].checks()
+def public_health(results: dict[str, CheckResult]) -> tuple[dict[str, Any], bool]:
+    """What `/healthz` shows: fixed words per dependency, never a detail."""
     healthy = all(r.state == OK for r in results.values() if r.required)
-    body = {
-        "status": "ok" if healthy else "en panne",
-        "checks": {name: r.as_json() for name, r in results.items()},
-        "duration_ms": round((time.monotonic() - started) * 1000),
-    }
+    checks = {name: {"state": r.state, "required": r.required} for name, r in results.items()}
+    return {"status": OK if healthy else FAILING, "checks": checks}, healthy
+
+
+async def _healthz(request: web.Request) -> web.Response:
+    body, healthy = public_health(await request.app[HEALTH].checks())
     return web.json_response(body, status=200 if healthy else 503)
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    text = render_prometheus(await request.app[HEALTH].snapshot())
+    text = render_prometheus(await request.app[HEALTH].cached_snapshot())
     return web.Response(text=text, content_type="text/plain", charset="utf-8")
 
 

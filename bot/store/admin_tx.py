@@ -253,7 +253,7 @@ class AdminTx(TxBase):
         count = 0
         for name, columns in (
             ("email_outbox", {"message_enc": WIPED}),
-            ("email_inbox", {"raw_enc": WIPED, "uploads_enc": None}),
+            ("email_inbox", {"raw_enc": WIPED, "uploads_enc": None, "parsed_enc": None}),
         ):
             table = tables.get(name)
             if table is None or any(c not in table.c for c in columns):

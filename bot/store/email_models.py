@@ -89,6 +89,7 @@ class EmailInboxRow(Base):
     size: Mapped[int] = mapped_column(Integer)
     raw_enc: Mapped[bytes] = mapped_column(LargeBinary)
     uploads_enc: Mapped[bytes | None] = mapped_column(LargeBinary)
+    parsed_enc: Mapped[bytes | None] = mapped_column(LargeBinary)  # what the listener parsed
     received_at: Mapped[datetime]
     posted_at: Mapped[datetime | None]
     event_id: Mapped[str | None]

@@ -101,6 +101,10 @@ def _uploads_aad(key: str) -> bytes:
     return b"email_inbox:uploads:" + key.encode()
 
 
+def _parsed_aad(key: str) -> bytes:
+    return b"email_inbox:parsed:" + key.encode()
+
+
 class EmailTx(TxBase):
     # ------------------------------------------------------------------ reply tokens
 
@@ -354,8 +358,11 @@ class EmailTx(TxBase):
         state: str,
         raw: bytes,
         now: datetime,
+        parsed: bytes | None = None,
     ) -> bool:
-        """False if the same Message-ID is already in for this reply address."""
+        """False if the same Message-ID is already in for this reply address.
+
+        `parsed`: the listener's parse of `raw`, serialised (sealed like `raw`)."""
         if state not in INBOX_STATES:
             raise ValueError(f"inbox state {state!r}")
         stmt = (
@@ -372,6 +379,9 @@ class EmailTx(TxBase):
                 state=state,
                 size=len(raw),
                 raw_enc=self._cipher.encrypt(raw, _inbox_aad(key)),
+                parsed_enc=(
+                    self._cipher.encrypt(parsed, _parsed_aad(key)) if parsed is not None else None
+                ),
                 received_at=now,
             )
             .on_conflict_do_nothing()
@@ -432,6 +442,13 @@ class EmailTx(TxBase):
         if blob is None:
             raise LookupError(f"inbox {key}")
         return self._cipher.decrypt(blob, _inbox_aad(key))
+
+    async def inbound_parsed(self, key: str) -> bytes | None:
+        """What the listener parsed of this mail (None for rows kept before it did)."""
+        blob = await self._s.scalar(
+            select(EmailInboxRow.parsed_enc).where(EmailInboxRow.key == key)
+        )
+        return None if blob is None else self._cipher.decrypt(blob, _parsed_aad(key))
 
     async def set_inbound_uploads(self, key: str, uploads: Sequence[dict[str, Any]]) -> None:
         blob = self._cipher.encrypt(json.dumps(list(uploads)).encode(), _uploads_aad(key))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from bot.store import crypto_models, email_models, models, work_models
+import bot.store.crypto_models as crypto_models
+import bot.store.email_models as email_models
+import bot.store.models as models
+import bot.store.work_models as work_models
 from bot.store.base import Base
 
 metadata = Base.metadata

@@ -17,7 +17,7 @@ from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
 from tests.support.email import REPLY_DOMAIN, bridged, email_bot, listener, mailonly, relay, reply
-from tests.support.smtp import Received, build_reply, reply_to, send_mail
+from tests.support.smtp import TRUSTED_AUTHSERV_ID, Received, build_reply, reply_to, send_mail
 from tests.support.world import demande_of, make_world, open_demande
 
 
@@ -78,15 +78,23 @@ async def test_round_trip_matrix_email_reply_matrix(
         await runner.check_alive()
 
 
-def dsn_for(original: Received, address: str) -> bytes:
-    """The bounce a recipient's mail system sends back for `original` (RFC 3464)."""
+def dsn_for(original: Received, address: str, *, authenticated: bool = True) -> bytes:
+    """The bounce a recipient's mail system sends back for `original` (RFC 3464), signed by
+    that system and vouched for by our MTA (`authenticated`), or forged by anyone."""
+    mx = "mx.caf95.example.test"
+    stamp = (
+        f"Authentication-Results: {TRUSTED_AUTHSERV_ID}; dkim=pass header.d={mx}; "
+        f"dmarc=pass header.from={mx}\r\n"
+        if authenticated
+        else ""
+    )
     return (
-        "Return-Path: <>\r\n"
+        stamp + "Return-Path: <>\r\n"
         "From: Mail Delivery System <MAILER-DAEMON@mx.caf95.example.test>\r\n"
         f"To: {original.mail_from}\r\n"
         "Subject: Undelivered Mail Returned to Sender\r\n"
         "Auto-Submitted: auto-replied\r\n"
-        "Message-ID: <dsn.1@mx.caf95.example.test>\r\n"
+        f"Message-ID: <dsn.{'signed' if authenticated else 'forged'}@{mx}>\r\n"
         "MIME-Version: 1.0\r\n"
         'Content-Type: multipart/report; report-type=delivery-status; boundary="D"\r\n\r\n'
         "--D\r\nContent-Type: text/plain\r\n\r\nMailbox full.\r\n"
@@ -166,7 +174,17 @@ async def test_reply_addresses_senders_automation_and_duplicates(
             assert code == 250
         assert await audited("email_auto_ignored") == 2
 
-        # A bounce of the dossier: accepted, the address marked failing, the room told.
+        # A bounce anyone could have written (no authentication): accepted, kept, audited,
+        # and without effect: nobody marked failing, nothing told (it is committed at 250).
+        forged = dsn_for(dossier, sophie, authenticated=False)
+        code, _ = await send_mail(host, port, forged, rcpt=address, mail_from="")
+        assert code == 250
+        assert await audited("email_bounce_unverified") == 1
+        async with runner.store.transaction() as tx:
+            assert await tx.recipient_failures(sophie) == 0
+
+        # A bounce of the dossier from her mail system: the address marked failing, the
+        # room told.
         n = count_from(world.instr1, room_id, world.bot_id)
         code, _ = await send_mail(host, port, dsn_for(dossier, sophie), rcpt=address, mail_from="")
         assert code == 250
@@ -175,7 +193,12 @@ async def test_reply_addresses_senders_automation_and_duplicates(
         async with runner.store.transaction() as tx:
             assert await tx.recipient_failures(sophie) == 1
             kinds = sorted((e.kind, e.state) for e in await tx.inbound_entries())
-        assert kinds == [("auto_reply", "ignored"), ("bounce", "bounce"), ("list", "ignored")]
+        assert kinds == [
+            ("auto_reply", "ignored"),
+            ("bounce", "bounce"),
+            ("bounce", "bounce"),
+            ("list", "ignored"),
+        ]
 
         # The same reply delivered twice (an MTA retry), and once more with a new
         # Message-ID but the same content: posted once.

@@ -167,6 +167,20 @@ const commands = {
     },
     wait_message: waitMessage,
     device_status: deviceStatus,
+    // How Element's push rules (the homeserver's rule set, evaluated by matrix-js-sdk on
+    // the decrypted event, as Element does for encrypted rooms) treat one event.
+    async push_actions({ room_id, event_id }) {
+        const room = client.getRoom(room_id);
+        const event = room?.findEventById(event_id);
+        if (!event) throw new Error(`event ${event_id} not in the timeline of ${room_id}`);
+        const { actions, rule } = client.pushProcessor.actionsAndRuleForEvent(event);
+        return {
+            notify: Boolean(actions?.notify),
+            highlight: Boolean(actions?.tweaks?.highlight),
+            rule_id: rule?.rule_id ?? null,
+            room_highlight_count: room.getUnreadNotificationCount("highlight") ?? 0,
+        };
+    },
     async messages({ room_id }) {
         return { events: timelineEvents(room_id).map(describe) };
     },

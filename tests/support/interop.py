@@ -209,6 +209,14 @@ class ElementClient:
             is_verified=result["isVerified"],
         )
 
+    async def push_actions(self, room_id: str, event_id: str) -> dict[str, Any]:
+        """Element's push decision for a decrypted event: `notify`, `highlight` (a mention:
+        what `@room` would trigger), the `rule_id` that matched, the room's highlight count."""
+        result: dict[str, Any] = await self._call(
+            "push_actions", room_id=room_id, event_id=event_id
+        )
+        return result
+
     async def messages(self, room_id: str) -> list[ElementEvent]:
         result = await self._call("messages", room_id=room_id)
         return [ElementEvent.from_json(e) for e in result["events"]]

@@ -64,6 +64,22 @@ def test_email_is_off_unless_asked_and_dev_defaults_are_complete(tmp_path: Path)
     assert email.from_domain == "aplus.test"
 
 
+def test_the_listener_defaults_fit_a_reply_and_a_local_mta(tmp_path: Path) -> None:
+    email = _settings(tmp_path, {}).email
+    assert email.max_message_bytes == 15 * 1024 * 1024
+    # One attachment at the inbound limit, base64 with line breaks, fits with room to spare.
+    assert email.max_inbound_attachment_bytes * 78 / 57 < email.max_message_bytes - 1024 * 1024
+    assert email.listen_allowed_peers == ("127.0.0.0/8", "::1")
+    assert email.listen_max_connections == 20 and email.listen_idle_timeout_seconds == 60
+    peers = _settings(tmp_path, {"listen_allowed_peers": ["10.0.0.5", "2001:db8::/32"]}).email
+    assert peers.listen_allowed_peers == ("10.0.0.5", "2001:db8::/32")
+    with pytest.raises(SettingsError) as caught:
+        _settings(tmp_path, {"listen_allowed_peers": ["mx.caf.fr"], "listen_max_connections": 0})
+    problems = dict(caught.value.problems)
+    assert set(problems) == {"email.listen_allowed_peers", "email.listen_max_connections"}
+    assert "adresse ou réseau IP invalide : mx.caf.fr" in problems["email.listen_allowed_peers"]
+
+
 def test_email_problems_are_all_reported(tmp_path: Path) -> None:
     with pytest.raises(SettingsError) as caught:
         _settings(

@@ -13,18 +13,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bridge.inbound_parse import (
-    Command,
-    InboundMail,
-    Kind,
-    RefusalReason,
-    auth_results,
-    dkim_aligned,
-    html_to_text,
-    parse_inbound,
-    sanitise_filename,
-    strip_quoted,
-)
+from bridge.inbound.attachments import sanitise_filename
+from bridge.inbound.authres import auth_results, dkim_aligned
+from bridge.inbound.html_text import html_to_text
+from bridge.inbound.mail import Command, InboundMail, Kind, RefusalReason
+from bridge.inbound.parse import parse_inbound
+from bridge.inbound.quotes import strip_quoted
 from bridge.render import LOOP_HEADER
 
 CORPUS = Path(__file__).parent / "corpus"
@@ -463,6 +457,14 @@ def test_only_the_topmost_trusted_header_counts() -> None:
 def test_dmarc_must_match_the_from_domain() -> None:
     line = "mx.aplus.example.fr; dmarc=pass header.from=evil.example"
     assert _verdict(_auth([line])) == (False, False)
+
+
+def test_dmarc_pass_must_name_the_from_domain() -> None:
+    # A trusted pass that does not say for which domain (security review, L6).
+    assert _verdict(_auth(["mx.aplus.example.fr; dmarc=pass"])) == (False, False)
+    assert _verdict(_auth(["mx.aplus.example.fr; dmarc=pass header.from="])) == (False, False)
+    line = "mx.aplus.example.fr; dmarc=pass header.from=CAF.FR"
+    assert _verdict(_auth([line])) == (True, False)
 
 
 def test_dkim_must_be_aligned() -> None:

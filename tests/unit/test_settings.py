@@ -501,3 +501,21 @@ def test_guard_enabled_needs_its_secret(config_dir: Path) -> None:
     env = {"APLUS_GUARD_SHARED_SECRET": GUARD_SECRET}
     text = VALID + "\n[guard]\nenabled = true\n"
     assert load_settings(write_config(config_dir, text), env=env).guard.shared_secret is not None
+
+
+def test_a_password_in_the_database_url_query_is_refused_like_one_in_its_user_info(
+    config_dir: Path,
+) -> None:
+    for query in (f"password={DB_PASSWORD}", f"sslmode=require&PassWord={DB_PASSWORD}"):
+        text = VALID + f'\n[database]\nurl = "postgresql+asyncpg://aplus@db/aplus?{query}"\n'
+        problems = problems_of(write_config(config_dir, text))
+        assert set(problems) == {"database.url"}, problems
+        assert "contient un mot de passe" in problems["database.url"]
+        assert "APLUS_DATABASE_URL" in problems["database.url"]
+        assert DB_PASSWORD not in str(problems)
+    text = VALID + '\n[database]\nurl = "postgresql+asyncpg://aplus@db/aplus?passfile=/x"\n'
+    assert set(problems_of(write_config(config_dir, text))) == {"database.url"}
+    # From a secret, it is accepted, and never shown in logs.
+    env = {"APLUS_DATABASE_URL": f"postgresql+asyncpg://aplus@db/aplus?password={DB_PASSWORD}"}
+    settings = load_settings(write_config(config_dir, VALID), env=env)
+    assert settings.database.redacted_url == "postgresql+asyncpg://aplus@db/aplus?password=***"

@@ -11,47 +11,82 @@ What each reply gets:
   lookup of a digest), so probing teaches nothing. One recipient per
   transaction (the sending MTA sends the others in their own).
 * Too big: ``552`` (aiosmtpd enforces ``max_message_bytes`` while reading).
-* Auto-replies, bounces, list mail: accepted, kept, never posted; a bounce of
-  one of our emails marks that recipient failing and tells the room. Loops:
-  accepted and dropped, with an error in the log.
+
+Then the mail is read cheaply first (`bridge.inbound.outline`: the header block,
+and a count of parts and lines, no MIME tree), and the screening rules decide
+from that alone whenever they can (`bridge.inbound.screening`):
+
+* Auto-replies and list mail: accepted, kept, never posted. Loops: accepted and
+  dropped, with an error in the log.
 * A human reply must come from the agent the token is bound to, and be
   authenticated (trusted ``Authentication-Results``, or our own DKIM check
   when configured): else ``550 5.7.1``, audited, nothing kept.
-* ``250`` only once the mail is committed; anything going wrong before that
-  (database unavailable included) is ``451 4.3.0``, so the sender retries.
+* A bounce is believed (the recipient marked failing, the room told) only when
+  authenticated and sent by the agent's mail system or ours; else it is kept,
+  audited, and has no effect.
+* More parts or header lines than a reply needs: ``554 5.6.0``, never parsed.
+
+Only then is the mail parsed, in the listener's own parser thread (one at a
+time, under a time limit), and committed. ``250`` only once the mail is
+committed; anything going wrong before that (database unavailable, parse over
+its time limit included) is ``451 4.3.0``, so the sender retries.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import hashlib
 import logging
 import re
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import dkim
-from aiosmtpd.lmtp import LMTP
-from aiosmtpd.smtp import SMTP
 
+import bridge.inbound.stored as stored
 from bot.faults import crash_point
 from bot.services.clock import Clock
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import ReplyBinding
 from bot.store.repository import Tx
-from bridge.addressing import check_sender, extract_token, parse_single_mailbox, token_digest
+from bridge.addressing import extract_token, parse_single_mailbox, token_digest
 from bridge.delivery import record_failure
-from bridge.inbound_parse import InboundMail, Kind, dkim_aligned, parse_inbound
+from bridge.inbound.authres import dkim_aligned
+from bridge.inbound.mail import InboundMail, Kind
+from bridge.inbound.outline import Outline, outline
+from bridge.inbound.parse import parse_inbound
+from bridge.inbound.screening import (
+    AFTER_AUTHENTICATION,
+    BEFORE_AUTHENTICATION,
+    Context,
+    Screening,
+    Step,
+    from_domain,
+    screen,
+)
 from bridge.smtp_codes import SmtpReply
 
 log = logging.getLogger(__name__)
 
 DUPLICATE_WINDOW = timedelta(days=7)
+# Far above what a bounded mail costs (a 15 MiB reply: under a second; 500 parts: half
+# a second); a parse still running then is not waited for: 451, the sender retries.
+PARSE_TIMEOUT_S = 30.0
+_R = TypeVar("_R")
 _DKIM_HEADER_RE = re.compile(rb"^dkim-signature\s*:", re.IGNORECASE | re.MULTILINE)
 
 DnsFunc = Callable[..., Any]
+
+
+def raw_hash(raw: bytes) -> str:
+    """The content hash of a mail kept without being parsed."""
+    return hashlib.sha256(b"aplus-inbound-raw-v1\x00" + raw).hexdigest()
 
 
 def dkim_aligned_pass(raw: bytes, from_domain: str, dnsfunc: DnsFunc | None = None) -> bool:
@@ -83,6 +118,7 @@ class InboundHandler:
         on_committed: Callable[[], None],
         wake_matrix: Callable[[], None],
         dkim_dns: DnsFunc | None = None,
+        parse_timeout: float = PARSE_TIMEOUT_S,
     ) -> None:
         self.store = store
         self.settings = settings
@@ -90,6 +126,13 @@ class InboundHandler:
         self.on_committed = on_committed
         self.wake_matrix = wake_matrix
         self.dkim_dns = dkim_dns
+        self.parse_timeout = parse_timeout
+        # One mail parsed at a time, beside the loop's thread: a parse never runs on the
+        # loop, and several mails never compete with the loop for the GIL at once.
+        self._parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inbound-parse")
+
+    def close(self) -> None:
+        self._parser.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ RCPT
 
@@ -121,6 +164,9 @@ class InboundHandler:
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         try:
             reply = await self._data(envelope)
+        except TimeoutError:
+            log.warning("inbound: parse over %.0f s; answered 451", self.parse_timeout)
+            return str(SmtpReply.TRY_AGAIN_LATER)
         except Exception:
             log.exception("inbound: message not committed; answered 451")
             return str(SmtpReply.TRY_AGAIN_LATER)
@@ -128,36 +174,74 @@ class InboundHandler:
             self.on_committed()
         return str(reply)
 
+    async def _in_parser(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:
+        """`fn` in the listener's parser thread, bounded in time (`TimeoutError`: 451)."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(fn, *args, **kwargs)
+        return await asyncio.wait_for(loop.run_in_executor(self._parser, call), self.parse_timeout)
+
+    async def _authenticated(self, raw: bytes, view: Outline) -> bool:
+        if view.auth.authenticated:
+            return True
+        domain = from_domain(view)
+        if not self.settings.dkim_verify or domain is None:
+            return False
+        return await self._in_parser(dkim_aligned_pass, raw, domain, self.dkim_dns)
+
     async def _data(self, envelope: Any) -> SmtpReply:
         s = self.settings
         raw = bytes(envelope.original_content or b"")
         _, digest = self._digest(envelope.rcpt_tos[0])
-        mail: InboundMail = await asyncio.to_thread(
-            parse_inbound,
+        view = await self._in_parser(
+            outline,
             raw,
-            max_attachment_bytes=s.max_inbound_attachment_bytes,
-            allowed_types=s.allowed_attachment_types,
             mail_from=envelope.mail_from,
             trusted_authserv_ids=s.trusted_authserv_ids,
         )
-        authenticated = mail.auth.authenticated
-        parsed_from = parse_single_mailbox(mail.from_header) if mail.from_header else None
-        if (
-            mail.kind is Kind.HUMAN
-            and not authenticated
-            and s.dkim_verify
-            and parsed_from is not None
-        ):
-            domain = parsed_from[1].rpartition("@")[2]
-            authenticated = await asyncio.to_thread(dkim_aligned_pass, raw, domain, self.dkim_dns)
+        async with self.store.transaction() as tx:
+            binding = await tx.reply_token_binding(digest)
+        if binding is None:  # revoked between RCPT and DATA
+            return SmtpReply.UNKNOWN_RECIPIENT
+        ctx = Context(binding.agent_email, (s.from_domain, s.reply_domain))
+        verdict = screen(BEFORE_AUTHENTICATION, view, ctx)
+        if verdict is None:
+            ctx = dataclasses.replace(ctx, authenticated=await self._authenticated(raw, view))
+            verdict = screen(AFTER_AUTHENTICATION, view, ctx)
+        mail: InboundMail | None = None
+        if verdict is None:
+            mail = await self._in_parser(
+                parse_inbound,
+                raw,
+                max_attachment_bytes=s.max_inbound_attachment_bytes,
+                allowed_types=s.allowed_attachment_types,
+                mail_from=envelope.mail_from,
+                trusted_authserv_ids=s.trusted_authserv_ids,
+            )
+        reply, told = await self._commit(raw, digest, view, verdict, mail)
+        if reply is SmtpReply.OK:
+            crash_point("inbox_committed")
+        if told:
+            self.wake_matrix()
+        return reply
+
+    async def _commit(
+        self,
+        raw: bytes,
+        digest: str,
+        view: Outline,
+        verdict: Screening | None,
+        mail: InboundMail | None,
+    ) -> tuple[SmtpReply, bool]:
+        """Keep (or refuse) the mail as screened or parsed; (the answer, room told?)."""
         now = self.clock.now()
+        parsed_from = parse_single_mailbox(view.from_header) if view.from_header else None
         told = False
         async with self.store.transaction() as tx:
             binding = await tx.reply_token_binding(digest)
-            if binding is None:  # revoked between RCPT and DATA
-                return SmtpReply.UNKNOWN_RECIPIENT
+            if binding is None:  # revoked meanwhile
+                return SmtpReply.UNKNOWN_RECIPIENT, False
 
-            async def keep(state: str) -> bool:
+            async def keep(state: str, kind: Kind, parsed: bytes | None = None) -> bool:
                 return bool(
                     await tx.add_inbound(
                         key=uuid.uuid4().hex,
@@ -165,37 +249,51 @@ class InboundHandler:
                         demande_id=binding.demande_id,
                         agent_email=binding.agent_email,
                         sender=parsed_from[1] if parsed_from else None,
-                        message_id=mail.message_id,
-                        content_hash=mail.content_hash,
-                        kind=mail.kind.value,
+                        message_id=mail.message_id if mail else view.message_id,
+                        content_hash=mail.content_hash if mail else raw_hash(raw),
+                        kind=kind.value,
                         state=state,
                         raw=raw,
                         now=now,
+                        parsed=parsed,
                     )
                 )
 
+            if verdict is not None:
+                step = verdict.step
+                if step is Step.REFUSE_CONTENT:
+                    await self._audit(tx, "email_refused", binding, verdict.why)
+                    return SmtpReply.TOO_COMPLEX, False
+                if step is Step.REFUSE_SENDER:
+                    await self._audit(tx, "email_refused", binding, verdict.why)
+                    return SmtpReply.SENDER_NOT_AUTHORISED, False
+                if step is Step.FILE_LOOP:
+                    log.error(
+                        "inbound: mail loop dropped for demande %s (%s)",
+                        binding.reference,
+                        verdict.why,
+                    )
+                    await self._audit(tx, "email_loop_dropped", binding, verdict.why)
+                    await keep("loop", Kind.LOOP)
+                elif step is Step.FILE_AUTOMATED:
+                    await self._audit(tx, "email_auto_ignored", binding, verdict.why)
+                    await keep("ignored", view.kind)
+                else:  # FILE_BOUNCE_UNVERIFIED
+                    await self._audit(tx, "email_bounce_unverified", binding, verdict.why)
+                    await keep("bounce", Kind.BOUNCE)
+                return SmtpReply.OK, False
+
+            assert mail is not None
             if mail.kind is Kind.LOOP:
-                log.error(
-                    "inbound: mail loop dropped for demande %s (%s)",
-                    binding.reference,
-                    mail.kind_reason,
-                )
                 await self._audit(tx, "email_loop_dropped", binding, mail.kind_reason)
-                await keep("loop")
-                return SmtpReply.OK
-            if mail.kind is Kind.BOUNCE:
-                if await keep("bounce"):
+                await keep("loop", Kind.LOOP)
+            elif mail.kind is Kind.BOUNCE:
+                # Authenticated, from the agent's mail system or ours (screened above).
+                if await keep("bounce", Kind.BOUNCE):
                     told = await self._bounce(tx, binding, mail)
             elif mail.kind is not Kind.HUMAN:
                 await self._audit(tx, "email_auto_ignored", binding, mail.kind_reason)
-                await keep("ignored")
-            elif not check_sender(binding.agent_email, mail.from_header or ""):
-                await self._audit(tx, "email_refused", binding, "sender is not the token's agent")
-                return SmtpReply.SENDER_NOT_AUTHORISED
-            elif not authenticated:
-                why = f"unauthenticated: {mail.auth.reason}"
-                await self._audit(tx, "email_refused", binding, why)
-                return SmtpReply.SENDER_NOT_AUTHORISED
+                await keep("ignored", mail.kind)
             elif await tx.inbound_seen(
                 token_digest=digest,
                 message_id=mail.message_id,
@@ -207,14 +305,12 @@ class InboundHandler:
                 empty = not (
                     mail.text or mail.command or mail.attachments or mail.refused_attachments
                 )
-                await keep("empty" if empty else "pending")
-        crash_point("inbox_committed")
-        if told:
-            self.wake_matrix()
-        return SmtpReply.OK
+                # What was parsed here is what will be posted: no second parse.
+                await keep("empty" if empty else "pending", Kind.HUMAN, stored.encode(mail))
+        return SmtpReply.OK, told
 
     async def _bounce(self, tx: Tx, binding: ReplyBinding, mail: InboundMail) -> bool:
-        """A bounce of one of our emails to this token's agent: the recipient is failing."""
+        """A believed bounce of one of our emails to this token's agent: it is failing."""
         await self._audit(tx, "email_bounce_received", binding, mail.kind_reason)
         if mail.bounced_message_id is None:
             return False
@@ -245,30 +341,3 @@ class InboundHandler:
             details={"why": why[:300]},
             now=self.clock.now(),
         )
-
-
-async def start_listener(handler: InboundHandler, settings: EmailSettings) -> asyncio.Server:
-    """The SMTP (or LMTP) server, on the running loop. ``listen_port = 0``: a free port."""
-    loop = asyncio.get_running_loop()
-    protocol = LMTP if settings.listen_protocol == "lmtp" else SMTP
-
-    def factory() -> SMTP:
-        return protocol(
-            handler,
-            data_size_limit=settings.max_message_bytes,
-            enable_SMTPUTF8=False,
-            hostname=settings.reply_domain,
-            ident="Administration+",
-            timeout=300,
-            loop=loop,
-        )
-
-    server = await loop.create_server(factory, host=settings.listen_host, port=settings.listen_port)
-    address = server.sockets[0].getsockname()
-    log.info("email listener (%s) on %s:%s", settings.listen_protocol, address[0], address[1])
-    return server
-
-
-def listening_address(server: asyncio.Server) -> tuple[str, int]:
-    host, port = server.sockets[0].getsockname()[:2]
-    return str(host), int(port)
