@@ -32,6 +32,7 @@ from bot.services.clock import Clock
 from bot.settings import EmailSettings
 from bridge import render
 from bridge.addressing import reply_address, token_digest
+from bridge.inbound.attachments import REFUSAL_LABELS, file_refusal
 
 
 class AttachmentFetcher(Protocol):
@@ -330,6 +331,16 @@ class EmailBridge:
                 and relates.get("rel_type") == "m.replace"
                 and isinstance(new_content, Mapping)
             ):
+                original = await tx.emails_of_event(str(relates.get("event_id")))
+                if original and original[0].author != author_id:
+                    # Only the author may correct a message (a federated server could send
+                    # an edit in someone else's name: it is not bridged).
+                    log.warning(
+                        "demande %s: edit of %s by someone else than its author, not bridged",
+                        demande.reference,
+                        relates.get("event_id"),
+                    )
+                    return
                 kind = "edit"
                 parents.append(render.message_id(str(relates.get("event_id")), self._domain))
                 rendered = render.edited_message_email(
@@ -478,27 +489,42 @@ class EmailBridge:
         bridged: Mapping[str, Any] = content
         file = content.get("file")
         too_big = not isinstance(size, int) or size > limit
+        refused: str | None = None
         if not too_big and isinstance(file, Mapping):
             try:
                 _, _, data = await self.fetch_attachment(content, max_bytes=limit)
-                attachments.append(FileAttachment(name, ctype, data))
             except ValueError as exc:
                 log.warning(
                     "demande %s: file %s not attached: %s", demande.reference, event_id, exc
                 )
                 too_big = True
+            else:
+                # The rules of the files that come in by email apply to those going out:
+                # an email client opens what Element would only show.
+                ctype, reason = file_refusal(
+                    name, ctype, data, limit, frozenset(self.settings.allowed_attachment_types)
+                )
+                if reason is None:
+                    attachments.append(FileAttachment(name, ctype, data))
+                else:
+                    refused = REFUSAL_LABELS[reason]
         if not attachments:
             mib = limit / (1024 * 1024)
             shown = render.clean_header_value(name, 150)
-            bridged = {
-                "msgtype": "m.text",
-                "body": (
+            if refused is not None:
+                body = (
+                    f"Pièce jointe « {shown} » non jointe à ce courriel ({refused}) : "
+                    "consultez-la dans le salon de la demande, ou demandez-la autrement à "
+                    "son auteur."
+                )
+            elif too_big:
+                body = (
                     f"Pièce jointe « {shown} » : trop volumineuse ou illisible pour être jointe "
                     f"à ce courriel (limite {mib:.0f} Mo). Demandez-la à son auteur."
-                    if too_big
-                    else f"Pièce jointe « {shown} » (non jointe à ce courriel)."
-                ),
-            }
+                )
+            else:
+                body = f"Pièce jointe « {shown} » (non jointe à ce courriel)."
+            bridged = {"msgtype": "m.text", "body": body}
         assert author.matrix_id is not None and demande.room_id is not None
         async with self.store.transaction() as tx:
             if not await tx.mark_processed(event_id, demande.room_id, self.clock.now()):

@@ -29,19 +29,13 @@ from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import InboundRecord
 from bridge.inbound import stored
-from bridge.inbound.mail import InboundMail, RefusalReason
+from bridge.inbound.attachments import REFUSAL_LABELS
+from bridge.inbound.mail import InboundMail
 from bridge.inbound.parse import parse_inbound
 
 log = logging.getLogger(__name__)
 
-_REFUSALS = {
-    RefusalReason.TYPE_NOT_ALLOWED: "type de fichier non accepté",
-    RefusalReason.TYPE_MISMATCH: "type de fichier incohérent",
-    RefusalReason.TOO_BIG: "trop volumineuse",
-    RefusalReason.DANGEROUS_EXTENSION: "type de fichier dangereux",
-    RefusalReason.DOUBLE_EXTENSION: "double extension suspecte",
-    RefusalReason.ARCHIVE: "les archives ne sont pas acceptées",
-}
+_REFUSALS = REFUSAL_LABELS
 
 
 def txn_of(key: str) -> str:

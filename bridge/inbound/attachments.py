@@ -85,42 +85,60 @@ def _extensions(name: str) -> list[str]:
     return [p.strip() for p in parts[1:]] if len(parts) > 1 else []
 
 
+def file_refusal(
+    name: str, declared_type: str, data: bytes, max_bytes: int, allowed: frozenset[str]
+) -> tuple[str, RefusalReason | None]:
+    """(the file's effective type, why it is refused or None): the same rules for a file
+    that comes in by email and for one that goes out by email."""
+    declared = _TYPE_ALIASES.get(declared_type, declared_type)
+    exts = _extensions(name)
+    last = exts[-1] if exts else ""
+    ctype = declared
+    if declared == "application/octet-stream" and last in _DOCUMENT_TYPES:
+        ctype = _DOCUMENT_TYPES[last]
+    known = _DANGEROUS_EXT | _ARCHIVE_EXT | _DOCUMENT_TYPES.keys()
+    if last in _DANGEROUS_EXT:
+        if len(exts) >= 2 and exts[-2] in known:
+            return ctype, RefusalReason.DOUBLE_EXTENSION
+        return ctype, RefusalReason.DANGEROUS_EXTENSION
+    if last in _ARCHIVE_EXT or ctype in _ARCHIVE_TYPES:
+        return ctype, RefusalReason.ARCHIVE
+    if len(exts) >= 2 and exts[-2] in _DANGEROUS_EXT | _ARCHIVE_EXT:
+        return ctype, RefusalReason.DOUBLE_EXTENSION
+    if len(data) > max_bytes:
+        return ctype, RefusalReason.TOO_BIG
+    if ctype not in allowed:
+        return ctype, RefusalReason.TYPE_NOT_ALLOWED
+    if last in _DOCUMENT_TYPES and _DOCUMENT_TYPES[last] != ctype:
+        return ctype, RefusalReason.TYPE_MISMATCH
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            if what == "executable":
+                return ctype, RefusalReason.DANGEROUS_EXTENSION
+            if what == "archive" or last not in _ZIP_CONTAINER_EXT:
+                return ctype, RefusalReason.ARCHIVE
+    return ctype, None
+
+
+# What a participant reads about a refused file (both directions).
+REFUSAL_LABELS = {
+    RefusalReason.TYPE_NOT_ALLOWED: "type de fichier non accepté",
+    RefusalReason.TYPE_MISMATCH: "type de fichier incohérent",
+    RefusalReason.TOO_BIG: "trop volumineuse",
+    RefusalReason.DANGEROUS_EXTENSION: "type de fichier dangereux",
+    RefusalReason.DOUBLE_EXTENSION: "double extension suspecte",
+    RefusalReason.ARCHIVE: "les archives ne sont pas acceptées",
+}
+
+
 def check_attachment(
     part: Message, max_bytes: int, allowed: frozenset[str]
 ) -> InboundAttachment | RefusedAttachment:
     raw_name = safely(lambda: part.get_filename(), None)
     name = sanitise_filename(raw_name if isinstance(raw_name, str) else None)
     declared = content_type_of(part, "application/octet-stream")
-    declared = _TYPE_ALIASES.get(declared, declared)
     data = payload_bytes(part)
-    exts = _extensions(name)
-    last = exts[-1] if exts else ""
-    ctype = declared
-    if declared == "application/octet-stream" and last in _DOCUMENT_TYPES:
-        ctype = _DOCUMENT_TYPES[last]
-
-    def refuse(reason: RefusalReason) -> RefusedAttachment:
+    ctype, reason = file_refusal(name, declared, data, max_bytes, allowed)
+    if reason is not None:
         return RefusedAttachment(name, ctype, len(data), reason)
-
-    known = _DANGEROUS_EXT | _ARCHIVE_EXT | _DOCUMENT_TYPES.keys()
-    if last in _DANGEROUS_EXT:
-        if len(exts) >= 2 and exts[-2] in known:
-            return refuse(RefusalReason.DOUBLE_EXTENSION)
-        return refuse(RefusalReason.DANGEROUS_EXTENSION)
-    if last in _ARCHIVE_EXT or ctype in _ARCHIVE_TYPES:
-        return refuse(RefusalReason.ARCHIVE)
-    if len(exts) >= 2 and exts[-2] in _DANGEROUS_EXT | _ARCHIVE_EXT:
-        return refuse(RefusalReason.DOUBLE_EXTENSION)
-    if len(data) > max_bytes:
-        return refuse(RefusalReason.TOO_BIG)
-    if ctype not in allowed:
-        return refuse(RefusalReason.TYPE_NOT_ALLOWED)
-    if last in _DOCUMENT_TYPES and _DOCUMENT_TYPES[last] != ctype:
-        return refuse(RefusalReason.TYPE_MISMATCH)
-    for magic, what in _MAGIC:
-        if data.startswith(magic):
-            if what == "executable":
-                return refuse(RefusalReason.DANGEROUS_EXTENSION)
-            if what == "archive" or last not in _ZIP_CONTAINER_EXT:
-                return refuse(RefusalReason.ARCHIVE)
     return InboundAttachment(name, ctype, len(data), hashlib.sha256(data).hexdigest(), data)

@@ -537,3 +537,49 @@ async def _timeline(homeserver: LocalSynapse, token: str, room_id: str) -> list[
     from tests.support.process import AdminApi
 
     return await AdminApi(homeserver.base_url, token).timeline(room_id)
+
+
+async def test_dangerous_files_and_edits_by_someone_else_never_reach_the_email_agents(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    """Security review L9 and L11: a program posted in Matrix was attached to the emails
+    (the inbound side refuses the same list), and an edit or withdrawal of someone else's
+    message was bridged as if its author had made it."""
+    import nio
+
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        sophie = mailonly(world)
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
+        for client in (world.instr1, world.instr2):
+            await matrix.join_and_read(client, room_id, 1)
+        await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
+
+        # A program, even with an innocent type: named, not attached.
+        await _send_file(world.instr1, room_id, "facture.pdf.exe", b"MZ\x90\x00" + b"\x00" * 60)
+        await sink.wait_for(lambda: len(sink.to(sophie)) >= 2, what="the file's email")
+        note = sink.to(sophie)[1]
+        assert list(note.message.iter_attachments()) == []  # type: ignore[attr-defined]
+        assert "facture.pdf.exe" in note.text and "non jointe" in note.text
+
+        # instr2 "corrects" then withdraws instr1's message: neither is bridged.
+        original = await say(world.instr1, room_id, "Le dossier est complet.")
+        await sink.wait_for(lambda: len(sink.to(sophie)) >= 3, what="the message")
+        edit = {
+            "msgtype": "m.text",
+            "body": "* Le dossier est incomplet.",
+            "m.new_content": {"msgtype": "m.text", "body": "Le dossier est incomplet."},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+        }
+        resp = await world.instr2.room_send(
+            room_id, "m.room.message", edit, ignore_unverified_devices=True
+        )
+        assert isinstance(resp, nio.RoomSendResponse), resp
+        # A later message proves the edit was handled (and not bridged) before it.
+        await say(world.instr1, room_id, "Je reviens vers vous demain.")
+        await sink.wait_for(lambda: len(sink.to(sophie)) >= 4, what="the next message")
+        assert "demain" in sink.to(sophie)[3].text
+        assert not any("incomplet" in m.text for m in sink.to(sophie))
+        await runner.check_alive()
