@@ -170,6 +170,8 @@ class Reply:
     notice: bool = True
     attachments: tuple[Attachment, ...] = ()
     is_error: bool = False
+    # Matrix IDs of the people this reply asks to act: Element notifies them (and only them).
+    mentions: tuple[str, ...] = ()
 
     @classmethod
     def error(cls, text: str, html: str | None = None) -> Reply:

@@ -95,14 +95,24 @@ Args = Mapping[str, Any]
 Flags = frozenset[str]
 
 
-async def _status_reply(ctx: RoomCtx, event: status_rules.Event, done: str, **kw: Any) -> Reply:
-    """Apply a status event; one reply says who did what and what the status became."""
+async def _status_reply(
+    ctx: RoomCtx,
+    event: status_rules.Event,
+    done: str,
+    *,
+    ask: Sequence[str] = (),
+    **kw: Any,
+) -> Reply:
+    """Apply a status event; one reply says who did what and what the status became.
+
+    `ask`: who must act on the new status (Element notifies them)."""
     result = await ctx.status.apply(
         ctx.tx, ctx.demande, event, actor=ctx.author.address, txn=ctx.key, announce=False, **kw
     )
     if isinstance(result, status_rules.Refusal):
         return Reply.error(result.reason)
-    return Reply(f"{done} {result.notice}" if result.notice else done)
+    text = f"{done} {result.notice}" if result.notice else done
+    return Reply(text, mentions=tuple(ask) if result.changed else ())
 
 
 @ROOM.command(
@@ -190,7 +200,8 @@ async def _inviter(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
             + "; ".join(f"{a.display_name} ({why})" for a, why in decision.skipped)
             + "."
         )
-    return Reply(text)
+    # The invited are asked to look at the demande: Element notifies them once they join.
+    return Reply(text, mentions=tuple(invited))
 
 
 @ROOM.command(
@@ -221,7 +232,8 @@ async def _pasleboninterlocuteur(ctx: RoomCtx, args: Args, flags: Flags) -> Repl
     await ctx.audit("not_the_right_contact")
     return Reply(
         f"{ctx.agent.display_name} indique ne pas être le bon interlocuteur pour cette demande. "
-        "Un participant peut inviter le groupe compétent avec !inviter <groupe>."
+        "Un participant peut inviter le groupe compétent avec !inviter <groupe>.",
+        mentions=_aidant(ctx),
     )
 
 
@@ -235,8 +247,12 @@ async def _pasleboninterlocuteur(ctx: RoomCtx, args: Args, flags: Flags) -> Repl
     )
 )
 async def _traitee(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    # The aidant is asked whether the answer settles it (and may close the demande).
     return await _status_reply(
-        ctx, status_rules.Treated(), f"{ctx.agent.display_name} a traité la demande."
+        ctx,
+        status_rules.Treated(),
+        f"{ctx.agent.display_name} a traité la demande.",
+        ask=_aidant(ctx),
     )
 
 
@@ -305,6 +321,10 @@ async def _notifications(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
             "à chaque nouveau message de ses demandes (sans son contenu)."
         )
     return Reply(f"{ctx.agent.display_name} ne recevra plus d'avis par courriel.")
+
+
+def _aidant(ctx: RoomCtx) -> tuple[str, ...]:
+    return (ctx.aidant.matrix_id,) if ctx.aidant.matrix_id else ()
 
 
 def _fmt(when: datetime) -> str:

@@ -174,7 +174,10 @@ class DemandeRooms:
                 # later cannot read it, so it is posted again for them, once each.
                 if participant.kind == "invite" and demande.creation_step == "ready":
                     await self._enqueue_dossier(
-                        tx, demande, txn=f"dossier-{demande.reference}-for-{participant.agent_id}"
+                        tx,
+                        demande,
+                        txn=f"dossier-{demande.reference}-for-{participant.agent_id}",
+                        newcomer=user,
                     )
             elif event.membership in ("leave", "ban") and event.sender == user:
                 await tx.audit("left", actor=user, reference=demande.reference, now=now)
@@ -279,7 +282,7 @@ class DemandeRooms:
                     tx,
                     txn_id=f"reply-{message.key}",
                     room_id=room_id,
-                    content=mx.notice(reply.text, reply.html),
+                    content=mx.to_act(reply.text, reply.html, reply.mentions),
                 )
             if message.text:
                 # The sentence after an email's quick answer: to the others, no status.
@@ -347,7 +350,7 @@ class DemandeRooms:
     async def _notice(self, tx: MailTx, demande: Demande, text: str, *, txn: str) -> None:
         await self.sender.enqueue(tx, txn_id=txn, room_id=_room(demande), content=mx.notice(text))
 
-    async def _enqueue_dossier(self, tx: Tx, demande: Demande, *, txn: str) -> None:
+    async def _enqueue_dossier(self, tx: Tx, demande: Demande, *, txn: str, newcomer: str) -> None:
         current = await tx.get_demande(demande.id)
         content = await dossier_content(
             tx,
@@ -355,6 +358,7 @@ class DemandeRooms:
             self.policies.current,
             status=current.status if current else demande.status,
             repost=True,
+            ask=[newcomer],
         )
         await self.sender.enqueue(tx, txn_id=txn, room_id=_room(demande), content=content)
 

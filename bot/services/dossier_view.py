@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from bot.domain.dossier import ParticipantView, render_dossier
@@ -45,9 +46,18 @@ async def participant_views(
 
 
 async def dossier_content(
-    tx: DemandeTx, demande: Demande, policies: Policies, *, status: Status, repost: bool
+    tx: DemandeTx,
+    demande: Demande,
+    policies: Policies,
+    *,
+    status: Status,
+    repost: bool,
+    ask: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The dossier's Matrix content (it holds the usager's data: encrypted rooms only)."""
+    """The dossier's Matrix content (it holds the usager's data: encrypted rooms only).
+
+    `ask`: who must act on it (the instructeurs of a new demande, a newcomer): only they
+    are mentioned, although the dossier names every participant."""
     form = await tx.load_form(demande.id)
     views, aidant_view = await participant_views(tx, demande, policies)
     rendered = render_dossier(
@@ -59,4 +69,6 @@ async def dossier_content(
         repost=repost,
         organisation_names={k: v.name for k, v in policies.organisations.items()},
     )
-    return mx.text(rendered.body, rendered.formatted_body, dossier=demande.reference)
+    content = mx.to_act(rendered.body, rendered.formatted_body, ask, dossier=demande.reference)
+    content["msgtype"] = "m.text"  # the dossier reads as a message, even with nobody to ask
+    return content

@@ -119,7 +119,8 @@ class AgentNotices:
                 tx,
                 txn_id=f"notice-{key}",
                 room_id=room_id,
-                content=mx.notice(text),
+                # Addressed to this agent, who must act on it: Element notifies them.
+                content=mx.to_act(text, None, [agent.matrix_id]),
                 recipients=[agent.matrix_id],
             )
         return True
@@ -197,8 +198,17 @@ class FollowUp:
             async with self.store.transaction() as tx:
                 demande = await tx.get_demande_by_reference(ref)
                 assert demande is not None and demande.room_id is not None
+                # The instructeurs are the ones expected to answer: they are asked to act.
+                instructeurs = [
+                    p.matrix_id
+                    for p in await tx.participants(demande.id)
+                    if p.matrix_id and p.kind in ("instructeur", "invite")
+                ]
                 await self.sender.enqueue(
-                    tx, txn_id=txn, room_id=demande.room_id, content=mx.notice(text)
+                    tx,
+                    txn_id=txn,
+                    room_id=demande.room_id,
+                    content=mx.to_act(text, None, instructeurs),
                 )
                 if self.email.enabled and any(
                     p.matrix_id is None for p in await tx.participants(demande.id)

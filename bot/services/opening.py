@@ -579,8 +579,19 @@ class Opening:
     async def _enqueue_dossier(self, tx: Tx, demande: Demande) -> dict[str, Any]:
         """Queue the dossier and return its content; idempotent (a second call keeps the first)."""
         assert demande.room_id is not None
+        # The routed instructeurs are the ones asked to act on a new demande.
+        instructeurs = [
+            p.matrix_id
+            for p in await tx.participants(demande.id)
+            if p.matrix_id and p.kind == "instructeur"
+        ]
         content = await dossier_content(
-            tx, demande, self.policies.current, status=demande.status, repost=False
+            tx,
+            demande,
+            self.policies.current,
+            status=demande.status,
+            repost=False,
+            ask=instructeurs,
         )
         await self.sender.enqueue(
             tx, txn_id=dossier_txn(demande.reference), room_id=demande.room_id, content=content
