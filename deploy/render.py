@@ -354,10 +354,14 @@ def _collect_mail(
             f"la première écoute doit être celle du bot (port {listen_port} de config.toml)",
         )
     # Postfix >= 3.5: a list of next hops, tried in order (the standby when the active
-    # bot's port is refused, instead of deferring for minimal_backoff_time).
+    # bot's port is refused, instead of deferring for minimal_backoff_time). For LMTP only
+    # the first one takes "inet:": Postfix 3.7's lmtp(8) dies on "inet:" in a later one
+    # ("valid hostname or network address required"), whatever its manual says.
     if protocol == "lmtp":
         v["BOT_TRANSPORT_DAEMON"] = "lmtp"
-        v["BOT_NEXTHOPS"] = ", ".join(f"inet:[{h}]:{p}" for h, p in hops)
+        v["BOT_NEXTHOPS"] = ", ".join(
+            (f"inet:[{h}]:{p}" if i == 0 else f"[{h}]:{p}") for i, (h, p) in enumerate(hops)
+        )
     else:
         v["BOT_TRANSPORT_DAEMON"] = "smtp"
         v["BOT_NEXTHOPS"] = ", ".join(f"[{h}]:{p}" for h, p in hops)
