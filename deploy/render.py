@@ -136,6 +136,8 @@ class _Reader:
 
     def text(self, key: str, check: Callable[[str], str | None] | None = None) -> str:
         value: str = self.get(key, str)
+        if PLACEHOLDER in value:  # already reported; checking it too would say it twice
+            return value
         if value and check is not None and (message := check(value)) is not None:
             self.error(key, message)
         return value
@@ -233,6 +235,7 @@ def collect(bot_doc: Mapping[str, Any], values_doc: Mapping[str, Any]) -> Render
     v["SYNAPSE_LISTEN_PORT"] = str(val.integer("synapse.listen_port", 1, 65535))
     v["ADMIN_CONTACT"] = val.text("synapse.admin_contact")
     v["SYNAPSE_LOG_FILE"] = val.text("synapse.log_file", _check_abs_path)
+    v["SYNAPSE_LOG_DIR"] = str(Path(v["SYNAPSE_LOG_FILE"] or "/").parent)
     federation = val.text("synapse.federation")
     allowed: list[str] = val.get("synapse.federation_allowed", list, [])
     for host in allowed:
@@ -295,6 +298,10 @@ def collect(bot_doc: Mapping[str, Any], values_doc: Mapping[str, Any]) -> Render
         v["GUARD_API_URLS"] = json.dumps(urls)
         v["GUARD_SHARED_SECRET_PATH"] = val.text("guard.shared_secret_path", _check_abs_path)
         v["GUARD_TIMEOUT_SECONDS"] = str(val.integer("guard.timeout_seconds", 1, 30))
+
+    # -- where things are installed (systemd units)
+    v["APLUS_PREFIX"] = val.text("install.aplus_prefix", _check_abs_path).rstrip("/")
+    v["SYNAPSE_VENV"] = val.text("install.synapse_venv", _check_abs_path).rstrip("/")
 
     # -- Element Web
     v["ELEMENT_URL"] = val.text("element.url", _check_https).rstrip("/")

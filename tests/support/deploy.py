@@ -171,6 +171,7 @@ def bot_doc(**sections: Mapping[str, Any]) -> dict[str, Any]:
 def values_doc(base: Path, **sections: Mapping[str, Any]) -> dict[str, Any]:
     """Deployment values (as a dict) with every directory under `base`."""
     doc: dict[str, Any] = {
+        "install": {"aplus_prefix": str(REPO), "synapse_venv": str(REPO / ".venv")},
         "synapse": {
             "config_dir": str(base / "synapse-config"),
             "data_dir": str(base / "synapse-data"),
