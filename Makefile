@@ -18,9 +18,9 @@ dev: $(STAMP)
 	$(VENV)/bin/aplus dev
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check bot bridge synapse_module tests
-	$(VENV)/bin/ruff format --check bot bridge synapse_module tests
-	$(VENV)/bin/mypy bot bridge synapse_module
+	$(VENV)/bin/ruff check bot bridge synapse_module deploy tests
+	$(VENV)/bin/ruff format --check bot bridge synapse_module deploy tests
+	$(VENV)/bin/mypy bot bridge synapse_module deploy
 
 test: $(STAMP) lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider

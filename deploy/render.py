@@ -117,7 +117,7 @@ class _Reader:
                 return default
             self.error(key, "clé manquante")
             return _invalid(kind)
-        if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        if (kind is int and isinstance(value, bool)) or not isinstance(value, kind):
             self.error(key, f"doit être {_KIND_FR[kind]}")
             return _invalid(kind)
         if isinstance(value, str):

@@ -37,8 +37,17 @@ def test_element_points_at_the_bot_s_homeserver_and_closes_what_should_be(
     # ProConnect is on in the example: Element goes straight to it.
     assert element["sso_redirect_options"] == {"immediate": True, "on_welcome_page": True}
     features = element["setting_defaults"]
-    for switch in ("registration", "passwordReset", "deactivate", "identityServer",
-                   "thirdPartyId", "roomHistorySettings", "urlPreviews", "widgets", "voip"):
+    for switch in (
+        "registration",
+        "passwordReset",
+        "deactivate",
+        "identityServer",
+        "thirdPartyId",
+        "roomHistorySettings",
+        "urlPreviews",
+        "widgets",
+        "voip",
+    ):
         assert features[f"UIFeature.{switch}"] is False, switch  # type: ignore[index]
 
 

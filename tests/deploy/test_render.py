@@ -33,11 +33,9 @@ DUMMY_SECRETS = {
 def filled(tmp_path: Path) -> tuple[Path, Path]:
     """The shipped examples with every CHANGE_ME filled in, as an operator would."""
     config = tmp_path / "config.toml"
-    config.write_text((DEPLOY / "config.example.toml").read_text().replace(
-        "CHANGE_ME", "exemple"))
+    config.write_text((DEPLOY / "config.example.toml").read_text().replace("CHANGE_ME", "exemple"))
     values = tmp_path / "deploiement.toml"
-    values.write_text((DEPLOY / "values.example.toml").read_text().replace(
-        "CHANGE_ME", "exemple"))
+    values.write_text((DEPLOY / "values.example.toml").read_text().replace("CHANGE_ME", "exemple"))
     return config, values
 
 
@@ -45,8 +43,7 @@ def test_the_shipped_examples_render_every_template(tmp_path: Path) -> None:
     config, values = filled(tmp_path)
     out = tmp_path / "rendu"
     written = deploy_render.render_files(config, values, out)
-    expected = {str(p.relative_to(DEPLOY))[: -len(".template")]
-                for p in deploy_render.templates()}
+    expected = {str(p.relative_to(DEPLOY))[: -len(".template")] for p in deploy_render.templates()}
     assert {str(p.relative_to(out)) for p in written} == expected
     for path in written:
         text = path.read_text()
@@ -61,11 +58,16 @@ def test_the_shipped_examples_render_every_template(tmp_path: Path) -> None:
 
 def test_every_placeholder_left_is_reported_at_once(tmp_path: Path) -> None:
     with pytest.raises(deploy_render.RenderError) as caught:
-        deploy_render.render_files(DEPLOY / "config.example.toml",
-                                   DEPLOY / "values.example.toml", tmp_path / "rendu")
+        deploy_render.render_files(
+            DEPLOY / "config.example.toml", DEPLOY / "values.example.toml", tmp_path / "rendu"
+        )
     keys = {key for key, _ in caught.value.problems}
-    assert {"config.toml homeserver.url", "config.toml email.reply_domain",
-            "valeurs proconnect.client_id", "valeurs element.url"} <= keys
+    assert {
+        "config.toml homeserver.url",
+        "config.toml email.reply_domain",
+        "valeurs proconnect.client_id",
+        "valeurs element.url",
+    } <= keys
     assert all("CHANGE_ME" in message for _, message in caught.value.problems)
     assert not (tmp_path / "rendu").exists()  # nothing half-written
 
@@ -108,14 +110,17 @@ def test_federation_none_list_or_all(tmp_path: Path) -> None:
     none = homeserver(tmp_path, synapse__federation="aucune")
     assert none["federation_domain_whitelist"] == []
     assert none["listeners"][0]["resources"][0]["names"] == ["client"]  # type: ignore[index]
-    some = homeserver(tmp_path, synapse__federation="liste",
-                      synapse__federation_allowed=["agent.tchap.gouv.fr"])
+    some = homeserver(
+        tmp_path, synapse__federation="liste", synapse__federation_allowed=["agent.tchap.gouv.fr"]
+    )
     assert some["federation_domain_whitelist"] == ["agent.tchap.gouv.fr"]
     everyone = homeserver(tmp_path, synapse__federation="toutes")
     # Absent, which is what opens the server to every other server.
     assert "federation_domain_whitelist" not in everyone
     assert everyone["listeners"][0]["resources"][0]["names"] == [  # type: ignore[index]
-        "client", "federation"]
+        "client",
+        "federation",
+    ]
     with pytest.raises(deploy_render.RenderError) as caught:
         homeserver(tmp_path, synapse__federation="liste")
     assert caught.value.problems[0][0] == "valeurs synapse.federation_allowed"
@@ -124,10 +129,13 @@ def test_federation_none_list_or_all(tmp_path: Path) -> None:
 def test_the_guard_module_entry(tmp_path: Path) -> None:
     off = homeserver(tmp_path)
     assert "modules" not in off
-    on = homeserver(tmp_path, guard__enabled=True,
-                    guard__api_urls=["http://10.0.0.5:9181/check", "http://10.0.0.6:9181/check"],
-                    guard__shared_secret_path="/etc/matrix-synapse/secrets/garde",
-                    guard__timeout_seconds=5)
+    on = homeserver(
+        tmp_path,
+        guard__enabled=True,
+        guard__api_urls=["http://10.0.0.5:9181/check", "http://10.0.0.6:9181/check"],
+        guard__shared_secret_path="/etc/matrix-synapse/secrets/garde",
+        guard__timeout_seconds=5,
+    )
     [module] = on["modules"]  # type: ignore[misc]
     assert module["module"] == "synapse_module.aplus_guard.AplusGuard"
     assert module["config"] == {
@@ -141,8 +149,12 @@ def test_the_guard_module_entry(tmp_path: Path) -> None:
 def test_values_inconsistent_with_the_bot_configuration_are_refused(tmp_path: Path) -> None:
     values = deploy.values_doc(
         tmp_path,
-        mail={"submission_listen": "127.0.0.1:25", "hostname": "reponse.aplus.test",
-              "bot_listeners": ["10.0.0.9:2600"], "bot_networks": ["pas-un-reseau"]},
+        mail={
+            "submission_listen": "127.0.0.1:25",
+            "hostname": "reponse.aplus.test",
+            "bot_listeners": ["10.0.0.9:2600"],
+            "bot_networks": ["pas-un-reseau"],
+        },
     )
     bot = deploy.bot_doc(email={"trusted_authserv_ids": []})
     with pytest.raises(deploy_render.RenderError) as caught:
@@ -161,8 +173,9 @@ def test_values_inconsistent_with_the_bot_configuration_are_refused(tmp_path: Pa
 
 
 def test_sizes_follow_the_bot(tmp_path: Path) -> None:
-    bot = deploy.bot_doc(bot={"max_attachment_bytes": 5_000_000},
-                         email={"max_message_bytes": 20_000_000})
+    bot = deploy.bot_doc(
+        bot={"max_attachment_bytes": 5_000_000}, email={"max_message_bytes": 20_000_000}
+    )
     rendering = deploy_render.collect(bot, deploy.values_doc(tmp_path))
     assert rendering.values["MAX_ATTACHMENT_BYTES"] == "5000000"
     assert rendering.values["MESSAGE_SIZE_LIMIT"] == str(20_000_000 - 64 * 1024)
@@ -171,16 +184,39 @@ def test_sizes_follow_the_bot(tmp_path: Path) -> None:
 def test_command_line(tmp_path: Path) -> None:
     config, values = filled(tmp_path)
     ok = subprocess.run(
-        [sys.executable, "-m", "deploy.render", "--config", str(config), "--values",
-         str(values), "--out", str(tmp_path / "rendu")],
-        capture_output=True, text=True, cwd=deploy.REPO, env={**os.environ},
+        [
+            sys.executable,
+            "-m",
+            "deploy.render",
+            "--config",
+            str(config),
+            "--values",
+            str(values),
+            "--out",
+            str(tmp_path / "rendu"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=deploy.REPO,
+        env={**os.environ},
     )
     assert ok.returncode == 0, ok.stderr
     assert str(tmp_path / "rendu" / "synapse" / "homeserver.yaml") in ok.stdout
     bad = subprocess.run(
-        [sys.executable, "-m", "deploy.render", "--config", str(DEPLOY / "config.example.toml"),
-         "--values", str(values), "--out", str(tmp_path / "autre")],
-        capture_output=True, text=True, cwd=deploy.REPO,
+        [
+            sys.executable,
+            "-m",
+            "deploy.render",
+            "--config",
+            str(DEPLOY / "config.example.toml"),
+            "--values",
+            str(values),
+            "--out",
+            str(tmp_path / "autre"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=deploy.REPO,
     )
     assert bad.returncode == 1
     assert bad.stderr.startswith("Rendu impossible,")

@@ -55,8 +55,11 @@ def test_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     # Not even a warning (unknown key, bad section…) about our units.
-    ours = [line for line in (result.stdout + result.stderr).splitlines()
-            if "aplus@" in line or "matrix-synapse.service" in line]
+    ours = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if "aplus@" in line or "matrix-synapse.service" in line
+    ]
     assert ours == [], ours
     text = (units / "aplus@.service").read_text()
     assert "--config /etc/aplus/%i.toml" in text and "StateDirectory=aplus/%i" in text
@@ -79,7 +82,10 @@ def test_compose_file_is_valid_and_mounts_the_rendered_files(tmp_path: Path) -> 
     env = {**os.environ, "APLUS_RENDU": str(rendu), "APLUS_SECRETS": str(tmp_path / "s")}
     result = subprocess.run(
         ["docker-compose", "-f", str(DEPLOY / "compose.yml"), "config"],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
@@ -105,11 +111,16 @@ def test_compose_file_is_valid_and_mounts_the_rendered_files(tmp_path: Path) -> 
 def test_a_broken_compose_file_is_refused(tmp_path: Path) -> None:
     deploy.ensure_debian_packages("docker-compose")
     broken = tmp_path / "compose.yml"
-    broken.write_text((DEPLOY / "compose.yml").read_text().replace(
-        'network_mode: "service:aplus"', 'network_mode: "service:absent"'))
+    broken.write_text(
+        (DEPLOY / "compose.yml")
+        .read_text()
+        .replace('network_mode: "service:aplus"', 'network_mode: "service:absent"')
+    )
     result = subprocess.run(
         ["docker-compose", "-f", str(broken), "--project-directory", str(DEPLOY), "config"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "APLUS_RENDU": str(tmp_path)},
     )
     assert result.returncode != 0

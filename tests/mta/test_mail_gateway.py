@@ -19,11 +19,10 @@ import asyncio
 import os
 import re
 import shutil
-import subprocess
 import time
-from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 from pathlib import Path
@@ -74,8 +73,17 @@ def gateway() -> Iterator[Gateway]:
     base = deploy.shared_dir("aplus-mta-")
     ports = {
         name: deploy.free_port()
-        for name in ("dns", "mx", "submission", "milter", "normal", "controller", "primary",
-                     "standby", "sink")
+        for name in (
+            "dns",
+            "mx",
+            "submission",
+            "milter",
+            "normal",
+            "controller",
+            "primary",
+            "standby",
+            "sink",
+        )
     }
     keys = {
         "caf": DkimKey.generate("caf95.example.test"),
@@ -133,8 +141,19 @@ def gateway() -> Iterator[Gateway]:
             begun = time.perf_counter()
             daemon.start()
             TIMINGS[type(daemon).__name__] = time.perf_counter() - begun
-        yield Gateway(base, rendered, dns, rspamd, postfix, sink, ports["mx"],
-                      ports["submission"], ports["primary"], ports["standby"], keys)
+        yield Gateway(
+            base,
+            rendered,
+            dns,
+            rspamd,
+            postfix,
+            sink,
+            ports["mx"],
+            ports["submission"],
+            ports["primary"],
+            ports["standby"],
+            keys,
+        )
     finally:
         for daemon in reversed(started):
             daemon.stop()
@@ -158,15 +177,15 @@ class Scene:
         return email
 
 
-async def until(predicate: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+async def until(predicate: Callable[[], Any], what: str, wait: float = 60) -> Any:
     """Poll without blocking the loop (the bot runs on it)."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + wait
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"still waiting after {timeout} s for {what}")
+            raise AssertionError(f"still waiting after {wait} s for {what}")
         await asyncio.sleep(0.1)
 
 
@@ -195,9 +214,16 @@ async def scene(
         await runner.start()
         world = await make_world(clients, runner)
         sans = f"{matrix.unique('paul')}@sans-dmarc.example.test"
-        await botsupport.add_agent(runner.store, world.directory, "sansdmarc", matrix_id=None,
-                                   email=sans, roles=[Role.INSTRUCTEUR], group="caf",
-                                   first_name="Paul")
+        await botsupport.add_agent(
+            runner.store,
+            world.directory,
+            "sansdmarc",
+            matrix_id=None,
+            email=sans,
+            roles=[Role.INSTRUCTEUR],
+            group="caf",
+            first_name="Paul",
+        )
         references, rooms = [], []
         for _ in range(2):
             _, reference = await open_demande(world)
@@ -259,10 +285,19 @@ async def test_an_aligned_dkim_signed_reply_is_posted_in_the_room(
     dossier = await dossier_email(gateway, scene.sophie, reference)
     mark = gateway.postfix.mark()
     before = len(bridged(scene.world.instr1, room, scene.world.bot_id))
-    raw = signed_reply(gateway.keys["caf"], dossier, scene.sophie,
-                       "Bonjour, le dossier est complet, je le transmets.")
-    result = await swaks(gateway.mx_port, raw, mail_from=scene.sophie,
-                         to=[reply_to(dossier)], work=gateway.base / "swaks")
+    raw = signed_reply(
+        gateway.keys["caf"],
+        dossier,
+        scene.sophie,
+        "Bonjour, le dossier est complet, je le transmets.",
+    )
+    result = await swaks(
+        gateway.mx_port,
+        raw,
+        mail_from=scene.sophie,
+        to=[reply_to(dossier)],
+        work=gateway.base / "swaks",
+    )
     assert result.code == 250, result.transcript + gateway.postfix.log()[-4000:]
     # Handed to the bot by LMTP, through the standby next hop (the active one is down).
     [line] = await asyncio.to_thread(
@@ -281,11 +316,14 @@ async def test_an_aligned_dkim_signed_reply_is_posted_in_the_room(
     posted = bridged(scene.world.instr1, room, scene.world.bot_id)[-1]
     assert "le dossier est complet" in posted.body
     # What the bot trusted: rspamd's header under the gateway's name, on top.
-    [entry] = [e for e in await inbound(scene, reference) if e.state != "empty"][-1:]
+    entry = [e for e in await inbound(scene, reference) if e.state != "empty"][-1]
     async with scene.runner.store.transaction() as tx:
         stored = await tx.inbound_raw(entry.key)
-    first_ar = [ln for ln in stored.decode(errors="replace").splitlines()
-                if ln.lower().startswith("authentication-results:")][0]
+    first_ar = next(
+        ln
+        for ln in stored.decode(errors="replace").splitlines()
+        if ln.lower().startswith("authentication-results:")
+    )
     assert first_ar.split(":", 1)[1].strip().startswith(AUTHSERV_ID + ";")
     assert "dkim=pass" in stored.decode() and "dmarc=pass" in stored.decode()
 
@@ -297,13 +335,23 @@ async def test_a_forged_authentication_results_is_stripped_then_refused_by_the_b
     dossier = await dossier_email(gateway, scene.sans_dmarc, reference)
     mark = gateway.postfix.mark()
     domain = scene.sans_dmarc.rpartition("@")[2]
-    message = build_reply(dossier, sender=scene.sans_dmarc, text="Réponse falsifiée",
-                          authenticated=True, authserv_id=AUTHSERV_ID)
+    message = build_reply(
+        dossier,
+        sender=scene.sans_dmarc,
+        text="Réponse falsifiée",
+        authenticated=True,
+        authserv_id=AUTHSERV_ID,
+    )
     assert message["Authentication-Results"].startswith(f"{AUTHSERV_ID}; dkim=pass")
     before = len(await inbound(scene, reference))
     # Unsigned, from a domain without DMARC: rspamd has nothing to reject at SMTP time.
-    result = await swaks(gateway.mx_port, as_bytes(message), mail_from=scene.sans_dmarc,
-                         to=[reply_to(dossier)], work=gateway.base / "swaks")
+    result = await swaks(
+        gateway.mx_port,
+        as_bytes(message),
+        mail_from=scene.sans_dmarc,
+        to=[reply_to(dossier)],
+        work=gateway.base / "swaks",
+    )
     assert result.code == 250, result.transcript + gateway.postfix.log()[-4000:]
     # The bot refuses it (5.7.1, not authenticated) and Postfix bounces it to the sender.
     [line] = await asyncio.to_thread(
@@ -317,8 +365,9 @@ async def test_a_forged_authentication_results_is_stripped_then_refused_by_the_b
     returned = bounces[-1].data.decode(errors="replace")
     # The header the bot saw (returned in the bounce): the forged one is gone, rspamd's is
     # there and does not say pass.
-    ar_lines = [ln for ln in returned.splitlines() if ln.lower().startswith(
-        "authentication-results:")]
+    ar_lines = [
+        ln for ln in returned.splitlines() if ln.lower().startswith("authentication-results:")
+    ]
     assert ar_lines, returned
     assert not [ln for ln in ar_lines if "dkim=pass header.d=" + domain in ln]
     assert all("dmarc=pass" not in ln for ln in ar_lines)
@@ -337,25 +386,37 @@ async def test_a_dmarc_reject_failure_is_refused_at_smtp_time(
     before = len(await inbound(scene, reference))
     bounces_before = len([m for m in gateway.sink.to(scene.sophie) if m.mail_from in ("", "<>")])
     # caf95 publishes p=reject: an unsigned mail in its name is refused during the session.
-    message = build_reply(dossier, sender=scene.sophie, text="Sans signature",
-                          authenticated=False)
-    result = await swaks(gateway.mx_port, as_bytes(message), mail_from=scene.sophie,
-                         to=[reply_to(dossier)], work=gateway.base / "swaks")
+    message = build_reply(dossier, sender=scene.sophie, text="Sans signature", authenticated=False)
+    result = await swaks(
+        gateway.mx_port,
+        as_bytes(message),
+        mail_from=scene.sophie,
+        to=[reply_to(dossier)],
+        work=gateway.base / "swaks",
+    )
     assert result.code // 100 == 5, result.transcript
-    lines = await asyncio.to_thread(gateway.postfix.wait_log, r"milter-reject: END-OF-MESSAGE",
-                                    mark)
+    lines = await asyncio.to_thread(
+        gateway.postfix.wait_log, r"milter-reject: END-OF-MESSAGE", mark
+    )
     assert lines
     # And a signature that no longer matches the body is the same failure.
     signed = signed_reply(gateway.keys["caf"], dossier, scene.sophie, "Texte signé")
-    result = await swaks(gateway.mx_port, signed.replace(b"Texte sign", b"Texte chang"),
-                         mail_from=scene.sophie, to=[reply_to(dossier)],
-                         work=gateway.base / "swaks")
+    result = await swaks(
+        gateway.mx_port,
+        signed.replace(b"Texte sign", b"Texte chang"),
+        mail_from=scene.sophie,
+        to=[reply_to(dossier)],
+        work=gateway.base / "swaks",
+    )
     assert result.code // 100 == 5, result.transcript
     # Nothing reached the bot, nobody got a bounce (no backscatter).
     assert len(await inbound(scene, reference)) == before
     delivered = re.compile(r"aplus-remise/lmtp.*status=(sent|bounced|deferred)")
     assert not delivered.search(gateway.postfix.log_since(mark))  # only the RCPT probe
-    assert len([m for m in gateway.sink.to(scene.sophie) if m.mail_from in ("", "<>")]) == bounces_before
+    assert (
+        len([m for m in gateway.sink.to(scene.sophie) if m.mail_from in ("", "<>")])
+        == bounces_before
+    )
 
 
 async def test_one_mail_to_two_reply_addresses_is_delivered_once_to_each(
@@ -366,20 +427,24 @@ async def test_one_mail_to_two_reply_addresses_is_delivered_once_to_each(
     assert addresses[0] != addresses[1]
     mark = gateway.postfix.mark()
     counts = [len(await inbound(scene, ref)) for ref in scene.references]
-    message = build_reply(dossiers[0], sender=scene.sophie, text="Même réponse aux deux",
-                          authenticated=False, to=", ".join(addresses))
+    message = build_reply(
+        dossiers[0],
+        sender=scene.sophie,
+        text="Même réponse aux deux",
+        authenticated=False,
+        to=", ".join(addresses),
+    )
     message["Date"] = format_datetime(datetime.now().astimezone())
     raw = gateway.keys["caf"].sign(as_bytes(message))
-    result = await swaks(gateway.mx_port, raw, mail_from=scene.sophie, to=addresses,
-                         work=gateway.base / "swaks")
+    result = await swaks(
+        gateway.mx_port, raw, mail_from=scene.sophie, to=addresses, work=gateway.base / "swaks"
+    )
     assert result.code == 250, result.transcript + gateway.postfix.log()[-4000:]
     lines = await asyncio.to_thread(
         gateway.postfix.wait_log, r"aplus-remise/lmtp.*status=sent", mark, 60, 2
     )
     # Two deliveries of one recipient each, at once: no 452 deferral of the second.
-    assert sorted(line.split("to=<", 1)[1].split(">", 1)[0] for line in lines) == sorted(
-        addresses
-    )
+    assert sorted(line.split("to=<", 1)[1].split(">", 1)[0] for line in lines) == sorted(addresses)
     assert "status=deferred" not in gateway.postfix.log_since(mark)
     # "status=sent" is the bot's 250, given once the reply is committed: one more each.
     for ref, count in zip(scene.references, counts, strict=True):
@@ -387,13 +452,18 @@ async def test_one_mail_to_two_reply_addresses_is_delivered_once_to_each(
     for room in scene.rooms:
         await matrix.sync_until(
             scene.world.instr1,
-            lambda room=room: any("Même réponse aux deux" in e.body
-                                  for e in bridged(scene.world.instr1, room, scene.world.bot_id)),
+            lambda room=room: any(
+                "Même réponse aux deux" in e.body
+                for e in bridged(scene.world.instr1, room, scene.world.bot_id)
+            ),
             60,
             "the reply posted in each room",
         )
-        posted = [e for e in bridged(scene.world.instr1, room, scene.world.bot_id)
-                  if "Même réponse aux deux" in e.body]
+        posted = [
+            e
+            for e in bridged(scene.world.instr1, room, scene.world.bot_id)
+            if "Même réponse aux deux" in e.body
+        ]
         assert len(posted) == 1
 
 
@@ -406,8 +476,13 @@ async def test_an_unknown_reply_address_is_refused_during_the_session(
     message["Subject"] = "sonde"
     message["Message-ID"] = make_msgid(domain="caf95.example.test")
     message.set_content("?")
-    result = await swaks(gateway.mx_port, as_bytes(message), mail_from=scene.sophie,
-                         to=[str(message["To"])], work=gateway.base / "swaks")
+    result = await swaks(
+        gateway.mx_port,
+        as_bytes(message),
+        mail_from=scene.sophie,
+        to=[str(message["To"])],
+        work=gateway.base / "swaks",
+    )
     # Postfix asked the bot (address verification through the same transport) and says
     # 550 at RCPT: no bounce to a possibly forged sender later.
     assert result.code == 550, result.transcript
@@ -422,17 +497,30 @@ async def test_the_gateway_is_not_an_open_relay_and_keeps_the_size_limit(
     message["To"] = "quelquun@ailleurs.example.test"
     message["Subject"] = "relais"
     message.set_content("?")
-    result = await swaks(gateway.mx_port, as_bytes(message), mail_from=scene.sophie,
-                         to=["quelquun@ailleurs.example.test"], work=gateway.base / "swaks")
+    result = await swaks(
+        gateway.mx_port,
+        as_bytes(message),
+        mail_from=scene.sophie,
+        to=["quelquun@ailleurs.example.test"],
+        work=gateway.base / "swaks",
+    )
     assert result.code // 100 in (4, 5) and "Relay access denied" in result.transcript
     # Postfix's limit sits just under the bot's max_message_bytes (deploy.render).
     limit = int(gateway.postfix.postconf("message_size_limit"))
     assert limit == MAX_MESSAGE_BYTES - deploy_render.POSTFIX_SIZE_MARGIN
     dossier = await dossier_email(gateway, scene.sophie, scene.references[0])
-    big = build_reply(dossier, sender=scene.sophie, text="Pièce trop lourde",
-                      authenticated=False,
-                      attachments=[("scan.pdf", "application/pdf", b"%PDF" + b"x" * limit)])
-    result = await swaks(gateway.mx_port, gateway.keys["caf"].sign(as_bytes(big)),
-                         mail_from=scene.sophie, to=[reply_to(dossier)],
-                         work=gateway.base / "swaks")
+    big = build_reply(
+        dossier,
+        sender=scene.sophie,
+        text="Pièce trop lourde",
+        authenticated=False,
+        attachments=[("scan.pdf", "application/pdf", b"%PDF" + b"x" * limit)],
+    )
+    result = await swaks(
+        gateway.mx_port,
+        gateway.keys["caf"].sign(as_bytes(big)),
+        mail_from=scene.sophie,
+        to=[reply_to(dossier)],
+        work=gateway.base / "swaks",
+    )
     assert result.code == 552, result.transcript

@@ -9,10 +9,9 @@ most of them (comments stripped, case folded, unfolded), so each must be removed
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
-
 from email import policy
 from email.parser import BytesParser
+from pathlib import Path
 
 from bridge.inbound_parse import auth_results
 from tests.support import deploy
@@ -38,7 +37,7 @@ def test_each_spelling_would_fool_the_bot_if_it_got_through() -> None:
     # it is spelt. (Whitespace before the colon makes it no header at all for Python.)
     fooled = set()
     for name, header in FORGERIES.items():
-        raw = (header.replace("\n", "\r\n") + "\r\nFrom: a@x.test\r\nSubject: s\r\n\r\nx\r\n")
+        raw = header.replace("\n", "\r\n") + "\r\nFrom: a@x.test\r\nSubject: s\r\n\r\nx\r\n"
         msg = BytesParser(policy=policy.default).parsebytes(raw.encode())
         if auth_results(msg, [AUTHSERV_ID]).authenticated:
             fooled.add(name)
@@ -58,7 +57,10 @@ def test_the_shipped_strip_rule_removes_every_spelling_of_our_authserv_id(
         message = f"{header}\nFrom: a@x.test\nSubject: s\n\ncorps\n"
         result = subprocess.run(
             ["postmap", "-c", str(tmp_path / "empty"), "-hq", "-", f"pcre:{table}"],
-            input=message, capture_output=True, text=True, check=True,
+            input=message,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         assert result.stdout.rstrip().endswith("IGNORE"), (name, result.stdout)
         assert result.stdout.count("IGNORE") == 1, (name, result.stdout)
@@ -66,6 +68,8 @@ def test_the_shipped_strip_rule_removes_every_spelling_of_our_authserv_id(
     other = "Authentication-Results: mx.ailleurs.test; dmarc=pass\nFrom: a@x.test\n\nx\n"
     result = subprocess.run(
         ["postmap", "-c", str(tmp_path / "empty"), "-hq", "-", f"pcre:{table}"],
-        input=other, capture_output=True, text=True,
+        input=other,
+        capture_output=True,
+        text=True,
     )
     assert (result.returncode, result.stdout) == (1, "")  # 1: no match

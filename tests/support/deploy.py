@@ -278,7 +278,13 @@ def create_synapse_database(name: str, role: str, password: str) -> None:
     """As deploy/README.md says: a role, then createdb UTF8 / locale C / template0."""
     env = {**os.environ, "PGHOST": PG_HOST, "PGPORT": str(PG_PORT), "PGUSER": PG_ADMIN}
     subprocess.run(
-        ["psql", "-v", "ON_ERROR_STOP=1", "-qc", f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'"],
+        [
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-qc",
+            f"CREATE ROLE \"{role}\" LOGIN PASSWORD '{password}'",
+        ],
         check=True,
         env=env,
         capture_output=True,
@@ -333,9 +339,7 @@ class TemplateSynapse:
 
     def generate_keys(self) -> None:
         """`--generate-keys`, as the README's installation step does (signing key, secret)."""
-        result = self.run(
-            "-m", "synapse.app.homeserver", "-c", str(self.config), "--generate-keys"
-        )
+        result = self.run("-m", "synapse.app.homeserver", "-c", str(self.config), "--generate-keys")
         assert result.returncode == 0, result.stdout + result.stderr
 
     def start(self, timeout: float = 90) -> None:
@@ -355,10 +359,12 @@ class TemplateSynapse:
         while True:
             if self.process.poll() is not None:
                 raise AssertionError(f"Synapse exited ({self.process.returncode}):\n{self.tail()}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310
-                    if response.status == 200:
-                        return
+            with (
+                contextlib.suppress(OSError),
+                urllib.request.urlopen(url, timeout=2) as response,  # noqa: S310
+            ):
+                if response.status == 200:
+                    return
             if time.monotonic() > deadline:
                 raise AssertionError(f"Synapse not answering after {timeout} s:\n{self.tail()}")
             time.sleep(0.2)

@@ -314,7 +314,9 @@ class Postfix:
         try:
             return list(wait_until(found, timeout, f"maillog: {pattern!r} x{count}"))
         except AssertionError as exc:
-            raise AssertionError(f"{exc}\n--- maillog ---\n{self.log_since(mark)[-5000:]}") from None
+            raise AssertionError(
+                f"{exc}\n--- maillog ---\n{self.log_since(mark)[-5000:]}"
+            ) from None
 
     def flush(self) -> None:
         self.run("postqueue", "-c", str(self.config_dir), "-f")
