@@ -328,13 +328,15 @@ async def test_rate_limits_stay_for_people_and_are_lifted_for_the_bot(
             )
             return status
 
-        person_statuses = [await create(person) for _ in range(12)]
-        bot_statuses = [await create(bot) for _ in range(15)]
+        person_statuses = []
+        while 429 not in person_statuses and len(person_statuses) < 12:
+            person_statuses.append(await create(person))
+        bot_statuses = [await create(bot) for _ in range(12)]
     # Synapse's default rc_room_creation (burst 10) still holds for a person…
     assert 429 in person_statuses, person_statuses
     assert person_statuses.index(429) <= 11
     # … and not for the bot.
-    assert bot_statuses == [200] * 15
+    assert bot_statuses == [200] * 12
 
 
 # --------------------------------------------------------------------------- ProConnect

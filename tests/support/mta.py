@@ -45,7 +45,9 @@ OUTSIDE = "127.0.0.2"  # the Internet, as far as the gateway can tell
 # 2-core machine, ~3 s with the compiled files. They are kept here between runs (copied
 # in and out, never shared live); a cold cache only costs time.
 HS_CACHE = Path("/var/tmp/aplus-tests-rspamd-hs")
-_HS_SUFFIXES = (".hs", ".hs.unser", ".hsmc")
+_HS_SUFFIXES = tuple(
+    f".{kind}{unser}" for kind in ("hs", "hsmc", "hsmp") for unser in ("", ".unser")
+)
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -147,7 +149,8 @@ class Dns:
             assert "," not in text and '"' not in text, text
             args.append(f"--txt-record={name}," + ",".join(chunks))
         self.process = subprocess.Popen(args, stderr=subprocess.PIPE)
-        wait_until(lambda: self.query_txt(next(iter(self.txt))) or self._dead(), 10, "dnsmasq")
+        first = next(iter(self.txt))
+        wait_until(lambda: self.query_txt(first, 0.2) or self._dead(), 10, "dnsmasq")
         return self
 
     def _dead(self) -> bool:
@@ -156,10 +159,10 @@ class Dns:
             raise AssertionError(f"dnsmasq exited: {self.process.stderr.read()!r}")  # type: ignore[union-attr]
         return False
 
-    def query_txt(self, name: str) -> list[bytes]:
+    def query_txt(self, name: str, timeout: float = 2) -> list[bytes]:
         query = dns.message.make_query(name, dns.rdatatype.TXT)
         try:
-            answer = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=2)
+            answer = dns.query.udp(query, "127.0.0.1", port=self.port, timeout=timeout)
         except (OSError, dns.exception.Timeout):
             return []
         return [b"".join(r.strings) for rrset in answer.answer for r in rrset]
