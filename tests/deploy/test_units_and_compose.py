@@ -15,12 +15,15 @@ import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from deploy import render as deploy_render
 from tests.support import deploy
 
 DEPLOY = deploy.REPO / "deploy"
+# The first test may install Debian packages (systemd, docker-compose).
+pytestmark = pytest.mark.timeout(900)
 
 
 def verify(*units: Path) -> subprocess.CompletedProcess[str]:

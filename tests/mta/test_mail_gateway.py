@@ -43,7 +43,11 @@ from tests.support.proconnect import ScratchCA
 from tests.support.smtp import Received, build_reply, reply_to
 from tests.support.world import World, demande_of, make_world, open_demande
 
-pytestmark = pytest.mark.asyncio(loop_scope="module")
+pytestmark = [
+    pytest.mark.asyncio(loop_scope="module"),
+    # The first test may install Debian packages and compile rspamd's expressions.
+    pytest.mark.timeout(900),
+]
 
 AUTHSERV_ID = "mx.aplus.test"
 REPLY_DOMAIN = "reponse.aplus.test"

@@ -13,10 +13,13 @@ from email import policy
 from email.parser import BytesParser
 from pathlib import Path
 
+import pytest
+
 from bridge.inbound_parse import auth_results
 from tests.support import deploy
 
 AUTHSERV_ID = "mx.aplus.test"
+pytestmark = pytest.mark.timeout(900)  # the first test may install Postfix
 
 FORGERIES = {
     "plain": f"Authentication-Results: {AUTHSERV_ID}; dmarc=pass header.from=x.test",
