@@ -54,6 +54,9 @@ BOT_DEFAULTS: Final[Mapping[str, Any]] = {
     "email.relay_port": 587,
     "email.relay_security": "starttls",
     "email.trusted_authserv_ids": [],
+    "guard.enabled": False,
+    "guard.host": "127.0.0.1",
+    "guard.port": 9181,
 }
 
 _PLACEHOLDER_RE: Final = re.compile(r"@([A-Z][A-Z0-9_]*)@")
@@ -171,6 +174,10 @@ def _check_url(value: str) -> str | None:
     return None
 
 
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _check_host(value: str) -> str | None:
     return None if _HOST_RE.match(value) else "nom d'hôte invalide"
 
@@ -285,19 +292,30 @@ def collect(bot_doc: Mapping[str, Any], values_doc: Mapping[str, Any]) -> Render
             "proconnect.client_secret_path", _check_abs_path
         )
 
-    # -- the guard module (synapse_module, issue 13 §1)
+    # -- the guard module (synapse_module/, deploy/synapse-module.md)
     guard = bool(val.get("guard.enabled", bool))
     r.flags["guard"] = guard
     if guard:
-        urls: list[str] = val.get("guard.api_urls", list)
-        if not urls:
-            val.error("guard.api_urls", "au moins une adresse (le bot actif)")
+        if not bot_get("guard.enabled", bool):
+            bot.error(
+                "guard.enabled",
+                "le module de garde est activé : le bot doit répondre "
+                "(enabled = true dans [guard])",
+            )
+        own = f"http://{_url_host(str(bot_get('guard.host', str)))}:{bot_get('guard.port', int)}"
+        urls: list[str] = val.get("guard.api_urls", list, []) or [own]
         for url in urls:
-            if _check_url(url):
-                val.error("guard.api_urls", f"adresse invalide « {url} »")
+            if _check_url(url) or urlsplit(url).path not in ("", "/"):
+                val.error("guard.api_urls", f"« {url} » : attendu http://adresse:port, sans chemin")
+        if urls and urls[0].rstrip("/") != own:
+            val.error(
+                "guard.api_urls",
+                f"la première adresse doit être celle du bot ({own}, "
+                "[guard] host et port de config.toml)",
+            )
         v["GUARD_API_URLS"] = json.dumps(urls)
         v["GUARD_SHARED_SECRET_PATH"] = val.text("guard.shared_secret_path", _check_abs_path)
-        v["GUARD_TIMEOUT_SECONDS"] = str(val.integer("guard.timeout_seconds", 1, 30))
+        v["GUARD_TIMEOUT_SECONDS"] = str(val.integer("guard.timeout_seconds", 1, 5))
 
     # -- where things are installed (systemd units)
     v["APLUS_PREFIX"] = val.text("install.aplus_prefix", _check_abs_path).rstrip("/")

@@ -27,6 +27,7 @@ DUMMY_SECRETS = {
     "APLUS_PICKLE_KEY": "cle-du-magasin-nio-0123456789",
     "APLUS_DATA_KEY": base64.b64encode(b"k" * 32).decode(),
     "APLUS_DATABASE_URL": "sqlite+aiosqlite:////tmp/x.db",
+    "APLUS_GUARD_SHARED_SECRET": "secret-partage-de-test-" + "x" * 16,
 }
 
 
@@ -91,6 +92,9 @@ def test_the_renderer_defaults_are_the_bot_settings_defaults(tmp_path: Path) -> 
         "email.relay_port": settings.email.relay_port,
         "email.relay_security": settings.email.relay_security,
         "email.trusted_authserv_ids": list(settings.email.trusted_authserv_ids),
+        "guard.enabled": settings.guard.enabled,
+        "guard.host": settings.guard.host,
+        "guard.port": settings.guard.port,
     }
     assert actual == dict(deploy_render.BOT_DEFAULTS)
 
@@ -127,12 +131,14 @@ def test_federation_none_list_or_all(tmp_path: Path) -> None:
 
 
 def test_the_guard_module_entry(tmp_path: Path) -> None:
-    off = homeserver(tmp_path)
+    off = homeserver(tmp_path, guard__enabled=False)
     assert "modules" not in off
+    alone = homeserver(tmp_path)  # api_urls empty: the bot's own [guard] host and port
+    assert alone["modules"][0]["config"]["api_urls"] == ["http://127.0.0.1:9181"]  # type: ignore[index]
     on = homeserver(
         tmp_path,
         guard__enabled=True,
-        guard__api_urls=["http://10.0.0.5:9181/check", "http://10.0.0.6:9181/check"],
+        guard__api_urls=["http://127.0.0.1:9181", "http://10.0.0.6:9181"],
         guard__shared_secret_path="/etc/matrix-synapse/secrets/garde",
         guard__timeout_seconds=5,
     )
@@ -140,10 +146,31 @@ def test_the_guard_module_entry(tmp_path: Path) -> None:
     assert module["module"] == "synapse_module.aplus_guard.AplusGuard"
     assert module["config"] == {
         "bot_user_id": "@aplus:aplus.test",
-        "api_urls": ["http://10.0.0.5:9181/check", "http://10.0.0.6:9181/check"],
+        "api_urls": ["http://127.0.0.1:9181", "http://10.0.0.6:9181"],
         "shared_secret_path": "/etc/matrix-synapse/secrets/garde",
         "timeout_seconds": 5,
     }
+
+
+def test_the_guard_must_match_the_bot_s_endpoint(tmp_path: Path) -> None:
+    values = deploy.values_doc(
+        tmp_path,
+        guard={
+            "enabled": True,
+            "shared_secret_path": "/s",
+            "timeout_seconds": 9,
+            "api_urls": ["http://10.0.0.6:9181/x"],
+        },
+    )
+    bot = deploy.bot_doc(guard={"enabled": False})
+    with pytest.raises(deploy_render.RenderError) as caught:
+        deploy_render.collect(bot, values)
+    assert [key for key, _ in caught.value.problems] == [
+        "config.toml guard.enabled",
+        "valeurs guard.api_urls",
+        "valeurs guard.api_urls",
+        "valeurs guard.timeout_seconds",
+    ]
 
 
 def test_values_inconsistent_with_the_bot_configuration_are_refused(tmp_path: Path) -> None:

@@ -102,6 +102,12 @@ def deployment() -> Iterator[Deployment]:
             "client_secret_path": str(config_dir / "secrets" / "proconnect_client_secret"),
         },
         element={"url": ELEMENT, "brand": "Administration+"},
+        guard={
+            "enabled": True,
+            "api_urls": [],
+            "shared_secret_path": str(config_dir / "secrets" / "aplus_guard_secret"),
+            "timeout_seconds": 2,
+        },
     )
     # The operator's steps (deploy/README.md): render, secrets, database, keys, start.
     deploy.render(base, bot, values)
@@ -109,6 +115,7 @@ def deployment() -> Iterator[Deployment]:
     deploy.write_secret(secrets_dir / "macaroon_secret_key", os.urandom(16).hex())
     deploy.write_secret(secrets_dir / "form_secret", os.urandom(16).hex())
     deploy.write_secret(secrets_dir / "proconnect_client_secret", CLIENT_SECRET)
+    deploy.write_secret(secrets_dir / "aplus_guard_secret", os.urandom(24).hex())
     deploy.write_secret(
         secrets_dir / "pgpass", f"{deploy.PG_HOST}:{deploy.PG_PORT}:{database}:{role}:{password}"
     )
@@ -116,7 +123,10 @@ def deployment() -> Iterator[Deployment]:
     (base / "synapse-log").mkdir()
     deploy.create_synapse_database(database, role, password)
     synapse = deploy.TemplateSynapse(
-        config_dir / "homeserver.yaml", port, env={"SSL_CERT_FILE": str(ca.ca_file)}
+        config_dir / "homeserver.yaml",
+        port,
+        # The guard module from this checkout, as deploy/synapse-module.md installs it.
+        env={"SSL_CERT_FILE": str(ca.ca_file), "PYTHONPATH": str(deploy.REPO)},
     )
     try:
         synapse.generate_keys()
@@ -215,7 +225,9 @@ def test_rendered_configuration_passes_synapse_check(deployment: Deployment) -> 
     assert config["max_upload_size"] == deployment.bot["bot"]["max_attachment_bytes"]
     assert not [k for k in config if k.startswith("rc_")]  # people keep Synapse's limits
     assert config["allow_secrets_in_config"] is False
-    assert "modules" not in config  # guard off in these test values (see test_render)
+    [module] = config["modules"]
+    assert module["module"] == "synapse_module.aplus_guard.AplusGuard"
+    assert module["config"]["bot_user_id"] == deployment.bot["bot"]["user_id"]
 
 
 def test_a_broken_rendering_is_refused_by_synapse_check(
@@ -279,6 +291,24 @@ async def test_synapse_runs_on_postgresql_with_the_private_settings(
             s, "GET", d.url + f"/_matrix/client/v3/rooms/{room}/state/m.room.encryption/", alice
         )
         assert status == 200 and enc["algorithm"] == "m.megolm.v1.aes-sha2"
+        # The guard module of the template is loaded: a person cannot make a room that
+        # looks like a demande (no bot answers here; this refusal needs none).
+        status, body = await call(
+            s,
+            "POST",
+            d.url + "/_matrix/client/v3/createRoom",
+            alice,
+            json={
+                "initial_state": [
+                    {
+                        "type": "fr.aplus.demande",
+                        "state_key": "",
+                        "content": {"reference": "A-2026-000001"},
+                    }
+                ]
+            },
+        )
+        assert status == 403 and body.get("fr.aplus.reason") == "reserved_state", body
         # Uploads: the bot's attachment limit, no more.
         _, media = await call(s, "GET", d.url + "/_matrix/client/v1/media/config", alice)
         assert media["m.upload.size"] == d.bot["bot"]["max_attachment_bytes"]

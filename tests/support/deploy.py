@@ -149,6 +149,7 @@ def bot_doc(**sections: Mapping[str, Any]) -> dict[str, Any]:
     doc: dict[str, Any] = {
         "homeserver": {"url": "https://matrix.aplus.test", "server_name": "aplus.test"},
         "bot": {"user_id": "@aplus:aplus.test", "max_attachment_bytes": 10 * 1024 * 1024},
+        "guard": {"enabled": True, "host": "127.0.0.1", "port": 9181},
         "email": {
             "enabled": True,
             "from_address": "ne-pas-repondre@aplus.test",
@@ -197,7 +198,12 @@ def values_doc(base: Path, **sections: Mapping[str, Any]) -> dict[str, Any]:
             "client_id": "client-aplus-test",
             "client_secret_path": str(base / "synapse-config" / "secrets" / "proconnect"),
         },
-        "guard": {"enabled": False},
+        "guard": {
+            "enabled": True,
+            "api_urls": [],
+            "shared_secret_path": str(base / "synapse-config" / "secrets" / "aplus_guard_secret"),
+            "timeout_seconds": 2,
+        },
         "element": {"url": "https://element.aplus.test", "brand": "Administration+"},
         "mail": {
             "hostname": "mx.aplus.test",
