@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit
 
-from bot.settings import DEFAULT_MAX_ATTACHMENT_BYTES, PLACEHOLDER
+from bot.settings import DEFAULT_MAX_ATTACHMENT_BYTES, DEFAULT_MAX_MESSAGE_BYTES, PLACEHOLDER
 
 TEMPLATES_DIR: Final = Path(__file__).resolve().parent
 TEMPLATE_SUFFIX: Final = ".template"
@@ -47,7 +47,7 @@ POSTFIX_SIZE_MARGIN: Final = 64 * 1024
 BOT_DEFAULTS: Final[Mapping[str, Any]] = {
     "bot.max_attachment_bytes": DEFAULT_MAX_ATTACHMENT_BYTES,
     "email.enabled": False,
-    "email.max_message_bytes": 25 * 1024 * 1024,
+    "email.max_message_bytes": DEFAULT_MAX_MESSAGE_BYTES,
     "email.listen_host": "127.0.0.1",
     "email.listen_port": 2525,
     "email.listen_protocol": "smtp",

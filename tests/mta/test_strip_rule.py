@@ -15,23 +15,24 @@ from pathlib import Path
 
 import pytest
 
-from bridge.inbound_parse import auth_results
+from bridge.inbound.authres import auth_results
 from tests.support import deploy
 
 AUTHSERV_ID = "mx.aplus.test"
 pytestmark = pytest.mark.timeout(900)  # the first test may install Postfix
 
+PASS = "dmarc=pass header.from=x.test"
 FORGERIES = {
-    "plain": f"Authentication-Results: {AUTHSERV_ID}; dmarc=pass header.from=x.test",
-    "lower-case name": f"authentication-results: {AUTHSERV_ID}; dmarc=pass",
-    "upper-case id": f"Authentication-Results: {AUTHSERV_ID.upper()}; dmarc=pass",
-    "no space": f"Authentication-Results:{AUTHSERV_ID};dmarc=pass",
-    "tab": f"Authentication-Results:\t{AUTHSERV_ID}; dmarc=pass",
-    "comment first": f"Authentication-Results: (vérifié) {AUTHSERV_ID}; dmarc=pass",
-    "version": f"Authentication-Results: {AUTHSERV_ID} 1; dmarc=pass",
-    "folded": f"Authentication-Results:\n\t{AUTHSERV_ID}; dmarc=pass",
-    "folded comment": f"Authentication-Results: (un\n commentaire) {AUTHSERV_ID}; dmarc=pass",
-    "space before colon": f"Authentication-Results : {AUTHSERV_ID}; dmarc=pass",
+    "plain": f"Authentication-Results: {AUTHSERV_ID}; {PASS}",
+    "lower-case name": f"authentication-results: {AUTHSERV_ID}; {PASS}",
+    "upper-case id": f"Authentication-Results: {AUTHSERV_ID.upper()}; {PASS}",
+    "no space": f"Authentication-Results:{AUTHSERV_ID};{PASS}",
+    "tab": f"Authentication-Results:\t{AUTHSERV_ID}; {PASS}",
+    "comment first": f"Authentication-Results: (vérifié) {AUTHSERV_ID}; {PASS}",
+    "version": f"Authentication-Results: {AUTHSERV_ID} 1; {PASS}",
+    "folded": f"Authentication-Results:\n\t{AUTHSERV_ID}; {PASS}",
+    "folded comment": f"Authentication-Results: (un\n commentaire) {AUTHSERV_ID}; {PASS}",
+    "space before colon": f"Authentication-Results : {AUTHSERV_ID}; {PASS}",
 }
 
 
