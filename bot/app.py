@@ -33,6 +33,7 @@ from bot.services.opening import Opening
 from bot.services.outbox import Outbox
 from bot.services.room_guard import RoomGuard
 from bot.services.room_index import DemandeRoomIndex
+from bot.services.room_key_archive import StoredKeyArchive
 from bot.services.room_specs import RoomSpecs
 from bot.services.undecryptable import Undecryptables
 from bot.services.worker import Wakeup
@@ -134,6 +135,7 @@ class App:
             pickle_key=s.secrets.pickle_key.reveal(),
             require_cross_signed_devices=s.bot.require_cross_signed_devices,
             max_attachment_bytes=s.bot.max_attachment_bytes,
+            key_archive=StoredKeyArchive(store, self.clock),
         )
         self._stack.push_async_callback(gateway.close)
         await login.connect(s.bot, store, gateway)

@@ -12,6 +12,12 @@ decides. The rules:
   notice: the bot never sends anything to an intruder's devices;
 - a device that had the current session and may no longer have it (user removed,
   device deleted or no longer signed) forces a new session for everyone.
+
+A device that appears after messages were sent (the instructeur who opens Element
+on a new computer after the demande was opened) catches up: `plan_catch_up` gives
+it the bot's earlier session keys of the rooms where its owner is authorised and
+present, each as first meant for that owner (so from the owner's arrival on, never
+earlier), under the same rules (cross-signed by the owner, or withheld).
 """
 
 from __future__ import annotations
@@ -140,3 +146,60 @@ def withheld_content(
         "code": code.value,
         "reason": WITHHELD_REASONS[code],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class KeyToCatchUp:
+    """One of the bot's earlier sessions, as it was first meant for a user."""
+
+    room_id: str
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatchUpPlan:
+    send: tuple[tuple[Device, KeyToCatchUp], ...]  # the device gets that session key
+    withhold: tuple[tuple[Withhold, KeyToCatchUp], ...]  # told it will not get it
+
+    @property
+    def nothing_to_do(self) -> bool:
+        return not (self.send or self.withhold)
+
+
+def plan_catch_up(
+    *,
+    user_id: str,
+    devices: Sequence[Device],
+    keys: Sequence[KeyToCatchUp],
+    authorised_rooms: Collection[str],
+    present_rooms: Collection[str],
+    delivered: Collection[tuple[str, str]],
+    told: Collection[tuple[str, str]],
+    require_cross_signed: bool,
+    own: DeviceRef,
+) -> CatchUpPlan:
+    """Which of a user's devices get which of the bot's earlier session keys.
+
+    ``keys``: the sessions archived for that user; ``authorised_rooms``: rooms whose
+    ledger authorises the user today; ``present_rooms``: rooms where the user is
+    joined or invited; ``delivered`` / ``told``: (session ID, device ID) pairs that
+    already hold the key / were already told it is withheld.
+    """
+    if user_id == own[0]:
+        return CatchUpPlan((), ())
+    usable = [k for k in keys if k.room_id in authorised_rooms and k.room_id in present_rooms]
+    send: list[tuple[Device, KeyToCatchUp]] = []
+    withhold: list[tuple[Withhold, KeyToCatchUp]] = []
+    for device in sorted(devices, key=lambda d: d.device_id):
+        if device.user_id != user_id or device.ref == own:
+            continue
+        ok = eligible(device, require_cross_signed=require_cross_signed)
+        for key in usable:
+            pair = (key.session_id, device.device_id)
+            if pair in delivered:
+                continue
+            if ok:
+                send.append((device, key))
+            elif pair not in told:
+                withhold.append((Withhold(user_id, device.device_id, WithheldCode.UNVERIFIED), key))
+    return CatchUpPlan(tuple(send), tuple(withhold))

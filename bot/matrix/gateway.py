@@ -46,7 +46,7 @@ from bot.matrix.errors import (
     MatrixError,
     MediaUnavailable,
 )
-from bot.matrix.room_keys import RoomKeySharer, accept_forwards_from_session_owner
+from bot.matrix.room_keys import KeyArchive, RoomKeySharer, accept_forwards_from_session_owner
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ class MatrixGateway:
         request_timeout: float = 60.0,
         require_cross_signed_devices: bool = True,
         max_attachment_bytes: int = 10 * 1024 * 1024,
+        key_archive: KeyArchive | None = None,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.user_id = user_id
@@ -111,7 +112,11 @@ class MatrixGateway:
             self._claim_keys,
             self.device_trust,
             require_cross_signed=require_cross_signed_devices,
+            archive=key_archive,
         )
+        # Users whose devices or membership changed: their new devices may need the
+        # bot's earlier room keys (see `RoomKeySharer.catch_up`), after the batch.
+        self._catch_up: set[str] = set()
 
     # ------------------------------------------------------------------ session
     @property
@@ -196,11 +201,15 @@ class MatrixGateway:
     def _note_device_changes(self, resp: SyncResponse) -> None:
         """Forget what we know of the devices of users whose devices or membership changed."""
         changed = set(resp.device_list.changed) | set(resp.device_list.left)
+        arrived: set[str] = set()
         for info in resp.rooms.join.values():
             for event in [*info.state, *info.timeline.events]:
                 if isinstance(event, RoomMemberEvent):
                     changed.add(event.state_key)
+                    if event.membership in ("join", "invite"):
+                        arrived.add(event.state_key)
         self.device_trust.invalidate(changed - {self.user_id})
+        self._catch_up |= (set(resp.device_list.changed) | arrived) - {self.user_id}
 
     async def after_sync(self) -> None:
         """The crypto housekeeping nio's sync_forever would do."""
@@ -214,6 +223,42 @@ class MatrixGateway:
                 await c.keys_claim(c.get_users_for_key_claiming())
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise HomeserverUnavailable(str(exc)) from exc
+        await self.catch_up_room_keys()
+
+    async def catch_up_room_keys(self, users: Collection[str] | None = None) -> None:
+        """Earlier room keys to the new devices of users whose devices or rooms changed.
+
+        Kept for the next batch if the homeserver fails meanwhile (nothing is lost).
+        """
+        pending = set(users) if users is not None else self._catch_up
+        if users is None:
+            self._catch_up = set()
+        if not pending:
+            return
+        try:
+            await self.room_keys.catch_up(pending, self._present)
+        except MatrixError as exc:
+            if not exc.transient:
+                log.warning("room keys catch-up refused by the homeserver: %s", exc)
+                return
+            self._catch_up |= pending
+            raise
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._catch_up |= pending
+            raise HomeserverUnavailable(f"room keys catch-up: {exc}") from exc
+        except Exception:
+            # Database unavailable (or a bug): tried again after the next batch, and the
+            # sync loop is not held back for it.
+            self._catch_up |= pending
+            log.exception("room keys catch-up failed; tried again after the next sync")
+
+    async def _present(self, room_id: str) -> set[str]:
+        """Joined or invited members of a room (the bot's view, rebuilt if unknown)."""
+        async with self._lock(room_id):
+            present = self.present_members(room_id)
+            if present is None:
+                present = set((await self.refresh_members(room_id)).users)
+            return present
 
     # -------------------------------------------------------------- raw requests
     async def request(

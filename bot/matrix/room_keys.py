@@ -4,15 +4,23 @@ Why not nio's `share_group_session`: it shares with every device nio knows of th
 users given, and nio trusts no device through cross-signing. Here the devices come
 from `DeviceTrust` (our own check of the cross-signing chain) and the decision from
 `bot.domain.key_sharing`; nio only provides the Olm sessions and encryption.
+
+Every session the bot starts is kept (`KeyArchive`, sealed in the database), as
+first meant for each participant: a device of theirs that appears later (a new
+computer, Element opened after the demande) gets those keys as an `m.room_key`
+from the bot's own device, over Olm, exactly what the first recipients got.
+Forwarding (`m.forwarded_room_key`) would not do: Element's crypto refuses forwarded
+keys from another user. The catch-up runs for users whose devices changed
+(`device_lists.changed`) or whose membership changed, after each sync batch.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 from nio import AsyncClient, MegolmEvent
@@ -21,11 +29,14 @@ from nio.crypto.key_request import OutgoingKeyRequest
 from nio.crypto.sessions import OutboundGroupSession
 
 from bot.domain.key_sharing import (
+    CatchUpPlan,
     Device,
     DeviceRef,
     KeySharePlan,
+    KeyToCatchUp,
     WithheldCode,
     Withhold,
+    plan_catch_up,
     plan_key_sharing,
     withheld_content,
 )
@@ -38,6 +49,38 @@ TO_DEVICE_CHUNK = 100
 
 RequestFn = Callable[..., Awaitable[dict[str, Any]]]
 ClaimFn = Callable[[dict[str, list[str]]], Awaitable[None]]
+PresentFn = Callable[[str], Awaitable[Collection[str]]]
+
+
+class ArchivedKey(Protocol):
+    @property
+    def room_id(self) -> str: ...
+    @property
+    def session_id(self) -> str: ...
+    @property
+    def session_key(self) -> str: ...
+
+
+class KeyArchive(Protocol):
+    """Where the bot's session keys are kept (the database, sealed), and who holds them."""
+
+    async def archive(
+        self,
+        *,
+        room_id: str,
+        session_id: str,
+        first_index: int,
+        session_key: str,
+        users: Collection[str],
+    ) -> None: ...
+
+    async def delivered(self, session_id: str, devices: Collection[DeviceRef]) -> None: ...
+
+    async def keys_for(self, user_id: str) -> Sequence[ArchivedKey]:
+        """The user's keys, only in rooms whose ledger authorises them today."""
+        ...
+
+    async def deliveries(self, user_id: str) -> set[tuple[str, str]]: ...
 
 
 def _txn() -> str:
@@ -58,6 +101,14 @@ class ShareResult:
     withheld: tuple[Withhold, ...]
 
 
+@dataclass(frozen=True)
+class CatchUpResult:
+    user_id: str
+    plan: CatchUpPlan
+    sent: tuple[tuple[DeviceRef, str], ...]  # (device, session ID)
+    withheld: tuple[tuple[Withhold, str], ...]
+
+
 class RoomKeySharer:
     def __init__(
         self,
@@ -67,14 +118,21 @@ class RoomKeySharer:
         trust: DeviceTrust,
         *,
         require_cross_signed: bool,
+        archive: KeyArchive | None = None,
     ) -> None:
         self.client = client
         self.request = request
         self.claim = claim
         self.trust = trust
         self.require_cross_signed = require_cross_signed
+        self.archive = archive
         self._told: dict[str, _Told] = {}
+        # session ID → users whose first key of it is archived (sessions live in memory).
+        self._archived: dict[str, set[str]] = {}
+        # (session ID, device ID) already told their key is withheld by the catch-up.
+        self._catch_up_told: set[tuple[str, str]] = set()
         self.last: dict[str, ShareResult] = {}  # per room, for tests and diagnostics
+        self.last_catch_up: dict[str, CatchUpResult] = {}  # per user, idem
 
     @property
     def _olm(self) -> Any:
@@ -109,6 +167,7 @@ class RoomKeySharer:
             else set(),
         )
         if current is not None and plan.nothing_to_do:
+            await self._archive(room_id, current, users)
             return None
         fresh = current is None or plan.rotate
         if fresh:
@@ -118,10 +177,13 @@ class RoomKeySharer:
         if told is None or told.session_id != session.id:
             told = self._told[room_id] = _Told(session.id)
 
+        await self._archive(room_id, session, users)
         shared, no_olm = await self._send_keys(room_id, session, plan.share)
         withheld = [*plan.withhold, *(Withhold(u, d, WithheldCode.NO_OLM) for u, d in no_olm)]
         await self._send_withheld(room_id, session.id, withheld)
         session.users_shared_with.update(shared)
+        if shared and self.archive is not None:
+            await self.archive.delivered(session.id, shared)
         told.devices.update(w.ref for w in withheld)
         session.shared = True
 
@@ -151,47 +213,186 @@ class RoomKeySharer:
             return None
         return known
 
+    async def _archive(
+        self, room_id: str, session: OutboundGroupSession, users: Collection[str]
+    ) -> None:
+        """Keep the session key, as it is before the next message, for users not yet kept.
+
+        Before the message is encrypted: the key kept always opens that message.
+        """
+        if self.archive is None:
+            return
+        done = self._archived.setdefault(session.id, set())
+        new = set(users) - done - {self.client.user_id}
+        if not new:
+            return
+        await self.archive.archive(
+            room_id=room_id,
+            session_id=session.id,
+            first_index=session.message_index,
+            session_key=session.session_key,
+            users=new,
+        )
+        done |= new
+
     async def _send_keys(
         self, room_id: str, session: OutboundGroupSession, targets: tuple[Device, ...]
     ) -> tuple[list[DeviceRef], list[DeviceRef]]:
-        olm = self._olm
-        resolved: list[OlmDevice] = []
-        unusable: list[DeviceRef] = []
-        for device in targets:
-            known = self._nio_device(device)
-            if known is None:
-                unusable.append(device.ref)
-            else:
-                resolved.append(known)
-        missing: dict[str, list[str]] = {}
-        for known in resolved:
-            if not olm.session_store.get(known.curve25519):
-                missing.setdefault(known.user_id, []).append(known.id)
-        if missing:
-            await self.claim(missing)
         key_content = {
             "algorithm": MEGOLM,
             "room_id": room_id,
             "session_id": session.id,
             "session_key": session.session_key,
         }
-        messages: list[tuple[OlmDevice, dict[str, Any]]] = []
-        for known in resolved:
+        return await self._send_room_keys([(device, key_content) for device in targets])
+
+    async def _send_room_keys(
+        self, targets: Sequence[tuple[Device, dict[str, Any]]]
+    ) -> tuple[list[DeviceRef], list[DeviceRef]]:
+        """Send each `m.room_key` content to its device over Olm.
+
+        Returns the devices that were sent one, and those that cannot be reached
+        (unknown to nio under these keys, or no one-time key to start an Olm session).
+        Several keys for one device go in successive requests (one message per device
+        per request).
+        """
+        olm = self._olm
+        resolved: list[tuple[OlmDevice, dict[str, Any]]] = []
+        unusable: list[DeviceRef] = []
+        for device, content in targets:
+            known = self._nio_device(device)
+            if known is None:
+                if device.ref not in unusable:
+                    unusable.append(device.ref)
+            else:
+                resolved.append((known, content))
+        missing: dict[str, list[str]] = {}
+        for known, _ in resolved:
+            if not olm.session_store.get(known.curve25519):
+                ids = missing.setdefault(known.user_id, [])
+                if known.id not in ids:
+                    ids.append(known.id)
+        if missing:
+            await self.claim(missing)
+        rounds: list[list[tuple[OlmDevice, dict[str, Any]]]] = []
+        seen: dict[DeviceRef, int] = {}
+        for known, content in resolved:
+            ref = (known.user_id, known.id)
             olm_session = olm.session_store.get(known.curve25519)
             if olm_session is None:
-                unusable.append((known.user_id, known.id))
+                if ref not in unusable:
+                    unusable.append(ref)
                 continue
-            payload = olm._olm_encrypt(olm_session, known, "m.room_key", key_content)
-            messages.append((known, payload))
+            payload = olm._olm_encrypt(olm_session, known, "m.room_key", content)
+            n = seen.get(ref, 0)
+            seen[ref] = n + 1
+            while len(rounds) <= n:
+                rounds.append([])
+            rounds[n].append((known, payload))
         shared: list[DeviceRef] = []
-        for start in range(0, len(messages), TO_DEVICE_CHUNK):
-            chunk = messages[start : start + TO_DEVICE_CHUNK]
-            body: dict[str, dict[str, Any]] = {}
-            for known, payload in chunk:
-                body.setdefault(known.user_id, {})[known.id] = payload
-            await self._to_device("m.room.encrypted", body)
-            shared.extend((known.user_id, known.id) for known, _ in chunk)
+        for messages in rounds:
+            for start in range(0, len(messages), TO_DEVICE_CHUNK):
+                chunk = messages[start : start + TO_DEVICE_CHUNK]
+                body: dict[str, dict[str, Any]] = {}
+                for known, payload in chunk:
+                    body.setdefault(known.user_id, {})[known.id] = payload
+                await self._to_device("m.room.encrypted", body)
+                for known, _ in chunk:
+                    ref = (known.user_id, known.id)
+                    if ref not in shared:
+                        shared.append(ref)
         return shared, unusable
+
+    # ------------------------------------------------------------ catching up
+
+    async def catch_up(self, users: Iterable[str], present_in: PresentFn) -> list[CatchUpResult]:
+        """Give the bot's earlier session keys to the users' devices that miss them."""
+        results: list[CatchUpResult] = []
+        if self.archive is None:
+            return results
+        for user in sorted(set(users) - {str(self.client.user_id)}):
+            result = await self._catch_up_user(user, present_in)
+            if result is not None:
+                results.append(result)
+        return results
+
+    async def _catch_up_user(self, user: str, present_in: PresentFn) -> CatchUpResult | None:
+        assert self.archive is not None
+        archived = list(await self.archive.keys_for(user))
+        if not archived:
+            return None
+        rooms = sorted({k.room_id for k in archived})
+        present = [room for room in rooms if user in await present_in(room)]
+        if not present:
+            return None
+        devices = (await self.trust.devices([user])).get(user, [])
+        delivered = await self.archive.deliveries(user)
+        by_session = {k.session_id: k for k in archived}
+        plan = plan_catch_up(
+            user_id=user,
+            devices=devices,
+            keys=[KeyToCatchUp(k.room_id, k.session_id) for k in archived],
+            authorised_rooms=rooms,  # `keys_for` returns authorised rooms only
+            present_rooms=present,
+            delivered=delivered,
+            told=self._catch_up_told,
+            require_cross_signed=self.require_cross_signed,
+            own=(str(self.client.user_id), str(self.client.device_id)),
+        )
+        if plan.nothing_to_do:
+            return None
+        targets = [
+            (
+                device,
+                {
+                    "algorithm": MEGOLM,
+                    "room_id": key.room_id,
+                    "session_id": key.session_id,
+                    "session_key": by_session[key.session_id].session_key,
+                },
+            )
+            for device, key in plan.send
+        ]
+        shared, unusable = await self._send_room_keys(targets)
+        reached = set(shared)
+        sent = tuple(
+            ((d.user_id, d.device_id), key.session_id)
+            for d, key in plan.send
+            if (d.user_id, d.device_id) in reached
+        )
+        withheld = [(w, key.session_id) for w, key in plan.withhold]
+        withheld += [
+            (Withhold(d.user_id, d.device_id, WithheldCode.NO_OLM), key.session_id)
+            for d, key in plan.send
+            if d.ref in unusable and (key.session_id, d.device_id) not in self._catch_up_told
+        ]
+        for w, session_id in withheld:
+            room_id = by_session[session_id].room_id
+            await self._send_withheld(room_id, session_id, [w])
+            self._catch_up_told.add((session_id, w.device_id))
+        per_session: dict[str, list[DeviceRef]] = {}
+        for ref, session_id in sent:
+            per_session.setdefault(session_id, []).append(ref)
+        for session_id, refs in per_session.items():
+            await self.archive.delivered(session_id, refs)
+            self._note_current(by_session[session_id].room_id, session_id, refs)
+        result = CatchUpResult(user, plan, sent, tuple(withheld))
+        self.last_catch_up[user] = result
+        log.info(
+            "catch-up: %d earlier room key(s) sent to %d device(s), %d withheld %s, in %d room(s)",
+            len(sent),
+            len({ref for ref, _ in sent}),
+            len(withheld),
+            sorted({w.code.value for w, _ in withheld}),
+            len(present),
+        )
+        return result
+
+    def _note_current(self, room_id: str, session_id: str, refs: Collection[DeviceRef]) -> None:
+        """A device caught up on the current session: the next message needs no new share."""
+        current = self._olm.outbound_group_sessions.get(room_id)
+        if current is not None and current.id == session_id:
+            current.users_shared_with.update(refs)
 
     async def _send_withheld(self, room_id: str, session_id: str, withheld: list[Withhold]) -> None:
         if not withheld:

@@ -154,6 +154,8 @@ class Retention:
                 if demande.draft_id is not None:
                     draft = await self._draft_room(tx, demande.draft_id)
                 result = await tx.wipe_demande(demande.id, now=now)
+                # The bot's session keys of the room would decrypt its purged messages.
+                room_keys = await tx.forget_room_keys(demande.room_id) if demande.room_id else 0
                 await tx.audit(
                     "usager_data_wiped",
                     actor=actor,
@@ -163,6 +165,7 @@ class Retention:
                         "drafts": result.drafts,
                         "outbox_messages": result.outbox_messages,
                         "emails": result.emails,
+                        "room_keys": room_keys,
                     },
                     now=now,
                 )

@@ -30,3 +30,34 @@ class UndecryptableEventRow(Base):
     key_requested_at: Mapped[datetime | None]
     notice_at: Mapped[datetime | None]
     decrypted_at: Mapped[datetime | None] = mapped_column(index=True)
+
+
+class RoomKeyRow(Base):
+    """A Megolm session key of the bot, as it was first meant for one participant.
+
+    The signed session key (`m.room_key` form) at the ratchet index where the
+    participant was first among the session's recipients: index 0 for those present
+    when the session started. A device of theirs that appears later gets exactly
+    this, so it reads what they were meant to read, from then on and no earlier.
+    Sealed at rest: whoever holds it decrypts the room's messages of that session.
+    """
+
+    __tablename__ = "room_keys"
+
+    session_id: Mapped[str] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(primary_key=True, index=True)
+    room_id: Mapped[str] = mapped_column(index=True)
+    first_index: Mapped[int]
+    session_key_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class RoomKeyDeliveryRow(Base):
+    """A device that holds one of the bot's sessions (sent live or caught up later)."""
+
+    __tablename__ = "room_key_deliveries"
+
+    session_id: Mapped[str] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(primary_key=True)
+    delivered_at: Mapped[datetime]

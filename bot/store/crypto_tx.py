@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
-from bot.store.crypto_models import UndecryptableEventRow
+from bot.store.crypto_models import RoomKeyDeliveryRow, RoomKeyRow, UndecryptableEventRow
+from bot.store.models import DemandeRow, ParticipantRow
 from bot.store.tx_base import TxBase
 
 
@@ -24,6 +25,20 @@ class UndecryptableEvent:
     key_requested_at: datetime | None
     notice_at: datetime | None
     decrypted_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ArchivedRoomKey:
+    """One of the bot's session keys as first meant for a participant (see `RoomKeyRow`)."""
+
+    room_id: str
+    session_id: str
+    first_index: int
+    session_key: str
+
+
+def _room_key_aad(session_id: str, user_id: str) -> bytes:
+    return f"room_keys:session_key:{session_id}:{user_id}".encode()
 
 
 def _event_aad(event_id: str) -> bytes:
@@ -116,3 +131,87 @@ class CryptoTx(TxBase):
                 .where(row.event_id == event_id, column.is_(None))
                 .values({column.key: value})
             )
+
+    # ------------------------------------------------------------ room keys
+
+    async def archive_room_key(
+        self,
+        *,
+        room_id: str,
+        session_id: str,
+        first_index: int,
+        session_key: str,
+        users: Collection[str],
+        now: datetime,
+    ) -> None:
+        """Keep the session key as it is now for each user (the first one recorded wins)."""
+        for user_id in sorted(set(users)):
+            await self._s.execute(
+                self._insert(RoomKeyRow)
+                .values(
+                    session_id=session_id,
+                    user_id=user_id,
+                    room_id=room_id,
+                    first_index=first_index,
+                    session_key_enc=self._cipher.encrypt(
+                        session_key.encode("ascii"), _room_key_aad(session_id, user_id)
+                    ),
+                    created_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["session_id", "user_id"])
+            )
+
+    async def record_key_deliveries(
+        self, session_id: str, devices: Collection[tuple[str, str]], *, now: datetime
+    ) -> None:
+        for user_id, device_id in sorted(set(devices)):
+            await self._s.execute(
+                self._insert(RoomKeyDeliveryRow)
+                .values(
+                    session_id=session_id,
+                    user_id=user_id,
+                    device_id=device_id,
+                    delivered_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["session_id", "user_id", "device_id"])
+            )
+
+    async def room_keys_for(self, user_id: str) -> list[ArchivedRoomKey]:
+        """The user's archived keys, only in demandes whose ledger authorises them today."""
+        authorised_rooms = (
+            select(DemandeRow.room_id)
+            .join(ParticipantRow, ParticipantRow.demande_id == DemandeRow.id)
+            .where(ParticipantRow.matrix_id == user_id, ParticipantRow.removed_at.is_(None))
+        )
+        stmt = (
+            select(RoomKeyRow)
+            .where(RoomKeyRow.user_id == user_id, RoomKeyRow.room_id.in_(authorised_rooms))
+            .order_by(RoomKeyRow.room_id, RoomKeyRow.created_at, RoomKeyRow.session_id)
+        )
+        return [
+            ArchivedRoomKey(
+                room_id=r.room_id,
+                session_id=r.session_id,
+                first_index=r.first_index,
+                session_key=self._cipher.decrypt(
+                    r.session_key_enc, _room_key_aad(r.session_id, r.user_id)
+                ).decode("ascii"),
+            )
+            for r in await self._s.scalars(stmt)
+        ]
+
+    async def key_deliveries(self, user_id: str) -> set[tuple[str, str]]:
+        """(session ID, device ID) of every session of the bot a device of the user holds."""
+        stmt = select(RoomKeyDeliveryRow.session_id, RoomKeyDeliveryRow.device_id).where(
+            RoomKeyDeliveryRow.user_id == user_id
+        )
+        return {(s, d) for s, d in (await self._s.execute(stmt)).all()}
+
+    async def forget_room_keys(self, room_id: str) -> int:
+        """Drop a room's archived keys and their deliveries (the room is purged)."""
+        sessions = select(RoomKeyRow.session_id).where(RoomKeyRow.room_id == room_id)
+        await self._s.execute(
+            delete(RoomKeyDeliveryRow).where(RoomKeyDeliveryRow.session_id.in_(sessions))
+        )
+        result = await self._s.execute(delete(RoomKeyRow).where(RoomKeyRow.room_id == room_id))
+        return int(getattr(result, "rowcount", 0) or 0)

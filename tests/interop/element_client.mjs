@@ -23,10 +23,16 @@ const { OnlySignedDevicesIsolationMode, AllDevicesIsolationMode, CryptoEvent } =
 logger.setLevel(process.env.ELEMENT_CLIENT_LOG_LEVEL || "warn");
 
 // Failures that may resolve once keys arrive; any other reason is a verdict.
+// HISTORICAL_MESSAGE_*: a message sent before this device logged in, whose key it does
+// not have (yet). That is what Element shows as « L'historique des messages n'est pas
+// disponible sur cet appareil »; matrix-js-sdk decrypts it again when the key arrives.
 const TRANSIENT_FAILURES = new Set([
     "MEGOLM_UNKNOWN_INBOUND_SESSION_ID",
     "OLM_UNKNOWN_MESSAGE_INDEX",
     "UNKNOWN_SENDER_DEVICE",
+    "HISTORICAL_MESSAGE_NO_KEY_BACKUP",
+    "HISTORICAL_MESSAGE_BACKUP_UNCONFIGURED",
+    "HISTORICAL_MESSAGE_WORKING_BACKUP",
 ]);
 
 // A message that arrived before its sender's device keys fails with UNKNOWN_SENDER_DEVICE

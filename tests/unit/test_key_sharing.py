@@ -248,3 +248,57 @@ async def test_an_unreachable_server_is_not_cached() -> None:
     trust = DeviceTrust(query)
     assert await trust.devices([ALICE]) == {ALICE: []}
     assert trust.cached(ALICE) is None
+
+
+# -------------------------------------------------------------- catching up
+
+
+def catch_up(**overrides: Any) -> Any:
+    from bot.domain.key_sharing import KeyToCatchUp, plan_catch_up
+
+    args: dict[str, Any] = {
+        "user_id": ALICE,
+        "devices": DEVICES[ALICE],
+        "keys": [KeyToCatchUp("!r1", "S1"), KeyToCatchUp("!r1", "S2"), KeyToCatchUp("!r2", "S3")],
+        "authorised_rooms": {"!r1", "!r2"},
+        "present_rooms": {"!r1", "!r2"},
+        "delivered": set(),
+        "told": set(),
+        "require_cross_signed": True,
+        "own": OWN,
+    }
+    args.update(overrides)
+    return plan_catch_up(**args)
+
+
+def test_catch_up_gives_signed_devices_every_missing_key() -> None:
+    result = catch_up(delivered={("S1", "A1")})
+    assert [(d.device_id, k.session_id) for d, k in result.send] == [("A1", "S2"), ("A1", "S3")]
+    # The unsigned device is told, per session, that it will not get the key.
+    assert [(w.device_id, w.code, k.session_id) for w, k in result.withhold] == [
+        ("A2", WithheldCode.UNVERIFIED, "S1"),
+        ("A2", WithheldCode.UNVERIFIED, "S2"),
+        ("A2", WithheldCode.UNVERIFIED, "S3"),
+    ]
+    again = catch_up(
+        delivered={("S1", "A1"), ("S2", "A1"), ("S3", "A1")},
+        told={("S1", "A2"), ("S2", "A2"), ("S3", "A2")},
+    )
+    assert again.nothing_to_do
+
+
+def test_catch_up_only_in_rooms_where_the_user_is_authorised_and_present() -> None:
+    not_authorised = catch_up(authorised_rooms={"!r2"})
+    assert {k.session_id for _, k in not_authorised.send} == {"S3"}
+    gone = catch_up(present_rooms={"!r1"})
+    assert {k.session_id for _, k in gone.send} == {"S1", "S2"}
+    assert catch_up(authorised_rooms=set()).nothing_to_do
+    # Another user's devices, or the bot's own, never get anything through this user.
+    assert catch_up(devices=DEVICES[EVE]).nothing_to_do
+    assert catch_up(user_id=BOT, devices=DEVICES[BOT]).nothing_to_do
+
+
+def test_catch_up_without_cross_signing_required_shares_with_every_device() -> None:
+    result = catch_up(require_cross_signed=False, keys=catch_up().send[0][1:])
+    assert sorted(d.device_id for d, _ in result.send) == ["A1", "A2"]
+    assert result.withhold == ()

@@ -1,0 +1,38 @@
+"""What end-to-end encryption tests look at on a nio device: withheld keys, late keys."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import nio
+
+from tests.support import matrix
+
+
+class Withheld:
+    """`m.room_key.withheld` received by a nio device (nio only knows it as unknown)."""
+
+    def __init__(self, client: nio.AsyncClient) -> None:
+        self.events: list[dict[str, Any]] = []
+        client.add_to_device_callback(self._on_event, nio.UnknownToDeviceEvent)  # type: ignore[arg-type]
+
+    def _on_event(self, event: nio.UnknownToDeviceEvent) -> None:
+        if event.type == "m.room_key.withheld":
+            self.events.append(event.source["content"])
+
+
+def decrypted_later(client: nio.AsyncClient, room_id: str, sender: str) -> list[str]:
+    """Bodies of `sender`'s events the client could not decrypt when they arrived and can
+    decrypt now (nio does not try an event again by itself once its key comes)."""
+    bodies = []
+    for event in matrix.inbox(client).undecryptable[room_id]:
+        if event.sender != sender:
+            continue
+        try:
+            clear = client.decrypt_event(event)
+        except nio.EncryptionError:
+            continue
+        body = getattr(clear, "body", None)
+        if isinstance(body, str):
+            bodies.append(body)
+    return bodies
