@@ -27,6 +27,7 @@ from bot.services.demande_room import DemandeRooms
 from bot.services.dispatch import Dispatcher
 from bot.services.event_retries import EventRetries
 from bot.services.failures import database_unavailable
+from bot.services.history import HistoryCopies
 from bot.services.ledger import StoreLedger
 from bot.services.membership_api import MembershipApi, start_membership_api
 from bot.services.opening import Opening
@@ -191,7 +192,16 @@ class App:
             sender=outbox,
             notice_after_seconds=s.bot.undecryptable_notice_after_seconds,
         )
+        history = HistoryCopies(
+            store=store,
+            gateway=gateway,
+            policies=policies,
+            clock=clock,
+            bot_user_id=bot_id,
+            sender=outbox,
+        )
         rooms = DemandeRooms(
+            history=history,
             store=store,
             clock=clock,
             policies=policies,
@@ -326,6 +336,13 @@ class App:
                 log.exception("recovery of the openings failed; next round in a minute")
             else:
                 log.warning("recovery postponed, database unavailable")
+        try:
+            # Copies of the earlier exchange for late participants, left by a stop.
+            if p.rooms.history is not None:
+                await p.rooms.history.run_pending()
+        except Exception as exc:
+            if not database_unavailable(exc):
+                log.exception("history copies failed; next round in a minute")
         p.guard.wake()
         p.outbox.flush_soon()
         if p.email is not None:

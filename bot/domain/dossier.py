@@ -166,8 +166,8 @@ def render_dossier(
     doc.para(f"Demande {reference}", strong=True)
     if repost:
         doc.para(
-            "Dossier republié pour les participants arrivés après l'ouverture : "
-            "les messages échangés avant votre arrivée ne vous sont pas lisibles."
+            "Dossier republié pour les participants arrivés après l'ouverture ; "
+            "les messages échangés avant leur arrivée leur sont recopiés à la suite."
         )
     doc.item("Statut", status.label)
     doc.item("Territoire", form.territoire)

@@ -36,6 +36,7 @@ from bot.ports import Author, EmailHooks, MailTx, PoliciesRef, Sender
 from bot.services.clock import Clock
 from bot.services.dossier_view import dossier_content
 from bot.services.failures import database_unavailable, homeserver_outage
+from bot.services.history import HistoryCopies
 from bot.services.room_guard import RoomGuard
 from bot.services.room_specs import RoomSpecs
 from bot.services.undecryptable import Undecryptables
@@ -70,6 +71,7 @@ class DemandeRooms:
         sender: Sender,
         undecryptables: Undecryptables,
         max_attachment_bytes: int,
+        history: HistoryCopies | None = None,
     ) -> None:
         self.sender = sender
         self.store = store
@@ -80,6 +82,8 @@ class DemandeRooms:
         self.email = email
         self.undecryptables = undecryptables
         self.max_attachment_bytes = max_attachment_bytes
+        # Copies the earlier exchange for participants who join after the opening.
+        self.history = history
 
     @property
     def bot_user_id(self) -> str:
@@ -170,6 +174,8 @@ class DemandeRooms:
             ):
                 # A real arrival; a join over a join is a profile change (name, avatar).
                 await tx.audit("joined", actor=user, reference=demande.reference, now=now)
+                if self.history is not None:
+                    await self.history.on_join(tx, demande, event, participant.kind)
                 # Invitees of the opening got the room key of the dossier; those who came
                 # later cannot read it, so it is posted again for them, once each.
                 if participant.kind == "invite" and demande.creation_step == "ready":
@@ -181,6 +187,8 @@ class DemandeRooms:
                     )
             elif event.membership in ("leave", "ban") and event.sender == user:
                 await tx.audit("left", actor=user, reference=demande.reference, now=now)
+        if self.history is not None and event.membership == "join":
+            await self.history.run_pending()
 
     async def _on_file(self, demande: Demande, event: RoomEncryptedMedia) -> None:
         """An encrypted file posted by a participant: to the email-only participants.

@@ -5,10 +5,8 @@ Real Synapse, the real bot, nio clients: the homeserver only ever holds cipherte
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import nio
@@ -21,6 +19,7 @@ from bot.services.ledger import StoreLedger
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with
+from tests.support.e2ee import post_file as _post_file
 from tests.support.world import demande_of, make_world, open_demande
 
 LIMIT = 64 * 1024
@@ -37,30 +36,6 @@ async def _download(client: nio.AsyncClient, mxc: str) -> bytes:
     ):
         assert response.status == 200, response.status
         return await response.read()
-
-
-async def _post_file(
-    client: nio.AsyncClient, room_id: str, data: bytes, *, name: str, size: int | None = None
-) -> dict[str, Any]:
-    """Upload encrypted and send, as Element does; returns the message content."""
-    resp, keys = await client.upload(
-        io.BytesIO(data),
-        content_type="application/octet-stream",
-        filename=name,
-        encrypt=True,
-        filesize=len(data),
-    )
-    assert isinstance(resp, nio.UploadResponse) and keys is not None, resp
-    content = {
-        "msgtype": "m.file",
-        "body": name,
-        "filename": name,
-        "info": {"mimetype": "application/pdf", "size": len(data) if size is None else size},
-        "file": {"url": resp.content_uri, **keys},
-    }
-    sent = await client.room_send(room_id, "m.room.message", content, None, True)
-    assert isinstance(sent, nio.RoomSendResponse), sent
-    return content
 
 
 async def test_encrypted_attachments_both_ways_within_the_limit(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import nio
@@ -36,3 +37,27 @@ def decrypted_later(client: nio.AsyncClient, room_id: str, sender: str) -> list[
         if isinstance(body, str):
             bodies.append(body)
     return bodies
+
+
+async def post_file(
+    client: nio.AsyncClient, room_id: str, data: bytes, *, name: str, size: int | None = None
+) -> dict[str, Any]:
+    """Upload encrypted and send, as Element does; returns the message content."""
+    resp, keys = await client.upload(
+        io.BytesIO(data),
+        content_type="application/octet-stream",
+        filename=name,
+        encrypt=True,
+        filesize=len(data),
+    )
+    assert isinstance(resp, nio.UploadResponse) and keys is not None, resp
+    content = {
+        "msgtype": "m.file",
+        "body": name,
+        "filename": name,
+        "info": {"mimetype": "application/pdf", "size": len(data) if size is None else size},
+        "file": {"url": resp.content_uri, **keys},
+    }
+    sent = await client.room_send(room_id, "m.room.message", content, None, True)
+    assert isinstance(sent, nio.RoomSendResponse), sent
+    return content
