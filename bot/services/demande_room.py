@@ -26,7 +26,14 @@ from nio import (
     RoomMessageText,
 )
 
-from bot.commands.framework import CommandFailed, NotACommand, ParseFailure, Reply, failure_reply
+from bot.commands.framework import (
+    CommandFailed,
+    NotACommand,
+    Parsed,
+    ParseFailure,
+    Reply,
+    failure_reply,
+)
 from bot.commands.room import ROOM, RoomCtx
 from bot.domain import status as status_rules
 from bot.domain.model import Demande, Status, Usefulness
@@ -286,11 +293,17 @@ class DemandeRooms:
         if message.command is not None:
             reply = await self._command(ctx, message.command)
             if reply is not None:
+                # Marked with the command answered (or as an error): the copy of the
+                # exchange for late participants leaves out what only answered a question.
+                parsed = ROOM.parse(message.command)
+                answered = parsed.spec.name if isinstance(parsed, Parsed) else "?"
                 await self.sender.enqueue(
                     tx,
                     txn_id=f"reply-{message.key}",
                     room_id=room_id,
-                    content=mx.to_act(reply.text, reply.html, reply.mentions),
+                    content=mx.to_act(
+                        reply.text, reply.html, reply.mentions, reply=answered, error=reply.is_error
+                    ),
                 )
             if message.text:
                 # The sentence after an email's quick answer: to the others, no status.

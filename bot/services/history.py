@@ -42,6 +42,8 @@ PAGE = 100
 MAX_EVENTS = 5_000  # a bound on what is read back; a demande room holds far fewer
 FILE_TYPES = ("m.file", "m.image", "m.video", "m.audio")
 BOT_LABEL = "Administration+"
+# Answers that only told the asker something (help, status, errors): not copied.
+QUESTION_COMMANDS = frozenset({"aide", "statut", "notifications", "confirmer", "annuler", "?"})
 HISTORY_FILTER = json.dumps({"types": ["m.room.message", "m.room.encrypted"]})
 
 
@@ -209,7 +211,12 @@ class HistoryCopies:
                         out[original] = (s, t, new["body"], None)
                 continue
             marker = content.get(mx.APLUS_KEY) or {}
-            if isinstance(marker, Mapping) and ("dossier" in marker or "history_copy" in marker):
+            if isinstance(marker, Mapping) and (
+                "dossier" in marker
+                or "history_copy" in marker
+                or marker.get("error")
+                or marker.get("reply") in QUESTION_COMMANDS
+            ):
                 continue
             body = content.get("body")
             if not isinstance(body, str) or not body.strip():
