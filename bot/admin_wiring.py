@@ -7,6 +7,7 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from bot.commands import identity as _identity  # noqa: F401 (registers !identite-accepter)
 from bot.commands.admin import ADMIN, AdminCtx
 from bot.domain import schedule
 from bot.domain.followup import FollowUpRules

@@ -28,6 +28,7 @@ from bot.services.dispatch import Dispatcher
 from bot.services.event_retries import EventRetries
 from bot.services.failures import database_unavailable
 from bot.services.history import HistoryCopies
+from bot.services.identity_pins import IdentityPins
 from bot.services.ledger import StoreLedger
 from bot.services.membership_api import MembershipApi, start_membership_api
 from bot.services.opening import Opening
@@ -128,6 +129,11 @@ class App:
         if s.guard.enabled:
             membership_api = await start_membership_api(s, store, self.clock)
             self._stack.push_async_callback(membership_api.close)
+        # Parts built before the outbox that queue messages wake it through this.
+        outbox_wakeup = Wakeup()
+        identity_pins = IdentityPins(
+            store=store, clock=self.clock, bot_user_id=s.bot.user_id, wake_outbox=outbox_wakeup.set
+        )
         gateway = MatrixGateway(
             homeserver=s.homeserver.url,
             user_id=s.bot.user_id,
@@ -137,6 +143,7 @@ class App:
             require_cross_signed_devices=s.bot.require_cross_signed_devices,
             max_attachment_bytes=s.bot.max_attachment_bytes,
             key_archive=StoredKeyArchive(store, self.clock),
+            identity_pins=identity_pins,
         )
         self._stack.push_async_callback(gateway.close)
         await login.connect(s.bot, store, gateway)
@@ -162,7 +169,12 @@ class App:
         specs = RoomSpecs(policies=policies, bot_user_id=bot_id, room_version=s.bot.room_version)
         guard_wakeup = Wakeup()
         outbox = Outbox(
-            store, gateway, clock, StoreLedger(store, bot_id), wake_guard=guard_wakeup.set
+            store,
+            gateway,
+            clock,
+            StoreLedger(store, bot_id),
+            wake_guard=guard_wakeup.set,
+            wakeup=outbox_wakeup,
         )
         guard = RoomGuard(
             store=store,

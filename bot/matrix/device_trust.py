@@ -7,16 +7,20 @@ same signature code as its own identity, and keeps the answer per user until the
 sync reports that the user's devices changed (``device_lists.changed``), a
 membership change, or a time-to-live runs out (a safety net, not the mechanism).
 
-The master key itself is taken on first use, as Element's "signed by owner" does:
-what matters here is that the *owner* vouches for the device.
+The master key itself is pinned on first sight (`IdentityCheck`, trust on first
+use, kept in the database): a later answer with another master key for the same
+user (whoever holds their password, or a homeserver admin, can reset it and sign a
+device of their own) makes every device of that user untrusted, so they get
+`m.room_key.withheld` (`m.unverified`), until an operator accepts the new identity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -32,6 +36,12 @@ QueryFn = Callable[[Mapping[str, Any]], Awaitable[dict[str, Any]]]
 ResponseHook = Callable[[dict[str, Any]], Awaitable[None]]
 
 
+class IdentityCheck(Protocol):
+    async def check(self, user_id: str, master_key: str) -> bool:
+        """True if `master_key` is the user's pinned identity (pinned now if first seen)."""
+        ...
+
+
 def _cross_signing_key(obj: Any, user_id: str, usage: str) -> str | None:
     """The public key of a cross-signing key object, if it is well-formed for `usage`."""
     if not isinstance(obj, Mapping) or obj.get("user_id") != user_id:
@@ -45,6 +55,11 @@ def _cross_signing_key(obj: Any, user_id: str, usage: str) -> str | None:
     if not isinstance(value, str) or kid != f"ed25519:{value}":
         return None
     return value
+
+
+def master_key(response: Mapping[str, Any], user_id: str) -> str | None:
+    """The user's master key in a `/keys/query` answer, if well-formed."""
+    return _cross_signing_key(response.get("master_keys", {}).get(user_id), user_id, "master")
 
 
 def self_signing_key(response: Mapping[str, Any], user_id: str) -> str | None:
@@ -114,9 +129,11 @@ class DeviceTrust:
         on_response: ResponseHook | None = None,
         ttl_seconds: float = DEFAULT_TTL_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        pins: IdentityCheck | None = None,
     ) -> None:
         self._query = query
         self._on_response = on_response
+        self.pins = pins
         self._ttl = ttl_seconds
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, list[Device]]] = {}
@@ -155,6 +172,11 @@ class DeviceTrust:
         now = self._monotonic()
         for user in missing:
             devices = devices_from_query(response, user)
+            master = master_key(response, user)
+            pins = self.pins
+            if pins and master and devices and not await pins.check(user, master):
+                # Not the identity we know: no device of theirs counts as signed.
+                devices = [dataclasses.replace(d, cross_signed=False) for d in devices]
             out[user] = devices
             server = user.split(":", 1)[-1]
             # A server that did not answer: no devices this time, and nothing cached.

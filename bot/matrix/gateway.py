@@ -39,7 +39,7 @@ from nio.exceptions import EncryptionError
 from nio.rooms import MatrixRoom
 
 from bot.matrix import attachments as files
-from bot.matrix.device_trust import DeviceTrust
+from bot.matrix.device_trust import DeviceTrust, IdentityCheck
 from bot.matrix.errors import (
     GUARD_REASON_FIELD,
     HomeserverUnavailable,
@@ -83,6 +83,7 @@ class MatrixGateway:
         require_cross_signed_devices: bool = True,
         max_attachment_bytes: int = 10 * 1024 * 1024,
         key_archive: KeyArchive | None = None,
+        identity_pins: IdentityCheck | None = None,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.user_id = user_id
@@ -105,7 +106,9 @@ class MatrixGateway:
         self._http: aiohttp.ClientSession | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
         # Who gets room keys: our own check of cross-signing, then the domain's decision.
-        self.device_trust = DeviceTrust(self._raw_keys_query, on_response=self._feed_nio_keys)
+        self.device_trust = DeviceTrust(
+            self._raw_keys_query, on_response=self._feed_nio_keys, pins=identity_pins
+        )
         self.room_keys = RoomKeySharer(
             self.client,
             self.request,

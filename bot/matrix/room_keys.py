@@ -127,8 +127,9 @@ class RoomKeySharer:
         self.require_cross_signed = require_cross_signed
         self.archive = archive
         self._told: dict[str, _Told] = {}
-        # session ID → users whose first key of it is archived (sessions live in memory).
-        self._archived: dict[str, set[str]] = {}
+        # session ID → user → the session key as first meant for them (archived). Sessions
+        # live in memory only, so this does too.
+        self._archived: dict[str, dict[str, str]] = {}
         # (session ID, device ID) already told their key is withheld by the catch-up.
         self._catch_up_told: set[tuple[str, str]] = set()
         self.last: dict[str, ShareResult] = {}  # per room, for tests and diagnostics
@@ -220,31 +221,42 @@ class RoomKeySharer:
 
         Before the message is encrypted: the key kept always opens that message.
         """
-        if self.archive is None:
-            return
-        done = self._archived.setdefault(session.id, set())
-        new = set(users) - done - {self.client.user_id}
+        done = self._archived.setdefault(session.id, {})
+        new = set(users) - set(done) - {self.client.user_id}
         if not new:
             return
-        await self.archive.archive(
-            room_id=room_id,
-            session_id=session.id,
-            first_index=session.message_index,
-            session_key=session.session_key,
-            users=new,
-        )
-        done |= new
+        key = session.session_key
+        if self.archive is not None:
+            await self.archive.archive(
+                room_id=room_id,
+                session_id=session.id,
+                first_index=session.message_index,
+                session_key=key,
+                users=new,
+            )
+        done.update(dict.fromkeys(new, key))
 
     async def _send_keys(
         self, room_id: str, session: OutboundGroupSession, targets: tuple[Device, ...]
     ) -> tuple[list[DeviceRef], list[DeviceRef]]:
-        key_content = {
-            "algorithm": MEGOLM,
-            "room_id": room_id,
-            "session_id": session.id,
-            "session_key": session.session_key,
-        }
-        return await self._send_room_keys([(device, key_content) for device in targets])
+        # Each device gets the key as first meant for its owner: a device that appears
+        # mid-session reads from its owner's arrival, not only from now on (nio, unlike
+        # Element, keeps the first key it gets for a session, so it must be that one).
+        first = self._archived.get(session.id, {})
+        return await self._send_room_keys(
+            [
+                (
+                    device,
+                    {
+                        "algorithm": MEGOLM,
+                        "room_id": room_id,
+                        "session_id": session.id,
+                        "session_key": first.get(device.user_id, session.session_key),
+                    },
+                )
+                for device in targets
+            ]
+        )
 
     async def _send_room_keys(
         self, targets: Sequence[tuple[Device, dict[str, Any]]]

@@ -27,7 +27,7 @@ from bot.matrix.gateway import MatrixGateway
 from bot.ports import DemandeTx, Ledger
 from bot.services.clock import Clock
 from bot.services.failures import database_unavailable, describe, homeserver_outage
-from bot.services.worker import Worker
+from bot.services.worker import Wakeup, Worker
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class Outbox:
         *,
         wake_guard: Callable[[], None],
         concurrency: int = 4,
+        wakeup: Wakeup | None = None,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -87,7 +88,9 @@ class Outbox:
         self._soon: set[str] = set()
         self._all = False
         self._limit = asyncio.Semaphore(concurrency)
-        self.worker = Worker("outbox", self._step, idle_seconds=30.0)
+        # `wakeup`: shared with parts built before the outbox that queue messages in their
+        # own transactions (the identity pins, the unverified-session notices).
+        self.worker = Worker("outbox", self._step, idle_seconds=30.0, wakeup=wakeup)
 
     # ------------------------------------------------------------------ waking
     def flush_soon(self, room_id: str | None = None) -> None:

@@ -61,3 +61,20 @@ class RoomKeyDeliveryRow(Base):
     user_id: Mapped[str] = mapped_column(primary_key=True)
     device_id: Mapped[str] = mapped_column(primary_key=True)
     delivered_at: Mapped[datetime]
+
+
+class IdentityPinRow(Base):
+    """A participant's cross-signing master key, taken on first sight (trust on first use).
+
+    A different master key later is held in `pending_master_key`, trusted by nobody,
+    until an operator accepts it (`!identite-accepter`): their devices get no room key
+    meanwhile. Public keys only: nothing secret here.
+    """
+
+    __tablename__ = "identity_pins"
+
+    user_id: Mapped[str] = mapped_column(primary_key=True)
+    master_key: Mapped[str]
+    pinned_at: Mapped[datetime]
+    pending_master_key: Mapped[str | None]
+    pending_since: Mapped[datetime | None]

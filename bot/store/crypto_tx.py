@@ -9,7 +9,12 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 
-from bot.store.crypto_models import RoomKeyDeliveryRow, RoomKeyRow, UndecryptableEventRow
+from bot.store.crypto_models import (
+    IdentityPinRow,
+    RoomKeyDeliveryRow,
+    RoomKeyRow,
+    UndecryptableEventRow,
+)
 from bot.store.models import DemandeRow, ParticipantRow
 from bot.store.tx_base import TxBase
 
@@ -35,6 +40,15 @@ class ArchivedRoomKey:
     session_id: str
     first_index: int
     session_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityPin:
+    user_id: str
+    master_key: str
+    pinned_at: datetime
+    pending_master_key: str | None
+    pending_since: datetime | None
 
 
 def _room_key_aad(session_id: str, user_id: str) -> bytes:
@@ -215,3 +229,50 @@ class CryptoTx(TxBase):
         )
         result = await self._s.execute(delete(RoomKeyRow).where(RoomKeyRow.room_id == room_id))
         return int(getattr(result, "rowcount", 0) or 0)
+
+    # ------------------------------------------------------------ identity pins
+
+    async def identity_pin(self, user_id: str) -> IdentityPin | None:
+        row = await self._s.get(IdentityPinRow, user_id)
+        if row is None:
+            return None
+        return IdentityPin(
+            row.user_id, row.master_key, row.pinned_at, row.pending_master_key, row.pending_since
+        )
+
+    async def pin_identity(self, user_id: str, master_key: str, *, now: datetime) -> bool:
+        """Pin on first sight; False (and nothing changed) if the user is pinned already."""
+        stmt = (
+            self._insert(IdentityPinRow)
+            .values(user_id=user_id, master_key=master_key, pinned_at=now)
+            .on_conflict_do_nothing(index_elements=["user_id"])
+            .returning(IdentityPinRow.user_id)
+        )
+        return (await self._s.execute(stmt)).first() is not None
+
+    async def set_pending_identity(
+        self, user_id: str, master_key: str | None, *, now: datetime
+    ) -> None:
+        """Record (or, with None, drop) a master key seen instead of the pinned one."""
+        await self._s.execute(
+            update(IdentityPinRow)
+            .where(IdentityPinRow.user_id == user_id)
+            .values(pending_master_key=master_key, pending_since=now if master_key else None)
+        )
+
+    async def accept_identity(self, user_id: str, *, now: datetime) -> IdentityPin | None:
+        """The pending master key becomes the pinned one; the pin as it was, or None."""
+        pin = await self.identity_pin(user_id)
+        if pin is None or pin.pending_master_key is None:
+            return None
+        await self._s.execute(
+            update(IdentityPinRow)
+            .where(IdentityPinRow.user_id == user_id)
+            .values(
+                master_key=pin.pending_master_key,
+                pinned_at=now,
+                pending_master_key=None,
+                pending_since=None,
+            )
+        )
+        return pin

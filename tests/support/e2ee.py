@@ -7,7 +7,10 @@ from typing import Any
 
 import nio
 
+from bot.domain.model import Role
+from tests.support import bot as botsupport
 from tests.support import matrix
+from tests.support.world import World
 
 
 class Withheld:
@@ -61,3 +64,24 @@ async def post_file(
     sent = await client.room_send(room_id, "m.room.message", content, None, True)
     assert isinstance(sent, nio.RoomSendResponse), sent
     return content
+
+
+async def operator_in_admin_room(
+    clients: matrix.Clients, runner: botsupport.BotRunner, world: World
+) -> tuple[nio.AsyncClient, str]:
+    """An operator of the directory, joined to the bot's admin room: (client, room ID)."""
+    operator = await clients.client("operateur")
+    await botsupport.add_agent(
+        runner.store,
+        world.directory,
+        "operateur",
+        matrix_id=operator.user_id,
+        roles=[Role.OPERATEUR],
+        group=None,
+    )
+    assert runner.app is not None
+    await runner.app.admin.room.sync_members()
+    room_id = runner.app.admin.room.room_id
+    assert room_id is not None
+    await matrix.accept_invite(operator, room_id)
+    return operator, room_id

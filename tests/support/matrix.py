@@ -26,7 +26,7 @@ import nio
 
 from bot.devserver import LocalSynapse, RegisteredUser
 from bot.domain.key_sharing import Device
-from bot.matrix.cross_signing import ensure_cross_signing
+from bot.matrix.cross_signing import SEED_SECRET_NAME, CrossSigningSeeds, ensure_cross_signing
 from bot.matrix.device_trust import devices_from_query
 
 # Test accounts share one password: it is a fixture of a throwaway homeserver.
@@ -168,6 +168,25 @@ async def cross_sign(client: nio.AsyncClient) -> None:
     assert client.user_id
     secrets_ = _IDENTITIES.setdefault(client.user_id, MemorySecretStore())
     await ensure_cross_signing(client, secrets_, password=TEST_PASSWORD)
+
+
+async def reset_identity(client: nio.AsyncClient) -> None:
+    """Replace the user's cross-signing identity (new master key, uploaded with the
+    password through user-interactive auth) and sign `client`'s device with it: what a
+    user does in Element after losing the recovery key, and what whoever holds their
+    password could do."""
+    # The bot's own code refuses to replace an identity; its building blocks do not.
+    from bot.matrix import cross_signing as cs
+
+    user_id, device_id, ed25519 = cs._identity(client)
+    server = cs._Homeserver(client)
+    seeds = CrossSigningSeeds.generate()
+    await cs._upload_keys(server, user_id, seeds, TEST_PASSWORD)
+    device = cs._check_device_is_ours(
+        await cs._own_device(client, server, user_id, device_id), device_id, ed25519
+    )
+    await cs._sign_device(server, user_id, device, seeds)
+    _IDENTITIES.setdefault(user_id, MemorySecretStore()).values[SEED_SECRET_NAME] = seeds.to_bytes()
 
 
 async def published_devices(client: nio.AsyncClient, user_id: str) -> list[Device]:

@@ -302,3 +302,43 @@ def test_catch_up_without_cross_signing_required_shares_with_every_device() -> N
     result = catch_up(require_cross_signed=False, keys=catch_up().send[0][1:])
     assert sorted(d.device_id for d, _ in result.send) == ["A1", "A2"]
     assert result.withhold == ()
+
+
+# -------------------------------------------------------------- pinned identities
+
+
+class MemoryPins:
+    """The `IdentityCheck` seam in memory: first key seen is kept (the probe of M2)."""
+
+    def __init__(self) -> None:
+        self.pinned: dict[str, str] = {}
+
+    async def check(self, user_id: str, master_key: str) -> bool:
+        return self.pinned.setdefault(user_id, master_key) == master_key
+
+
+async def test_a_second_master_key_for_the_same_user_vouches_for_nothing() -> None:
+    first, second = CrossSigningSeeds.generate(), CrossSigningSeeds.generate()
+    answers = [
+        _query(ALICE, first, {"A1": sign_json(
+            _device_obj(ALICE, "A1", DEVICE_SEED), user_id=ALICE, seed=first.self_signing
+        )}),
+        _query(ALICE, second, {"A9": sign_json(
+            _device_obj(ALICE, "A9", bytes(range(2, 34))), user_id=ALICE, seed=second.self_signing
+        )}),
+    ]  # fmt: skip
+
+    async def query(body: Any) -> dict[str, Any]:
+        return answers.pop(0)
+
+    pins = MemoryPins()
+    trust = DeviceTrust(query, pins=pins)
+    assert [(d.device_id, d.cross_signed) for d in (await trust.devices([ALICE]))[ALICE]] == [
+        ("A1", True)
+    ]
+    trust.invalidate([ALICE])
+    # Without the pin (the probe of security-review M2) A9 counted as cross-signed.
+    assert [(d.device_id, d.cross_signed) for d in (await trust.devices([ALICE]))[ALICE]] == [
+        ("A9", False)
+    ]
+    assert pins.pinned == {ALICE: public_key_of(first.master)}
