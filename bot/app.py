@@ -24,6 +24,7 @@ from bot.services import login
 from bot.services.admin_room import AdminRoom
 from bot.services.clock import Clock, SystemClock
 from bot.services.demande_room import DemandeRooms
+from bot.services.device_notices import UnverifiedSessionNotices
 from bot.services.dispatch import Dispatcher
 from bot.services.event_retries import EventRetries
 from bot.services.failures import database_unavailable
@@ -134,6 +135,9 @@ class App:
         identity_pins = IdentityPins(
             store=store, clock=self.clock, bot_user_id=s.bot.user_id, wake_outbox=outbox_wakeup.set
         )
+        notices = UnverifiedSessionNotices(
+            store=store, clock=self.clock, bot_user_id=s.bot.user_id, wake_outbox=outbox_wakeup.set
+        )
         gateway = MatrixGateway(
             homeserver=s.homeserver.url,
             user_id=s.bot.user_id,
@@ -144,6 +148,7 @@ class App:
             max_attachment_bytes=s.bot.max_attachment_bytes,
             key_archive=StoredKeyArchive(store, self.clock),
             identity_pins=identity_pins,
+            on_unverified=notices.withheld,
         )
         self._stack.push_async_callback(gateway.close)
         await login.connect(s.bot, store, gateway)

@@ -25,6 +25,8 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from html import escape
+from urllib.parse import quote
 
 
 class WithheldCode(StrEnum):
@@ -35,11 +37,55 @@ class WithheldCode(StrEnum):
     NO_OLM = "m.no_olm"
 
 
+# Read by people (some clients show them): in French, like every text of the service.
 WITHHELD_REASONS: Mapping[WithheldCode, str] = {
-    WithheldCode.UNVERIFIED: "Keys are only shared with devices cross-signed by their owner.",
-    WithheldCode.UNAUTHORISED: "You are not authorised to read this conversation.",
-    WithheldCode.NO_OLM: "Unable to establish a secure channel with this device.",
+    WithheldCode.UNVERIFIED: (
+        "Cette session n'est pas vérifiée : le service ne transmet les clés qu'aux sessions "
+        "vérifiées par leur propriétaire. Vérifiez-la depuis une autre de vos sessions ou "
+        "avec votre clé de récupération."
+    ),
+    WithheldCode.UNAUTHORISED: "Vous n'êtes pas autorisé(e) à lire cette conversation.",
+    WithheldCode.NO_OLM: (
+        "Le service n'a pas pu établir de canal chiffré avec cette session ; "
+        "réessayez plus tard ou reconnectez-la."
+    ),
 }
+
+
+def unverified_session_notice(user_id: str, device_id: str) -> tuple[str, str]:
+    """What the person is told, once per session, where that session can read it.
+
+    Sent in clear in the demande room (an unverified session can decrypt nothing the
+    service sends): so only what the homeserver already knows, the account and the
+    session's ID, never the usager's data nor the session's display name.
+    """
+    link = escape(f"https://matrix.to/#/{quote(user_id, safe='@:')}", quote=True)
+    who, session = escape(user_id), escape(device_id)
+    body = (
+        f"{user_id} : votre session {device_id} ne peut pas lire les messages de ce salon, "
+        "car elle n'est pas vérifiée. Pourquoi : pour protéger les données des usagers, le "
+        "service ne transmet les clés de chiffrement qu'aux sessions que leur propriétaire "
+        "a vérifiées, comme le fait Element. Que faire : vérifiez cette session depuis une "
+        "autre de vos sessions déjà vérifiée (dans Element : Paramètres, Sessions, "
+        "Vérifier la session), ou avec votre clé de récupération. Les messages deviennent "
+        "lisibles sur cette session dès qu'elle est vérifiée. (Message non chiffré, pour "
+        "que cette session puisse le lire : il ne contient aucune donnée de la demande.)"
+    )
+    html = (
+        f'<p><a href="{link}">{who}</a> : votre session <code>{session}</code> ne peut '
+        "pas lire les messages de ce salon, car elle n'est pas vérifiée.</p>"
+        "<p><strong>Pourquoi :</strong> pour protéger les données des usagers, le service ne "
+        "transmet les clés de chiffrement qu'aux sessions que leur propriétaire a vérifiées, "
+        "comme le fait Element.</p>"
+        "<p><strong>Que faire :</strong> vérifiez cette session depuis une autre de vos "
+        "sessions déjà vérifiée (dans Element : Paramètres, Sessions, Vérifier la session), "
+        "ou avec votre clé de récupération. Les messages deviennent lisibles sur cette "
+        "session dès qu'elle est vérifiée.</p>"
+        "<p><em>Message non chiffré, pour que cette session puisse le lire : il ne contient "
+        "aucune donnée de la demande.</em></p>"
+    )
+    return body, html
+
 
 DeviceRef = tuple[str, str]  # (user ID, device ID)
 

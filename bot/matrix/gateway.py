@@ -46,7 +46,12 @@ from bot.matrix.errors import (
     MatrixError,
     MediaUnavailable,
 )
-from bot.matrix.room_keys import KeyArchive, RoomKeySharer, accept_forwards_from_session_owner
+from bot.matrix.room_keys import (
+    KeyArchive,
+    RoomKeySharer,
+    UnverifiedFn,
+    accept_forwards_from_session_owner,
+)
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +89,7 @@ class MatrixGateway:
         max_attachment_bytes: int = 10 * 1024 * 1024,
         key_archive: KeyArchive | None = None,
         identity_pins: IdentityCheck | None = None,
+        on_unverified: UnverifiedFn | None = None,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         self.user_id = user_id
@@ -116,6 +122,7 @@ class MatrixGateway:
             self.device_trust,
             require_cross_signed=require_cross_signed_devices,
             archive=key_archive,
+            on_unverified=on_unverified,
         )
         # Users whose devices or membership changed: their new devices may need the
         # bot's earlier room keys (see `RoomKeySharer.catch_up`), after the batch.

@@ -50,6 +50,9 @@ TO_DEVICE_CHUNK = 100
 RequestFn = Callable[..., Awaitable[dict[str, Any]]]
 ClaimFn = Callable[[dict[str, list[str]]], Awaitable[None]]
 PresentFn = Callable[[str], Awaitable[Collection[str]]]
+# Told which sessions of authorised participants were refused a key of a room as
+# unverified (`m.unverified`), so that the person can be told why, in French.
+UnverifiedFn = Callable[[str, Collection[DeviceRef]], Awaitable[None]]
 
 
 class ArchivedKey(Protocol):
@@ -119,6 +122,7 @@ class RoomKeySharer:
         *,
         require_cross_signed: bool,
         archive: KeyArchive | None = None,
+        on_unverified: UnverifiedFn | None = None,
     ) -> None:
         self.client = client
         self.request = request
@@ -126,6 +130,7 @@ class RoomKeySharer:
         self.trust = trust
         self.require_cross_signed = require_cross_signed
         self.archive = archive
+        self.on_unverified = on_unverified
         self._told: dict[str, _Told] = {}
         # session ID → user → the session key as first meant for them (archived). Sessions
         # live in memory only, so this does too.
@@ -182,6 +187,7 @@ class RoomKeySharer:
         shared, no_olm = await self._send_keys(room_id, session, plan.share)
         withheld = [*plan.withhold, *(Withhold(u, d, WithheldCode.NO_OLM) for u, d in no_olm)]
         await self._send_withheld(room_id, session.id, withheld)
+        await self._tell_unverified(room_id, withheld)
         session.users_shared_with.update(shared)
         if shared and self.archive is not None:
             await self.archive.delivered(session.id, shared)
@@ -378,10 +384,14 @@ class RoomKeySharer:
             for d, key in plan.send
             if d.ref in unusable and (key.session_id, d.device_id) not in self._catch_up_told
         ]
+        unverified: dict[str, list[Withhold]] = {}
         for w, session_id in withheld:
             room_id = by_session[session_id].room_id
             await self._send_withheld(room_id, session_id, [w])
             self._catch_up_told.add((session_id, w.device_id))
+            unverified.setdefault(room_id, []).append(w)
+        for room_id, refused in unverified.items():
+            await self._tell_unverified(room_id, refused)
         per_session: dict[str, list[DeviceRef]] = {}
         for ref, session_id in sent:
             per_session.setdefault(session_id, []).append(ref)
@@ -399,6 +409,11 @@ class RoomKeySharer:
             len(present),
         )
         return result
+
+    async def _tell_unverified(self, room_id: str, withheld: Collection[Withhold]) -> None:
+        refs = {w.ref for w in withheld if w.code == WithheldCode.UNVERIFIED}
+        if refs and self.on_unverified is not None:
+            await self.on_unverified(room_id, refs)
 
     def _note_current(self, room_id: str, session_id: str, refs: Collection[DeviceRef]) -> None:
         """A device caught up on the current session: the next message needs no new share."""

@@ -214,6 +214,7 @@ class HistoryCopies:
             if isinstance(marker, Mapping) and (
                 "dossier" in marker
                 or "history_copy" in marker
+                or "unverified_session" in marker
                 or marker.get("error")
                 or marker.get("reply") in QUESTION_COMMANDS
             ):

@@ -78,3 +78,14 @@ class IdentityPinRow(Base):
     pinned_at: Mapped[datetime]
     pending_master_key: Mapped[str | None]
     pending_since: Mapped[datetime | None]
+
+
+class DeviceNoticeRow(Base):
+    """A participant's session told, once, that it gets no room key until verified."""
+
+    __tablename__ = "device_notices"
+
+    user_id: Mapped[str] = mapped_column(primary_key=True)
+    device_id: Mapped[str] = mapped_column(primary_key=True)
+    room_id: Mapped[str]
+    told_at: Mapped[datetime]

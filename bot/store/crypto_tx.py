@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import delete, select, update
 
 from bot.store.crypto_models import (
+    DeviceNoticeRow,
     IdentityPinRow,
     RoomKeyDeliveryRow,
     RoomKeyRow,
@@ -276,3 +277,17 @@ class CryptoTx(TxBase):
             )
         )
         return pin
+
+    # ------------------------------------------------------------ device notices
+
+    async def mark_device_told(
+        self, user_id: str, device_id: str, *, room_id: str, now: datetime
+    ) -> bool:
+        """True the first time a session is told it is not verified; False afterwards."""
+        stmt = (
+            self._insert(DeviceNoticeRow)
+            .values(user_id=user_id, device_id=device_id, room_id=room_id, told_at=now)
+            .on_conflict_do_nothing(index_elements=["user_id", "device_id"])
+            .returning(DeviceNoticeRow.user_id)
+        )
+        return (await self._s.execute(stmt)).first() is not None

@@ -342,3 +342,16 @@ async def test_a_second_master_key_for_the_same_user_vouches_for_nothing() -> No
         ("A9", False)
     ]
     assert pins.pinned == {ALICE: public_key_of(first.master)}
+
+
+def test_withheld_reasons_and_the_unverified_session_notice_are_french() -> None:
+    from bot.domain.key_sharing import WITHHELD_REASONS, unverified_session_notice
+
+    assert WITHHELD_REASONS[WithheldCode.UNVERIFIED].startswith("Cette session n'est pas vérifiée")
+    assert "autorisé(e)" in WITHHELD_REASONS[WithheldCode.UNAUTHORISED]
+    assert "canal chiffré" in WITHHELD_REASONS[WithheldCode.NO_OLM]
+    body, html = unverified_session_notice("@marie:serveur.fr", "ABC<b>DEF")
+    assert "votre session ABC<b>DEF ne peut pas lire" in body
+    assert "Pourquoi" in body and "Que faire" in body and "clé de récupération" in body
+    assert "ABC&lt;b&gt;DEF" in html and "<b>DEF" not in html
+    assert 'href="https://matrix.to/#/@marie:serveur.fr"' in html
