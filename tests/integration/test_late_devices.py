@@ -87,6 +87,9 @@ async def test_new_nio_device_catches_up_and_an_unsigned_one_gets_nothing(
         await say(instr1, room_id, "!statut")
         answer = await reply_with(instr1, room_id, bot_id, f"Demande {reference} :", after=n)
 
+        # The bot restarts: its Megolm sessions were in memory only; the archive is not.
+        await runner.restart()
+
         # A second computer, signed by instr1: it reads what the bot sent before it existed.
         second = await clients.new_device(instr1.user_id)
         # Its first sync brought the bot's earlier messages, undecryptable then.
