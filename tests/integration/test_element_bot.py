@@ -9,7 +9,6 @@ The same with a bot that skipped its cross-signing shows what Element then does.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import nio
 
@@ -19,21 +18,10 @@ from bot.matrix.cross_signing import cross_signing_status
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
+from tests.support.e2ee import Withheld
 from tests.support.interop import ElementClient
 from tests.support.matrix import TEST_PASSWORD
 from tests.support.world import World, demande_of, make_world, open_demande
-
-
-class Withheld:
-    """`m.room_key.withheld` received by a nio device (nio only knows it as unknown)."""
-
-    def __init__(self, client: nio.AsyncClient) -> None:
-        self.events: list[dict[str, Any]] = []
-        client.add_to_device_callback(self._on_event, nio.UnknownToDeviceEvent)  # type: ignore[arg-type]
-
-    def _on_event(self, event: nio.UnknownToDeviceEvent) -> None:
-        if event.type == "m.room_key.withheld":
-            self.events.append(event.source["content"])
 
 
 async def _world_with_element(

@@ -18,6 +18,7 @@ from bot.matrix.cross_signing import (
     ensure_cross_signing,
 )
 from tests.support import matrix
+from tests.support.e2ee import Withheld
 from tests.support.interop import ElementClient
 from tests.support.matrix import TEST_PASSWORD, Clients
 
@@ -39,18 +40,6 @@ class MemorySecretStore:
 
 def localpart(user_id: str) -> str:
     return user_id[1:].split(":", 1)[0]
-
-
-class Withheld:
-    """`m.room_key.withheld` to-device events; nio only knows them as unknown events."""
-
-    def __init__(self, client: nio.AsyncClient) -> None:
-        self.events: list[dict[str, object]] = []
-        client.add_to_device_callback(self._on_event, nio.UnknownToDeviceEvent)
-
-    def _on_event(self, event: nio.UnknownToDeviceEvent) -> None:
-        if event.type == "m.room_key.withheld":
-            self.events.append(event.source["content"])
 
 
 async def open_room_with_element(bot: nio.AsyncClient, element: ElementClient) -> str:
