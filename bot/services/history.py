@@ -33,10 +33,10 @@ from bot.matrix.gateway import MatrixGateway
 from bot.ports import PoliciesRef, Sender
 from bot.services.clock import Clock
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
-PENDING_KEY = "history.pending"
 PARIS = ZoneInfo("Europe/Paris")
 PAGE = 100
 MAX_EVENTS = 5_000  # a bound on what is read back; a demande room holds far fewer
@@ -66,7 +66,7 @@ class HistoryCopies:
         self.sender = sender
 
     async def on_join(
-        self, tx: Any, demande: Demande, event: RoomMemberEvent, kind: str | None
+        self, tx: Tx, demande: Demande, event: RoomMemberEvent, kind: str | None
     ) -> None:
         """In the transaction handling a join: a participant who came after the opening
         (kind « invite ») and was not already in the room gets the copy."""
@@ -80,18 +80,17 @@ class HistoryCopies:
             return
         await self.schedule(tx, demande.room_id, event.state_key, event.event_id)
 
-    async def schedule(self, tx: Any, room_id: str, user_id: str, join_event_id: str) -> None:
+    async def schedule(self, tx: Tx, room_id: str, user_id: str, join_event_id: str) -> None:
         """Record, in the caller's transaction, that `user_id` needs the copy."""
-        pending = json.loads(await tx.get_state(PENDING_KEY) or "[]")
-        item = {"room_id": room_id, "user": user_id, "event_id": join_event_id}
-        if item not in pending:
-            pending.append(item)
-            await tx.set_state(PENDING_KEY, json.dumps(pending))
+        await tx.add_history_copy(room_id, user_id, join_event_id, self.clock.now())
 
     async def run_pending(self) -> None:
         """Make every pending copy; a homeserver outage leaves them for the next round."""
         async with self.store.transaction() as tx:
-            pending = json.loads(await tx.get_state(PENDING_KEY) or "[]")
+            pending = [
+                {"room_id": room, "user": user, "event_id": join}
+                for room, user, join in await tx.history_copies()
+            ]
         for item in pending:
             try:
                 await self._copy(item)
@@ -102,13 +101,12 @@ class HistoryCopies:
                 log.warning("history copy for %s abandoned: %s", item["room_id"], exc)
                 await self._done(item)
 
-    async def _done(self, item: Mapping[str, str], tx: Any | None = None) -> None:
+    async def _done(self, item: Mapping[str, str], tx: Tx | None = None) -> None:
         if tx is None:
             async with self.store.transaction() as own:
                 await self._done(item, own)
             return
-        pending = json.loads(await tx.get_state(PENDING_KEY) or "[]")
-        await tx.set_state(PENDING_KEY, json.dumps([p for p in pending if p != item]))
+        await tx.history_copy_done(item["room_id"], item["user"])
 
     async def _copy(self, item: Mapping[str, str]) -> None:
         room_id, user, join_id = item["room_id"], item["user"], item["event_id"]
@@ -244,7 +242,7 @@ class HistoryCopies:
         source = getattr(clear, "source", None)
         return source if isinstance(source, dict) else None
 
-    async def _label(self, tx: Any, matrix_id: str) -> str:
+    async def _label(self, tx: Tx, matrix_id: str) -> str:
         if matrix_id == self.bot_user_id:
             return BOT_LABEL
         agent = await tx.get_agent_by_matrix_id(matrix_id)

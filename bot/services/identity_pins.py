@@ -17,14 +17,15 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from bot.domain.model import Demande
 from bot.matrix import content as mx
 from bot.services import outbox as outbox_mod
 from bot.services.admin_room import ADMIN_ROOM_KEY
 from bot.services.clock import Clock
 from bot.store.crypto_tx import IdentityPin
 from bot.store.db import Store
+from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class IdentityPins:
                     tx,
                     txn_id=f"identity-ok-{_tag(user_id, str(previous.pending_master_key))}"
                     f"-{demande.id}",
-                    room_id=demande.room_id,
+                    room_id=_room(demande),
                     content=mx.notice(room_notice_accepted(name)),
                     now=now,
                 )
@@ -147,7 +148,7 @@ class IdentityPins:
         self.wake()
         return previous
 
-    async def _tell_changed(self, tx: Any, user_id: str, old: str, new: str) -> None:
+    async def _tell_changed(self, tx: Tx, user_id: str, old: str, new: str) -> None:
         now = self.clock.now()
         tag = _tag(user_id, new)
         name = await _name(tx, user_id)
@@ -156,7 +157,7 @@ class IdentityPins:
             await outbox_mod.enqueue(
                 tx,
                 txn_id=f"identity-changed-{tag}-{demande.id}",
-                room_id=demande.room_id,
+                room_id=_room(demande),
                 content=mx.notice(room_notice_changed(name)),
                 now=now,
             )
@@ -173,7 +174,12 @@ class IdentityPins:
             )
 
 
-async def _name(tx: Any, user_id: str) -> str:
+def _room(demande: Demande) -> str:
+    assert demande.room_id is not None  # `_demandes` keeps only those with a room
+    return demande.room_id
+
+
+async def _name(tx: Tx, user_id: str) -> str:
     agent = await tx.get_agent_by_matrix_id(user_id)
     if agent is None:
         return user_id
@@ -181,7 +187,7 @@ async def _name(tx: Any, user_id: str) -> str:
     return name or user_id
 
 
-async def _demandes(tx: Any, user_id: str) -> list[Any]:
+async def _demandes(tx: Tx, user_id: str) -> list[Demande]:
     """The open demandes where the user is an active participant, with a room."""
     agent = await tx.get_agent_by_matrix_id(user_id)
     if agent is None:

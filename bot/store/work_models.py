@@ -75,3 +75,15 @@ class WorkProblemRow(Base):
     last_error: Mapped[str]
     notified_at: Mapped[datetime | None]
     resolved_at: Mapped[datetime | None]
+
+
+class HistoryCopyRow(Base):
+    """A participant who joined after the opening and is owed a copy of the exchange so
+    far (recorded in the join's transaction, cleared in the one that queues the copy)."""
+
+    __tablename__ = "history_copies"
+
+    room_id: Mapped[str] = mapped_column(primary_key=True)
+    user_id: Mapped[str] = mapped_column(primary_key=True)
+    join_event_id: Mapped[str]
+    since: Mapped[datetime]

@@ -12,7 +12,13 @@ from sqlalchemy import delete, func, select, update
 
 from bot.domain.retry import GiveUp, Retry
 from bot.store.tx_base import TxBase
-from bot.store.work_models import EventRetryRow, GuardPendingRow, PendingInviteRow, WorkProblemRow
+from bot.store.work_models import (
+    EventRetryRow,
+    GuardPendingRow,
+    HistoryCopyRow,
+    PendingInviteRow,
+    WorkProblemRow,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +208,33 @@ class WorkTx(TxBase):
 
     async def pending_invite_count(self) -> int:
         return int(await self._s.scalar(select(func.count()).select_from(PendingInviteRow)) or 0)
+
+    # ------------------------------------------------------------------ history copies
+
+    async def add_history_copy(
+        self, room_id: str, user_id: str, join_event_id: str, now: datetime
+    ) -> None:
+        await self._s.execute(
+            self._insert(HistoryCopyRow)
+            .values(room_id=room_id, user_id=user_id, join_event_id=join_event_id, since=now)
+            .on_conflict_do_nothing(index_elements=["room_id", "user_id"])
+        )
+
+    async def history_copies(self) -> list[tuple[str, str, str]]:
+        """(room, user, join event) of every copy still owed, oldest first."""
+        rows = await self._s.execute(
+            select(
+                HistoryCopyRow.room_id, HistoryCopyRow.user_id, HistoryCopyRow.join_event_id
+            ).order_by(HistoryCopyRow.since)
+        )
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def history_copy_done(self, room_id: str, user_id: str) -> None:
+        await self._s.execute(
+            delete(HistoryCopyRow).where(
+                HistoryCopyRow.room_id == room_id, HistoryCopyRow.user_id == user_id
+            )
+        )
 
     # ------------------------------------------------------------------ problems
 
