@@ -14,15 +14,18 @@ from tests.support.world import World
 
 
 class Withheld:
-    """`m.room_key.withheld` received by a nio device (nio only knows it as unknown)."""
+    """`m.room_key.withheld` received by a nio device since it was built.
+
+    Read from the client's inbox, which listens from before the first sync: the bot may
+    answer a new device's key upload before that device's first sync returns.
+    """
 
     def __init__(self, client: nio.AsyncClient) -> None:
-        self.events: list[dict[str, Any]] = []
-        client.add_to_device_callback(self._on_event, nio.UnknownToDeviceEvent)  # type: ignore[arg-type]
+        self._inbox = matrix.inbox(client)
 
-    def _on_event(self, event: nio.UnknownToDeviceEvent) -> None:
-        if event.type == "m.room_key.withheld":
-            self.events.append(event.source["content"])
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return self._inbox.withheld
 
 
 def decrypted_later(client: nio.AsyncClient, room_id: str, sender: str) -> list[str]:

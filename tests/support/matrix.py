@@ -59,7 +59,11 @@ async def make_user(synapse: LocalSynapse, prefix: str, *, admin: bool = False) 
 
 
 class Inbox:
-    """What a client has seen in rooms: decrypted texts and undecryptable events."""
+    """What a client has seen: decrypted texts, undecryptable events, withheld keys.
+
+    Attached when the client is built, before its first sync: what arrives in that
+    first sync (a key withheld from a brand-new device, say) is not missed.
+    """
 
     def __init__(self, client: nio.AsyncClient) -> None:
         self.texts: dict[str, list[str]] = defaultdict(list)
@@ -67,9 +71,12 @@ class Inbox:
             list
         )
         self.undecryptable: dict[str, list[nio.MegolmEvent]] = defaultdict(list)
+        # `m.room_key.withheld` contents (nio only knows them as unknown to-device events).
+        self.withheld: list[dict[str, Any]] = []
         client.add_event_callback(self._on_text, nio.RoomMessageText)
         client.add_event_callback(self._on_notice, nio.RoomMessageNotice)
         client.add_event_callback(self._on_megolm, nio.MegolmEvent)
+        client.add_to_device_callback(self._on_to_device, nio.UnknownToDeviceEvent)  # type: ignore[arg-type]
 
     def _on_text(self, room: nio.MatrixRoom, event: nio.RoomMessageText) -> None:
         self.texts[room.room_id].append(event.body)
@@ -85,6 +92,10 @@ class Inbox:
     def _on_megolm(self, room: nio.MatrixRoom, event: nio.MegolmEvent) -> None:
         # nio hands the callback a MegolmEvent only when it could not decrypt it.
         self.undecryptable[room.room_id].append(event)
+
+    def _on_to_device(self, event: nio.UnknownToDeviceEvent) -> None:
+        if event.type == "m.room_key.withheld":
+            self.withheld.append(event.source["content"])
 
 
 _inboxes: weakref.WeakKeyDictionary[nio.AsyncClient, Inbox] = weakref.WeakKeyDictionary()
