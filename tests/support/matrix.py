@@ -76,7 +76,7 @@ class Inbox:
         client.add_event_callback(self._on_text, nio.RoomMessageText)
         client.add_event_callback(self._on_notice, nio.RoomMessageNotice)
         client.add_event_callback(self._on_megolm, nio.MegolmEvent)
-        client.add_to_device_callback(self._on_to_device, nio.UnknownToDeviceEvent)  # type: ignore[arg-type]
+        client.add_to_device_callback(self._on_to_device, nio.UnknownToDeviceEvent)
 
     def _on_text(self, room: nio.MatrixRoom, event: nio.RoomMessageText) -> None:
         self.texts[room.room_id].append(event.body)
