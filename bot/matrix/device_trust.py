@@ -137,14 +137,23 @@ class DeviceTrust:
         self._ttl = ttl_seconds
         self._monotonic = monotonic
         self._cache: dict[str, tuple[float, list[Device]]] = {}
+        # Bumped by every invalidation: an answer to a query sent before a change is
+        # returned to its caller but not cached as if it were fresh.
+        self._generation: dict[str, int] = {}
+        self._all_generation = 0
         self.queries = 0  # how many `/keys/query` calls were made (for tests and metrics)
 
     def invalidate(self, users: Iterable[str]) -> None:
         for user in users:
             self._cache.pop(user, None)
+            self._generation[user] = self._generation.get(user, 0) + 1
 
     def invalidate_all(self) -> None:
         self._cache.clear()
+        self._all_generation += 1
+
+    def _version(self, user: str) -> tuple[int, int]:
+        return (self._all_generation, self._generation.get(user, 0))
 
     def cached(self, user_id: str) -> list[Device] | None:
         entry = self._cache.get(user_id)
@@ -165,6 +174,7 @@ class DeviceTrust:
         if not missing:
             return out
         self.queries += 1
+        versions = {user: self._version(user) for user in missing}
         response = await self._query({"device_keys": {u: [] for u in missing}, "timeout": 10000})
         if self._on_response is not None:
             await self._on_response(response)
@@ -180,6 +190,6 @@ class DeviceTrust:
             out[user] = devices
             server = user.split(":", 1)[-1]
             # A server that did not answer: no devices this time, and nothing cached.
-            if server not in failures:
+            if server not in failures and self._version(user) == versions[user]:
                 self._cache[user] = (now, devices)
         return out

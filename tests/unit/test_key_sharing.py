@@ -250,6 +250,35 @@ async def test_an_unreachable_server_is_not_cached() -> None:
     assert trust.cached(ALICE) is None
 
 
+async def test_a_change_noticed_while_a_query_is_in_flight_is_not_lost() -> None:
+    """The answer of a `/keys/query` sent before a device-list change must not be
+    cached as if it were fresh: the next ask queries again (a stale cache would hide a
+    new device from the bot until the cache expires)."""
+    import asyncio
+
+    started = asyncio.Event()
+    release = asyncio.Event()
+    calls: list[Any] = []
+
+    async def query(body: Any) -> dict[str, Any]:
+        calls.append(body)
+        if len(calls) == 1:
+            started.set()
+            await release.wait()
+        return {"device_keys": {}, "failures": {}}
+
+    trust = DeviceTrust(query, ttl_seconds=60)
+    first = asyncio.create_task(trust.devices([ALICE]))
+    await started.wait()
+    trust.invalidate([ALICE])  # the sync said ALICE's devices changed meanwhile
+    release.set()
+    assert await first == {ALICE: []}
+    assert trust.cached(ALICE) is None
+    await trust.devices([ALICE])
+    assert len(calls) == 2
+    assert trust.cached(ALICE) == []
+
+
 # -------------------------------------------------------------- catching up
 
 
