@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import nio
+import pytest
 
 from tests.support import matrix
 from tests.support.matrix import WaitTimeout
@@ -87,6 +88,13 @@ def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> s
 
     rule = "-" * len(line(cells[0]))
     return "\n".join([f"\n{title}", rule, line(cells[0]), rule, *map(line, cells[1:]), rule])
+
+
+def bound(seconds: float) -> pytest.MarkDecorator:
+    """A benchmark's own time limit, sized from its knobs (not the suite's 300 s): on a
+    loaded 2-core machine a benchmark is slower, not wrong; a wait that exceeds the
+    bound is what fails it."""
+    return pytest.mark.timeout(int(seconds))
 
 
 def machine() -> str:

@@ -74,6 +74,7 @@ from bot.services.dossier_view import participant_views
 from tests.bench.conftest import (
     POLL_S,
     BotDb,
+    bound,
     env_int,
     machine,
     reply_after,
@@ -565,6 +566,7 @@ async def bench_world(
             await runner.check_alive()
 
 
+@bound(600 + (WARMUPS + RUNS) * 3 * 10.0)
 async def test_opening_overhead(
     request: pytest.FixtureRequest,
     homeserver: LocalSynapse,
@@ -786,6 +788,7 @@ def _print_timeline(opening: Sample, spans: list[Span]) -> None:
     )
 
 
+@bound(600 + TRACED_RUNS * 2 * 10.0)
 async def test_opening_timeline(
     request: pytest.FixtureRequest,
     homeserver: LocalSynapse,

@@ -44,6 +44,7 @@ from bot.domain.room_spec import create_room_body
 from tests.bench.conftest import (
     BotDb,
     Progress,
+    bound,
     env_int,
     machine,
     poll_until,
@@ -196,6 +197,7 @@ def import_time() -> float:
     return time.perf_counter() - started
 
 
+@bound(900 + ROOMS * 2.0 + RESTARTS * 120.0)
 async def test_restart_in_many_rooms(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
