@@ -23,6 +23,7 @@ from urllib.parse import quote
 import aiohttp
 import aiosmtplib
 import yaml
+from sqlalchemy.engine import make_url
 
 from bot.matrix.cross_signing import SEED_SECRET_NAME, CrossSigningSeeds, ServerIdentity
 from bot.services.login import saved_login
@@ -224,8 +225,23 @@ async def check_online(settings: Settings, synapse_config: Path | None = None) -
     return out
 
 
+def _sqlite_file_to_come(url: str) -> Path | None:
+    """The SQLite file of a bot that never started: its folder does not exist yet."""
+    parsed = make_url(url)
+    if not parsed.get_backend_name().startswith("sqlite") or not parsed.database:
+        return None
+    path = Path(parsed.database)
+    return None if path.parent.exists() else path
+
+
 async def _open_store(s: Settings, out: list[Check]) -> Store | None:
     name = "base de données"
+    to_come = _sqlite_file_to_come(s.database.url.reveal())
+    if to_come is not None:
+        # Not an error, and not worth a connection attempt (aiosqlite's thread would
+        # outlive a failed one): the bot creates the file at its first start.
+        out.append(Check(name, None, f"{to_come} sera créée au premier démarrage."))
+        return None
     try:
         cipher = FieldCipher.from_secret(s.secrets.data_key.reveal())
         store = await Store.connect(s.database.url.reveal(), cipher)
