@@ -22,6 +22,7 @@ from bot.commands.admin import (  # noqa: F401
     statistics,
     retention,
     health,
+    identities,
 )
 
 # isort: on

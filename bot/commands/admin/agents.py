@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 from bot.commands.admin.context import (
     ADMIN,
@@ -20,6 +19,7 @@ from bot.commands.framework import Arg, CommandSpec, Flag, Reply
 from bot.domain.directory_csv import is_valid_email
 from bot.domain.model import Agent, DirectoryConflict, Group, Role
 from bot.domain.policies import fold, is_valid_matrix_user_id
+from bot.ports import ConsoleTx
 
 ROLE_WORDS = {fold(r.value): r for r in Role} | {"operateur": Role.OPERATEUR}
 
@@ -153,7 +153,7 @@ async def _after_change(ctx: AdminCtx, agent: Agent, text: str) -> Reply:
             joined
         )
         text += "."
-    await ctx.admin.sync_members()
+    await ctx.sync_members()
     return Reply(text)
 
 
@@ -218,7 +218,7 @@ async def _agent_modifier(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
     return await _after_change(ctx, changed, f"Agent n° {agent.id} modifié ({field}).")
 
 
-async def _changed(tx: Any, agent: Agent, field: str, value: str) -> Agent:
+async def _changed(tx: ConsoleTx, agent: Agent, field: str, value: str) -> Agent:
     if field in ("prenom", "nom"):
         if not value:
             raise ValueError("La valeur ne peut pas être vide.")

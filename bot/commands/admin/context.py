@@ -3,7 +3,7 @@ sections share (sections, dates, tables, the demande filter)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -14,15 +14,22 @@ from bot.domain.calendar import PARIS, paris_date
 from bot.domain.followup import FollowUpRules
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.stats import DemandeFilter, parse_filter
-from bot.ports import PoliciesRef
-from bot.services.admin_room import AdminRoom, ReceivedFile
-from bot.services.clock import Clock
-from bot.services.directory_admin import DirectoryAdmin
-from bot.services.followup import FollowUp
-from bot.services.health import Health
-from bot.services.retention import Retention
-from bot.store.db import Store
-from bridge.outbound import AttachmentFetcher
+from bot.ports import (
+    AttachmentFetcher,
+    ChartRenderer,
+    Clock,
+    ConsoleTx,
+    DirectoryChanges,
+    DirectoryImporter,
+    FollowUpConsole,
+    HealthConsole,
+    IdentityDecisions,
+    PoliciesRef,
+    ReceivedFile,
+    RetentionConsole,
+    StatsCollector,
+    Transactions,
+)
 
 SECTION_DIRECTORY = "Annuaire"
 SECTION_DEMANDES = "Demandes (métadonnées)"
@@ -39,15 +46,23 @@ FILTERS_HELP = (
 
 @dataclass(frozen=True)
 class AdminCtx:
-    store: Store
-    admin: AdminRoom
-    directory: DirectoryAdmin
-    followup: FollowUp
-    retention: Retention
-    health: Health
+    """What an admin-room command may use, given by the admin wiring (`bot.admin_wiring`)
+    as the capabilities of `bot.ports`, and who runs it."""
+
+    store: Transactions[ConsoleTx]
+    directory: DirectoryChanges
+    import_directory: DirectoryImporter
+    sync_members: Callable[[], Awaitable[None]]  # the admin room follows the operators
+    followup: FollowUpConsole
+    retention: RetentionConsole
+    health: HealthConsole
+    identities: IdentityDecisions | None  # None: identities are not pinned
+    collect_stats: StatsCollector
+    render_chart: ChartRenderer
     clock: Clock
     rules: FollowUpRules
     policies_dir: Path
+    load_policies: Callable[[Path], Policies]
     policies_ref: PoliciesRef
     membership: Callable[[], MembershipRules]  # with the bot's own homeserver
     fetch_attachment: AttachmentFetcher

@@ -16,8 +16,7 @@ from bot.commands.admin.context import (
     table,
 )
 from bot.commands.framework import Arg, CommandSpec, Reply
-from bot.domain.stats import FilterError
-from bot.services.statistics import collect, select
+from bot.domain.stats import FilterError, select
 
 LIST_LIMIT = 50
 
@@ -36,7 +35,7 @@ async def _demandes(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
     except FilterError as exc:
         return Reply.error(str(exc))
     async with ctx.store.transaction() as tx:
-        found = select(await collect(tx, ctx.clock.now(), ctx.rules), f)
+        found = select(await ctx.collect_stats(tx, ctx.clock.now(), ctx.rules), f)
     rows = [
         [
             d.reference,

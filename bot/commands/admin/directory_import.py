@@ -6,8 +6,7 @@ from bot.commands.admin.context import ADMIN, SECTION_DIRECTORY, AdminCtx, Args,
 from bot.commands.admin.lookups import group_named
 from bot.commands.framework import CommandSpec, Reply, render_table
 from bot.domain.directory_csv import parse_directory_csv
-from bot.matrix.attachments import AttachmentError
-from bot.services.directory import apply_import
+from bot.ports import AttachmentError
 
 
 @ADMIN.destructive(
@@ -72,7 +71,7 @@ async def _import_annuaire(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: 
         )
         return Reply(text_, markup)
     async with ctx.store.transaction() as tx:
-        groups, created, updated = await apply_import(
+        groups, created, updated = await ctx.import_directory(
             tx, parsed, actor=ctx.sender, now=ctx.clock.now()
         )
         ids = []
@@ -83,7 +82,7 @@ async def _import_annuaire(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: 
             if agent is not None:
                 ids.append(agent.id)
     joined = await ctx.directory.join_group_demandes(ids, actor=ctx.sender)
-    await ctx.admin.sync_members()
+    await ctx.sync_members()
     return Reply(
         f"Import de « {name} » réussi : {groups} groupe(s), {created} agent(s) créé(s), "
         f"{updated} mis à jour."

@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bot.commands.admin.context import ADMIN, SECTION_FOLLOWUP, AdminCtx, Args, Flags, table
 from bot.commands.framework import CommandSpec, Reply
-from bot.services.followup import describe_late
+from bot.domain.calendar import PARIS
+from bot.domain.followup import Late
+from bot.domain.model import Demande
 
 _LATE_HEADERS = ("Référence", "Territoire", "Statut", "Retard", "Depuis le", "En retard depuis")
+
+
+def _late_rows(items: Sequence[tuple[Demande, Late]]) -> list[list[str]]:
+    return [
+        [
+            d.reference,
+            d.territoire,
+            d.status.label,
+            late.kind.label,
+            late.since.astimezone(PARIS).strftime("%d/%m/%Y"),
+            late.deadline.astimezone(PARIS).strftime("%d/%m/%Y %H:%M"),
+        ]
+        for d, late in items
+    ]
 
 
 @ADMIN.command(
@@ -19,7 +37,7 @@ _LATE_HEADERS = ("Référence", "Territoire", "Statut", "Retard", "Depuis le", "
 )
 async def _retards(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
     late = await ctx.followup.late_now()
-    rows = describe_late(late, ctx.clock.now())
+    rows = _late_rows(late)
     return table(f"Demandes en retard ({len(rows)})", _LATE_HEADERS, rows, empty="Aucune.")
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from bot.commands.admin.context import ADMIN, SECTION_POLICIES, AdminCtx, Args, Flags
 from bot.commands.framework import CommandSpec, Reply
 from bot.domain.policies import PolicyError
-from bot.policy_loader import load_policies
 
 
 @ADMIN.command(
@@ -18,7 +17,7 @@ from bot.policy_loader import load_policies
 )
 async def _politiques_verifier(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
     try:
-        load_policies(ctx.policies_dir)
+        ctx.load_policies(ctx.policies_dir)
     except PolicyError as exc:
         return Reply.error(_policy_problems(ctx, exc, "invalides"))
     return Reply(f"Politiques valides ({ctx.policies_dir}).")
@@ -42,7 +41,7 @@ def _policy_problems(ctx: AdminCtx, exc: PolicyError, what: str) -> str:
 async def _politiques_recharger(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
     now = ctx.clock.now()
     try:
-        policies = load_policies(ctx.policies_dir)
+        policies = ctx.load_policies(ctx.policies_dir)
     except PolicyError as exc:
         async with ctx.store.transaction() as tx:
             await tx.audit(

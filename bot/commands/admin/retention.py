@@ -34,7 +34,7 @@ async def _retention(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: bool) 
             f"{fmt_moment(p.drafts_before)}",
             f"  - journal d'audit : entrées d'avant le {fmt_moment(p.audit_before)} supprimées",
         ]
-        if not ctx.retention.synapse.configured:
+        if not ctx.retention.purge_configured:
             lines.append(
                 "  ⚠ jeton d'administration Synapse absent (admin.synapse_admin_token) : la purge "
                 "des salons et des fichiers sur le serveur attendra."

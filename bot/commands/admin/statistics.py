@@ -13,9 +13,7 @@ from bot.commands.admin.context import (
 )
 from bot.commands.framework import Arg, Attachment, CommandSpec, Reply, render_table
 from bot.domain.calendar import PARIS
-from bot.domain.stats import FilterError, compute, export_csv, stats_rows
-from bot.services.chart import render_png
-from bot.services.statistics import collect, select
+from bot.domain.stats import FilterError, compute, export_csv, select, stats_rows
 
 
 @ADMIN.command(
@@ -34,11 +32,11 @@ async def _stats(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
         return Reply.error(str(exc))
     now = ctx.clock.now()
     async with ctx.store.transaction() as tx:
-        demandes = await collect(tx, now, ctx.rules)
+        demandes = await ctx.collect_stats(tx, now, ctx.rules)
     stats = compute(demandes, f, now)
     title = f"Statistiques — {f.describe()}"
     text, markup = render_table(("Indicateur", "Valeur"), stats_rows(stats), title=title)
-    png = render_png(stats, title)
+    png = ctx.render_chart(stats, title)
     stamp = now.astimezone(PARIS).strftime("%Y%m%d-%H%M")
     return Reply(text, markup, attachments=(Attachment(f"stats-{stamp}.png", "image/png", png),))
 
@@ -59,7 +57,7 @@ async def _export(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
         return Reply.error(str(exc))
     now = ctx.clock.now()
     async with ctx.store.transaction() as tx:
-        found = select(await collect(tx, now, ctx.rules), f)
+        found = select(await ctx.collect_stats(tx, now, ctx.rules), f)
         await tx.audit(
             "demandes_exported", actor=ctx.sender, details={"count": len(found)}, now=now
         )
