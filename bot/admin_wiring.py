@@ -7,22 +7,25 @@ from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from bot.commands import identity as _identity  # noqa: F401 (registers !identite-accepter)
 from bot.commands.admin import ADMIN, AdminCtx
 from bot.domain import schedule
 from bot.domain.followup import FollowUpRules
 from bot.domain.retention import RetentionRules
 from bot.matrix.gateway import MatrixGateway
-from bot.ports import EmailHooks, PoliciesRef, Sender
-from bot.services.admin_room import AdminConsole, AdminRoom, ReceivedFile
-from bot.services.clock import Clock
+from bot.policy_loader import load_policies
+from bot.ports import Clock, EmailHooks, PoliciesRef, ReceivedFile, Sender
+from bot.services.admin_room import AdminConsole, AdminRoom
+from bot.services.chart import render_png
+from bot.services.directory import apply_import
 from bot.services.directory_admin import DirectoryAdmin
 from bot.services.followup import AgentNotices, FollowUp
 from bot.services.health import Health, HealthServer
+from bot.services.identity_pins import IdentityAcceptance, IdentityPins
 from bot.services.jobs import Job, Jobs
 from bot.services.retention import Retention
 from bot.services.room_guard import RoomGuard
 from bot.services.room_specs import RoomSpecs
+from bot.services.statistics import collect
 from bot.services.synapse_admin import SynapseAdmin
 from bot.settings import Settings
 from bot.store.db import Store
@@ -105,18 +108,33 @@ def build_admin(
     )
     smtp = (s.email.relay_host, s.email.relay_port) if s.email.enabled else None
     health = Health(store=store, gateway=gateway, clock=clock, rules=rules, smtp=smtp)
+    pins = gateway.device_trust.pins
+    identities = (
+        IdentityAcceptance(
+            pins=pins,
+            invalidate=gateway.device_trust.invalidate,
+            catch_up=gateway.catch_up_room_keys,
+        )
+        if isinstance(pins, IdentityPins)
+        else None
+    )
 
     async def make_ctx(sender_id: str, event_id: str, file: ReceivedFile | None) -> AdminCtx:
         return AdminCtx(
             store=store,
-            admin=room,
             directory=directory,
+            import_directory=apply_import,
+            sync_members=room.sync_members,
             followup=followup,
             retention=retention,
             health=health,
+            identities=identities,
+            collect_stats=collect,
+            render_chart=render_png,
             clock=clock,
             rules=rules,
             policies_dir=s.policies.dir,
+            load_policies=load_policies,
             policies_ref=policies,
             membership=specs.membership_rules,
             fetch_attachment=gateway.fetch_attachment,

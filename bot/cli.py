@@ -55,10 +55,11 @@ def _settings_from(args: argparse.Namespace) -> Settings:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
+    from bot.app import App
     from bot.dev import run_dev
 
     _setup_logging("INFO")
-    asyncio.run(run_dev(Path(args.data_dir or DEFAULT_DEV_DIR)))
+    asyncio.run(run_dev(Path(args.data_dir or DEFAULT_DEV_DIR), App))
     return 0
 
 

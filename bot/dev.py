@@ -16,11 +16,11 @@ import os
 import secrets
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from bot.app import App
 from bot.devserver import (
     DevServerError,
     LocalSynapse,
@@ -34,6 +34,9 @@ from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
 from bridge.devsink import MailFolderSink
+
+if TYPE_CHECKING:
+    from bot.app import App
 
 log = logging.getLogger(__name__)
 
@@ -390,7 +393,8 @@ def _print_welcome(facts: dict[str, Any], data_dir: Path) -> None:
     print("\n".join(lines), flush=True)
 
 
-async def run_dev(data_dir: Path) -> None:
+async def run_dev(data_dir: Path, make_app: Callable[[Settings], App]) -> None:
+    """`make_app` is the composition root (`bot.app.App`), given by the command line."""
     data_dir = data_dir.resolve()
     # From the very start: Synapse runs in its own session, so if a signal killed us
     # during start-up nobody would stop it. Closing the terminal (SIGHUP) stops too.
@@ -405,7 +409,7 @@ async def run_dev(data_dir: Path) -> None:
     try:
         # Outgoing mail is kept as .eml files; replies go to the bot's listener.
         await mail.start()
-        app = App(replace(settings, email=replace(settings.email, relay_port=mail.port)))
+        app = make_app(replace(settings, email=replace(settings.email, relay_port=mail.port)))
         await app.start()
         if app.email is not None:
             host, port = app.email.address

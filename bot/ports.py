@@ -7,30 +7,41 @@ status changes, the outbox seen from a feature, the current policies, and the na
 transaction interfaces commands and hooks may use.
 
 Transactions: `DemandeTx` is what a room command or a hook may read and write inside
-the caller's transaction; `MailTx` adds what the email bridge queues. The store's `Tx`
-satisfies both (mypy checks it where a `Tx` is passed).
+the caller's transaction; `MailTx` adds what the email bridge queues; `ConsoleTx` is
+what an admin-room command reads and writes. The store's `Tx` satisfies each of them
+(mypy checks it where a `Tx` or the `Store` is passed).
+
+The admin console (`bot.commands.admin`) reaches the services through the capabilities
+of its last section (directory changes, follow-up, retention, health, identities), so
+that the commands import no service.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 from bot.domain import status as status_rules
+from bot.domain.directory_csv import DirectoryImport
+from bot.domain.followup import DemandeFacts, FollowUpRules, Late, Reminder, ReminderReport
+from bot.domain.metrics import CheckResult, MetricsSnapshot
 from bot.domain.model import (
     Agent,
     Demande,
     DemandeForm,
     Group,
     Participant,
+    Role,
     Status,
     StatusTimes,
     Usefulness,
 )
 from bot.domain.policies import Policies
+from bot.domain.retention import RetentionPlan, RetentionReport, RetentionRules
+from bot.domain.stats import DemandeStat, Stats
 
 Via = Literal["matrix", "email"]
 
@@ -143,13 +154,35 @@ class MailTx(DemandeTx, Protocol):
     async def emails_of_event(self, event_key: str) -> Sequence[SentEmail]: ...
 
 
-class Transactions(Protocol):
-    """Opens a transaction (the store)."""
+TxT_co = TypeVar("TxT_co", covariant=True)
 
-    def transaction(self) -> AbstractAsyncContextManager[Any]: ...
+
+class Transactions(Protocol[TxT_co]):
+    """Opens a transaction (the store), seen through the slice its holder uses."""
+
+    def transaction(self) -> AbstractAsyncContextManager[TxT_co]: ...
+
+
+class Clock(Protocol):
+    """The wall clock (`bot.services.clock.SystemClock`); tests give their own."""
+
+    def now(self) -> datetime: ...
 
 
 # --------------------------------------------------------------------------- email
+
+
+class AttachmentError(ValueError):
+    """An attachment that cannot be used; `str()` is a French message fit for the room."""
+
+
+class AttachmentFetcher(Protocol):
+    """Downloads and decrypts a Matrix file (the gateway): (filename, mimetype, bytes).
+    Raises `AttachmentError` when the file cannot be used."""
+
+    def __call__(
+        self, content: Mapping[str, Any], *, max_bytes: int | None = None
+    ) -> Awaitable[tuple[str, str, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,3 +365,175 @@ class PoliciesRef:
 
     def replace(self, policies: Policies) -> None:
         self._current = policies
+
+
+# --------------------------------------------------------------------------- admin console
+
+
+class AuditRecord(Protocol):
+    """One entry of the audit trail, as the console shows it."""
+
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def reference(self) -> str | None: ...
+    @property
+    def details(self) -> Mapping[str, Any]: ...
+
+
+class ConsoleTx(Protocol):
+    """What an admin-room command reads and writes: the directory, demandes' metadata
+    and the audit trail (never a usager's data)."""
+
+    async def get_agent(self, agent_id: int) -> Agent | None: ...
+    async def get_agent_by_matrix_id(self, matrix_id: str) -> Agent | None: ...
+    async def get_agent_by_email(self, email: str) -> Agent | None: ...
+    async def list_agents(self, *, active_only: bool = True) -> list[Agent]: ...
+    async def upsert_agent(
+        self,
+        *,
+        first_name: str,
+        last_name: str,
+        email: str | None,
+        matrix_id: str | None,
+        group_id: int | None,
+        roles: frozenset[Role],
+        active: bool = True,
+    ) -> tuple[Agent, bool]: ...
+    async def update_agent(self, agent: Agent) -> Agent: ...
+    async def set_agent_active(self, agent_id: int, active: bool) -> None: ...
+    async def get_group_by_name(self, name: str) -> Group | None: ...
+    async def list_groups(self) -> list[Group]: ...
+    async def agent_counts_by_group(self) -> dict[int, int]: ...
+    async def upsert_group(
+        self, *, name: str, organisation_id: str, departements: frozenset[str], bal: str | None
+    ) -> Group: ...
+    async def update_group(
+        self,
+        group_id: int,
+        *,
+        name: str,
+        organisation_id: str,
+        departements: frozenset[str],
+        bal: str | None,
+    ) -> None: ...
+    async def get_demande_by_reference(self, reference: str) -> Demande | None: ...
+    async def list_demandes(self, *, status: Status | None = None) -> list[Demande]: ...
+    async def demandes_of_agent(self, agent_id: int) -> list[Demande]: ...
+    async def participants(
+        self, demande_id: int, *, active_only: bool = True
+    ) -> list[Participant]: ...
+    async def audit(
+        self,
+        action: str,
+        *,
+        actor: str,
+        reference: str | None = None,
+        details: Mapping[str, Any] | None = None,
+        now: datetime,
+    ) -> None: ...
+    async def audit_entries(
+        self, *, reference: str | None = None, action: str | None = None
+    ) -> Sequence[AuditRecord]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Departure:
+    """A demande an agent leaves when deactivated."""
+
+    reference: str
+    room_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFile:
+    """The last file an operator attached: kept in memory only, never in the database."""
+
+    event_id: str
+    content: Mapping[str, Any]
+    filename: str
+    at: datetime
+
+
+class DirectoryChanges(Protocol):
+    """What a directory change does to the rooms (`bot.services.directory_admin`)."""
+
+    async def join_group_demandes(self, agent_ids: list[int], *, actor: str) -> list[str]:
+        """Active instructeurs join their group's open demandes; the references joined."""
+        ...
+
+    async def departures(self, tx: ConsoleTx, agent: Agent) -> Sequence[Departure]: ...
+
+    async def deactivate(self, agent_id: int, *, actor: str) -> Sequence[Departure]:
+        """Deactivate, leave every demande (ledger, tokens, kick); the demandes left."""
+        ...
+
+
+class DirectoryImporter(Protocol):
+    """Applies a checked CSV import in `tx`: (groups, agents created, agents updated)."""
+
+    def __call__(
+        self, tx: ConsoleTx, parsed: DirectoryImport, *, actor: str, now: datetime
+    ) -> Awaitable[tuple[int, int, int]]: ...
+
+
+class StatsCollector(Protocol):
+    """The metadata of every open or closed demande, for listings and statistics."""
+
+    def __call__(
+        self, tx: ConsoleTx, now: datetime, rules: FollowUpRules
+    ) -> Awaitable[list[DemandeStat]]: ...
+
+
+ChartRenderer = Callable[[Stats, str], bytes]
+"""Statistics and a title → a PNG chart."""
+
+
+class FollowUpConsole(Protocol):
+    """Late demandes, reminders and the weekly digest (`bot.services.followup`)."""
+
+    async def late_now(self) -> list[tuple[Demande, Late]]: ...
+    async def due(self) -> list[Reminder]: ...
+    async def remind(self, *, actor: str) -> ReminderReport: ...
+    async def digest_plan(self) -> dict[int, list[DemandeFacts]]: ...
+    async def send_digest(self, *, actor: str) -> int: ...
+
+
+class RetentionConsole(Protocol):
+    """The retention job (`bot.services.retention`)."""
+
+    @property
+    def rules(self) -> RetentionRules: ...
+    @property
+    def purge_configured(self) -> bool:
+        """Whether the homeserver may be asked to purge rooms and media (admin token)."""
+        ...
+
+    async def plan(self) -> RetentionPlan: ...
+    async def rooms_waiting(self) -> list[str]: ...
+    async def run(self, *, actor: str) -> RetentionReport: ...
+
+
+class HealthConsole(Protocol):
+    """The state of the service's components (`bot.services.health`)."""
+
+    async def checks(self) -> dict[str, CheckResult]: ...
+    async def snapshot(self) -> MetricsSnapshot: ...
+
+
+ACCEPT_IDENTITY_COMMAND = "identite-accepter"
+"""The admin-room command that accepts a participant's new cross-signing identity
+(named in the notices that tell operators about the change)."""
+
+
+class IdentityDecisions(Protocol):
+    """Operators' decisions about participants' cross-signing identities."""
+
+    async def accept(self, user_id: str, *, actor: str) -> bool:
+        """The pending identity becomes the pinned one and the participant's devices get
+        the keys they missed; False when no change was pending."""
+        ...

@@ -22,28 +22,36 @@ import hmac
 import html as html_lib
 import logging
 import secrets
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from bot.domain.model import Agent, Demande, Group, Status
-from bot.ports import DemandeTx, FileAttachment, MailTx, PoliciesRef, Transactions
+from bot.ports import (
+    AttachmentFetcher,
+    DemandeTx,
+    FileAttachment,
+    MailTx,
+    PoliciesRef,
+    Transactions,
+)
 from bot.services.clock import Clock
 from bot.settings import EmailSettings
 from bridge import render
 from bridge.addressing import reply_address, token_digest
 from bridge.inbound.attachments import REFUSAL_LABELS, file_refusal
 
-
-class AttachmentFetcher(Protocol):
-    """Downloads and decrypts a Matrix file (the gateway): (filename, mimetype, bytes)."""
-
-    def __call__(
-        self, content: Mapping[str, Any], *, max_bytes: int | None = None
-    ) -> Awaitable[tuple[str, str, bytes]]: ...
-
-
 log = logging.getLogger(__name__)
+
+
+class BridgeTx(MailTx, Protocol):
+    """What the bridge's own transactions add: its secret key, events handled once."""
+
+    async def get_secret(self, key: str) -> bytes | None: ...
+    async def set_secret(self, key: str, value: bytes) -> None: ...
+    async def mark_processed(self, event_id: str, room_id: str, now: datetime) -> bool: ...
+
 
 TOKEN_KEY_SECRET = "email.reply_token_key"  # noqa: S105 (a key name)
 
@@ -71,7 +79,7 @@ class EmailBridge:
         self,
         *,
         settings: EmailSettings,
-        store: Transactions,
+        store: Transactions[BridgeTx],
         policies: PoliciesRef,
         clock: Clock,
         fetch_attachment: AttachmentFetcher,

@@ -97,6 +97,15 @@ class Reminder:
     late: Late
 
 
+@dataclass(frozen=True, slots=True)
+class ReminderReport:
+    """What a round of reminders did."""
+
+    reminders: list[Reminder]
+    responsables_told: int
+    emails: int
+
+
 def reminders_due(
     demandes: Iterable[DemandeFacts],
     already_reminded: frozenset[tuple[str, str]],

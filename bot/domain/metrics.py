@@ -14,6 +14,15 @@ from bot.domain.model import Status
 
 
 @dataclass(frozen=True, slots=True)
+class CheckResult:
+    """One component's state, as `/healthz` and `!sante` show it."""
+
+    state: str  # ok | en panne | non configuré
+    detail: str = ""
+    required: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
     demandes_by_status: Mapping[Status, int]
     share_resolved_7_days: float | None

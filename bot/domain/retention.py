@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import calendar as _cal
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from bot.domain.model import Status
@@ -84,6 +84,21 @@ class RetentionPlan:
     @property
     def empty(self) -> bool:
         return not self.wipe and not self.attachments
+
+
+@dataclass
+class RetentionReport:
+    """What a run of the retention job did (filled in as it goes)."""
+
+    wiped: list[str] = field(default_factory=list)
+    rooms_purged: list[str] = field(default_factory=list)
+    rooms_waiting: list[str] = field(default_factory=list)
+    attachments_deleted: int = 0
+    attachments_waiting: int = 0
+    drafts_wiped: int = 0
+    outbox_blanked: int = 0
+    audit_purged: int = 0
+    problems: list[str] = field(default_factory=list)
 
 
 def add_months(moment: datetime, months: int) -> datetime:

@@ -221,6 +221,10 @@ def matches(d: DemandeStat, f: DemandeFilter) -> bool:
     return not (f.end is not None and created > f.end)
 
 
+def select(demandes: Iterable[DemandeStat], f: DemandeFilter) -> list[DemandeStat]:
+    return [d for d in demandes if matches(d, f)]
+
+
 def _in_period(moment: datetime | None, f: DemandeFilter) -> bool:
     if moment is None:
         return False

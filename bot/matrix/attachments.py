@@ -14,13 +14,11 @@ from typing import Any
 
 from nio.crypto.attachments import decrypt_attachment, encrypt_attachment
 
+from bot.ports import AttachmentError as AttachmentError  # declared with the ports
+
 MEDIA_MSGTYPES = ("m.file", "m.image", "m.video", "m.audio")
 DEFAULT_FILENAME = "fichier"
 DEFAULT_MIMETYPE = "application/octet-stream"
-
-
-class AttachmentError(ValueError):
-    """An attachment that cannot be used; `str()` is a French message fit for the room."""
 
 
 class AttachmentTooLarge(AttachmentError):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -41,7 +40,7 @@ from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.ports import Sender
+from bot.ports import ReceivedFile, Sender
 from bot.services.clock import Clock
 from bot.store.db import Store
 from bot.store.repository import Tx
@@ -59,16 +58,6 @@ REFUSED_WRONG_ROOM = (
 )
 REASON_NOT_OPERATOR = "Salon réservé aux opérateurs du service."
 FILE_MSGTYPES = ("m.file", "m.image")
-
-
-@dataclass(frozen=True, slots=True)
-class ReceivedFile:
-    """The last file an operator attached: kept in memory only, never in the database."""
-
-    event_id: str
-    content: Mapping[str, Any]
-    filename: str
-    at: datetime
 
 
 CtxFactory = Callable[[str, str, "ReceivedFile | None"], Awaitable[Any]]

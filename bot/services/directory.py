@@ -9,10 +9,10 @@ from pathlib import Path
 from bot.domain.directory_csv import DirectoryImport, parse_directory_csv
 from bot.domain.policies import Policies
 from bot.policy_loader import load_policies
+from bot.ports import ConsoleTx
 from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
-from bot.store.repository import Tx
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,7 +22,7 @@ class ImportReport:
 
 
 async def apply_import(
-    tx: Tx, parsed: DirectoryImport, *, actor: str, now: datetime
+    tx: ConsoleTx, parsed: DirectoryImport, *, actor: str, now: datetime
 ) -> tuple[int, int, int]:
     """Upsert groups then agents in one transaction. Returns (groups, created, updated)."""
     groups = {}

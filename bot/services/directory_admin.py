@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 from bot.domain.model import Agent, Demande, Role
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.ports import Sender
+from bot.ports import ConsoleTx, Departure, Sender
 from bot.services.clock import Clock
 from bot.services.failures import homeserver_outage
 from bot.services.room_guard import RoomGuard
@@ -29,12 +28,6 @@ from bot.store.repository import Tx
 log = logging.getLogger(__name__)
 
 REASON_DEACTIVATED = "Compte désactivé dans l'annuaire du service."
-
-
-@dataclass(frozen=True, slots=True)
-class Departure:
-    reference: str
-    room_id: str | None
 
 
 class DirectoryAdmin:
@@ -108,7 +101,7 @@ class DirectoryAdmin:
         return references
 
     # ------------------------------------------------------------ leaving
-    async def departures(self, tx: Tx, agent: Agent) -> list[Departure]:
+    async def departures(self, tx: ConsoleTx, agent: Agent) -> list[Departure]:
         out = []
         for demande in await tx.demandes_of_agent(agent.id):
             if any(p.agent_id == agent.id for p in await tx.participants(demande.id)):

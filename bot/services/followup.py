@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
-from datetime import datetime
 
 from bot.domain.calendar import PARIS
 from bot.domain.followup import (
@@ -26,6 +23,7 @@ from bot.domain.followup import (
     Late,
     LateKind,
     Reminder,
+    ReminderReport,
     closable_by_aidant,
     late_notice,
     lateness,
@@ -124,13 +122,6 @@ class AgentNotices:
                 recipients=[agent.matrix_id],
             )
         return True
-
-
-@dataclass(frozen=True, slots=True)
-class ReminderReport:
-    reminders: list[Reminder]
-    responsables_told: int
-    emails: int
 
 
 class FollowUp:
@@ -284,19 +275,3 @@ class FollowUp:
                     now=now,
                 )
         return sent
-
-
-def describe_late(items: Sequence[tuple[Demande, Late]], now: datetime) -> list[list[str]]:
-    rows = []
-    for d, late in items:
-        rows.append(
-            [
-                d.reference,
-                d.territoire,
-                d.status.label,
-                late.kind.label,
-                late.since.astimezone(PARIS).strftime("%d/%m/%Y"),
-                late.deadline.astimezone(PARIS).strftime("%d/%m/%Y %H:%M"),
-            ]
-        )
-    return rows

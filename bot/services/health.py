@@ -16,13 +16,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from bot.domain.followup import FollowUpRules
-from bot.domain.metrics import MetricsSnapshot, render_prometheus
+from bot.domain.metrics import CheckResult, MetricsSnapshot, render_prometheus
 from bot.domain.stats import DemandeFilter, compute
 from bot.matrix.gateway import MatrixGateway
 from bot.services.clock import Clock
@@ -34,13 +33,6 @@ log = logging.getLogger(__name__)
 CHECK_TIMEOUT_S = 5.0
 METRICS_CACHE_S = 10.0
 OK, FAILING, NOT_CONFIGURED = "ok", "en panne", "non configuré"
-
-
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    state: str  # ok | en panne | non configuré
-    detail: str = ""
-    required: bool = True
 
 
 Check = Callable[[], Awaitable[CheckResult]]

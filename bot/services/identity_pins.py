@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 
 from bot.domain.model import Demande
 from bot.matrix import content as mx
+from bot.ports import ACCEPT_IDENTITY_COMMAND
 from bot.services import outbox as outbox_mod
 from bot.services.admin_room import ADMIN_ROOM_KEY
 from bot.services.clock import Clock
@@ -28,8 +29,6 @@ from bot.store.db import Store
 from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
-
-ACCEPT_COMMAND = "identite-accepter"
 
 
 def _short(key: str) -> str:
@@ -65,7 +64,7 @@ def admin_notice_changed(name: str, user_id: str, old: str, new: str, references
         f"connue {_short(old)}, nouvelle clé {_short(new)}. Ses appareils ne reçoivent plus "
         f"les clés des salons. Demandes concernées : {where}. Vérifiez auprès de la "
         "personne, par un autre moyen (téléphone), qu'elle a bien réinitialisé son "
-        f"identité, puis tapez : !{ACCEPT_COMMAND} {user_id}"
+        f"identité, puis tapez : !{ACCEPT_IDENTITY_COMMAND} {user_id}"
     )
 
 
@@ -199,3 +198,27 @@ async def _demandes(tx: Tx, user_id: str) -> list[Demande]:
         if user_id in {p.matrix_id for p in await tx.participants(demande.id)}:
             found.append(demande)
     return found
+
+
+class IdentityAcceptance:
+    """An operator's `!identite-accepter` (the `IdentityDecisions` port): the pin moves
+    to the new identity, then the participant's devices are looked at again and get
+    the room keys they missed meanwhile."""
+
+    def __init__(
+        self,
+        *,
+        pins: IdentityPins,
+        invalidate: Callable[[Collection[str]], None],
+        catch_up: Callable[[Collection[str]], Awaitable[None]],
+    ) -> None:
+        self._pins = pins
+        self._invalidate = invalidate
+        self._catch_up = catch_up
+
+    async def accept(self, user_id: str, *, actor: str) -> bool:
+        if await self._pins.accept(user_id, actor=actor) is None:
+            return False
+        self._invalidate([user_id])
+        await self._catch_up([user_id])
+        return True

@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +28,7 @@ from bot.domain.retention import (
     RetainedAttachment,
     RetainedDemande,
     RetentionPlan,
+    RetentionReport,
     RetentionRules,
     may_delete_media,
     plan,
@@ -46,19 +46,6 @@ ATTACHMENT_POSTED = "attachment_posted"
 ATTACHMENT_DELETED = "attachment_deleted"
 
 
-@dataclass
-class RetentionReport:
-    wiped: list[str] = field(default_factory=list)
-    rooms_purged: list[str] = field(default_factory=list)
-    rooms_waiting: list[str] = field(default_factory=list)
-    attachments_deleted: int = 0
-    attachments_waiting: int = 0
-    drafts_wiped: int = 0
-    outbox_blanked: int = 0
-    audit_purged: int = 0
-    problems: list[str] = field(default_factory=list)
-
-
 class Retention:
     def __init__(
         self,
@@ -74,6 +61,11 @@ class Retention:
         self.clock = clock
         self.rules = rules
         self.bot_user_id = bot_user_id
+
+    @property
+    def purge_configured(self) -> bool:
+        """Whether the homeserver may be asked to purge rooms and media (admin token)."""
+        return self.synapse.configured
 
     # ------------------------------------------------------------ attachments seen
     async def record_attachment(

@@ -9,11 +9,13 @@ from datetime import datetime
 
 from bot.domain.followup import FollowUpRules, lateness
 from bot.domain.model import Demande
-from bot.domain.stats import DemandeFilter, DemandeStat, matches
-from bot.store.repository import Tx
+from bot.domain.stats import DemandeStat, select
+from bot.ports import ConsoleTx
+
+__all__ = ["collect", "select", "to_stat"]
 
 
-async def collect(tx: Tx, now: datetime, rules: FollowUpRules) -> list[DemandeStat]:
+async def collect(tx: ConsoleTx, now: datetime, rules: FollowUpRules) -> list[DemandeStat]:
     groups = {g.id: g.name for g in await tx.list_groups()}
     agents_group: dict[int, str | None] = {}
     out = []
@@ -47,7 +49,3 @@ def to_stat(
         aidant_group=aidant_group,
         target_groups=tuple(groups.get(g, str(g)) for g in d.group_ids),
     )
-
-
-def select(demandes: list[DemandeStat], f: DemandeFilter) -> list[DemandeStat]:
-    return [d for d in demandes if matches(d, f)]
