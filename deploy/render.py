@@ -42,7 +42,7 @@ TEMPLATE_SUFFIX: Final = ".template"
 # handing the mail to the bot: keep its limit this much below the bot's, so that Postfix
 # refuses at SMTP time what the bot would refuse later (a bounce instead of a 552).
 POSTFIX_SIZE_MARGIN: Final = 64 * 1024
-# What the bot's settings use when config.toml leaves a key out (bot/settings.py;
+# What the bot's settings use when config.toml leaves a key out (bot/settings/parsers.py;
 # tests/deploy/test_render.py checks the two agree).
 BOT_DEFAULTS: Final[Mapping[str, Any]] = {
     "bot.max_attachment_bytes": DEFAULT_MAX_ATTACHMENT_BYTES,

@@ -447,10 +447,10 @@ def test_for_dev_builds_validated_settings(tmp_path: Path) -> None:
 
 
 def test_every_settings_field_has_a_registered_section() -> None:
-    from bot.settings import _SECTIONS
+    from bot.settings.parsers import SECTIONS
 
     names = [f.name for f in dataclasses.fields(Settings) if f.name != "config_path"]
-    assert sorted(names) == sorted(_SECTIONS)
+    assert sorted(names) == sorted(SECTIONS)
 
 
 # -- [guard]: the homeserver guard's endpoint ------------------------------------------
