@@ -10,9 +10,9 @@ from __future__ import annotations
 import difflib
 import re
 import unicodedata
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
-from datetime import date
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 
 from bot.domain.model import DemandeForm, Mandat, MandatType, Usager
 
@@ -160,6 +160,11 @@ def _is_attestation(line: str) -> bool:
     return _fold(_strip_markup(_LEADING.sub("", line))).startswith(_FOLDED_ATTESTATION)
 
 
+def _is_explanation(line: str) -> bool:
+    # « » » lines of the template, and « # » lines of the forms sent before.
+    return line.lstrip().startswith(("#", EXPLANATION))
+
+
 def _strip_reply_fallback(lines: list[str]) -> list[str]:
     # A Matrix reply body starts with the quoted original ("> <@bot:hs> …"), which
     # would be the blank template: drop it.
@@ -198,7 +203,7 @@ def _scan(text: str) -> _Scan:
             scan.values[key] = value
 
     for line in lines:
-        if line.lstrip().startswith("#"):
+        if _is_explanation(line):
             continue
         if _is_attestation(line):
             if current == DESCRIPTION:
@@ -246,13 +251,162 @@ def _scan(text: str) -> _Scan:
 
 
 # ---------------------------------------------------------------------------
-# Field validators: each returns the normalised value or appends French errors.
+# The draft kept between messages: the raw text of each field, as the aidant wrote it.
+
+
+@dataclass(frozen=True, slots=True)
+class FieldInput:
+    """What one message carried: the fields it names, and what was wrong in it."""
+
+    values: Mapping[str, str]
+    duplicates: tuple[str, ...] = ()
+    unknown: tuple[tuple[str, str], ...] = ()
+    attested: bool = False
+    attestation_refused: bool = False
+    any_key: bool = False
+
+
+def read_fields(text: str) -> FieldInput:
+    """The `clé : valeur` lines of a message (a whole form or a single correction)."""
+    scan = _scan(text)
+    return FieldInput(
+        values=dict(scan.values),
+        duplicates=tuple(scan.duplicates),
+        unknown=tuple(scan.unknown),
+        attested=scan.attested,
+        attestation_refused=scan.attestation_refused,
+        any_key=scan.any_key,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DraftFields:
+    """A demande being prepared: raw values by canonical field, and the attestation
+    (None: not given yet; False: the aidant said the usager did not agree)."""
+
+    values: Mapping[str, str] = field(default_factory=dict)
+    attested: bool | None = None
+
+    def merged(self, update: FieldInput) -> DraftFields:
+        """A field named in `update` replaces the draft's (an empty value clears it)."""
+        values = {**self.values, **update.values}
+        attested = self.attested
+        if update.attested:
+            attested = not update.attestation_refused
+        return DraftFields({k: v for k, v in values.items() if k in FIELDS}, attested)
+
+    def with_value(self, key: str, value: str) -> DraftFields:
+        return DraftFields({**self.values, key: value}, self.attested)
+
+    def with_attestation(self, attested: bool) -> DraftFields:
+        return DraftFields(dict(self.values), attested)
+
+    @property
+    def empty(self) -> bool:
+        return not any(v.strip() for v in self.values.values()) and self.attested is None
+
+    def to_json(self) -> dict[str, object]:
+        return {"values": dict(self.values), "attested": self.attested}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, object]) -> DraftFields:
+        raw = data.get("values")
+        values = (
+            {str(k): str(v) for k, v in raw.items() if str(k) in FIELDS}
+            if isinstance(raw, Mapping)
+            else {}
+        )
+        attested = data.get("attested")
+        return cls(values, attested if isinstance(attested, bool) else None)
+
+
+# The pseudo-field of the attestation line, for problems and for the guided path.
+ACCORD = "accord"
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing still missing or wrong; `field` names it (None: the whole message)."""
+
+    field: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Interpretation:
+    """How a value written freely was understood (shown in the recap)."""
+
+    field: str
+    written: str
+    understood: str
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    form: DemandeForm | None
+    problems: tuple[Problem, ...]
+    interpretations: tuple[Interpretation, ...] = ()
+
+    def missing_or_wrong(self) -> tuple[str, ...]:
+        """Fields with a problem, in the template's order (then the attestation)."""
+        keys = {p.field for p in self.problems}
+        return tuple(k for k in (*FIELDS, ACCORD) if k in keys)
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """What the values are checked against (the caller builds it from the policies).
+
+    `departements`: code → name. `organisation`: text → (id, display name) or None.
+    `suggest_organisations(text, territoire)`: the closest organisations available
+    there. `required_identifiers(organisation ids)`: fields required by those bodies.
+    """
+
+    departements: Mapping[str, str]
+    organisation: Callable[[str], tuple[str, str] | None]
+    categories: Collection[str]
+    suggest_organisations: Callable[[str, str], Sequence[str]] = lambda _text, _where: ()
+    required_identifiers: Callable[[Sequence[str]], Mapping[str, str]] = lambda _ids: {}
+
+
+# ---------------------------------------------------------------------------
+# Field validators: each returns the normalised value or adds French problems.
 
 
 _DATE_FORMATS = (
     re.compile(r"(?P<d>\d{1,2})[/.-](?P<m>\d{1,2})[/.-](?P<y>\d{4})"),
     re.compile(r"(?P<y>\d{4})-(?P<m>\d{1,2})-(?P<d>\d{1,2})"),
 )
+_NATURAL_DATE_FORMATS = (
+    *_DATE_FORMATS,
+    re.compile(r"(?P<d>\d{1,2}) (?P<m>\d{1,2}) (?P<y>\d{4})"),
+    re.compile(r"(?P<d>\d{2})(?P<m>\d{2})(?P<y>\d{4})"),
+    re.compile(r"(?P<d>\d{1,2})[/.-](?P<m>\d{1,2})[/.-](?P<yy>\d{2})"),
+)
+_MONTHS = {
+    "janvier": 1,
+    "janv": 1,
+    "fevrier": 2,
+    "fevr": 2,
+    "fev": 2,
+    "mars": 3,
+    "avril": 4,
+    "avr": 4,
+    "mai": 5,
+    "juin": 6,
+    "juillet": 7,
+    "juil": 7,
+    "aout": 8,
+    "septembre": 9,
+    "sept": 9,
+    "octobre": 10,
+    "oct": 10,
+    "novembre": 11,
+    "nov": 11,
+    "decembre": 12,
+    "dec": 12,
+}
+_RELATIVE_DAYS = {"aujourd'hui": 0, "aujourdhui": 0, "ce jour": 0, "hier": 1, "avant-hier": 2}
 
 
 def parse_date(text: str) -> date | None:
@@ -260,6 +414,38 @@ def parse_date(text: str) -> date | None:
     compact = text.strip()
     for pattern in _DATE_FORMATS:
         if m := pattern.fullmatch(compact):
+            try:
+                return date(int(m["y"]), int(m["m"]), int(m["d"]))
+            except ValueError:
+                return None
+    return None
+
+
+def parse_natural_date(text: str, today: date) -> date | None:
+    """`parse_date`, plus « aujourd'hui », « hier », « avant-hier », « 12 mars 1961 »,
+    « 1er mars 1961 », « 12 03 1961 », « 12031961 » and JJ/MM/AA (the past century
+    when the date would otherwise be in the future)."""
+    folded = _fold(text).strip(" .")
+    folded = re.sub(r"^(?:le|du)\s+", "", folded)
+    if folded in _RELATIVE_DAYS:
+        return today - timedelta(days=_RELATIVE_DAYS[folded])
+    if m := re.fullmatch(r"(\d{1,2})(?:er)?\s+([a-z]+)\.?\s+(\d{4})", folded):
+        month = _MONTHS.get(m.group(2))
+        if month is None:
+            return None
+        try:
+            return date(int(m.group(3)), month, int(m.group(1)))
+        except ValueError:
+            return None
+    for pattern in _NATURAL_DATE_FORMATS:
+        if m := pattern.fullmatch(folded):
+            if "yy" in pattern.groupindex:
+                year = 2000 + int(m["yy"])
+                try:
+                    found = date(year, int(m["m"]), int(m["d"]))
+                except ValueError:
+                    return None
+                return found if found <= today else date(year - 100, found.month, found.day)
             try:
                 return date(int(m["y"]), int(m["m"]), int(m["d"]))
             except ValueError:
@@ -326,13 +512,64 @@ def normalise_phone(text: str) -> str | None:
     return " ".join(national[i : i + 2] for i in range(0, 10, 2))
 
 
+# How aidants name the ways an usager gives their accord (folded, punctuation as spaces).
 _MANDAT_ALIASES: dict[str, MandatType] = {
     "papier": MandatType.PAPIER,
     "ecrit": MandatType.PAPIER,
+    "par ecrit": MandatType.PAPIER,
+    "mandat papier": MandatType.PAPIER,
+    "mandat ecrit": MandatType.PAPIER,
+    "signe": MandatType.PAPIER,
+    "mandat signe": MandatType.PAPIER,
+    "formulaire": MandatType.PAPIER,
+    "formulaire signe": MandatType.PAPIER,
     "oral": MandatType.ORAL,
     "orale": MandatType.ORAL,
+    "a l oral": MandatType.ORAL,
+    "oralement": MandatType.ORAL,
+    "verbal": MandatType.ORAL,
+    "verbalement": MandatType.ORAL,
+    "mandat oral": MandatType.ORAL,
+    "telephone": MandatType.ORAL,
+    "par telephone": MandatType.ORAL,
     "sms": MandatType.SMS,
+    "par sms": MandatType.SMS,
+    "texto": MandatType.SMS,
+    "par texto": MandatType.SMS,
+    "mandat sms": MandatType.SMS,
 }
+
+MANDAT_LABELS: dict[MandatType, str] = {
+    MandatType.PAPIER: "papier (mandat écrit)",
+    MandatType.ORAL: "oral",
+    MandatType.SMS: "SMS",
+}
+
+
+def _loose(text: str) -> str:
+    """Folded, every punctuation mark a space: « Val-d'Oise » and « val d oise » meet."""
+    return " ".join(re.sub(r"[^0-9a-z]+", " ", _fold(text)).split())
+
+
+def parse_mandat(text: str) -> MandatType | None:
+    return _MANDAT_ALIASES.get(_loose(text))
+
+
+def find_departement(text: str, departements: Mapping[str, str]) -> str | None:
+    """The code of a département written as a code or a name, in any case, with or
+    without accents, hyphens or apostrophes (« 95 », « Val d'Oise », « val-d-oise »,
+    « 95 - Val-d'Oise »)."""
+    code = _normalise_territoire(text, departements.keys())
+    if code is not None:
+        return code
+    by_name = {_loose(name): c for c, name in departements.items()}
+    loose = _loose(text)
+    found = by_name.get(loose) or by_name.get(re.sub(r"^(?:le |la |les |l )", "", loose))
+    if found is not None:
+        return found
+    if m := re.fullmatch(r"(.+?)\s*\(\s*[0-9ab]{2,3}\s*\)", loose):
+        return by_name.get(m.group(1))
+    return None
 
 
 def _normalise_territoire(value: str, known: Collection[str]) -> str | None:
@@ -351,7 +588,7 @@ def _normalise_territoire(value: str, known: Collection[str]) -> str | None:
 
 def _split_organismes(value: str) -> list[str]:
     # Aidants write "CAF, CPAM", "CAF; CPAM", "CAF / CPAM" or "CAF et CPAM".
-    parts = re.split(r"[,;/]|\s+et\s+", value)
+    parts = re.split(r"[,;/]|\s+et\s+|\s+\+\s+", value)
     return [part.strip() for part in parts if part.strip()]
 
 
@@ -372,6 +609,24 @@ def _objet_personal_data(objet: str, usager_values: Iterable[str]) -> bool:
     return any(_contains_word(objet, value) for value in usager_values if value)
 
 
+def _simple_vocabulary(
+    known_departements: Collection[str],
+    organisation_lookup: Callable[[str], str | None],
+    categories: Collection[str],
+) -> Vocabulary:
+    names = (
+        dict(known_departements)
+        if isinstance(known_departements, Mapping)
+        else {code: code for code in known_departements}
+    )
+
+    def organisation(text: str) -> tuple[str, str] | None:
+        found = organisation_lookup(text)
+        return (found, found) if found is not None else None
+
+    return Vocabulary(departements=names, organisation=organisation, categories=categories)
+
+
 def parse_form(
     text: str,
     *,
@@ -380,183 +635,261 @@ def parse_form(
     organisation_lookup: Callable[[str], str | None],
     categories: Collection[str],
 ) -> FormResult:
-    """Parse and validate an opening form sent back by an aidant."""
-    scan = _scan(text)
-    if not scan.any_key:
+    """Parse and validate a whole opening form sent back by an aidant."""
+    update = read_fields(text)
+    if not update.any_key:
         return NotAForm()
-    values = scan.values
-    errors: list[str] = []
+    vocabulary = _simple_vocabulary(known_departements, organisation_lookup, categories)
+    result = evaluate(DraftFields().merged(update), today=today, vocabulary=vocabulary)
+    problems = [p.message for p in message_problems(update)] + [p.message for p in result.problems]
+    if problems or result.form is None:
+        return FormErrors(tuple(problems))
+    return result.form
+
+
+def message_problems(update: FieldInput) -> tuple[Problem, ...]:
+    """What was wrong in the message itself (a misspelt key, a field given twice)."""
+    problems = [
+        Problem(None, f"Le champ « {folded} » n'est pas reconnu : vouliez-vous écrire « {hint} » ?")
+        for folded, hint in update.unknown
+    ]
+    problems += [
+        Problem(
+            key,
+            f"Le champ « {key} » apparaît plusieurs fois avec des valeurs différentes : "
+            "n'en gardez qu'un.",
+        )
+        for key in update.duplicates
+    ]
+    return tuple(problems)
+
+
+def evaluate(draft: DraftFields, *, today: date, vocabulary: Vocabulary) -> Evaluation:
+    """Check every field of a draft: the form when all is right, else every problem."""
+    values = draft.values
+    problems: list[Problem] = []
+    understood: list[Interpretation] = []
+
+    def problem(key: str | None, message: str) -> None:
+        problems.append(Problem(key, message))
 
     def required(key: str, what: str) -> str:
-        value = values.get(key, "")
+        value = values.get(key, "").strip()
         if not value:
-            errors.append(f"Le champ « {key} » est obligatoire : indiquez {what}.")
+            problem(key, f"Le champ « {key} » est obligatoire : indiquez {what}.")
         return value
 
-    for folded, suggestion in scan.unknown:
-        errors.append(
-            f"Le champ « {folded} » n'est pas reconnu : vouliez-vous écrire « {suggestion} » ?"
-        )
-    for key in scan.duplicates:
-        errors.append(
-            f"Le champ « {key} » apparaît plusieurs fois avec des valeurs différentes : "
-            "n'en gardez qu'un."
-        )
+    def note(key: str, written: str, shown: str) -> None:
+        if _loose(written) != _loose(shown):
+            understood.append(Interpretation(key, _single_line(written), shown))
 
     territoire = ""
-    raw_territoire = required(TERRITOIRE, "le code du département (par exemple 95, 2A ou 974)")
+    raw_territoire = required(
+        TERRITOIRE, "le département (son numéro ou son nom : 95, 2A, 974, Val-d'Oise)"
+    )
     if raw_territoire:
-        territoire = _normalise_territoire(raw_territoire, known_departements) or ""
+        territoire = find_departement(raw_territoire, vocabulary.departements) or ""
         if not territoire:
-            errors.append(
+            problem(
+                TERRITOIRE,
                 f"Le département « {_single_line(raw_territoire)} » n'existe pas : "
-                "indiquez son code (par exemple 95, 2A ou 974)."
+                "indiquez son numéro ou son nom (par exemple 95, 2A, 974 ou Val-d'Oise).",
             )
+        else:
+            name = vocabulary.departements.get(territoire, territoire)
+            shown = territoire if name == territoire else f"{territoire} ({name})"
+            if _loose(raw_territoire) != _loose(territoire):
+                understood.append(Interpretation(TERRITOIRE, _single_line(raw_territoire), shown))
 
+    by_fold = {_fold(c): c for c in vocabulary.categories}
     organisations: list[str] = []
+    category_named: str | None = None
     for name in _split_organismes(values.get(ORGANISMES, "")):
-        found = organisation_lookup(name)
+        found = vocabulary.organisation(name)
         if found is None:
-            errors.append(
+            category = by_fold.get(_fold(name))
+            if category is not None:
+                # « organismes : logement »: a category, whose organisations are proposed.
+                category_named = category
+                continue
+            hint = ""
+            if territoire:
+                suggestions = vocabulary.suggest_organisations(name, territoire)
+                if suggestions:
+                    hint = (
+                        f" Organismes proches disponibles dans le {territoire} : "
+                        + ", ".join(suggestions)
+                        + "."
+                    )
+            problem(
+                ORGANISMES,
                 f"L'organisme « {name} » est inconnu : vérifiez son nom "
-                "(par exemple CAF, CPAM, MSA, URSSAF)."
+                "(par exemple CAF, CPAM, MSA, URSSAF)." + hint,
             )
-        elif found not in organisations:
-            organisations.append(found)
+            continue
+        org_id, label = found
+        note(ORGANISMES, name, label)
+        if org_id not in organisations:
+            organisations.append(org_id)
 
     categorie: str | None = None
     raw_categorie = _single_line(values.get(CATEGORIE, ""))
     if raw_categorie:
-        by_fold = {_fold(c): c for c in categories}
         categorie = by_fold.get(_fold(raw_categorie))
         if categorie is None:
-            errors.append(
+            problem(
+                CATEGORIE,
                 f"La catégorie « {raw_categorie} » est inconnue : choisissez parmi "
-                + ", ".join(categories)
-                + "."
+                + ", ".join(vocabulary.categories)
+                + ".",
             )
-    if not values.get(ORGANISMES) and not raw_categorie:
-        errors.append(
+    if categorie is None and category_named is not None:
+        categorie = category_named
+    if not values.get(ORGANISMES, "").strip() and not raw_categorie:
+        problem(
+            ORGANISMES,
             "Indiquez au moins un organisme (champ « organismes ») ou, si vous ne savez pas "
-            "lequel, une catégorie (champ « catégorie »)."
+            "lequel, une catégorie (champ « catégorie »).",
         )
 
     objet = _single_line(required(OBJET, "en quelques mots le sujet de la demande"))
     if len(objet) > OBJET_MAX:
-        errors.append(
+        problem(
+            OBJET,
             f"L'objet fait {len(objet)} caractères, soit {len(objet) - OBJET_MAX} de trop "
             f"({OBJET_MAX} au maximum) : raccourcissez-le et mettez les détails "
-            "dans la description."
+            "dans la description.",
         )
 
     prenom = _single_line(required(PRENOM, "le prénom de l'usager"))
     nom = _single_line(required(NOM, "le nom de l'usager"))
     for key, value in ((PRENOM, prenom), (NOM, nom)):
         if len(value) > NAME_MAX:
-            errors.append(f"Le champ « {key} » est trop long ({NAME_MAX} caractères au maximum).")
+            problem(key, f"Le champ « {key} » est trop long ({NAME_MAX} caractères au maximum).")
 
-    naissance = _date_field(values, DATE_NAISSANCE, "la date de naissance de l'usager", errors)
+    naissance = _date_field(
+        values, DATE_NAISSANCE, "la date de naissance de l'usager", today, problem, note
+    )
     if naissance is not None:
         if naissance > today:
-            errors.append(
-                f"La date de naissance ({format_date(naissance)}) est dans le futur : vérifiez-la."
+            problem(
+                DATE_NAISSANCE,
+                f"La date de naissance ({format_date(naissance)}) est dans le futur : vérifiez-la.",
             )
         elif _age(naissance, today) > MAX_AGE_YEARS:
-            errors.append(
+            problem(
+                DATE_NAISSANCE,
                 f"La date de naissance ({format_date(naissance)}) donne un âge de plus de "
-                f"{MAX_AGE_YEARS} ans : vérifiez l'année."
+                f"{MAX_AGE_YEARS} ans : vérifiez l'année.",
             )
 
     nir: str | None = None
-    if raw := values.get(NIR, ""):
+    if raw := values.get(NIR, "").strip():
         nir = normalise_nir(raw)
-        if problem := nir_problem(nir):
-            errors.append(problem)
+        if found_problem := nir_problem(nir):
+            problem(NIR, found_problem)
 
     allocataire: str | None = None
-    if raw := values.get(ALLOCATAIRE, ""):
+    if raw := values.get(ALLOCATAIRE, "").strip():
         allocataire = re.sub(r"\s", "", raw)
         if not re.fullmatch(r"\d{1,10}", allocataire):
-            errors.append(
+            problem(
+                ALLOCATAIRE,
                 "Le numéro allocataire CAF ne peut contenir que des chiffres "
-                "(7 en général, sans lettres)."
+                "(7 en général, sans lettres).",
             )
 
     nif: str | None = None
-    if raw := values.get(NIF, ""):
+    if raw := values.get(NIF, "").strip():
         nif = re.sub(r"\s", "", raw)
         if not re.fullmatch(r"[0-3]\d{12}", nif):
-            errors.append(
+            problem(
+                NIF,
                 "Le NIF (numéro fiscal) doit compter 13 chiffres et commencer par 0, 1, 2 ou 3 : "
-                "il figure en haut de l'avis d'impôt."
+                "il figure en haut de l'avis d'impôt.",
             )
+
+    present = {NIR: nir, ALLOCATAIRE: allocataire, NIF: nif}
+    for key, why in vocabulary.required_identifiers(organisations).items():
+        if key in present and not present[key] and not values.get(key, "").strip():
+            problem(key, f"Le champ « {key} » est obligatoire {why}.")
 
     adresse = _single_line(values.get(ADRESSE, "")) or None
     if adresse and len(adresse) > ADRESSE_MAX:
-        errors.append(f"L'adresse est trop longue ({ADRESSE_MAX} caractères au maximum).")
+        problem(ADRESSE, f"L'adresse est trop longue ({ADRESSE_MAX} caractères au maximum).")
 
     telephone: str | None = None
-    if raw := values.get(TELEPHONE, ""):
+    if raw := values.get(TELEPHONE, "").strip():
         telephone = normalise_phone(raw)
         if telephone is None:
-            errors.append(
+            problem(
+                TELEPHONE,
                 "Le numéro de téléphone n'est pas un numéro français valide : indiquez 10 chiffres "
-                "commençant par 0 (par exemple 06 12 34 56 78) ou le format +33."
+                "commençant par 0 (par exemple 06 12 34 56 78) ou le format +33.",
             )
-
-    description = values.get(DESCRIPTION, "").strip()
-    if not description:
-        errors.append(
-            "Le champ « description » est obligatoire : expliquez la situation de l'usager "
-            "sur les lignes qui suivent « description : »."
-        )
-    elif len(description) > DESCRIPTION_MAX:
-        errors.append(
-            f"La description est trop longue ({len(description)} caractères, "
-            f"{DESCRIPTION_MAX} au maximum)."
-        )
 
     mandat_type: MandatType | None = None
     raw_mandat = _single_line(required(MANDAT, "le type de mandat : papier, oral ou sms"))
     if raw_mandat:
-        mandat_type = _MANDAT_ALIASES.get(_fold(raw_mandat))
+        mandat_type = parse_mandat(raw_mandat)
         if mandat_type is None:
-            errors.append(
-                f"Le type de mandat « {raw_mandat} » est inconnu : indiquez papier, oral ou sms."
+            problem(
+                MANDAT,
+                f"Le type de mandat « {raw_mandat} » est inconnu : indiquez papier, oral ou sms.",
             )
+        elif _loose(raw_mandat) != mandat_type.value:
+            understood.append(Interpretation(MANDAT, raw_mandat, MANDAT_LABELS[mandat_type]))
 
     date_mandat = _date_field(
-        values, DATE_MANDAT, "la date à laquelle l'usager a donné son accord", errors
+        values, DATE_MANDAT, "la date à laquelle l'usager a donné son accord", today, problem, note
     )
     if date_mandat is not None and date_mandat > today:
-        errors.append(
+        problem(
+            DATE_MANDAT,
             f"La date du mandat ({format_date(date_mandat)}) est dans le futur : "
-            "indiquez le jour où l'usager a donné son accord."
+            "indiquez le jour où l'usager a donné son accord.",
         )
 
-    if not scan.attested:
-        errors.append(
-            f"La ligne « {ATTESTATION} » manque : gardez-la dans le formulaire pour attester "
-            "que l'usager a donné son accord."
+    description = values.get(DESCRIPTION, "").strip()
+    if not description:
+        problem(
+            DESCRIPTION,
+            "Le champ « description » est obligatoire : expliquez la situation de l'usager "
+            "sur les lignes qui suivent « description : ».",
         )
-    elif scan.attestation_refused:
-        errors.append(
+    elif len(description) > DESCRIPTION_MAX:
+        problem(
+            DESCRIPTION,
+            f"La description est trop longue ({len(description)} caractères, "
+            f"{DESCRIPTION_MAX} au maximum).",
+        )
+
+    if draft.attested is None:
+        problem(
+            ACCORD,
+            f"La ligne « {ATTESTATION} » manque : gardez-la dans le formulaire pour attester "
+            "que l'usager a donné son accord.",
+        )
+    elif not draft.attested:
+        problem(
+            ACCORD,
             "Sans l'accord de l'usager, la demande ne peut pas être ouverte : recueillez "
-            "son accord puis renvoyez le formulaire."
+            "son accord puis renvoyez le formulaire.",
         )
 
     if objet and _objet_personal_data(
         objet,
         (prenom, nom, nir or "", allocataire or "", nif or "", values.get(DATE_NAISSANCE, "")),
     ):
-        errors.append(
+        problem(
+            OBJET,
             "L'objet ne doit contenir aucune donnée personnelle (nom, prénom, numéro, date…) : "
-            "il apparaît dans les notifications. Mettez ces informations dans les champs prévus."
+            "il apparaît dans les notifications. Mettez ces informations dans les champs prévus.",
         )
 
-    if errors or naissance is None or mandat_type is None or date_mandat is None:
-        return FormErrors(tuple(errors))
-    return DemandeForm(
+    if problems or naissance is None or mandat_type is None or date_mandat is None:
+        return Evaluation(None, tuple(problems), tuple(understood))
+    form = DemandeForm(
         territoire=territoire,
         organisations=tuple(organisations),
         categorie=categorie,
@@ -574,72 +907,94 @@ def parse_form(
         description=description,
         mandat=Mandat(type=mandat_type, date=date_mandat, attestation=True),
     )
+    return Evaluation(form, (), tuple(understood))
 
 
-def _date_field(values: dict[str, str], key: str, what: str, errors: list[str]) -> date | None:
+def _date_field(
+    values: Mapping[str, str],
+    key: str,
+    what: str,
+    today: date,
+    problem: Callable[[str | None, str], None],
+    note: Callable[[str, str, str], None],
+) -> date | None:
     raw = values.get(key, "").strip()
     if not raw:
-        errors.append(f"Le champ « {key} » est obligatoire : indiquez {what} (JJ/MM/AAAA).")
+        problem(key, f"Le champ « {key} » est obligatoire : indiquez {what} (JJ/MM/AAAA).")
         return None
-    parsed = parse_date(raw)
+    parsed = parse_natural_date(raw, today)
     if parsed is None:
-        errors.append(
-            f"La {key} « {raw} » n'est pas une date valide : écrivez-la sous la forme "
-            "JJ/MM/AAAA (par exemple 05/03/1980)."
+        problem(
+            key,
+            f"La {key} « {_single_line(raw)} » n'est pas une date valide : écrivez-la sous la "
+            "forme JJ/MM/AAAA (par exemple 05/03/1980), ou « aujourd'hui », « hier ».",
         )
+    else:
+        note(key, raw, format_date(parsed))
     return parsed
 
 
 # ---------------------------------------------------------------------------
 # Template and rendering
 
+# Explanation lines of the template start with « » » (old forms used « # », still
+# accepted). Element's composer turns the text an aidant sends into Markdown
+# (CommonMark): « # » made each explanation a big heading, « - » a list, « > » a quote;
+# « » » is plain text there, and in any other client.
+EXPLANATION = "»"
+
 
 def form_template(categories: Iterable[str] = DEFAULT_CATEGORIES) -> str:
-    """The blank form sent on `!demande`; comment lines start with « # »."""
+    """The blank form sent on `!demande`; explanation lines start with « » »."""
+    x = EXPLANATION
     return "\n".join(
         [
-            "# FORMULAIRE DE DEMANDE — copiez tout ce message, complétez-le et renvoyez-le ici.",
-            "# Écrivez chaque réponse après les deux-points « : », sur la même ligne.",
-            "# Les lignes qui commencent par « # » sont des explications : "
+            f"{x} FORMULAIRE DE DEMANDE — copiez tout ce message, complétez-le et renvoyez-le ici.",
+            f"{x} Écrivez chaque réponse après les deux-points « : », sur la même ligne.",
+            f"{x} Les lignes qui commencent par « {x} » sont des explications : "
             "vous pouvez les laisser.",
-            "# Les champs marqués (facultatif) peuvent rester vides.",
+            f"{x} Les champs marqués (facultatif) peuvent rester vides. Une correction peut "
+            "s'envoyer seule, sur une ligne (par exemple « nom : Dupont »).",
             "",
-            "# Code du département où vit l'usager (par exemple 95, 2A ou 974).",
+            f"{x} Département où vit l'usager : son numéro ou son nom (95, 2A, 974, Val-d'Oise).",
             f"{TERRITOIRE} :",
-            "# Un ou plusieurs organismes, séparés par des virgules (par exemple : CAF, CPAM).",
-            "# Vous ne savez pas lequel ? Laissez vide et choisissez une catégorie.",
+            f"{x} Un ou plusieurs organismes, séparés par des virgules (par exemple : CAF, CPAM).",
+            f"{x} Vous ne savez pas lequel ? Laissez vide et choisissez une catégorie ;",
+            f"{x} !organismes suivi du département liste ceux qui sont disponibles.",
             f"{ORGANISMES} :",
-            "# (facultatif si un organisme est indiqué) " + ", ".join(categories) + ".",
+            f"{x} (facultatif si un organisme est indiqué) " + ", ".join(categories) + ".",
             f"{CATEGORIE} :",
-            f"# En quelques mots, {OBJET_MAX} caractères au maximum.",
-            "# ATTENTION : aucune donnée personnelle dans l'objet (ni nom, ni numéro, ni date) :",
-            "# il apparaît dans les notifications envoyées aux agents.",
+            f"{x} En quelques mots, {OBJET_MAX} caractères au maximum.",
+            f"{x} ATTENTION : aucune donnée personnelle dans l'objet "
+            "(ni nom, ni numéro, ni date) :",
+            f"{x} il apparaît dans les notifications envoyées aux agents.",
             f"{OBJET} :",
-            "# Identité de l'usager.",
+            f"{x} Identité de l'usager.",
             f"{PRENOM} :",
             f"{NOM} :",
-            "# Au format JJ/MM/AAAA.",
+            f"{x} Par exemple 12/03/1961 ou 12 mars 1961.",
             f"{DATE_NAISSANCE} :",
-            "# (facultatif) Numéro de sécurité sociale : 15 caractères, clé comprise.",
+            f"{x} Numéro de sécurité sociale : 15 caractères, clé comprise "
+            "(obligatoire pour l'assurance maladie et la retraite).",
             f"{NIR} :",
-            "# (facultatif) Numéro allocataire, utile pour la CAF.",
+            f"{x} (facultatif) Numéro allocataire, utile pour la CAF.",
             f"{ALLOCATAIRE} :",
-            "# (facultatif) Numéro fiscal, 13 chiffres, utile pour les impôts.",
+            f"{x} (facultatif) Numéro fiscal, 13 chiffres, utile pour les impôts.",
             f"{NIF} :",
-            "# (facultatif) Adresse postale, sur une seule ligne.",
+            f"{x} (facultatif) Adresse postale, sur une seule ligne.",
             f"{ADRESSE} :",
-            "# (facultatif) Numéro français, par exemple 06 12 34 56 78.",
+            f"{x} (facultatif) Numéro français, par exemple 06 12 34 56 78.",
             f"{TELEPHONE} :",
-            "# Comment l'usager vous a donné son accord : papier, oral ou sms.",
+            f"{x} Comment l'usager vous a donné son accord : papier, oral ou sms.",
             f"{MANDAT} :",
-            "# Jour où l'usager a donné son accord, au format JJ/MM/AAAA.",
+            f"{x} Jour où l'usager a donné son accord : une date, « aujourd'hui » ou « hier ».",
             f"{DATE_MANDAT} :",
-            "# Décrivez la situation et ce que vous attendez de l'organisme.",
-            "# Vous pouvez écrire sur plusieurs lignes, sous « description : ».",
+            f"{x} Décrivez la situation et ce que vous attendez de l'organisme.",
+            f"{x} Vous pouvez écrire sur plusieurs lignes, sous « description : ».",
             f"{DESCRIPTION} :",
             "",
             "",
-            "# Gardez la ligne suivante : elle atteste que l'usager a donné son accord.",
+            f"{x} Gardez la ligne suivante : elle atteste que l'usager a donné son accord.",
             ATTESTATION,
         ]
     )
@@ -672,3 +1027,15 @@ def render_form(form: DemandeForm, *, organisation_label: Callable[[str], str] =
         ATTESTATION if form.mandat.attestation else "",
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+def render_draft(draft: DraftFields) -> str:
+    """A draft as form lines (what `!brouillon` shows); sent back, it reads the same."""
+    lines = [f"{key} : {_single_line(draft.values.get(key, ''))}" for key in FIELDS[:-1]]
+    lines.append(f"{DESCRIPTION} :")
+    if description := draft.values.get(DESCRIPTION, "").strip():
+        lines.append(description)
+    lines.append("")
+    if draft.attested:
+        lines.append(ATTESTATION)
+    return "\n".join(line.rstrip() for line in lines).rstrip("\n")
