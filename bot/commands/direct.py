@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from bot.commands.framework import CommandSet, CommandSpec, Reply
+from bot.commands.framework import Arg, CommandSet, CommandSpec, Reply
 from bot.domain import dossier as texts
 from bot.domain.model import Agent, Role
 
@@ -27,6 +27,18 @@ class DraftOps(Protocol):
 
     async def cancel(self) -> Reply:
         """Drop the pending draft."""
+        ...
+
+    async def show(self) -> Reply:
+        """The demande in preparation, and what it still lacks."""
+        ...
+
+    async def guide(self) -> Reply:
+        """Start (or resume) the guided path: one question per missing field."""
+        ...
+
+    async def organisations(self, departement: str) -> Reply:
+        """The organisations a demande of that département can be sent to."""
         ...
 
 
@@ -68,7 +80,9 @@ Flags = frozenset[str]
         (),
         "Recevoir le formulaire à remplir pour ouvrir une demande.\n"
         "Renvoyez-le complété : je vous montre un récapitulatif, puis !confirmer "
-        "ouvre la demande et !annuler l'abandonne.",
+        "ouvre la demande et !annuler l'abandonne. Une correction peut s'envoyer seule, "
+        "sur une ligne (« date de naissance : 12/03/1961 ») ; les fichiers envoyés ici "
+        "pendant la préparation sont joints à la demande.",
         section=SECTION,
         audience=AIDANT,
     )
@@ -102,3 +116,42 @@ async def _confirmer(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
 )
 async def _annuler(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
     return await ctx.drafts.cancel()
+
+
+@DIRECT.command(
+    CommandSpec(
+        "brouillon",
+        (),
+        "Voir la demande en préparation, ses fichiers joints et ce qu'il reste à compléter.",
+        section=SECTION,
+        audience=AIDANT,
+    )
+)
+async def _brouillon(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
+    return await ctx.drafts.show()
+
+
+@DIRECT.command(
+    CommandSpec(
+        "guider",
+        (),
+        "Préparer la demande pas à pas : je pose les questions une à une.",
+        section=SECTION,
+        audience=AIDANT,
+    )
+)
+async def _guider(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
+    return await ctx.drafts.guide()
+
+
+@DIRECT.command(
+    CommandSpec(
+        "organismes",
+        (Arg("departement", "rest", "numéro ou nom du département (95, Val-d'Oise)"),),
+        "Lister les organismes qui reçoivent les demandes d'un département.",
+        section=SECTION,
+        audience=AIDANT,
+    )
+)
+async def _organismes(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
+    return await ctx.drafts.organisations(str(args["departement"]))

@@ -196,10 +196,17 @@ def render_recap(
     *,
     organisation_names: Mapping[str, str] | None = None,
     left_out: Sequence[str] = (),
+    understood: Sequence[str] = (),
+    files: Sequence[str] = (),
+    advice: Sequence[str] = (),
+    categorie_label: str | None = None,
 ) -> RenderedMessage:
     """What will happen on `!confirmer`: who receives the demande, and how.
 
     `left_out`: agents of the routed groups who will not receive it, each with why.
+    `understood`: how the values written freely were read (« hier » → 01/12/2026), so
+    that the aidant checks them before confirming. `files`: the files that will be
+    posted in the room. `advice`: identifiers the organisations would find useful.
     """
     doc = _Doc()
     title = f"Demande {reference} : récapitulatif" if reference else "Récapitulatif de la demande"
@@ -208,17 +215,33 @@ def render_recap(
     if form.organisations:
         doc.item("Organismes", _organisations(form, organisation_names))
     if form.categorie:
-        doc.item("Catégorie", form.categorie)
+        doc.item("Catégorie", categorie_label or form.categorie)
     doc.item("Objet", form.objet)
     doc.item("Mandat", f"{_MANDAT_LABELS[form.mandat.type]}, du {format_date(form.mandat.date)}")
     _usager(doc, form, full=False)
+    if understood:
+        doc.title("Ce que j'ai compris (vérifiez)")
+        for line in understood:
+            doc.bullet(line)
+    if files:
+        doc.title("Fichiers joints (publiés dans le salon de la demande)")
+        for name in files:
+            doc.bullet(name)
+    if advice:
+        doc.title("Conseillé")
+        for line in advice:
+            doc.bullet(line)
     doc.title("Destinataires")
     if groups:
         doc.item("Groupes", ", ".join(groups))
     else:
         doc.bullet("Aucun groupe ne traite encore ces organismes sur ce territoire.")
+    if invitees:
+        doc.para("Invités dans le salon de la demande (ils la lisent dans Element) :")
     for participant in invitees:
         doc.bullet(_participant_line(participant))
+    if email_only:
+        doc.para("Reçoivent le dossier par courriel (ils répondent par courriel) :")
     for participant in email_only:
         line = _participant_line(participant)
         doc.bullet(line if participant.email_only else line + " (par courriel)")

@@ -346,6 +346,11 @@ class Evaluation:
     form: DemandeForm | None
     problems: tuple[Problem, ...]
     interpretations: tuple[Interpretation, ...] = ()
+    # What was understood of the destination even when the form is not complete yet,
+    # so that the caller checks it against the directory at once.
+    territoire: str | None = None
+    organisations: tuple[str, ...] = ()
+    categorie: str | None = None
 
     def missing_or_wrong(self) -> tuple[str, ...]:
         """Fields with a problem, in the template's order (then the attestation)."""
@@ -358,6 +363,7 @@ class Vocabulary:
     """What the values are checked against (the caller builds it from the policies).
 
     `departements`: code → name. `organisation`: text → (id, display name) or None.
+    `categories`: the accepted values, or a mapping of each value to its label.
     `suggest_organisations(text, territoire)`: the closest organisations available
     there. `required_identifiers(organisation ids)`: fields required by those bodies.
     """
@@ -546,9 +552,12 @@ MANDAT_LABELS: dict[MandatType, str] = {
 }
 
 
-def _loose(text: str) -> str:
+def loose(text: str) -> str:
     """Folded, every punctuation mark a space: « Val-d'Oise » and « val d oise » meet."""
     return " ".join(re.sub(r"[^0-9a-z]+", " ", _fold(text)).split())
+
+
+_loose = loose
 
 
 def parse_mandat(text: str) -> MandatType | None:
@@ -701,13 +710,19 @@ def evaluate(draft: DraftFields, *, today: date, vocabulary: Vocabulary) -> Eval
             if _loose(raw_territoire) != _loose(territoire):
                 understood.append(Interpretation(TERRITOIRE, _single_line(raw_territoire), shown))
 
-    by_fold = {_fold(c): c for c in vocabulary.categories}
+    # A mapping of categories is canonical value → label: both are accepted.
+    labels = (
+        dict(vocabulary.categories)
+        if isinstance(vocabulary.categories, Mapping)
+        else {c: c for c in vocabulary.categories}
+    )
+    by_fold = {_loose(c): c for c in labels} | {_loose(v): c for c, v in labels.items()}
     organisations: list[str] = []
     category_named: str | None = None
     for name in _split_organismes(values.get(ORGANISMES, "")):
         found = vocabulary.organisation(name)
         if found is None:
-            category = by_fold.get(_fold(name))
+            category = by_fold.get(_loose(name))
             if category is not None:
                 # « organismes : logement »: a category, whose organisations are proposed.
                 category_named = category
@@ -735,12 +750,12 @@ def evaluate(draft: DraftFields, *, today: date, vocabulary: Vocabulary) -> Eval
     categorie: str | None = None
     raw_categorie = _single_line(values.get(CATEGORIE, ""))
     if raw_categorie:
-        categorie = by_fold.get(_fold(raw_categorie))
+        categorie = by_fold.get(_loose(raw_categorie))
         if categorie is None:
             problem(
                 CATEGORIE,
                 f"La catégorie « {raw_categorie} » est inconnue : choisissez parmi "
-                + ", ".join(vocabulary.categories)
+                + ", ".join(labels.values())
                 + ".",
             )
     if categorie is None and category_named is not None:
@@ -888,7 +903,14 @@ def evaluate(draft: DraftFields, *, today: date, vocabulary: Vocabulary) -> Eval
         )
 
     if problems or naissance is None or mandat_type is None or date_mandat is None:
-        return Evaluation(None, tuple(problems), tuple(understood))
+        return Evaluation(
+            None,
+            tuple(problems),
+            tuple(understood),
+            territoire or None,
+            tuple(organisations),
+            categorie,
+        )
     form = DemandeForm(
         territoire=territoire,
         organisations=tuple(organisations),
@@ -907,7 +929,7 @@ def evaluate(draft: DraftFields, *, today: date, vocabulary: Vocabulary) -> Eval
         description=description,
         mandat=Mandat(type=mandat_type, date=date_mandat, attestation=True),
     )
-    return Evaluation(form, (), tuple(understood))
+    return Evaluation(form, (), tuple(understood), territoire, tuple(organisations), categorie)
 
 
 def _date_field(

@@ -66,6 +66,11 @@ class Organisation:
     id: str
     name: str
     kind: OrganisationKind
+    # Other names aidants use (« sécu », « Pôle emploi »), found like the name.
+    aliases: tuple[str, ...] = ()
+    # Usager identifiers (ids of `USAGER_IDENTIFIERS`) this body requires or suggests.
+    required_identifiers: tuple[str, ...] = ()
+    suggested_identifiers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,9 @@ POLICY_FILES: tuple[str, ...] = (
     MEMBERSHIP_FILE,
 )
 
+# The usager identifiers an organisation may require or suggest (policies' ids).
+USAGER_IDENTIFIERS: tuple[str, ...] = ("nir", "numero_allocataire_caf", "nif")
+
 _SLUG = re.compile(r"[a-z][a-z0-9_]*\Z")
 # Metropolitan 01-95 (no 20 since 1976: Corsica is 2A/2B); overseas 971-974 and 976
 # (975, Saint-Pierre-et-Miquelon, is a collectivité, not a département).
@@ -140,14 +143,29 @@ class Policies:
         for organisation in self.organisations.values():
             index.setdefault(fold(organisation.name), organisation)
             index[fold(organisation.id)] = organisation
+        for organisation in self.organisations.values():
+            for alias in organisation.aliases:
+                index.setdefault(fold(alias), organisation)
         object.__setattr__(self, "_by_folded", MappingProxyType(index))
 
     def organisation(self, organisation_id: str) -> Organisation | None:
         return self.organisations.get(organisation_id)
 
     def find_organisation(self, text: str) -> Organisation | None:
-        """By id or display name, ignoring case, accents and punctuation."""
+        """By id, display name or alias, ignoring case, accents and punctuation."""
         return self._by_folded.get(fold(text))
+
+    def organisation_names(self) -> Mapping[str, Organisation]:
+        """Every folded id, name and alias, with its organisation (for suggestions)."""
+        return self._by_folded
+
+    def find_departement(self, text: str) -> Departement | None:
+        """By code or name, in any case, with or without accents, hyphens, apostrophes."""
+        found = self.departement(text)
+        if found is not None:
+            return found
+        wanted = fold(text)
+        return next((d for d in self.departements.values() if fold(d.name) == wanted), None)
 
     def departement(self, code: str) -> Departement | None:
         return self.departements.get(normalise_departement_code(code))
@@ -279,8 +297,38 @@ def _organisations(
         body = report.table(entry, key_path(*path))
         if body is None:
             continue
-        report.keys(body, path, ("name", "kind"))
+        report.keys(
+            body,
+            path,
+            ("name", "kind"),
+            ("aliases", "required_identifiers", "suggested_identifiers"),
+        )
         name = report.string(body["name"], key_path(*path, "name")) if "name" in body else None
+        aliases = [
+            text
+            for _index, text in (
+                report.string_list(body["aliases"], key_path(*path, "aliases"))
+                if "aliases" in body
+                else []
+            )
+            or []
+        ]
+        identifiers: dict[str, tuple[str, ...]] = {}
+        for which in ("required_identifiers", "suggested_identifiers"):
+            found: list[str] = []
+            for index, text in (
+                report.string_list(body[which], key_path(*path, which)) if which in body else []
+            ) or []:
+                if text not in USAGER_IDENTIFIERS:
+                    report.add(
+                        key_path(*path, which, index),
+                        f"identifiant « {text} » inconnu (attendu : "
+                        + ", ".join(USAGER_IDENTIFIERS)
+                        + ")",
+                    )
+                elif text not in found:
+                    found.append(text)
+            identifiers[which] = tuple(found)
         kind: OrganisationKind | None = None
         if "kind" in body:
             raw_kind = report.string(body["kind"], key_path(*path, "kind"))
@@ -293,15 +341,26 @@ def _organisations(
                         f"type « {raw_kind} » inconnu (attendu : {kinds})",
                     )
         # The CSV import finds organisations by id or name: both must be unambiguous.
-        for label, text in (("identifiant", org_id), ("nom", name)):
-            if text is None:
+        names: list[tuple[str, str | None]] = [("identifiant", org_id), ("nom", name)]
+        names += [("alias", a) for a in aliases]
+        for label, spelled in names:
+            if spelled is None:
                 continue
-            owner = seen.setdefault(fold(text), org_id)
+            owner = seen.setdefault(fold(spelled), org_id)
             if owner != org_id:
-                where = key_path(*path, "name") if label == "nom" else key_path(*path)
-                report.add(where, f"{label} « {text} » confondu avec l'organisation « {owner} »")
+                where = {"nom": key_path(*path, "name"), "alias": key_path(*path, "aliases")}.get(
+                    label, key_path(*path)
+                )
+                report.add(where, f"{label} « {spelled} » confondu avec l'organisation « {owner} »")
         if name is not None and kind is not None and _SLUG.match(org_id):
-            result[org_id] = Organisation(id=org_id, name=name, kind=kind)
+            result[org_id] = Organisation(
+                id=org_id,
+                name=name,
+                kind=kind,
+                aliases=tuple(aliases),
+                required_identifiers=identifiers["required_identifiers"],
+                suggested_identifiers=identifiers["suggested_identifiers"],
+            )
     return result
 
 

@@ -6,11 +6,12 @@ caller loads them and applies the result (invites, ledger lines, emails).
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bot.domain.model import Agent, Group, Organisation, Participant, Role
-from bot.domain.policies import MembershipRules, Policies, server_name_of
+from bot.domain.policies import MembershipRules, Policies, fold, server_name_of
 
 _KIND_LABELS = {"aidant": "côté aidant", "operateur": "opératrices"}
 
@@ -273,3 +274,46 @@ def may_invite_group(
     if reason is not None:
         return InviteDecision(allowed=False, reason=reason, skipped=tuple(skipped))
     return InviteDecision(allowed=True, agents=tuple(adding), skipped=tuple(skipped))
+
+
+# --- what is available where (the opening form's suggestions) -------------------------
+
+
+def available_organisations(
+    territoire: str,
+    groups: Sequence[Group],
+    agents: Sequence[Agent],
+    policies: Policies,
+    rules: MembershipRules | None = None,
+) -> tuple[Organisation, ...]:
+    """The organisations that have a group with reachable instructeurs in `territoire`,
+    in the catalogue's order: where a demande of that département can go."""
+    present: set[str] = set()
+    for group in groups:
+        if territoire not in group.departements or group.organisation_id in present:
+            continue
+        for agent in _instructeurs(group, agents):
+            if rules is None or _server_refusal(agent, rules) is None:
+                present.add(group.organisation_id)
+                break
+    return tuple(o for o in policies.organisations.values() if o.id in present)
+
+
+def closest_organisations(
+    text: str, available: Sequence[Organisation], *, limit: int = 3
+) -> tuple[Organisation, ...]:
+    """The available organisations whose name or alias is closest to `text`."""
+    names: dict[str, Organisation] = {}
+    for organisation in available:
+        for name in (organisation.name, organisation.id, *organisation.aliases):
+            names.setdefault(fold(name), organisation)
+    wanted = fold(text)
+    found: list[Organisation] = []
+    for name in difflib.get_close_matches(wanted, list(names), n=limit * 3, cutoff=0.5):
+        if names[name] not in found:
+            found.append(names[name])
+    for name, organisation in names.items():  # « CAF 95 », « la caf de Cergy »
+        contained = name in wanted.split() or wanted in name.split()
+        if len(name) >= 3 and contained and organisation not in found:
+            found.insert(0, organisation)
+    return tuple(found[:limit])

@@ -176,6 +176,8 @@ class Retention:
         report.rooms_waiting.extend(waiting_rooms)
         async with self.store.transaction() as tx:
             report.drafts_wiped = await tx.wipe_stale_drafts(p.drafts_before, now=now)
+            # The same delay for a demande still in preparation, and the files sent with it.
+            report.drafts_wiped += await tx.wipe_stale_draft_inputs(p.drafts_before)
             report.outbox_blanked = await tx.blank_sent_outbox(p.drafts_before, now=now)
             report.audit_purged = await tx.purge_audit_before(p.audit_before)
             await tx.audit(

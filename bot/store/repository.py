@@ -29,6 +29,7 @@ from bot.domain.model import (
 )
 from bot.store.admin_tx import AdminTx
 from bot.store.crypto_tx import CryptoTx
+from bot.store.draft_tx import DraftTx
 from bot.store.email_tx import EmailTx
 from bot.store.models import (
     CREATION_STEPS,
@@ -163,7 +164,7 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx(EmailTx, AdminTx, CryptoTx, WorkTx):
+class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
 
     # ------------------------------------------------------------------ directory

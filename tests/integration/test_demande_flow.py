@@ -256,23 +256,26 @@ async def test_bad_forms_and_refusals(
         no_group = await next_reply(aidant, dm, bot_id, after=1)
         assert "aucun groupe" in no_group.lower()
 
-        # !confirmer with nothing pending, !annuler with nothing pending.
+        # The draft is kept, incomplete: !confirmer says so; !annuler drops it; then
+        # there is nothing to cancel any more.
         await say(aidant, dm, "!confirmer")
         assert "rien à confirmer" in (await next_reply(aidant, dm, bot_id, after=2)).lower()
         await say(aidant, dm, "!annuler")
-        assert "aucune demande" in (await next_reply(aidant, dm, bot_id, after=3)).lower()
+        assert "annulée" in (await next_reply(aidant, dm, bot_id, after=3))
+        await say(aidant, dm, "!annuler")
+        assert "aucune demande" in (await next_reply(aidant, dm, bot_id, after=4)).lower()
 
         # A draft can be cancelled.
         await say(aidant, dm, filled_form())
-        await next_reply(aidant, dm, bot_id, after=4)
+        await next_reply(aidant, dm, bot_id, after=5)
         await say(aidant, dm, "!annuler")
-        assert "annulée" in (await next_reply(aidant, dm, bot_id, after=5))
+        assert "annulée" in (await next_reply(aidant, dm, bot_id, after=6))
         await say(aidant, dm, "!confirmer")
-        assert "rien à confirmer" in (await next_reply(aidant, dm, bot_id, after=6)).lower()
+        assert "rien à confirmer" in (await next_reply(aidant, dm, bot_id, after=7)).lower()
 
         # An unknown command gets a suggestion.
         await say(aidant, dm, "!demnde")
-        assert "!demande" in (await next_reply(aidant, dm, bot_id, after=7))
+        assert "!demande" in (await next_reply(aidant, dm, bot_id, after=8))
 
         async with runner.store.transaction() as tx:
             assert await tx.list_demandes() == []

@@ -1,0 +1,161 @@
+"""Opening a demande without friction, on the real homeserver with nio clients: the draft
+kept between messages and corrected line by line, `!brouillon`, `!annuler`, natural
+values shown in the recap, `!organismes`, a category that asks which organisation,
+required identifiers, the guided path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nio
+
+from bot.devserver import LocalSynapse
+from bot.domain.model import Role
+from tests.support import bot as botsupport
+from tests.support import matrix
+from tests.support.bot import count_from, filled_form, next_reply, say
+from tests.support.world import World, demande_of, make_world
+
+
+async def _with_msa(world: World) -> None:
+    """A second organisation with an instructeur in the 95 (by email), so that the
+    category « Logement » (CAF, MSA, ANAH…) has two organisations available there."""
+    store = world.runner.store
+    await botsupport.add_group(store, world.directory, "msa", "msa", ["95"])
+    await botsupport.add_agent(
+        store,
+        world.directory,
+        "msa1",
+        matrix_id=None,
+        email=f"{matrix.unique('msa')}@msa95.example.test",
+        roles=[Role.INSTRUCTEUR],
+        group="msa",
+    )
+
+
+class Chat:
+    def __init__(self, client: nio.AsyncClient, room_id: str, bot_id: str) -> None:
+        self.client, self.room_id, self.bot_id = client, room_id, bot_id
+
+    async def ask(self, text: str) -> str:
+        n = count_from(self.client, self.room_id, self.bot_id)
+        await say(self.client, self.room_id, text)
+        return await next_reply(self.client, self.room_id, self.bot_id, after=n)
+
+
+async def test_draft_corrected_line_by_line_with_natural_values(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        await _with_msa(world)
+        chat = Chat(
+            world.aidant,
+            await botsupport.open_direct_chat(world.aidant, world.bot_id),
+            world.bot_id,
+        )
+
+        listed = await chat.ask("!organismes val-d-oise")
+        assert "95 (Val-d'Oise)" in listed and "CAF" in listed and "MSA" in listed
+        assert "CPAM" not in listed  # its group in the 95 has no instructeur
+        assert "Logement : CAF, MSA" in listed
+        assert "Je ne connais pas" in await chat.ask("!organismes Atlantide")
+
+        # A form with a misspelt organisation and an impossible date; the other values
+        # are written freely.
+        first = await chat.ask(
+            filled_form(
+                territoire="Val d'Oise",
+                organismes="CAFF",
+                naissance="12/13/1961",
+                mandat="texto",
+                date_mandat="hier",
+            )
+        )
+        assert "Il reste 2 points" in first, first
+        assert "« CAFF » est inconnu" in first and "disponibles dans le 95 : CAF" in first
+        assert "12/13/1961" in first
+        assert "territoire" not in first and "mandat" not in first.split("Envoyez")[0]
+
+        # A category: the bot asks which of its organisations, never sends to all.
+        asked = await chat.ask("organismes : logement")
+        assert "regroupe : CAF, MSA" in asked and "À quel(s) organisme(s)" in asked
+        # The MSA requires the usager's NIR (policies/organisations.toml).
+        nir = await chat.ask("organismes : MSA")
+        assert "« NIR » est obligatoire pour MSA" in nir
+        only_date = await chat.ask("organismes : CAF")
+        assert "C'est noté : organismes." in only_date
+        assert "Il reste un point" in only_date and "12/13/1961" in only_date
+        assert "NIR" not in only_date
+
+        draft = await chat.ask("!brouillon")
+        assert "organismes : CAF" in draft and "nom : Dupontel" in draft
+        assert "Encore à compléter" in draft and "12/13/1961" in draft
+        not_yet = await chat.ask("!confirmer")
+        assert "rien à confirmer pour l'instant" in not_yet
+
+        recap = await chat.ask("date de naissance : 12 mars 1961")
+        assert "!confirmer" in recap, recap
+        assert "ce que j'ai compris" in recap.lower()
+        assert "« Val d'Oise » → 95 (Val-d'Oise)" in recap
+        assert "« 12 mars 1961 » → 12/03/1961" in recap
+        assert "« hier » →" in recap and "« texto » → SMS" in recap
+        # Where it goes: the Matrix instructeurs invited, the email-only one by email.
+        assert "Invités dans le salon" in recap and "par courriel" in recap
+        assert "Sophie" in recap
+        # The CAF's suggested identifier (policies).
+        assert "numéro allocataire CAF" in recap
+
+        opened = await chat.ask("!confirmer")
+        assert "ouverte" in opened, opened
+        reference = opened.split("Demande ", 1)[1].split(" ", 1)[0]
+        demande = await demande_of(world, reference)
+        assert demande.organisations == ("caf",) and demande.territoire == "95"
+        assert "aucune demande en préparation" in (await chat.ask("!brouillon")).lower()
+
+        # A draft dropped with !annuler.
+        started = await chat.ask("nom : Martin")
+        assert "territoire" in started
+        assert "annulée" in await chat.ask("!annuler")
+        assert "aucune demande en préparation" in (await chat.ask("!brouillon")).lower()
+        await runner.check_alive()
+
+
+async def test_guided_path_asks_each_missing_field_and_checks_each_answer(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        chat = Chat(
+            world.aidant,
+            await botsupport.open_direct_chat(world.aidant, world.bot_id),
+            world.bot_id,
+        )
+        assert "Dans quel département" in await chat.ask("!guider")
+        assert "n'existe pas" in (again := await chat.ask("Atlantide")), again
+        assert "Dans quel département" in again
+        assert "À quel(s) organisme(s)" in await chat.ask("val-d-oise")
+        refused = await chat.ask("sécu")  # the CPAM: no instructeur in the 95
+        assert "Aucun groupe de l'organisme CPAM" in refused
+        assert "objet" in (await chat.ask("CAF")).lower()
+        assert "prénom" in await chat.ask("Blocage du versement de l'allocation logement")
+        assert "nom de l'usager" in await chat.ask("Jeanne")
+        assert "date de naissance" in await chat.ask("Dupontel")
+        wrong = await chat.ask("31/02/1961")
+        assert "n'est pas une date valide" in wrong and "date de naissance" in wrong
+        assert "accord" in await chat.ask("1er mars 1961")
+        assert "Quel jour" in await chat.ask("oral")
+        assert "Décrivez" in await chat.ask("aujourd'hui")
+        assert "oui ou non" in await chat.ask("Le versement est suspendu depuis trois mois.")
+        assert "oui ou par non" in await chat.ask("peut-être")
+        recap = await chat.ask("oui")
+        assert "!confirmer" in recap and "Dupontel" in recap, recap
+        assert "« 1er mars 1961 » → 01/03/1961" in recap
+        opened = await chat.ask("!confirmer")
+        assert "ouverte" in opened, opened
+        reference = opened.split("Demande ", 1)[1].split(" ", 1)[0]
+        demande = await demande_of(world, reference)
+        assert demande.creation_step == "ready"
+        await runner.check_alive()
