@@ -123,6 +123,11 @@ class Dispatcher:
                 return
             msg = Incoming.of(room_id, event)
             await self.opening.on_direct_message(msg)
+        elif _is_media(event):
+            # A file in a direct chat: the usager's letter, kept with the draft.
+            if event.sender == self.bot_user_id or not self._is_direct_chat(room_id):
+                return
+            await self.opening.on_direct_file(Incoming.of(room_id, event))
         elif isinstance(event, MegolmEvent):
             # A direct chat (the aidant's form): kept and retried like in a demande room.
             await self.undecryptables.record(room_id, event, reference=None)
@@ -142,3 +147,8 @@ class Dispatcher:
         ):
             return
         await self.rooms.on_event(demande, event)
+
+
+def _is_media(event: Any) -> bool:
+    content = (getattr(event, "source", None) or {}).get("content")
+    return isinstance(content, dict) and is_attachment(content)

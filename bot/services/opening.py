@@ -42,6 +42,7 @@ from bot.domain.retry import RetryPolicy, after_failure
 from bot.domain.routing import RoutingResult, route
 from bot.faults import crash_point
 from bot.matrix import content as mx
+from bot.matrix.attachments import AttachmentError, file_content
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.ports import EmailHooks, PoliciesRef, Sender
@@ -171,6 +172,57 @@ class Opening:
                 await self._advance_or_record(created)
             finally:
                 self.sender.flush_soon(msg.room_id)
+
+    async def on_direct_file(self, msg: Incoming) -> None:
+        """A file sent in the direct chat: kept (sealed) with the draft in preparation,
+        posted in the demande's room at `!confirmer`; with no draft, the aidant is told."""
+        async with self.store.transaction() as tx:
+            agent = await tx.get_agent_by_matrix_id(msg.sender)
+            ctx = DirectCtx(
+                agent=agent, encrypted=msg.encrypted, drafts=_Drafts(self, tx, agent, msg)
+            )
+            found = refusal(ctx)
+            current = (
+                await tx.draft_input(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
+                if agent is not None and found is None
+                else None
+            )
+        data: bytes | None = None
+        problem: str | None = None
+        if found is None and current is not None:
+            try:
+                filename, mimetype, data = await self.gateway.fetch_attachment(msg.content)
+            except AttachmentError as exc:
+                problem = str(exc)
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(msg.event_id, msg.room_id, now):
+                return
+            if found is not None:
+                await tx.audit(found[0], actor=msg.sender, details={"command": "fichier"}, now=now)
+                text = found[1]
+            elif current is None:
+                text = FILE_WITHOUT_DRAFT
+            elif problem is not None or data is None:
+                text = problem or FILE_WITHOUT_DRAFT
+            else:
+                added = await tx.add_draft_file(
+                    current.id, filename=filename, mimetype=mimetype, data=data, now=now
+                )
+                count = len(await tx.draft_files(current.id))
+                await tx.audit(
+                    "draft_file_kept", actor=msg.sender, details={"size": added.size}, now=now
+                )
+                text = file_kept(_file_line(added), count)
+            await self.sender.enqueue(
+                tx,
+                txn_id=f"reply-{msg.event_id}",
+                room_id=msg.room_id,
+                content=mx.notice(text),
+                recipients=[msg.sender],
+                encrypted=msg.encrypted,
+            )
+        self.sender.flush_soon(msg.room_id)
 
     async def _free_text(self, tx: Tx, ctx: DirectCtx, msg: Incoming) -> Reply:
         """Not a command: a form, if it is one (only an aidant's, only encrypted)."""
@@ -488,6 +540,19 @@ class Opening:
         async with self.store.transaction() as tx:
             pending = await tx.demandes_in_creation()
             problems = {p.key: p for p in await tx.work_problems(OPENING_PROBLEM)}
+            with_files = [
+                d
+                for d in [await tx.get_demande(i) for i in await tx.demandes_with_files_to_post()]
+                if d is not None and d.creation_step == "ready"
+            ]
+        for ready in with_files:
+            # A stop between the dossier and the files: they go now.
+            try:
+                await self._post_files(ready)
+            except Exception as exc:
+                if database_unavailable(exc):
+                    raise
+                log.warning("demande %s: files not posted yet: %s", ready.reference, describe(exc))
         now = self.clock.now()
         for demande in pending:
             problem = problems.get(str(demande.id))
@@ -651,7 +716,40 @@ class Opening:
                 await self.email.demande_ready(tx, demande)
                 demande = await tx.get_demande(demande_id)
             assert demande is not None
+        if demande.creation_step == "ready":
+            await self._post_files(demande)
         return demande
+
+    async def _post_files(self, demande: Demande) -> None:
+        """The files sent with the draft, after the dossier: each uploaded encrypted and
+        queued in the room exactly once (its row goes in the same commit)."""
+        async with self.store.transaction() as tx:
+            pending = await tx.files_to_post(demande.id)
+        for file, data in pending:
+            assert demande.room_id is not None
+            encrypted_file = await self.gateway.upload_attachment(data, "fichier")
+            async with self.store.transaction() as tx:
+                await self.sender.enqueue(
+                    tx,
+                    txn_id=f"draft-file-{demande.reference}-{file.id}",
+                    room_id=demande.room_id,
+                    content=file_content(
+                        encrypted_file,
+                        filename=file.filename,
+                        mimetype=file.mimetype,
+                        size=file.size,
+                    ),
+                )
+                await tx.draft_file_posted(file.id)
+                await tx.audit(
+                    "draft_file_posted",
+                    actor=self.bot_user_id,
+                    reference=demande.reference,
+                    details={"size": file.size},
+                    now=self.clock.now(),
+                )
+        if pending and demande.room_id is not None:
+            self.sender.flush_soon(demande.room_id)
 
     async def _left_out(self, tx: Tx, demande: Demande, user: str) -> None:
         assert demande.room_id is not None
@@ -803,6 +901,21 @@ NOT_A_FORM = (
     "recevoir le formulaire à remplir, ou !aide pour la liste des commandes."
 )
 YES_OR_NO = "Répondez par oui ou par non."
+FILE_WITHOUT_DRAFT = (
+    "J'ai reçu votre fichier, mais vous n'avez aucune demande en préparation : je ne l'ai "
+    "pas gardé. Envoyez d'abord !demande (ou !guider), puis renvoyez le fichier : il sera "
+    "joint à la demande."
+)
+
+
+def file_kept(line: str, count: int) -> str:
+    total = "1 fichier joint" if count == 1 else f"{count} fichiers joints"
+    return (
+        f"Fichier {line} joint à la demande en préparation ({total}). Il sera publié, "
+        "chiffré, dans le salon de la demande quand vous enverrez !confirmer."
+    )
+
+
 NOT_A_FORM_WITH_DRAFT = (
     "Je n'ai reconnu aucune ligne « champ : valeur » dans votre message. Pour compléter "
     "la demande en préparation, envoyez par exemple « nom : Dupont » ; !brouillon la "

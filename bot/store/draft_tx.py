@@ -125,6 +125,12 @@ class DraftTx(TxBase):
             for row in rows
         ]
 
+    async def demandes_with_files_to_post(self) -> list[int]:
+        found = await self._s.scalars(
+            select(DraftFileRow.demande_id).where(DraftFileRow.demande_id.is_not(None)).distinct()
+        )
+        return [int(x) for x in found if x is not None]
+
     async def draft_file_posted(self, file_id: int) -> None:
         await self._s.execute(delete(DraftFileRow).where(DraftFileRow.id == file_id))
 

@@ -5,15 +5,20 @@ required identifiers, the guided path."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import aiohttp
 import nio
+from nio.crypto.attachments import decrypt_attachment
+from sqlalchemy import text as sql
 
 from bot.devserver import LocalSynapse
 from bot.domain.model import Role
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, next_reply, say
+from tests.support.e2ee import post_file
 from tests.support.world import World, demande_of, make_world
 
 
@@ -159,3 +164,71 @@ async def test_guided_path_asks_each_missing_field_and_checks_each_answer(
         demande = await demande_of(world, reference)
         assert demande.creation_step == "ready"
         await runner.check_alive()
+
+
+async def test_files_sent_with_a_draft_are_kept_sealed_and_posted_at_confirmer(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        dm = await botsupport.open_direct_chat(world.aidant, world.bot_id)
+        chat = Chat(world.aidant, dm, world.bot_id)
+        letter = b"%PDF-1.4 Courrier de la CAF a Mme Dupontel " + os.urandom(20_000)
+
+        async def send_letter() -> str:
+            n = count_from(world.aidant, dm, world.bot_id)
+            await post_file(world.aidant, dm, letter, name="courrier-caf.pdf")
+            return await next_reply(world.aidant, dm, world.bot_id, after=n)
+
+        # No draft: the file is not kept, and the aidant is told what to do.
+        assert "aucune demande en préparation" in await send_letter()
+
+        await chat.ask("nom : Dupontel")
+        kept = await send_letter()
+        assert "courrier-caf.pdf" in kept and "1 fichier joint" in kept, kept
+        # Sealed at rest: neither the name nor the content is readable in the database.
+        async with runner.store.engine.connect() as conn:
+            rows = (await conn.execute(sql("SELECT meta_enc, data_enc FROM draft_files"))).all()
+        assert len(rows) == 1
+        assert b"courrier-caf" not in rows[0][0] and b"Dupontel" not in rows[0][1]
+        assert "courrier-caf.pdf" in await chat.ask("!brouillon")
+
+        recap = await chat.ask(filled_form())
+        assert "fichiers joints" in recap.lower() and "courrier-caf.pdf" in recap, recap
+        opened = await chat.ask("!confirmer")
+        assert "ouverte" in opened, opened
+        reference = opened.split("Demande ", 1)[1].split(" ", 1)[0]
+        room_id = (await demande_of(world, reference)).room_id
+
+        # The instructeur gets the dossier, then the letter, encrypted in the room.
+        instr1 = world.instr1
+        files: list[nio.RoomEncryptedFile] = []
+        instr1.add_event_callback(lambda _room, event: files.append(event), nio.RoomEncryptedFile)
+        await matrix.join_and_read(instr1, room_id, 1)
+        await matrix.sync_until(instr1, lambda: bool(files), what="the letter in the room")
+        [received] = files
+        assert received.body == "courrier-caf.pdf" and received.sender == world.bot_id
+        ciphertext = await download(instr1, received.url)
+        assert ciphertext != letter
+        clear = decrypt_attachment(
+            ciphertext, received.key["k"], received.hashes["sha256"], received.iv
+        )
+        assert clear == letter
+        async with runner.store.engine.connect() as conn:
+            left = (await conn.execute(sql("SELECT count(*) FROM draft_files"))).scalar()
+        assert left == 0  # posted: nothing of the letter stays in the bot's database
+        await runner.check_alive()
+
+
+async def download(client: nio.AsyncClient, mxc: str) -> bytes:
+    server, media_id = mxc.removeprefix("mxc://").split("/", 1)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{client.homeserver}/_matrix/client/v1/media/download/{server}/{media_id}",
+            headers={"Authorization": f"Bearer {client.access_token}"},
+        ) as response,
+    ):
+        assert response.status == 200, response.status
+        return await response.read()
