@@ -728,17 +728,16 @@ class Opening:
         for file, data in pending:
             assert demande.room_id is not None
             encrypted_file = await self.gateway.upload_attachment(data, "fichier")
+            content = file_content(
+                encrypted_file, filename=file.filename, mimetype=file.mimetype, size=file.size
+            )
+            content["m.mentions"] = {}  # information: it asks nobody to act
             async with self.store.transaction() as tx:
                 await self.sender.enqueue(
                     tx,
                     txn_id=f"draft-file-{demande.reference}-{file.id}",
                     room_id=demande.room_id,
-                    content=file_content(
-                        encrypted_file,
-                        filename=file.filename,
-                        mimetype=file.mimetype,
-                        size=file.size,
-                    ),
+                    content=content,
                 )
                 await tx.draft_file_posted(file.id)
                 await tx.audit(
