@@ -33,6 +33,10 @@ class DraftOps(Protocol):
         """The demande in preparation, and what it still lacks."""
         ...
 
+    async def in_preparation(self) -> bool:
+        """Whether a demande is being prepared in this chat."""
+        ...
+
     async def guide(self) -> Reply:
         """Start (or resume) the guided path: one question per missing field."""
         ...
@@ -89,7 +93,18 @@ Flags = frozenset[str]
 )
 async def _demande(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
     template = texts.render_form_template()
+    if await ctx.drafts.in_preparation():
+        return Reply(
+            f"{DRAFT_KEPT}\n\n{template.body}",
+            f"<p>{DRAFT_KEPT}</p>{template.formatted_body}",
+        )
     return Reply(template.body, template.formatted_body)
+
+
+DRAFT_KEPT = (
+    "Vous avez déjà une demande en préparation (!brouillon pour la voir) : ce que vous "
+    "renverrez la complétera ; !annuler pour repartir de zéro."
+)
 
 
 @DIRECT.command(

@@ -887,6 +887,13 @@ class _Drafts:
         assert self._agent is not None
         return await self._opening.show_draft(self._tx, self._agent, self._msg)
 
+    async def in_preparation(self) -> bool:
+        assert self._agent is not None
+        found = await self._tx.draft_input(
+            aidant_agent_id=self._agent.id, dm_room_id=self._msg.room_id
+        )
+        return found is not None
+
     async def guide(self) -> Reply:
         assert self._agent is not None
         return await self._opening.start_guided(self._tx, self._agent, self._msg)

@@ -94,6 +94,8 @@ async def test_draft_corrected_line_by_line_with_natural_values(
         assert "Il reste un point" in only_date and "12/13/1961" in only_date
         assert "NIR" not in only_date
 
+        again = await chat.ask("!demande")
+        assert "déjà une demande en préparation" in again and "territoire :" in again
         draft = await chat.ask("!brouillon")
         assert "organismes : CAF" in draft and "nom : Dupontel" in draft
         assert "Encore à compléter" in draft and "12/13/1961" in draft
