@@ -471,8 +471,16 @@ class Opening:
         # The directory may have changed since the recap: route again, refuse if it broke.
         routing = self._route(draft.form, await tx.list_groups(), await tx.list_agents())
         if routing.errors:
-            errors = texts.render_form_errors(form_rules.FormErrors(routing.errors))
-            return Reply(errors.body, errors.formatted_body), None
+            # The recap no longer holds: say what to change, in the draft's own terms.
+            await tx.set_draft_state(draft.id, "cancelled", now=now)
+            problems = list((await self._assess(tx, current.fields)).problems) if current else []
+            if not problems:
+                problems = [
+                    form_rules.Problem(form_rules.ORGANISMES, e[:1].upper() + e[1:] + ".")
+                    for e in routing.errors
+                ]
+            shown = drafting.not_complete(problems)
+            return Reply(shown.body, shown.formatted_body), None
         reference = await tx.get_state(_draft_reference_key(draft.id)) or await tx.next_reference(
             now.year
         )

@@ -234,3 +234,31 @@ async def download(client: nio.AsyncClient, mxc: str) -> bytes:
     ):
         assert response.status == 200, response.status
         return await response.read()
+
+
+async def test_directory_changed_after_the_recap_says_what_to_change(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        chat = Chat(
+            world.aidant,
+            await botsupport.open_direct_chat(world.aidant, world.bot_id),
+            world.bot_id,
+        )
+        assert "!confirmer" in await chat.ask(filled_form())
+        # Every CAF instructeur of the 95 leaves before the aidant confirms.
+        async with runner.store.transaction() as tx:
+            for key in ("instr1", "instr2", "mailonly"):
+                await tx.set_agent_active(world.directory.agents[key].id, False)
+        refused = await chat.ask("!confirmer")
+        assert "rien à confirmer pour l'instant" in refused, refused
+        assert "Aucun groupe de l'organisme CAF n'a d'instructeurs dans le 95" in refused
+        assert "Corrigez-le" not in refused
+        async with runner.store.transaction() as tx:
+            assert await tx.list_demandes() == []
+        # The draft is kept: naming another organisation is one line (none is available
+        # here, so the bot says so again rather than opening anything).
+        assert "Aucun groupe" in await chat.ask("organismes : CAF")
+        await runner.check_alive()
