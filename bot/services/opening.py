@@ -725,6 +725,7 @@ class Opening:
                 demande = await tx.get_demande(demande_id)
             assert demande is not None
         if demande.creation_step == "ready":
+            crash_point("before_draft_files")
             await self._post_files(demande)
         return demande
 
@@ -736,6 +737,7 @@ class Opening:
         for file, data in pending:
             assert demande.room_id is not None
             encrypted_file = await self.gateway.upload_attachment(data, "fichier")
+            crash_point("after_draft_file_upload")
             content = file_content(
                 encrypted_file, filename=file.filename, mimetype=file.mimetype, size=file.size
             )

@@ -24,6 +24,7 @@ from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support import process as proc
 from tests.support.bot import count_from, filled_form, next_reply, say
+from tests.support.e2ee import post_file
 
 DEMANDE_STATE = "fr.aplus.demande"
 KILLED_BY_CRASH_POINT = 137
@@ -166,3 +167,53 @@ async def test_a_bot_killed_mid_creation_finishes_on_restart_without_duplicates(
         what="every bot message of the direct chat decrypted",
     )
     assert not matrix.inbox(aidant).undecryptable[dm]
+
+
+@pytest.mark.parametrize("death", ["before_draft_files", "after_draft_file_upload"])
+async def test_the_letter_sent_with_the_draft_is_posted_once_after_a_crash(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, death: str
+) -> None:
+    admin = proc.AdminApi.of(synapse, await clients.user("admin", admin=True))
+    files = await proc.register_bot(synapse, tmp_path / "bot")
+    people = await _directory(files, clients)
+    aidant = people["aidant"]
+    first = proc.bot_process(files, env={"APLUS_CRASH_AT": death})
+    second = proc.bot_process(files)
+    letter = b"%PDF-1.4 courrier " + bytes(range(256)) * 20
+
+    with proc.killed_at_exit(first, second):
+        first.start()
+        dm = await botsupport.open_direct_chat(aidant, files.user_id)
+        await say(aidant, dm, "nom : Dupontel")
+        await next_reply(aidant, dm, files.user_id, after=0)
+        await post_file(aidant, dm, letter, name="courrier.pdf")
+        kept = await next_reply(aidant, dm, files.user_id, after=1)
+        assert "courrier.pdf" in kept, kept
+        await say(aidant, dm, filled_form())
+        assert "courrier.pdf" in await next_reply(aidant, dm, files.user_id, after=2)
+        await say(aidant, dm, "!confirmer")
+        assert await first.wait_exit() == KILLED_BY_CRASH_POINT, first.describe()
+
+        second.start()
+        await matrix.wait_for(
+            lambda: _opened_and_idle(files), 60, "the demande ready and the outbox empty"
+        )
+        await matrix.wait_for(lambda: _no_draft_files(files), 60, "the letter posted")
+        assert await second.stop(signal.SIGTERM) == 0, second.describe()
+
+    [demande] = await _demandes(files)
+    assert demande.room_id is not None
+    # The dossier, then the letter: two messages from the bot, never the letter twice.
+    timeline = await admin.timeline(demande.room_id)
+    assert len(proc.sent_by(timeline, files.user_id, "m.room.encrypted")) == 2, timeline
+    instr1 = people["instr1"]
+    received: list[nio.RoomEncryptedFile] = []
+    instr1.add_event_callback(lambda _r, e: received.append(e), nio.RoomEncryptedFile)
+    await matrix.join_and_read(instr1, demande.room_id, 1)
+    await matrix.sync_until(instr1, lambda: bool(received), what="the letter")
+    assert [e.body for e in received] == ["courrier.pdf"]
+
+
+async def _no_draft_files(files: proc.BotFiles) -> bool:
+    async with files.store() as store, store.transaction() as tx:
+        return await tx.demandes_with_files_to_post() == []
