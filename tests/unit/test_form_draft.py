@@ -161,7 +161,7 @@ def test_every_interpretation_is_reported() -> None:
     )
     vocab = Vocabulary(
         departements=DEPARTEMENTS,
-        organisation=lambda t: ORGS.get(f._loose(t)),
+        organisation=lambda t: ORGS.get(f.loose(t)),
         categories=(),
     )
     result = evaluate(DraftFields().merged(read_fields(text)), today=TODAY, vocabulary=vocab)
