@@ -16,7 +16,6 @@ from bot.policy_loader import load_policies
 from bot.ports import Clock, EmailHooks, PoliciesRef, ReceivedFile, Sender
 from bot.services.admin_room import AdminConsole, AdminRoom
 from bot.services.chart import render_png
-from bot.services.directory import apply_import
 from bot.services.directory_admin import DirectoryAdmin
 from bot.services.followup import AgentNotices, FollowUp
 from bot.services.health import Health, HealthServer
@@ -123,7 +122,6 @@ def build_admin(
         return AdminCtx(
             store=store,
             directory=directory,
-            import_directory=apply_import,
             sync_members=room.sync_members,
             followup=followup,
             retention=retention,

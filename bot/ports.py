@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from bot.domain import status as status_rules
 from bot.domain.directory_csv import DirectoryImport
+from bot.domain.directory_import import ImportOutcome, ImportPlan
 from bot.domain.followup import DemandeFacts, FollowUpRules, Late, Reminder, ReminderReport
 from bot.domain.metrics import CheckResult, MetricsSnapshot
 from bot.domain.model import (
@@ -472,13 +473,19 @@ class DirectoryChanges(Protocol):
         """Deactivate, leave every demande (ledger, tokens, kick); the demandes left."""
         ...
 
+    async def preview_import(
+        self, parsed: DirectoryImport, *, actor: str, file: str | None = None
+    ) -> ImportPlan:
+        """What a CSV import would do, line by line, under the ledger rules (a refused
+        plan is audited)."""
+        ...
 
-class DirectoryImporter(Protocol):
-    """Applies a checked CSV import in `tx`: (groups, agents created, agents updated)."""
-
-    def __call__(
-        self, tx: ConsoleTx, parsed: DirectoryImport, *, actor: str, now: datetime
-    ) -> Awaitable[tuple[int, int, int]]: ...
+    async def import_directory(
+        self, parsed: DirectoryImport, *, actor: str, file: str | None = None
+    ) -> ImportOutcome:
+        """All or nothing, checked again; raises `ImportRefused` (audited). Then the active
+        instructeurs join their group's open demandes, the admin room its operators."""
+        ...
 
 
 class StatsCollector(Protocol):

@@ -7,19 +7,24 @@
   also revokes their reply-by-email tokens), kicked with a clear reason, and
   the guard's `reconcile` runs as the safety net.
 - The admin room follows the operators.
+- A CSV import follows the same rules, line by line (see `bot.services.directory`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
+from bot.domain.directory_csv import DirectoryImport
+from bot.domain.directory_import import ImportOutcome, ImportPlan, ImportRefused
 from bot.domain.model import Agent, Demande, Role
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.ports import ConsoleTx, Departure, Sender
 from bot.services.clock import Clock
+from bot.services.directory import apply_import, plan_import, record_refusal, taking_part
 from bot.services.failures import homeserver_outage
 from bot.services.room_guard import RoomGuard
 from bot.store.db import Store
@@ -100,13 +105,40 @@ class DirectoryAdmin:
                         await self.guard.invite(tx, demande.room_id, [agent.matrix_id])
         return references
 
+    # ------------------------------------------------------------ importing
+    async def preview_import(
+        self, parsed: DirectoryImport, *, actor: str, file: str | None = None
+    ) -> ImportPlan:
+        """What the import would do, line by line; a refused plan is audited."""
+        async with self.store.transaction() as tx:
+            plan = await plan_import(tx, parsed)
+        if plan.refused:
+            await record_refusal(
+                self.store, plan.refused, actor=actor, now=self.clock.now(), file=file
+            )
+        return plan
+
+    async def import_directory(
+        self, parsed: DirectoryImport, *, actor: str, file: str | None = None
+    ) -> ImportOutcome:
+        """All or nothing, checked again (the directory may have changed since the preview);
+        raises `ImportRefused`, audited. Then the active instructeurs join their group's
+        open demandes and the admin room follows the operators."""
+        try:
+            async with self.store.transaction() as tx:
+                outcome = await apply_import(tx, parsed, actor=actor, now=self.clock.now())
+        except ImportRefused as exc:
+            await record_refusal(
+                self.store, exc.refused, actor=actor, now=self.clock.now(), file=file
+            )
+            raise
+        joined = await self.join_group_demandes(list(outcome.agent_ids), actor=actor)
+        await self.sync_admin_room()
+        return replace(outcome, joined=tuple(joined))
+
     # ------------------------------------------------------------ leaving
     async def departures(self, tx: ConsoleTx, agent: Agent) -> list[Departure]:
-        out = []
-        for demande in await tx.demandes_of_agent(agent.id):
-            if any(p.agent_id == agent.id for p in await tx.participants(demande.id)):
-                out.append(Departure(demande.reference, demande.room_id))
-        return out
+        return [Departure(d.reference, d.room_id) for d in await taking_part(tx, agent.id)]
 
     async def deactivate(self, agent_id: int, *, actor: str) -> list[Departure]:
         """Deactivate, leave every demande (ledger, tokens, kick); returns the demandes left."""

@@ -20,7 +20,6 @@ from bot.ports import (
     Clock,
     ConsoleTx,
     DirectoryChanges,
-    DirectoryImporter,
     FollowUpConsole,
     HealthConsole,
     IdentityDecisions,
@@ -51,7 +50,6 @@ class AdminCtx:
 
     store: Transactions[ConsoleTx]
     directory: DirectoryChanges
-    import_directory: DirectoryImporter
     sync_members: Callable[[], Awaitable[None]]  # the admin room follows the operators
     followup: FollowUpConsole
     retention: RetentionConsole

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from bot.commands.admin.context import ADMIN, SECTION_DIRECTORY, AdminCtx, Args, Flags
-from bot.commands.admin.lookups import group_named
 from bot.commands.framework import CommandSpec, Reply, render_table
 from bot.domain.directory_csv import parse_directory_csv
+from bot.domain.directory_import import (
+    PREVIEW_HEADERS,
+    ImportRefused,
+    inactive_text,
+    refusal_text,
+)
 from bot.ports import AttachmentError
 
 
@@ -49,42 +54,27 @@ async def _import_annuaire(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: 
         ]
         lines += [f"  ligne {p.line} : {p.message}" for p in parsed.errors]
         return Reply.error("\n".join(lines))
+    plan = await ctx.directory.preview_import(parsed, actor=ctx.sender, file=name)
+    if plan.refused:
+        return Reply.error(refusal_text(plan.refused, name))
     if dry_run:
-        async with ctx.store.transaction() as tx:
-            rows = []
-            for row in parsed.rows:
-                found = None
-                if row.matrix_id:
-                    found = await tx.get_agent_by_matrix_id(row.matrix_id)
-                if found is None and row.email:
-                    found = await tx.get_agent_by_email(row.email)
-                what = "création" if found is None else f"mise à jour (n° {found.id})"
-                roles = ", ".join(sorted(r.value for r in row.roles))
-                who = f"{row.first_name} {row.last_name}"
-                rows.append([str(row.line), who, row.group_name, roles, what])
-            new_groups = [g.name for g in parsed.groups() if await group_named(tx, g.name) is None]
         text_, markup = render_table(
-            ("Ligne", "Agent", "Groupe", "Rôles", "Action"),
-            rows,
+            PREVIEW_HEADERS,
+            plan.preview_rows(),
             title=f"Aperçu de l'import de « {name} » : {len(parsed.rows)} agent(s), "
-            f"{len(parsed.groups())} groupe(s) dont {len(new_groups)} nouveau(x)",
+            f"{len(parsed.groups())} groupe(s) dont {len(plan.new_groups)} nouveau(x)",
         )
         return Reply(text_, markup)
-    async with ctx.store.transaction() as tx:
-        groups, created, updated = await ctx.import_directory(
-            tx, parsed, actor=ctx.sender, now=ctx.clock.now()
-        )
-        ids = []
-        for row in parsed.rows:
-            agent = (await tx.get_agent_by_matrix_id(row.matrix_id) if row.matrix_id else None) or (
-                await tx.get_agent_by_email(row.email) if row.email else None
-            )
-            if agent is not None:
-                ids.append(agent.id)
-    joined = await ctx.directory.join_group_demandes(ids, actor=ctx.sender)
-    await ctx.sync_members()
+    try:
+        done = await ctx.directory.import_directory(parsed, actor=ctx.sender, file=name)
+    except ImportRefused as exc:  # the directory changed since the preview
+        return Reply.error(refusal_text(exc.refused, name))
+    joined = (
+        f" {len(done.joined)} participation(s) ajoutée(s) aux demandes ouvertes."
+        if done.joined
+        else ""
+    )
     return Reply(
-        f"Import de « {name} » réussi : {groups} groupe(s), {created} agent(s) créé(s), "
-        f"{updated} mis à jour."
-        + (f" {len(joined)} participation(s) ajoutée(s) aux demandes ouvertes." if joined else "")
+        f"Import de « {name} » réussi : {done.groups} groupe(s), {done.created} agent(s) "
+        f"créé(s), {done.updated} mis à jour." + joined + inactive_text(done.inactive)
     )
