@@ -26,8 +26,11 @@ whether the event is retried (an outage) or answered with that reply.
 
 from __future__ import annotations
 
+import csv
 import difflib
 import html
+import io
+import json
 import logging
 import re
 import secrets
@@ -185,9 +188,21 @@ class Reply:
         *,
         title: str | None = None,
         empty: str = "Aucun résultat.",
+        page: int = 1,
+        command: str | None = None,
+        filename: str | None = None,
     ) -> Reply:
-        text, markup = render_table(headers, rows, title=title, empty=empty)
-        return cls(text=text, html=markup)
+        """A table that fits one message; past the listing budget, one page of it with
+        every row in a CSV file (see `listing_reply`)."""
+        listing = Listing(
+            title=title or "",
+            headers=headers,
+            rows=list(rows),
+            command=command,
+            filename=filename or _file_name(title),
+            empty=empty,
+        )
+        return listing_reply(listing, page)
 
 
 def render_table(
@@ -219,6 +234,128 @@ def render_table(
     )
     markup = f"{head_html}<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
     return "\n".join(text_lines), markup
+
+
+# --------------------------------------------------------------------------- listings
+
+# A listing's message, body and formatted body together, counted as JSON text (what is
+# encrypted, non-ASCII escaped): encrypted, a message grows by a third plus ~1 KB of
+# envelope, so 24,000 stays around 33 KB on the wire, half of the homeserver's 64 KiB.
+LISTING_BUDGET: Final = 24_000
+PAGE_ROWS: Final = 50
+CELL_CHARS: Final = 200  # a longer cell is cut in the message (never in the file)
+_TITLE_RESERVE: Final = 1_200  # the page's title and footer, measured apart
+_PAGE_WORD = re.compile(r"(?i)^page=(\S*)$")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """Rows to show in one message, or page by page with the whole list as a CSV file."""
+
+    title: str  # « Agents (8000) »
+    headers: Sequence[str]
+    rows: Sequence[Sequence[object]]
+    # How to ask for another page, « {page} » in it ("!agents page={page}"); None: the
+    # command has no pages, the message shows the first rows and the file all of them.
+    command: str | None
+    filename: str  # the CSV file with every row, attached when the list has pages
+    empty: str = "Aucun résultat."
+
+
+def message_size(text: str, markup: str | None) -> int:
+    """What the budget counts: body and formatted body as JSON strings."""
+    return len(json.dumps(text)) + len(json.dumps(markup or ""))
+
+
+def page_word(text: str | None) -> tuple[str, int]:
+    """The words of `text` without a `page=N` word, and N (1 without it)."""
+    words, page = [], 1
+    for word in (text or "").split():
+        found = _PAGE_WORD.match(word)
+        if found is None:
+            words.append(word)
+            continue
+        if not found.group(1).isdigit() or int(found.group(1)) < 1:
+            raise ValueError(f"« {word} » : le numéro de page est un entier à partir de 1.")
+        page = int(found.group(1))
+    return " ".join(words), page
+
+
+def listing_reply(
+    listing: Listing, page: int = 1, *, budget: int = LISTING_BUDGET, page_rows: int = PAGE_ROWS
+) -> Reply:
+    """The whole list when it fits the budget; else page `page` of it (at most `page_rows`
+    rows, within the budget), how to get the others, and every row in a CSV file."""
+    full = [["—" if v is None else str(v) for v in row] for row in listing.rows]
+    title = listing.title or None
+    text, markup = render_table(listing.headers, full, title=title, empty=listing.empty)
+    if message_size(text, markup) <= budget:
+        if page > 1:
+            return Reply.error(f"Page {page} inexistante : cette liste tient en une page.")
+        return Reply(text, markup)
+    cells = [[_clip(v) for v in row] for row in full]
+    pages = _pages(listing.headers, cells, budget - _TITLE_RESERVE, page_rows)
+    if listing.command is None:
+        pages = pages[:1]
+    if page > len(pages):
+        return Reply.error(f"Page {page} inexistante : cette liste tient en {len(pages)} page(s).")
+    start, end = pages[page - 1]
+    if listing.command is None:
+        title = f"{listing.title} — les {end} premières lignes sur {len(cells)}"
+        after = "La suite n'est pas affichée."
+    else:
+        title = f"{listing.title} — page {page}/{len(pages)}, lignes {start + 1} à {end}"
+        after = (
+            f"Page suivante : {listing.command.format(page=page + 1)}."
+            if page < len(pages)
+            else "C'est la dernière page."
+        )
+    text, markup = render_table(listing.headers, cells[start:end], title=title)
+    footer = f"{after} La liste complète est dans le fichier joint « {listing.filename} »."
+    text += "\n" + footer
+    markup += f"<p>{html.escape(footer)}</p>"
+    data = _csv(listing.headers, full)
+    return Reply(text, markup, attachments=(Attachment(listing.filename, "text/csv", data),))
+
+
+def _file_name(title: str | None) -> str:
+    """« Groupes (812) » → groupes.csv."""
+    words = re.findall(r"[a-z0-9]+", fold(re.sub(r"\(.*?\)", " ", title or ""))) or ["liste"]
+    return "-".join(words[:4]) + ".csv"
+
+
+def _clip(value: str) -> str:
+    value = " ".join(value.split())
+    return value if len(value) <= CELL_CHARS else value[: CELL_CHARS - 1] + "…"
+
+
+def _pages(
+    headers: Sequence[str], cells: list[list[str]], budget: int, page_rows: int
+) -> list[tuple[int, int]]:
+    """Consecutive pages, each of at most `page_rows` rows and within `budget`."""
+    bounds, start = [], 0
+    while start < len(cells):
+        n = min(page_rows, len(cells) - start)
+        while n > 1:
+            size = message_size(*render_table(headers, cells[start : start + n]))
+            if size <= budget:
+                break
+            n = max(1, min(n - 1, n * budget // size))
+        bounds.append((start, start + n))
+        start += n
+    return bounds
+
+
+def _csv(headers: Sequence[str], rows: list[list[str]]) -> bytes:
+    """`;`-separated UTF-8 with a BOM (French Excel); a cell that starts like a formula
+    is neutralised."""
+    out = io.StringIO(newline="")
+    writer = csv.writer(out, delimiter=";", lineterminator="\r\n")
+    writer.writerow(headers)
+    for row in rows:
+        writer.writerow(["'" + v if v.startswith(_FORMULA_START) else v for v in row])
+    return ("\ufeff" + out.getvalue()).encode("utf-8")
 
 
 # --------------------------------------------------------------------------- parse results
