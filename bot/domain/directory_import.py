@@ -71,12 +71,16 @@ class ImportRefused(Exception):
         self.refused = refused
 
 
-def refusal_text(refused: tuple[PlannedLine, ...], name: str | None = None) -> str:
+def refusal_headline(refused: tuple[PlannedLine, ...], name: str | None = None) -> str:
     what = f"Import de « {name} » refusé" if name else "Import refusé"
-    lines = [
-        f"{what} : {len(refused)} ligne(s) contraire(s) aux règles de l'annuaire, rien ne sera "
-        "importé."
-    ]
+    return (
+        f"{what} : {len(refused)} ligne(s) contraire(s) aux règles de l'annuaire, rien ne "
+        "sera importé."
+    )
+
+
+def refusal_text(refused: tuple[PlannedLine, ...], name: str | None = None) -> str:
+    lines = [refusal_headline(refused, name)]
     lines += [f"  ligne {p.line} : {p.refusal}" for p in refused]
     return "\n".join(lines)
 

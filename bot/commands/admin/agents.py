@@ -12,11 +12,11 @@ from bot.commands.admin.context import (
     AdminCtx,
     Args,
     Flags,
-    table,
 )
 from bot.commands.admin.lookups import find_agent, group_named
-from bot.commands.framework import Arg, CommandSpec, Flag, Reply
+from bot.commands.framework import Arg, CommandSpec, Flag, Listing, Reply, listing_reply, page_word
 from bot.domain.directory_csv import is_valid_email
+from bot.domain.directory_search import agent_matches, search_words, unquoted
 from bot.domain.model import Agent, DirectoryConflict, Group, Role
 from bot.domain.policies import fold, is_valid_matrix_user_id
 from bot.ports import ConsoleTx
@@ -74,23 +74,54 @@ def _agent_row(a: Agent, groups: Mapping[int, Group]) -> list[str]:
 @ADMIN.command(
     CommandSpec(
         "agents",
-        (Arg("groupe", "rest", "Ne lister que les agents de ce groupe.", optional=True),),
-        "Lister les agents de l'annuaire (les actifs ; --tous pour les désactivés aussi).",
+        (
+            Arg(
+                "recherche",
+                "rest",
+                "Un groupe (son nom), ou des mots du nom, de l'adresse e-mail, de "
+                "l'identifiant Matrix ou du groupe ; page=N pour une autre page.",
+                optional=True,
+            ),
+        ),
+        "Lister ou chercher les agents de l'annuaire (les actifs ; --tous pour les "
+        "désactivés aussi). Une longue liste s'affiche par pages, complète en fichier CSV.",
         flags=(Flag("tous", "Inclure les agents désactivés."),),
         section=SECTION_DIRECTORY,
     )
 )
 async def _agents(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
+    try:
+        typed, page = page_word(args["recherche"])
+    except ValueError as exc:
+        return Reply.error(str(exc))
+    typed = unquoted(typed)
     async with ctx.store.transaction() as tx:
         groups = {g.id: g for g in await tx.list_groups()}
         agents = await tx.list_agents(active_only="tous" not in flags)
-        if args["groupe"]:
-            group = await group_named(tx, args["groupe"])
-            if group is None:
-                return Reply.error(f"Groupe « {args['groupe']} » inconnu (voir !groupes).")
-            agents = [a for a in agents if a.group_id == group.id]
-    headers = ("N°", "Nom", "Matrix", "Courriel", "Groupe", "Rôles", "État")
-    return table(f"Agents ({len(agents)})", headers, [_agent_row(a, groups) for a in agents])
+        group = await group_named(tx, typed) if typed else None
+    if group is not None:
+        agents = [a for a in agents if a.group_id == group.id]
+        title, again = f"Agents du groupe « {group.name} »", f'"{group.name}"'
+    elif typed:
+        words = search_words(typed)
+        agents = [
+            a
+            for a in agents
+            if agent_matches(a, groups.get(a.group_id) if a.group_id else None, words)
+        ]
+        title, again = f"Agents trouvés pour « {typed} »", typed
+    else:
+        title, again = "Agents", ""
+    command = " ".join(w for w in ("!agents", "--tous" if "tous" in flags else "", again) if w)
+    listing = Listing(
+        title=f"{title} ({len(agents)})",
+        headers=("N°", "Nom", "Matrix", "Courriel", "Groupe", "Rôles", "État"),
+        rows=[_agent_row(a, groups) for a in agents],
+        command=command.replace("{", "{{").replace("}", "}}") + " page={page}",
+        filename="agents.csv",
+        empty="Aucun agent ne correspond (les groupes : !groupes).",
+    )
+    return listing_reply(listing, page)
 
 
 @ADMIN.command(

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import replace
+
 from bot.commands.admin.context import ADMIN, SECTION_DIRECTORY, AdminCtx, Args, Flags
-from bot.commands.framework import CommandSpec, Reply, render_table
+from bot.commands.framework import LISTING_BUDGET, CommandSpec, Reply, message_size
 from bot.domain.directory_csv import parse_directory_csv
 from bot.domain.directory_import import (
     PREVIEW_HEADERS,
     ImportRefused,
+    PlannedLine,
     inactive_text,
-    refusal_text,
+    refusal_headline,
 )
 from bot.ports import AttachmentError
 
@@ -48,27 +52,27 @@ async def _import_annuaire(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: 
                 details={"errors": len(parsed.errors), "file": name},
                 now=ctx.clock.now(),
             )
-        lines = [
+        headline = (
             f"Import de « {name} » refusé : {len(parsed.errors)} problème(s), rien ne sera "
             "importé. Corrigez le fichier et joignez-le à nouveau."
-        ]
-        lines += [f"  ligne {p.line} : {p.message}" for p in parsed.errors]
-        return Reply.error("\n".join(lines))
+        )
+        return _problems(headline, [(p.line, p.message) for p in parsed.errors])
     plan = await ctx.directory.preview_import(parsed, actor=ctx.sender, file=name)
     if plan.refused:
-        return Reply.error(refusal_text(plan.refused, name))
+        return _refused(plan.refused, name)
     if dry_run:
-        text_, markup = render_table(
+        # A national file: the first lines here, every line of the preview in the file.
+        return Reply.table(
             PREVIEW_HEADERS,
             plan.preview_rows(),
             title=f"Aperçu de l'import de « {name} » : {len(parsed.rows)} agent(s), "
             f"{len(parsed.groups())} groupe(s) dont {len(plan.new_groups)} nouveau(x)",
+            filename="apercu-import.csv",
         )
-        return Reply(text_, markup)
     try:
         done = await ctx.directory.import_directory(parsed, actor=ctx.sender, file=name)
     except ImportRefused as exc:  # the directory changed since the preview
-        return Reply.error(refusal_text(exc.refused, name))
+        return _refused(exc.refused, name)
     joined = (
         f" {len(done.joined)} participation(s) ajoutée(s) aux demandes ouvertes."
         if done.joined
@@ -78,3 +82,21 @@ async def _import_annuaire(ctx: AdminCtx, args: Args, flags: Flags, *, dry_run: 
         f"Import de « {name} » réussi : {done.groups} groupe(s), {done.created} agent(s) "
         f"créé(s), {done.updated} mis à jour." + joined + inactive_text(done.inactive)
     )
+
+
+def _refused(refused: tuple[PlannedLine, ...], name: str) -> Reply:
+    return _problems(refusal_headline(refused, name), [(p.line, p.refusal or "") for p in refused])
+
+
+def _problems(headline: str, problems: Sequence[tuple[int, str]]) -> Reply:
+    """Every problem with its line; past the listing budget, the first ones and a file."""
+    text = "\n".join([headline, *(f"  ligne {line} : {message}" for line, message in problems)])
+    if message_size(text, None) <= LISTING_BUDGET:
+        return Reply.error(text)
+    listing = Reply.table(
+        ("Ligne", "Problème"),
+        [[str(line), message] for line, message in problems],
+        title=headline,
+        filename="problemes-import.csv",
+    )
+    return replace(listing, is_error=True)

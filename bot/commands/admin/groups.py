@@ -6,29 +6,68 @@ import re
 
 from bot.commands.admin.context import ADMIN, SECTION_DIRECTORY, AdminCtx, Args, Flags, table
 from bot.commands.admin.lookups import group_named
-from bot.commands.framework import Arg, CommandSpec, Reply
+from bot.commands.framework import Arg, CommandSpec, Listing, Reply, listing_reply, page_word
 from bot.domain.directory_csv import is_valid_email
-from bot.domain.model import DirectoryConflict
+from bot.domain.directory_search import group_matches, search_words, unquoted
+from bot.domain.model import DirectoryConflict, Group
 
 
-@ADMIN.command(CommandSpec("groupes", (), "Lister les groupes.", section=SECTION_DIRECTORY))
+@ADMIN.command(
+    CommandSpec(
+        "groupes",
+        (
+            Arg(
+                "recherche",
+                "rest",
+                "Des mots du nom, de l'organisation, des départements ou de la BAL ; "
+                "page=N pour une autre page.",
+                optional=True,
+            ),
+        ),
+        "Lister ou chercher les groupes. Une longue liste s'affiche par pages, complète en "
+        "fichier CSV.",
+        section=SECTION_DIRECTORY,
+    )
+)
 async def _groupes(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
+    try:
+        typed, page = page_word(args["recherche"])
+    except ValueError as exc:
+        return Reply.error(str(exc))
+    typed = unquoted(typed)
     async with ctx.store.transaction() as tx:
         groups = await tx.list_groups()
         counts = await tx.agent_counts_by_group()
     orgs = ctx.policies.organisations
+
+    def organisation(g: Group) -> str:
+        return orgs[g.organisation_id].name if g.organisation_id in orgs else g.organisation_id
+
+    title = "Groupes"
+    if typed:
+        words = search_words(typed)
+        groups = [g for g in groups if group_matches(g, organisation(g), words)]
+        title = f"Groupes trouvés pour « {typed} »"
     rows = [
         [
             g.name,
-            orgs[g.organisation_id].name if g.organisation_id in orgs else g.organisation_id,
+            organisation(g),
             ", ".join(sorted(g.departements)),
             g.bal or "—",
             str(counts.get(g.id, 0)),
         ]
         for g in groups
     ]
-    headers = ("Groupe", "Organisation", "Départements", "BAL", "Agents actifs")
-    return table(f"Groupes ({len(groups)})", headers, rows)
+    command = f"!groupes {typed}".strip().replace("{", "{{").replace("}", "}}")
+    listing = Listing(
+        title=f"{title} ({len(groups)})",
+        headers=("Groupe", "Organisation", "Départements", "BAL", "Agents actifs"),
+        rows=rows,
+        command=command + " page={page}",
+        filename="groupes.csv",
+        empty="Aucun groupe ne correspond.",
+    )
+    return listing_reply(listing, page)
 
 
 def _group_values(
