@@ -27,6 +27,7 @@ from tests.integration.test_admin_room import (
     _send_file,
     admin_bot,
 )
+from tests.integration.test_store import NOW, make_form
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
 
@@ -58,6 +59,23 @@ async def _national_directory(admin: Admin) -> None:
             for i in range(AGENTS)
         ]
         await conn.execute(insert(AgentRow), agents)
+
+
+async def _many_demandes(admin: Admin, count: int) -> None:
+    """Demandes straight into the store, marked built (no room is ever created for them)."""
+    aidant = admin.world.directory.agents["aidant"]
+    caf = admin.world.directory.groups["caf"].id
+    async with admin.runner.store.transaction() as tx:
+        for _ in range(count):
+            demande = await tx.create_demande(
+                reference=await tx.next_reference(2026),
+                form=make_form(),
+                aidant_agent_id=aidant.id,
+                group_ids=[caf],
+                draft_id=None,
+                now=NOW,
+            )
+            await tx.set_creation_step(demande.id, "ready")
 
 
 async def _answer(admin: Admin, text: str, expect: str) -> tuple[str, int]:
@@ -128,6 +146,17 @@ async def test_national_listings_answer_within_the_event_size_limit(
         assert listed.decode("utf-8-sig").count("CAF Nationale") == AGENTS // PER_GROUP
         one, _ = await _answer(admin, "!groupes nationale 077", "Groupes")
         assert "(1)" in one and "CAF Nationale 077" in one
+
+        # !demandes: 300 demandes (metadata only), paged, every one in the file.
+        await _many_demandes(admin, 300)
+        files = len(admin.files)
+        listed_demandes, size = await _answer(admin, "!demandes", "Demandes")
+        assert size < EVENT_LIMIT // 2 and ": 300 — page 1/" in listed_demandes
+        assert "!demandes page=2" in listed_demandes
+        export = await _download(admin.operator, await _next_file(admin, files))
+        assert export.decode("utf-8-sig").count("A-2026-") == 300
+        second, _ = await _answer(admin, "!demandes territoire=75 page=2", "page 2/")
+        assert "!demandes territoire=75 page=3" in second
 
         # The import's preview and its refusals, for a national file, too.
         header = "Prénom;Nom;Email;Instructeur;Responsable;Territoire;Organisation;Groupe;BAL\n"

@@ -15,24 +15,24 @@ from bot.commands.admin.context import (
     fmt_moment,
     table,
 )
-from bot.commands.framework import Arg, CommandSpec, Reply
+from bot.commands.framework import Arg, CommandSpec, Listing, Reply, listing_reply, page_word
 from bot.domain.stats import FilterError, select
-
-LIST_LIMIT = 50
 
 
 @ADMIN.command(
     CommandSpec(
         "demandes",
         (Arg("filtres", "rest", FILTERS_HELP, optional=True),),
-        "Lister les demandes (métadonnées seulement), avec des filtres.",
+        "Lister les demandes (métadonnées seulement), avec des filtres ; une longue liste "
+        "s'affiche par pages (page=N), complète en fichier CSV.",
         section=SECTION_DEMANDES,
     )
 )
 async def _demandes(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
     try:
-        f = demande_filter(ctx, args["filtres"])
-    except FilterError as exc:
+        filters, page = page_word(args["filtres"])
+        f = demande_filter(ctx, filters)
+    except (FilterError, ValueError) as exc:
         return Reply.error(str(exc))
     async with ctx.store.transaction() as tx:
         found = select(await ctx.collect_stats(tx, ctx.clock.now(), ctx.rules), f)
@@ -45,13 +45,17 @@ async def _demandes(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
             fmt_moment(d.times.created_at),
             "oui" if d.late else "",
         ]
-        for d in found[:LIST_LIMIT]
+        for d in found
     ]
-    title = f"Demandes — {f.describe()} : {len(found)}"
-    if len(found) > LIST_LIMIT:
-        title += f" (les {LIST_LIMIT} premières ; précisez les filtres ou utilisez !export)"
-    headers = ("Référence", "Territoire", "Organisations", "Statut", "Ouverte le", "Retard")
-    return table(title, headers, rows)
+    command = f"!demandes {filters}".strip().replace("{", "{{").replace("}", "}}")
+    listing = Listing(
+        title=f"Demandes — {f.describe()} : {len(found)}",
+        headers=("Référence", "Territoire", "Organisations", "Statut", "Ouverte le", "Retard"),
+        rows=rows,
+        command=command + " page={page}",
+        filename="demandes.csv",
+    )
+    return listing_reply(listing, page)
 
 
 @ADMIN.command(
