@@ -289,11 +289,14 @@ def listing_reply(
     rows, within the budget), how to get the others, and every row in a CSV file."""
     full = [["—" if v is None else str(v) for v in row] for row in listing.rows]
     title = listing.title or None
-    text, markup = render_table(listing.headers, full, title=title, empty=listing.empty)
-    if message_size(text, markup) <= budget:
-        if page > 1:
-            return Reply.error(f"Page {page} inexistante : cette liste tient en une page.")
-        return Reply(text, markup)
+    # Each cell is in the body and in the formatted body: past the budget for sure without
+    # rendering (a national list is megabytes).
+    if 2 * sum(len(v) for row in full for v in row) <= budget:
+        text, markup = render_table(listing.headers, full, title=title, empty=listing.empty)
+        if message_size(text, markup) <= budget:
+            if page > 1:
+                return Reply.error(f"Page {page} inexistante : cette liste tient en une page.")
+            return Reply(text, markup)
     cells = [[_clip(v) for v in row] for row in full]
     pages = _pages(listing.headers, cells, budget - _TITLE_RESERVE, page_rows)
     if listing.command is None:
