@@ -23,7 +23,9 @@ from bot.ports import AttachmentError
         "import-annuaire",
         (),
         "Importer l'annuaire depuis le dernier fichier CSV que vous avez joint dans ce salon "
-        "(en-têtes Administration+). Montre un aperçu ligne par ligne ; tout ou rien.",
+        "(en-têtes Administration+). Montre un aperçu ligne par ligne ; tout ou rien. Mêmes "
+        "règles que !agent-modifier et !agent-reactiver : les contacts d'un agent qui "
+        "participe à des demandes ne changent pas, un agent désactivé le reste.",
         destructive=True,
         section=SECTION_DIRECTORY,
     )
