@@ -13,7 +13,7 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from bot.admin_wiring import AdminRuntime, build_admin
+from bot.admin_wiring import AdminRuntime, build_admin, followup_rules
 from bot.domain.policies import Policies
 from bot.domain.retry import RetryPolicy
 from bot.matrix.cross_signing import ensure_cross_signing
@@ -252,6 +252,8 @@ class App:
             email=email,
             retry=retry,
             alert_operators=admin_room.alert,
+            followup_rules=followup_rules(s),
+            client_url=s.bot.client_url,
         )
         admin = build_admin(
             settings=s,
