@@ -38,6 +38,7 @@ from bot.services.room_guard import RoomGuard
 from bot.services.room_index import DemandeRoomIndex
 from bot.services.room_key_archive import StoredKeyArchive
 from bot.services.room_specs import RoomSpecs
+from bot.services.spaces import Spaces
 from bot.services.undecryptable import Undecryptables
 from bot.services.worker import Wakeup
 from bot.settings import Settings
@@ -217,7 +218,11 @@ class App:
             bot_user_id=bot_id,
             sender=outbox,
         )
+        spaces_wakeup = Wakeup()
+        spaces = Spaces(store=store, gateway=gateway, specs=specs, wakeup=spaces_wakeup)
+        await spaces.load()
         rooms = DemandeRooms(
+            spaces=spaces_wakeup,
             history=history,
             store=store,
             clock=clock,
@@ -254,6 +259,7 @@ class App:
             alert_operators=admin_room.alert,
             followup_rules=followup_rules(s),
             client_url=s.bot.client_url,
+            spaces=spaces_wakeup,
         )
         admin = build_admin(
             settings=s,
@@ -281,6 +287,7 @@ class App:
             admin=admin.console,
             retention=admin.retention,
             undecryptables=undecryptables,
+            spaces=spaces,
         )
         router = EventRouter(
             bot_user_id=bot_id,
@@ -323,6 +330,7 @@ class App:
             email=email_runtime,
             admin=admin,
             membership_api=membership_api,
+            spaces=spaces,
         )
 
     async def run(self) -> None:
@@ -335,6 +343,7 @@ class App:
             tasks.create_task(p.sync.run(), name="sync")
             tasks.create_task(p.outbox.run(), name="outbox")
             tasks.create_task(p.guard.run(), name="guard")
+            tasks.create_task(p.spaces.run(), name="spaces")
             tasks.create_task(p.undecryptables.run(), name="undecryptable")
             tasks.create_task(self._check_rooms(), name="state check")
             tasks.create_task(self._recover_periodically(), name="recover")
@@ -401,3 +410,4 @@ class _Parts:
     email: EmailRuntime | None
     admin: AdminRuntime
     membership_api: MembershipApi | None
+    spaces: Spaces

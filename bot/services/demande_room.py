@@ -47,6 +47,7 @@ from bot.services.history import HistoryCopies
 from bot.services.room_guard import RoomGuard
 from bot.services.room_specs import RoomSpecs
 from bot.services.undecryptable import Undecryptables
+from bot.services.worker import Wakeup
 from bot.store.db import Store
 from bot.store.repository import Tx
 
@@ -79,6 +80,7 @@ class DemandeRooms:
         undecryptables: Undecryptables,
         max_attachment_bytes: int,
         history: HistoryCopies | None = None,
+        spaces: Wakeup | None = None,
     ) -> None:
         self.sender = sender
         self.store = store
@@ -91,6 +93,8 @@ class DemandeRooms:
         self.max_attachment_bytes = max_attachment_bytes
         # Copies the earlier exchange for participants who join after the opening.
         self.history = history
+        # Wakes the spaces' worker (room names and spaces follow status and participants).
+        self.spaces = spaces or Wakeup()
 
     @property
     def bot_user_id(self) -> str:
@@ -292,6 +296,8 @@ class DemandeRooms:
         )
         if message.command is not None:
             reply = await self._command(ctx, message.command)
+            # A command may have invited a group: its space then lists the room.
+            tx.after_commit(self.spaces.set)
             if reply is not None:
                 # Marked with the command answered (or as an error): the copy of the
                 # exchange for late participants leaves out what only answered a question.
@@ -415,6 +421,7 @@ class DemandeRooms:
                 await self.email.status_changed(
                     tx, demande, old=current.status, new=result.status, actor=actor, key=txn
                 )
+                tx.after_commit(self.spaces.set)
             if result.notice and announce:
                 await self._notice(tx, demande, result.notice, txn=f"status-{txn}")
         return result

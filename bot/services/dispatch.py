@@ -21,6 +21,7 @@ from bot.services.failures import homeserver_outage
 from bot.services.opening import Incoming, Opening
 from bot.services.retention import Retention
 from bot.services.room_index import DemandeRoomIndex
+from bot.services.spaces import Spaces
 from bot.services.undecryptable import Undecryptables
 from bot.store.db import Store
 
@@ -41,6 +42,7 @@ class Dispatcher:
         admin: AdminConsole,
         retention: Retention,
         undecryptables: Undecryptables,
+        spaces: Spaces | None = None,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -52,6 +54,7 @@ class Dispatcher:
         self.admin = admin
         self.retention = retention
         self.undecryptables = undecryptables
+        self.spaces = spaces
 
     async def on_invite(self, room_id: str, invite_state: list[Any]) -> None:
         """Join direct chats opened by directory agents; decline everything else."""
@@ -101,6 +104,8 @@ class Dispatcher:
         return count is None or count <= 2
 
     async def on_room_event(self, room_id: str, event: Any) -> None:
+        if self.spaces is not None and self.spaces.is_space(room_id):
+            return  # the bot's spaces: nobody talks there, nothing to do
         if self.admin.is_admin_room(room_id):
             await self.admin.on_event(room_id, event)
             return

@@ -54,6 +54,7 @@ from bot.services.failures import database_unavailable, describe, homeserver_out
 from bot.services.followup import NOTICE_ROOM_KEY
 from bot.services.room_index import DemandeRoomIndex
 from bot.services.room_specs import RoomSpecs
+from bot.services.worker import Wakeup
 from bot.store.db import Store
 from bot.store.draft_tx import DraftFile, DraftInput
 from bot.store.repository import Tx
@@ -109,6 +110,7 @@ class Opening:
         alert_operators: OperatorAlert,
         followup_rules: FollowUpRules | None = None,
         client_url: str | None = None,
+        spaces: Wakeup | None = None,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -122,6 +124,7 @@ class Opening:
         self.alert_operators = alert_operators
         self.followup_rules = followup_rules or FollowUpRules()
         self.client_url = client_url
+        self.spaces = spaces or Wakeup()  # a ready demande is listed in its groups' spaces
 
     @property
     def bot_user_id(self) -> str:
@@ -745,6 +748,7 @@ class Opening:
                     )
                 event_id = sent or await tx.message_event_id(dossier_txn(demande.reference))
                 await tx.set_creation_step(demande.id, "ready", dossier_event_id=event_id)
+                tx.after_commit(self.spaces.set)
                 await self.email.demande_ready(tx, demande)
                 demande = await tx.get_demande(demande_id)
             assert demande is not None

@@ -5,14 +5,19 @@ Real Synapse, the real bot, real nio E2EE clients (issue 10, sections 1, 3 and 4
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import nio
 
 from bot.devserver import LocalSynapse
 from bot.domain.model import Role
+from bot.services.spaces import ARCHIVE_KEY, SPACE_KEY
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, reply_with, say
-from tests.support.world import demande_of, make_world, open_demande
+from tests.support.world import World, demande_of, make_world, open_demande, room_state
 
 
 async def test_mesdemandes_in_the_direct_chat_and_for_an_instructeur(
@@ -59,3 +64,94 @@ async def test_mesdemandes_in_the_direct_chat_and_for_an_instructeur(
         n = count_from(instr1, chat, bot_id)
         await say(instr1, chat, "!mesdemandes dupontel")
         assert "Aucune demande" in await reply_with(instr1, chat, bot_id, "Aucune", after=n)
+
+
+async def _space_ids(world: World, group: str) -> tuple[str, str]:
+    gid = world.directory.groups[group].id
+    for _ in range(300):
+        async with world.runner.store.transaction() as tx:
+            space = await tx.get_state(SPACE_KEY.format(group_id=gid))
+            archive = await tx.get_state(ARCHIVE_KEY.format(group_id=gid))
+        if space and archive:
+            return space, archive
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"no space for the group {group}")
+
+
+async def _children(client: nio.AsyncClient, space: str) -> set[str]:
+    state = await room_state(client, space)
+    return {key for (etype, key), content in state.items() if etype == "m.space.child" and content}
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
+    for _ in range(300):
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(what)
+
+
+async def test_spaces_group_the_rooms_and_archive_the_closed_ones(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        aidant, instr1, bot_id = world.aidant, world.instr1, world.bot_id
+        _, reference = await open_demande(world)
+        room = (await demande_of(world, reference)).room_id
+        fs_space, fs_archive = await _space_ids(world, "fs")
+        caf_space, caf_archive = await _space_ids(world, "caf")
+
+        # The aidant's structure and the CAF each get a space listing the room, with
+        # the archive space nested in it; the agents are invited, nobody else.
+        await matrix.accept_invite(aidant, fs_space)
+        await matrix.accept_invite(instr1, caf_space)
+        state = await room_state(aidant, fs_space)
+        assert state[("m.room.create", "")]["type"] == "m.space"
+        assert (
+            state[("m.room.name", "")]["name"]
+            == f"Administration+ · {world.directory.groups['fs'].name}"
+        )
+        assert await _children(aidant, fs_space) == {room, fs_archive}
+        assert await _children(instr1, caf_space) == {room, caf_archive}
+        members = await runner.app.gateway.members(caf_space)  # type: ignore[union-attr]
+        assert aidant.user_id not in members and instr1.user_id in members
+
+        # The room names its spaces, and its status is in its name.
+        await matrix.accept_invite(aidant, room)
+        room_st = await room_state(aidant, room)
+        assert room_st[("m.space.parent", fs_space)]["via"] == ["localhost"]
+        assert ("m.space.parent", caf_space) in room_st
+        assert room_st[("m.room.name", "")]["name"] == f"Demande {reference} · CAF · 95 · nouvelle"
+
+        await matrix.join_and_read(instr1, room, 1)
+        n = count_from(aidant, room, bot_id)
+        await say(instr1, room, "!traitee")
+        await reply_with(aidant, room, bot_id, "traitée", after=n)
+
+        async def named_treated() -> bool:
+            name = (await room_state(aidant, room))[("m.room.name", "")]["name"]
+            return bool(name.endswith(" · traitée"))
+
+        await _until("the room renamed « traitée »", named_treated)
+
+        # Closed: out of the way, in the archive spaces; and back on reopening.
+        await say(aidant, room, "!clore utile")
+
+        async def archived() -> bool:
+            return room in await _children(aidant, fs_archive) and room not in await _children(
+                aidant, fs_space
+            )
+
+        await matrix.accept_invite(aidant, fs_archive)
+        await _until("the room moved to the archive space", archived)
+        await matrix.accept_invite(instr1, caf_archive)
+        assert room in await _children(instr1, caf_archive)
+        room_st = await room_state(aidant, room)
+        assert room_st[("m.space.parent", fs_archive)]["via"] == ["localhost"]
+        assert room_st[("m.space.parent", fs_space)] == {}
+        assert room_st[("m.room.name", "")]["name"].endswith(" · clôturée")
+        flat = repr(await room_state(aidant, fs_space)) + repr(await room_state(aidant, fs_archive))
+        for personal in ("Dupontel", "Jeanne", "1961"):
+            assert personal not in flat

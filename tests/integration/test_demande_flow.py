@@ -67,7 +67,7 @@ async def test_open_demande_full_scenario(
         assert state[("m.room.join_rules", "")]["join_rule"] == "invite"
         assert state[("m.room.guest_access", "")]["guest_access"] == "forbidden"
         assert state[("m.room.history_visibility", "")]["history_visibility"] == "invited"
-        assert state[("m.room.name", "")]["name"] == f"Demande {reference} · CAF · 95"
+        assert state[("m.room.name", "")]["name"] == f"Demande {reference} · CAF · 95 · nouvelle"
         assert state[("fr.aplus.demande", "")] == {"reference": reference, "version": 1}
         acl = state[("m.room.server_acl", "")]
         assert acl["allow"] == ["localhost"] and acl["allow_ip_literals"] is False
