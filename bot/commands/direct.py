@@ -250,11 +250,5 @@ async def _mesdemandes(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
 
 
 def _departement(ctx: DirectCtx, text: str) -> str | None:
-    found = ctx.policies.departement(text)
-    if found is not None:
-        return found.code
-    key = fold(text)
-    for dep in ctx.policies.departements.values():
-        if fold(dep.name) == key:
-            return dep.code
-    return None
+    found = ctx.policies.find_departement(text)
+    return found.code if found else None

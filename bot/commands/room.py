@@ -16,9 +16,10 @@ from datetime import datetime
 from typing import Any
 
 from bot.commands.framework import Arg, CommandSet, CommandSpec, Reply
+from bot.domain import matching
 from bot.domain import status as status_rules
 from bot.domain.calendar import PARIS
-from bot.domain.model import Agent, Demande, Role, Status, Usefulness
+from bot.domain.model import Agent, Demande, Group, Role, Status, Usefulness
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.routing import may_invite_agent, may_invite_group
 from bot.ports import Author, EmailHooks, MailTx, StatusChanger
@@ -141,30 +142,68 @@ async def _statut(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
 @ROOM.command(
     CommandSpec(
         "inviter",
-        (Arg("cible", "rest", "le nom d'un groupe, ou l'identifiant Matrix d'un agent"),),
-        "Inviter un groupe (tous ses instructeurs) ou un agent dans la demande.",
+        (Arg("cible", "rest", "un groupe (« CPAM 95 », son nom), ou un collègue (nom, courriel)"),),
+        "Inviter un groupe (tous ses instructeurs) ou un collègue dans la demande.\n"
+        "Un groupe par son nom, ou par organisme et département (« !inviter CPAM 95 ») ; "
+        "un collègue par son nom (« !inviter Marc Petit »), son adresse électronique ou son "
+        "identifiant (@nom:serveur).",
         section=SECTION_DEMANDE,
     )
 )
 async def _inviter(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
-    target = str(args["cible"]).strip()
+    target = " ".join(str(args["cible"]).split()).strip('«»"“” ')
     tx = ctx.tx
     participants = await tx.participants(ctx.demande.id)
+    agent: Agent | None = None
     if target.startswith("@"):
         agent = await tx.get_agent_by_matrix_id(target)
         if agent is None:
             return Reply.error(
                 f"{target} n'est pas dans l'annuaire du service : invitation refusée."
             )
+    elif matching.looks_like_email(target):
+        agent = await tx.get_agent_by_email(target.casefold())
+        if agent is None:
+            return Reply.error(
+                f"Aucun agent de l'annuaire n'a l'adresse {target} : invitation refusée."
+            )
+    found: Group | None = None
+    if agent is None:
+        groups = await tx.list_groups()
+        match = matching.find_group(
+            target,
+            groups,
+            territoire=ctx.demande.territoire,
+            organisation_of=_organisation_of(ctx),
+            departement_of=_departement_of(ctx),
+        )
+        if isinstance(match, matching.Found) and len(match.groups) == 1:
+            found = match.groups[0]
+        elif isinstance(match, matching.Found):
+            names = ", ".join(f"« {g.name} »" for g in match.groups)
+            return Reply.error(
+                f"Plusieurs groupes correspondent à « {target} » : {names}. "
+                "Précisez lequel, par exemple : !inviter " + f"« {match.groups[0].name} »."
+            )
+        else:
+            colleagues = matching.find_colleague(target, await tx.list_agents()).agents
+            if len(colleagues) == 1:
+                agent = colleagues[0]
+            elif colleagues:
+                who = ", ".join(f"{a.display_name} ({a.email or a.matrix_id})" for a in colleagues)
+                return Reply.error(
+                    f"Plusieurs agents s'appellent « {target} » : {who}. Invitez-le par son "
+                    "adresse électronique."
+                )
+            else:
+                return Reply.error(_unknown_target(ctx, target, match.suggestions))
+    if agent is not None:
         group = await tx.get_group(agent.group_id) if agent.group_id else None
         decision = may_invite_agent(
             ctx.demande.territoire, agent, group, participants, ctx.rules, ctx.policies
         )
     else:
-        found = await tx.get_group_by_name(target)
-        if found is None:
-            names = ", ".join(sorted(g.name for g in await tx.list_groups()))
-            return Reply.error(f"Groupe « {target} » inconnu. Groupes existants : {names}.")
+        assert found is not None
         decision = may_invite_group(
             ctx.demande.territoire,
             found,
@@ -321,6 +360,32 @@ async def _notifications(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
             "à chaque nouveau message de ses demandes (sans son contenu)."
         )
     return Reply(f"{ctx.agent.display_name} ne recevra plus d'avis par courriel.")
+
+
+def _unknown_target(ctx: RoomCtx, target: str, suggestions: Sequence[Group]) -> str:
+    text = f"« {target} » : groupe ou agent inconnu."
+    dep = ctx.policies.departement(ctx.demande.territoire)
+    where = f"du {dep.code} ({dep.name})" if dep else f"du {ctx.demande.territoire}"
+    if suggestions:
+        names = ", ".join(f"« {g.name} »" for g in suggestions)
+        return f"{text} Groupes proches {where} : {names}."
+    return f"{text} Aucun groupe {where} dans l'annuaire."
+
+
+def _organisation_of(ctx: RoomCtx) -> Callable[[str], str | None]:
+    def lookup(text: str) -> str | None:
+        found = ctx.policies.find_organisation(text)
+        return found.id if found else None
+
+    return lookup
+
+
+def _departement_of(ctx: RoomCtx) -> Callable[[str], str | None]:
+    def lookup(text: str) -> str | None:
+        found = ctx.policies.find_departement(text)
+        return found.code if found else None
+
+    return lookup
 
 
 def _aidant(ctx: RoomCtx) -> tuple[str, ...]:

@@ -155,3 +155,47 @@ async def test_spaces_group_the_rooms_and_archive_the_closed_ones(
         flat = repr(await room_state(aidant, fs_space)) + repr(await room_state(aidant, fs_archive))
         for personal in ("Dupontel", "Jeanne", "1961"):
             assert personal not in flat
+
+
+async def test_inviter_by_organisation_and_departement_by_email_and_suggestions(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        instr1, bot_id = world.instr1, world.bot_id
+        store, directory = runner.store, world.directory
+        cpam = await clients.client("cpam")
+        await botsupport.add_agent(
+            store, directory, "cpam", matrix_id=cpam.user_id, roles=[Role.INSTRUCTEUR], group="cpam"
+        )
+        await botsupport.add_group(store, directory, "cpam75", "cpam", ["75"])
+        _, reference = await open_demande(world)
+        # A colleague who joined the CAF after the opening (not routed to the demande).
+        colleague = await clients.client("colleague")
+        mail = f"{matrix.unique('elise')}@caf95.example.test"
+        await botsupport.add_agent(
+            store,
+            directory,
+            "colleague",
+            matrix_id=colleague.user_id,
+            email=mail,
+            roles=[Role.INSTRUCTEUR],
+            group="caf",
+            first_name="Élise",
+        )
+        room = (await demande_of(world, reference)).room_id
+        await matrix.join_and_read(instr1, room, 1)
+
+        async def command(text: str, expect: str) -> str:
+            n = count_from(instr1, room, bot_id)
+            await say(instr1, room, text)
+            return await reply_with(instr1, room, bot_id, expect, after=n)
+
+        unknown = await command("!inviter Caisse primaire de Cergy", "inconnu")
+        assert directory.groups["cpam"].name in unknown
+        assert directory.groups["cpam75"].name not in unknown  # only the 95's groups
+        assert "Cpam Test" in await command("!inviter cpam 95", "Invité")
+        assert "Élise Test" in await command(f"!inviter {mail.upper()}", "Invité")
+        members = await runner.app.gateway.members(room)  # type: ignore[union-attr]
+        assert members[cpam.user_id] == "invite" and members[colleague.user_id] == "invite"
