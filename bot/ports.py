@@ -342,6 +342,7 @@ class Sender(Protocol):
         recipients: Collection[str] | None = None,
         encrypted: bool = True,
         hold: bool = False,
+        event_type: str = "m.room.message",
     ) -> bool:
         """Queue a message (``recipients`` None: the demande room's ledger); True if new.
 

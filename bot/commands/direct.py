@@ -68,6 +68,7 @@ class DirectCtx:
     # so `!mesdemandes` may search their usagers' names there.
     private: bool = False
     client_url: str | None = None  # room links: None → https://matrix.to/#/
+    has_draft: bool = False  # a demande is being prepared in this chat
 
     @property
     def is_aidant(self) -> bool:
@@ -95,7 +96,14 @@ def gate(ctx: DirectCtx, spec: CommandSpec) -> str | None:
     return found[1] if found else None
 
 
-DIRECT: CommandSet[DirectCtx] = CommandSet(gate=gate, confirmations=False)
+def applies(ctx: DirectCtx, spec: CommandSpec) -> bool:
+    """`!confirmer`, `!annuler` and `!brouillon` are listed while a draft is prepared."""
+    if spec.name in ("confirmer", "annuler", "brouillon"):
+        return ctx.has_draft
+    return True
+
+
+DIRECT: CommandSet[DirectCtx] = CommandSet(gate=gate, confirmations=False, applies=applies)
 
 Args = Mapping[str, Any]
 Flags = frozenset[str]

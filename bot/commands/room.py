@@ -16,10 +16,11 @@ from datetime import datetime
 from typing import Any
 
 from bot.commands.framework import Arg, CommandSet, CommandSpec, Reply
-from bot.domain import matching
+from bot.domain import closing, matching
+from bot.domain import dossier as texts
 from bot.domain import status as status_rules
 from bot.domain.calendar import PARIS
-from bot.domain.model import Agent, Demande, Group, Role, Status, Usefulness
+from bot.domain.model import Agent, Demande, Group, Role, Status
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.routing import may_invite_agent, may_invite_group
 from bot.ports import Author, EmailHooks, MailTx, StatusChanger
@@ -90,7 +91,25 @@ def gate(ctx: RoomCtx, spec: CommandSpec) -> str | None:
     return None
 
 
-ROOM: CommandSet[RoomCtx] = CommandSet(gate=gate, confirmations=False)
+_OPEN_ONLY = frozenset({"jemenoccupe", "pasleboninterlocuteur", "clore"})
+
+
+def applies(ctx: RoomCtx, spec: CommandSpec) -> bool:
+    """What `!aide` lists in this room, now: no `!rouvrir` on an open demande, no
+    `!clore` on a closed one, `!notifications` only where emails are sent."""
+    status = ctx.demande.status
+    if spec.name in _OPEN_ONLY:
+        return status is not Status.CLOTUREE
+    if spec.name == "traitee":
+        return status not in (Status.TRAITEE, Status.CLOTUREE)
+    if spec.name == "rouvrir":
+        return status in (Status.TRAITEE, Status.CLOTUREE)
+    if spec.name == "notifications":
+        return ctx.email.enabled and ctx.agent.email is not None
+    return True
+
+
+ROOM: CommandSet[RoomCtx] = CommandSet(gate=gate, confirmations=False, applies=applies)
 
 Args = Mapping[str, Any]
 Flags = frozenset[str]
@@ -101,10 +120,12 @@ async def _status_reply(
     event: status_rules.Event,
     done: str,
     *,
+    moved: str | Callable[[status_rules.Transition], str] | None = None,
     ask: Sequence[str] = (),
     **kw: Any,
 ) -> Reply:
-    """Apply a status event; one reply says who did what and what the status became.
+    """Apply a status event; one reply says who did what and what the status became,
+    each thing once: `moved` when the status changed, `done` otherwise.
 
     `ask`: who must act on the new status (Element notifies them)."""
     result = await ctx.status.apply(
@@ -112,7 +133,9 @@ async def _status_reply(
     )
     if isinstance(result, status_rules.Refusal):
         return Reply.error(result.reason)
-    text = f"{done} {result.notice}" if result.notice else done
+    text = done
+    if result.notice:
+        text = moved(result) if callable(moved) else moved or f"{done} {result.notice}"
     return Reply(text, mentions=tuple(ask) if result.changed else ())
 
 
@@ -248,13 +271,18 @@ async def _inviter(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         "jemenoccupe",
         (),
         "Indiquer que vous prenez la demande en charge.",
+        aliases=("moi",),
         section=SECTION_ANSWERS,
         audience=INSTRUCTEUR,
     )
 )
 async def _jemenoccupe(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    name = ctx.agent.display_name
     return await _status_reply(
-        ctx, status_rules.InstructeurAnswer(), f"{ctx.agent.display_name} s'occupe de la demande."
+        ctx,
+        status_rules.InstructeurAnswer(),
+        f"{name} s'occupe de la demande.",
+        moved=f"{name} s'occupe de la demande : elle passe au statut « en cours ».",
     )
 
 
@@ -263,6 +291,7 @@ async def _jemenoccupe(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         "pasleboninterlocuteur",
         (),
         "Indiquer que vous n'êtes pas le bon interlocuteur (pensez à !inviter le bon groupe).",
+        aliases=("pasmoi",),
         section=SECTION_ANSWERS,
         audience=INSTRUCTEUR,
     )
@@ -281,6 +310,7 @@ async def _pasleboninterlocuteur(ctx: RoomCtx, args: Args, flags: Flags) -> Repl
         "traitee",
         (),
         "Indiquer que la demande est traitée.",
+        aliases=("fait",),
         section=SECTION_ANSWERS,
         audience=INSTRUCTEUR,
     )
@@ -291,6 +321,7 @@ async def _traitee(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         ctx,
         status_rules.Treated(),
         f"{ctx.agent.display_name} a traité la demande.",
+        moved=f"{ctx.agent.display_name} a traité la demande. {texts.CLOSE_HINT}",
         ask=_aidant(ctx),
     )
 
@@ -298,25 +329,28 @@ async def _traitee(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
 @ROOM.command(
     CommandSpec(
         "clore",
-        (
-            Arg(
-                "utilite",
-                "choice",
-                "La réponse vous semble-t-elle utile pour l'usager ?",
-                choices=("utile", "nesaispas", "inutile"),
-            ),
-        ),
-        "Clore la demande, en disant si la réponse est utile pour l'usager.",
+        (Arg("reponse", "rest", f"{closing.QUESTION} {closing.CHOICES}"),),
+        "Clore la demande, en disant si la réponse est utile pour l'usager : "
+        "!clore oui, !clore non ou !clore je ne sais pas.",
         section=SECTION_CLOSE,
         audience=AIDANT_SIDE,
     )
 )
 async def _clore(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
-    usefulness = Usefulness(str(args["utilite"]).lower())
+    answer = str(args["reponse"])
+    usefulness = closing.usefulness_of(answer)
+    if usefulness is None:
+        return Reply.error(
+            f"« {answer} » : répondez oui, non ou je ne sais pas ({closing.QUESTION.lower()}), "
+            "par exemple !clore oui."
+        )
+    word = closing.WORDS[usefulness]
     return await _status_reply(
         ctx,
         status_rules.Closed(usefulness),
-        f"{ctx.agent.display_name} clôt la demande.",
+        f"{ctx.agent.display_name} a clôturé la demande.",
+        moved=f"{ctx.agent.display_name} a clôturé la demande. Réponse utile pour l'usager : "
+        f"{word}.",
         usefulness=usefulness,
     )
 
@@ -331,8 +365,12 @@ async def _clore(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     )
 )
 async def _rouvrir(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    name = ctx.agent.display_name
     return await _status_reply(
-        ctx, status_rules.Reopened(), f"{ctx.agent.display_name} rouvre la demande."
+        ctx,
+        status_rules.Reopened(),
+        f"{name} rouvre la demande.",
+        moved=lambda t: f"{name} a rouvert la demande (statut « {t.status.label} »).",
     )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from nio import (
     MegolmEvent,
+    ReactionEvent,
     RedactionEvent,
     RoomEncryptedMedia,
     RoomMemberEvent,
@@ -35,6 +36,7 @@ from bot.commands.framework import (
     failure_reply,
 )
 from bot.commands.room import ROOM, RoomCtx
+from bot.domain import closing
 from bot.domain import status as status_rules
 from bot.domain.model import Demande, Status, Usefulness
 from bot.matrix import attachments as files
@@ -118,6 +120,14 @@ class DemandeRooms:
         elif isinstance(event, MegolmEvent):
             # Not marked processed: once its key arrives it comes back here decrypted.
             await self.undecryptables.record(room_id, event, reference=demande.reference)
+        elif isinstance(event, ReactionEvent):
+            usefulness = closing.of_reaction(event.key)
+            if usefulness is not None:
+                await self._on_click(demande, event, event.reacts_to, usefulness, CLOSE_NOTICE)
+        elif _event_type(event) in closing.POLL_RESPONSES:
+            answer = closing.poll_answer(event.source.get("content") or {})
+            if answer is not None:
+                await self._on_click(demande, event, answer[0], answer[1], CLOSE_POLL)
         else:
             source = getattr(event, "source", None) or {}
             # Not filtered on the sender: Synapse's make_room_admin writes its power-level
@@ -200,6 +210,49 @@ class DemandeRooms:
                 await tx.audit("left", actor=user, reference=demande.reference, now=now)
         if self.history is not None and event.membership == "join":
             await self.history.run_pending()
+
+    async def _on_click(
+        self, demande: Demande, event: Any, target: str, usefulness: Usefulness, which: str
+    ) -> None:
+        """A reaction on the « traitée » notice, or an answer to the usefulness poll: the
+        same as `!clore <answer>` from that participant (same checks, same reply)."""
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            txn = await tx.get_state(which.format(demande_id=demande.id))
+            if txn is None or await tx.message_event_id(txn) != target:
+                return  # a reaction to another message: nothing to do
+            if not await tx.mark_processed(event.event_id, _room(demande), now):
+                return
+            participant = next(
+                (p for p in await tx.participants(demande.id) if p.matrix_id == event.sender),
+                None,
+            )
+            agent = await tx.get_agent_by_matrix_id(event.sender)
+            if participant is None or agent is None or not agent.active:
+                return  # the guard deals with whoever should not be here
+            current = await tx.get_demande(demande.id)
+            if current is None or current.status is Status.CLOTUREE:
+                return  # already closed (by the other click, or by !clore): no answer
+            message = ParticipantMessage(
+                author=Author(agent, "matrix"),
+                key=event.event_id,
+                command=f"!clore {closing.WORDS[usefulness]}",
+                text="",
+                content={},
+            )
+            await self.on_participant_message(tx, current, message, participant.kind)
+
+    async def _offer_clicks(self, tx: Tx, demande: Demande, key: str) -> None:
+        """After « traitée »: its notice takes reactions, and a poll asks the question."""
+        await tx.set_state(CLOSE_NOTICE.format(demande_id=demande.id), f"reply-{key}")
+        await tx.set_state(CLOSE_POLL.format(demande_id=demande.id), f"poll-{key}")
+        await self.sender.enqueue(
+            tx,
+            txn_id=f"poll-{key}",
+            room_id=_room(demande),
+            content=closing.poll_content(demande.reference),
+            event_type=closing.POLL_START,
+        )
 
     async def _on_file(self, demande: Demande, event: RoomEncryptedMedia) -> None:
         """An encrypted file posted by a participant: to the email-only participants.
@@ -311,6 +364,8 @@ class DemandeRooms:
                         reply.text, reply.html, reply.mentions, reply=answered, error=reply.is_error
                     ),
                 )
+                if answered == "traitee" and not reply.is_error:
+                    await self._offer_clicks(tx, demande, message.key)
             if message.text:
                 # The sentence after an email's quick answer: to the others, no status.
                 await self.email.room_message(
@@ -425,6 +480,16 @@ class DemandeRooms:
             if result.notice and announce:
                 await self._notice(tx, demande, result.notice, txn=f"status-{txn}")
         return result
+
+
+CLOSE_NOTICE = "close.notice.{demande_id}"  # txn of the « traitée » notice (reactions)
+CLOSE_POLL = "close.poll.{demande_id}"  # txn of the usefulness poll
+
+
+def _event_type(event: Any) -> str | None:
+    source = getattr(event, "source", None) or {}
+    kind = source.get("type") if isinstance(source, Mapping) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _room(demande: Demande) -> str:

@@ -200,6 +200,7 @@ class Opening:
             now=self.clock.now(),
             private=msg.encrypted and notices_room != msg.room_id,
             client_url=self.client_url,
+            has_draft=agent is not None and await drafts.in_preparation(),
         )
 
     async def on_direct_file(self, msg: Incoming) -> None:

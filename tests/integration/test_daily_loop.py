@@ -12,7 +12,8 @@ from pathlib import Path
 import nio
 
 from bot.devserver import LocalSynapse
-from bot.domain.model import Role
+from bot.domain.model import Role, Usefulness
+from bot.services.demande_room import CLOSE_NOTICE, CLOSE_POLL
 from bot.services.spaces import ARCHIVE_KEY, SPACE_KEY
 from tests.support import bot as botsupport
 from tests.support import matrix
@@ -128,7 +129,7 @@ async def test_spaces_group_the_rooms_and_archive_the_closed_ones(
         await matrix.join_and_read(instr1, room, 1)
         n = count_from(aidant, room, bot_id)
         await say(instr1, room, "!traitee")
-        await reply_with(aidant, room, bot_id, "traitée", after=n)
+        await reply_with(aidant, room, bot_id, "a traité", after=n)
 
         async def named_treated() -> bool:
             name = (await room_state(aidant, room))[("m.room.name", "")]["name"]
@@ -199,3 +200,87 @@ async def test_inviter_by_organisation_and_departement_by_email_and_suggestions(
         assert "Élise Test" in await command(f"!inviter {mail.upper()}", "Invité")
         members = await runner.app.gateway.members(room)  # type: ignore[union-attr]
         assert members[cpam.user_id] == "invite" and members[colleague.user_id] == "invite"
+
+
+async def _sent_event(world: World, key: str, demande_id: int) -> str:
+    """The event ID of what the bot sent under the txn recorded at `key`."""
+    for _ in range(300):
+        async with world.runner.store.transaction() as tx:
+            txn = await tx.get_state(key.format(demande_id=demande_id))
+            event_id = await tx.message_event_id(txn) if txn else None
+        if event_id:
+            return event_id
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"nothing sent for {key}")
+
+
+async def test_closing_in_the_notice_s_words_by_poll_and_by_reaction(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        aidant, instr1, bot_id = world.aidant, world.instr1, world.bot_id
+        rooms = []
+        for _ in range(3):
+            _, reference = await open_demande(world)
+            demande = await demande_of(world, reference)
+            await matrix.accept_invite(aidant, demande.room_id)
+            await matrix.join_and_read(instr1, demande.room_id, 1)
+            rooms.append(demande)
+
+        async def command(client: nio.AsyncClient, room: str, text: str, expect: str) -> str:
+            n = count_from(client, room, bot_id)
+            await say(client, room, text)
+            return await reply_with(client, room, bot_id, expect, after=n)
+
+        first = rooms[0].room_id
+        # Short aliases for the quick answers; each answer says each thing once.
+        taken = await command(instr1, first, "!moi", "s'occupe")
+        assert taken.endswith("s'occupe de la demande : elle passe au statut « en cours ».")
+        treated = await command(instr1, first, "!fait", "a traité la demande")
+        assert "!clore oui, !clore non ou !clore je ne sais pas" in treated
+        assert treated.count("traité") == 1
+        # !aide: what the aidant may do on a traitée demande, nothing of the instructeurs'.
+        help_text = await command(aidant, first, "!aide", "Commandes disponibles")
+        assert "!clore" in help_text and "!rouvrir" in help_text
+        assert "!jemenoccupe" not in help_text and "!traitee" not in help_text
+        closed = await command(aidant, first, "!clore je ne sais pas", "clôturé")
+        assert closed.endswith(
+            "a clôturé la demande. Réponse utile pour l'usager : je ne sais pas."
+        )
+        assert (await demande_of(world, rooms[0].reference)).usefulness == Usefulness.NESAISPAS
+
+        # The poll: an answer in Element's (MSC3381) form closes the demande.
+        second = rooms[1]
+        await command(instr1, second.room_id, "!traitee", "a traité la demande")
+        poll = await _sent_event(world, CLOSE_POLL, second.id)
+        n = count_from(aidant, second.room_id, bot_id)
+        resp = await aidant.room_send(
+            second.room_id,
+            "org.matrix.msc3381.poll.response",
+            {
+                "m.relates_to": {"rel_type": "m.reference", "event_id": poll},
+                "org.matrix.msc3381.poll.response": {"answers": ["utile"]},
+            },
+            ignore_unverified_devices=True,
+        )
+        assert isinstance(resp, nio.RoomSendResponse), resp
+        by_poll = await reply_with(aidant, second.room_id, bot_id, "clôturé", after=n)
+        assert by_poll.endswith("Réponse utile pour l'usager : oui.")
+
+        # A reaction on the « traitée » notice: 👎 is « non ».
+        third = rooms[2]
+        await command(instr1, third.room_id, "!traitee", "a traité la demande")
+        notice = await _sent_event(world, CLOSE_NOTICE, third.id)
+        n = count_from(aidant, third.room_id, bot_id)
+        resp = await aidant.room_send(
+            third.room_id,
+            "m.reaction",
+            {"m.relates_to": {"rel_type": "m.annotation", "event_id": notice, "key": "👎"}},
+            ignore_unverified_devices=True,
+        )
+        assert isinstance(resp, nio.RoomSendResponse), resp
+        by_reaction = await reply_with(aidant, third.room_id, bot_id, "clôturé", after=n)
+        assert by_reaction.endswith("Réponse utile pour l'usager : non.")
+        assert (await demande_of(world, third.reference)).usefulness == Usefulness.INUTILE
