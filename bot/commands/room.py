@@ -10,13 +10,14 @@ failing handler did is rolled back.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bot.commands.framework import Arg, CommandSet, CommandSpec, Reply
-from bot.domain import closing, matching
+from bot.domain import amend, closing, matching
 from bot.domain import dossier as texts
 from bot.domain import status as status_rules
 from bot.domain.calendar import PARIS
@@ -28,6 +29,7 @@ from bot.ports import Author, EmailHooks, MailTx, StatusChanger
 SECTION_DEMANDE = "La demande"
 SECTION_ANSWERS = "Réponses rapides (instructeurs)"
 SECTION_CLOSE = "Clôture (aidant)"
+SECTION_DOSSIER = "Dossier (aidant)"
 
 # Who may run a command (checked by `gate`).
 INSTRUCTEUR = "instructeur"
@@ -91,7 +93,7 @@ def gate(ctx: RoomCtx, spec: CommandSpec) -> str | None:
     return None
 
 
-_OPEN_ONLY = frozenset({"jemenoccupe", "pasleboninterlocuteur", "clore"})
+_OPEN_ONLY = frozenset({"jemenoccupe", "pasleboninterlocuteur", "clore", "completer"})
 
 
 def applies(ctx: RoomCtx, spec: CommandSpec) -> bool:
@@ -264,6 +266,61 @@ async def _inviter(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         )
     # The invited are asked to look at the demande: Element notifies them once they join.
     return Reply(text, mentions=tuple(invited))
+
+
+@ROOM.command(
+    CommandSpec(
+        "completer",
+        (Arg("correction", "rest", "« champ : valeur », par exemple « NIR : 2 61 03 … »"),),
+        "Compléter ou corriger un champ du dossier (aidant) : le dossier mis à jour est "
+        "montré à tous les participants, avec ce qui change.\n"
+        "Exemples : !completer date de naissance : 13/03/1961 — !completer NIR : …",
+        section=SECTION_DOSSIER,
+        audience=AIDANT_SIDE,
+    )
+)
+async def _completer(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    if ctx.demande.status is Status.CLOTUREE:
+        return Reply.error("La demande est clôturée : rouvrez-la avec !rouvrir pour la compléter.")
+    form = await ctx.tx.load_form(ctx.demande.id)
+    result = amend.amend(
+        form,
+        str(args["correction"]),
+        today=ctx.now.astimezone(PARIS).date(),
+        known_departements=ctx.policies.departements.keys(),
+        organisation_lookup=_organisation_of(ctx),
+        categories=ctx.policies.categories.keys(),
+    )
+    if isinstance(result, amend.Refused):
+        return Reply.error(
+            "Le dossier n'est pas modifié :\n" + "\n".join(f"- {m}" for m in result.messages)
+        )
+    change = result.change
+    if change.before == change.after:
+        return Reply(f"Le champ « {change.field} » vaut déjà « {change.after} » : rien ne change.")
+    await ctx.tx.update_form(ctx.demande.id, result.form)
+    # The audit names the field, never its value (the usager's data stays encrypted).
+    await ctx.audit("dossier_amended", field=change.field)
+    before = change.before or "(vide)"
+    text = (
+        f"Dossier mis à jour par {ctx.agent.display_name} ({ctx.demande.reference}) : "
+        f"{change.field} : {before} → {change.after}"
+    )
+    markup = (
+        f"<p><strong>Dossier mis à jour</strong> par {html.escape(ctx.agent.display_name)} "
+        f"({html.escape(ctx.demande.reference)})</p><ul><li>{html.escape(change.field)} : "
+        f"<del>{html.escape(before)}</del> → <strong>{html.escape(change.after)}</strong></li></ul>"
+    )
+    # Email-only participants get it too (the bridge mails what the room reads).
+    await ctx.email.room_message(
+        ctx.tx,
+        ctx.demande,
+        event_key=f"amended-{ctx.key}",
+        author=ctx.agent,
+        author_id=ctx.author.address,
+        content={"msgtype": "m.text", "body": text},
+    )
+    return Reply(text, markup)
 
 
 @ROOM.command(

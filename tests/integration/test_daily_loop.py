@@ -18,6 +18,7 @@ from bot.services.spaces import ARCHIVE_KEY, SPACE_KEY
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, reply_with, say
+from tests.support.email import email_bot, mailonly, relay
 from tests.support.world import World, demande_of, make_world, open_demande, room_state
 
 
@@ -284,3 +285,42 @@ async def test_closing_in_the_notice_s_words_by_poll_and_by_reaction(
         by_reaction = await reply_with(aidant, third.room_id, bot_id, "clôturé", after=n)
         assert by_reaction.endswith("Réponse utile pour l'usager : non.")
         assert (await demande_of(world, third.reference)).usefulness == Usefulness.INUTILE
+
+
+async def test_completer_amends_the_dossier_for_everyone_by_email_too(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        aidant, instr1, bot_id = world.aidant, world.instr1, world.bot_id
+        sophie = mailonly(world)
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        room = demande.room_id
+        await matrix.accept_invite(aidant, room)
+        await matrix.join_and_read(instr1, room, 1)
+        await sink.wait_for(lambda: sink.to(sophie), what="the dossier email")
+
+        async def command(client: nio.AsyncClient, text: str, expect: str) -> str:
+            n = count_from(client, room, bot_id)
+            await say(client, room, text)
+            return await reply_with(client, room, bot_id, expect, after=n)
+
+        refused = await command(instr1, "!completer nom : Martin", "Seul l'aidant")
+        assert "Martin" not in refused
+        wrong = await command(aidant, "!completer NIR : 2 61 03 95 123 456 99", "pas modifié")
+        assert "NIR" in wrong
+        n_instr = count_from(instr1, room, bot_id)
+        await say(aidant, room, "!completer date de naissance : 13/03/1961")
+        updated = await reply_with(instr1, room, bot_id, "Dossier mis à jour", after=n_instr)
+        assert "date de naissance : 12/03/1961 → 13/03/1961" in updated
+        async with runner.store.transaction() as tx:
+            form = await tx.load_form(demande.id)
+            entries = await tx.audit_entries(reference=reference)
+        assert form.usager.date_naissance.day == 13
+        [amended] = [e for e in entries if e.action == "dossier_amended"]
+        assert "1961" not in repr(amended)  # the audit names the field, not the value
+        await sink.wait_for(
+            lambda: any("13/03/1961" in m.text for m in sink.to(sophie)), what="the update email"
+        )
