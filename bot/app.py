@@ -23,6 +23,7 @@ from bot.ports import EmailHooks, NoEmail, PoliciesRef
 from bot.services import login
 from bot.services.admin_room import AdminRoom
 from bot.services.clock import Clock, SystemClock
+from bot.services.companion import Companions
 from bot.services.demande_room import DemandeRooms
 from bot.services.device_notices import UnverifiedSessionNotices
 from bot.services.dispatch import Dispatcher
@@ -221,7 +222,12 @@ class App:
         spaces_wakeup = Wakeup()
         spaces = Spaces(store=store, gateway=gateway, specs=specs, wakeup=spaces_wakeup)
         await spaces.load()
+        companions = Companions(
+            store=store, gateway=gateway, specs=specs, sender=outbox, clock=clock, wakeup=Wakeup()
+        )
+        await companions.load()
         rooms = DemandeRooms(
+            companions=companions,
             spaces=spaces_wakeup,
             history=history,
             store=store,
@@ -288,6 +294,7 @@ class App:
             retention=admin.retention,
             undecryptables=undecryptables,
             spaces=spaces,
+            companions=companions,
         )
         router = EventRouter(
             bot_user_id=bot_id,
@@ -331,6 +338,7 @@ class App:
             admin=admin,
             membership_api=membership_api,
             spaces=spaces,
+            companions=companions,
         )
 
     async def run(self) -> None:
@@ -344,6 +352,7 @@ class App:
             tasks.create_task(p.outbox.run(), name="outbox")
             tasks.create_task(p.guard.run(), name="guard")
             tasks.create_task(p.spaces.run(), name="spaces")
+            tasks.create_task(p.companions.run(), name="companions")
             tasks.create_task(p.undecryptables.run(), name="undecryptable")
             tasks.create_task(self._check_rooms(), name="state check")
             tasks.create_task(self._recover_periodically(), name="recover")
@@ -411,3 +420,4 @@ class _Parts:
     admin: AdminRuntime
     membership_api: MembershipApi | None
     spaces: Spaces
+    companions: Companions

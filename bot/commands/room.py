@@ -50,6 +50,8 @@ class RoomCtx:
     now: datetime
     key: str  # the event ID (or the email's key): txn IDs derive from it
     invite: Callable[[Sequence[str]], Awaitable[None]]  # Matrix IDs already in the ledger
+    # Asks for the instructeurs' companion room: its ID when it exists, None when asked now.
+    companion: Callable[[], Awaitable[str | None]] | None = None
 
     @property
     def agent(self) -> Agent:
@@ -93,7 +95,9 @@ def gate(ctx: RoomCtx, spec: CommandSpec) -> str | None:
     return None
 
 
-_OPEN_ONLY = frozenset({"jemenoccupe", "pasleboninterlocuteur", "clore", "completer"})
+_OPEN_ONLY = frozenset(
+    {"jemenoccupe", "pasleboninterlocuteur", "clore", "completer", "entreinstructeurs"}
+)
 
 
 def applies(ctx: RoomCtx, spec: CommandSpec) -> bool:
@@ -429,6 +433,63 @@ async def _rouvrir(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         f"{name} rouvre la demande.",
         moved=lambda t: f"{name} a rouvert la demande (statut « {t.status.label} »).",
     )
+
+
+@ROOM.command(
+    CommandSpec(
+        "entreinstructeurs",
+        (),
+        "Ouvrir (ou retrouver) le salon des instructeurs de la demande, sans l'aidant.\n"
+        "Créé à la première demande ; les instructeurs de la demande y sont invités, les "
+        "mêmes règles s'y appliquent et il est effacé avec la demande.",
+        aliases=("entrenous",),
+        section=SECTION_ANSWERS,
+        audience=INSTRUCTEUR,
+    )
+)
+async def _entreinstructeurs(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    if ctx.companion is None:
+        return Reply.error("Le salon des instructeurs n'est pas disponible sur ce service.")
+    room = await ctx.companion()
+    await ctx.audit("companion_requested")
+    if room is None:
+        return Reply(
+            f"{ctx.agent.display_name} ouvre un salon réservé aux instructeurs de la demande "
+            f"{ctx.demande.reference} : les instructeurs y sont invités ; l'aidant ne le voit pas."
+        )
+    return Reply(
+        f"Le salon des instructeurs de la demande existe déjà : https://matrix.to/#/{room}"
+    )
+
+
+@ROOM.command(
+    CommandSpec(
+        "procedurestandard",
+        (Arg("choix", "choice", "oui (par défaut) ou non", choices=("oui", "non"), optional=True),),
+        "Indiquer que la demande aurait pu passer par la procédure habituelle de l'organisme "
+        "(« procédure standard ») : elle est comptée comme telle dans les statistiques.\n"
+        "!procedurestandard non retire l'indication.",
+        aliases=("standard",),
+        section=SECTION_ANSWERS,
+        audience=INSTRUCTEUR,
+    )
+)
+async def _procedurestandard(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    flagged = str(args["choix"] or "oui").lower() == "oui"
+    changed = await ctx.tx.set_procedure_standard(
+        ctx.demande.id, flagged, by=ctx.author.address, now=ctx.now
+    )
+    name = ctx.agent.display_name
+    if not changed:
+        already = "est déjà" if flagged else "n'est pas"
+        return Reply(f"La demande {already} marquée « procédure standard ».")
+    await ctx.audit("procedure_standard" if flagged else "procedure_standard_removed")
+    if flagged:
+        return Reply(
+            f"{name} indique que la demande aurait pu passer par la procédure habituelle "
+            "de l'organisme (« procédure standard »)."
+        )
+    return Reply(f"{name} retire l'indication « procédure standard ».")
 
 
 @ROOM.command(

@@ -43,6 +43,7 @@ from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.ports import Author, EmailHooks, MailTx, PoliciesRef, Sender
 from bot.services.clock import Clock
+from bot.services.companion import Companions
 from bot.services.dossier_view import dossier_content
 from bot.services.failures import database_unavailable, homeserver_outage
 from bot.services.history import HistoryCopies
@@ -83,6 +84,7 @@ class DemandeRooms:
         max_attachment_bytes: int,
         history: HistoryCopies | None = None,
         spaces: Wakeup | None = None,
+        companions: Companions | None = None,
     ) -> None:
         self.sender = sender
         self.store = store
@@ -97,6 +99,7 @@ class DemandeRooms:
         self.history = history
         # Wakes the spaces' worker (room names and spaces follow status and participants).
         self.spaces = spaces or Wakeup()
+        self.companions = companions
 
     @property
     def bot_user_id(self) -> str:
@@ -333,6 +336,10 @@ class DemandeRooms:
         async def invite(users: Sequence[str]) -> None:
             await self.guard.invite(tx, room_id, users)
 
+        async def companion() -> str | None:
+            assert self.companions is not None
+            return await self.companions.request(tx, demande, by=message.author.address)
+
         ctx = RoomCtx(
             tx=tx,
             demande=demande,
@@ -346,11 +353,15 @@ class DemandeRooms:
             now=now,
             key=message.key,
             invite=invite,
+            companion=companion if self.companions is not None else None,
         )
         if message.command is not None:
             reply = await self._command(ctx, message.command)
-            # A command may have invited a group: its space then lists the room.
+            # A command may have invited a group: its space then lists the room, and
+            # its instructeurs are invited to the companion room.
             tx.after_commit(self.spaces.set)
+            if self.companions is not None:
+                tx.after_commit(self.companions.wakeup.set)
             if reply is not None:
                 # Marked with the command answered (or as an error): the copy of the
                 # exchange for late participants leaves out what only answered a question.

@@ -31,6 +31,7 @@ from bot.store.admin_tx import AdminTx
 from bot.store.crypto_tx import CryptoTx
 from bot.store.draft_tx import DraftTx
 from bot.store.email_tx import EmailTx
+from bot.store.loop_tx import LoopTx
 from bot.store.models import (
     CREATION_STEPS,
     DRAFT_STATES,
@@ -164,7 +165,7 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx):
+class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx, LoopTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
 
     # ------------------------------------------------------------------ directory

@@ -12,12 +12,15 @@ from pathlib import Path
 import nio
 
 from bot.devserver import LocalSynapse
+from bot.domain.followup import FollowUpRules
 from bot.domain.model import Role, Usefulness
+from bot.domain.stats import export_csv
 from bot.services.demande_room import CLOSE_NOTICE, CLOSE_POLL
 from bot.services.spaces import ARCHIVE_KEY, SPACE_KEY
+from bot.services.statistics import collect
 from tests.support import bot as botsupport
 from tests.support import matrix
-from tests.support.bot import count_from, filled_form, reply_with, say
+from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
 from tests.support.email import email_bot, mailonly, relay
 from tests.support.world import World, demande_of, make_world, open_demande, room_state
 
@@ -93,6 +96,10 @@ async def _until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
     raise AssertionError(what)
 
 
+async def _is_set(get: Callable[[], Awaitable[str | None]]) -> bool:
+    return await get() is not None
+
+
 async def test_spaces_group_the_rooms_and_archive_the_closed_ones(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
@@ -149,7 +156,16 @@ async def test_spaces_group_the_rooms_and_archive_the_closed_ones(
         await matrix.accept_invite(aidant, fs_archive)
         await _until("the room moved to the archive space", archived)
         await matrix.accept_invite(instr1, caf_archive)
-        assert room in await _children(instr1, caf_archive)
+
+        async def placed() -> bool:
+            # Each group in turn: the CAF's archive, then the room's parents.
+            state = await room_state(aidant, room)
+            return (
+                room in await _children(instr1, caf_archive)
+                and state.get(("m.space.parent", caf_space)) == {}
+            )
+
+        await _until("the room in the CAF's archive too", placed)
         room_st = await room_state(aidant, room)
         assert room_st[("m.space.parent", fs_archive)]["via"] == ["localhost"]
         assert room_st[("m.space.parent", fs_space)] == {}
@@ -324,3 +340,76 @@ async def test_completer_amends_the_dossier_for_everyone_by_email_too(
         await sink.wait_for(
             lambda: any("13/03/1961" in m.text for m in sink.to(sophie)), what="the update email"
         )
+
+
+async def test_companion_room_for_the_instructeurs_only_and_procedure_standard(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        aidant, instr1, instr2, bot_id = world.aidant, world.instr1, world.instr2, world.bot_id
+        cpam = await clients.client("cpam")
+        await botsupport.add_agent(
+            runner.store,
+            world.directory,
+            "cpam",
+            matrix_id=cpam.user_id,
+            roles=[Role.INSTRUCTEUR],
+            group="cpam",
+        )
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        room = demande.room_id
+        await matrix.accept_invite(aidant, room)
+        await matrix.join_and_read(instr1, room, 1)
+
+        async def command(client: nio.AsyncClient, text: str, expect: str) -> str:
+            n = count_from(client, room, bot_id)
+            await say(client, room, text)
+            return await reply_with(client, room, bot_id, expect, after=n)
+
+        assert "Seuls les instructeurs" in await command(aidant, "!entrenous", "Seuls")
+        await command(instr1, "!entreinstructeurs", "l'aidant ne le voit pas")
+
+        async def companion_id() -> str | None:
+            async with runner.store.transaction() as tx:
+                return await tx.companion_room(demande.id)
+
+        await _until("the companion room", lambda: _is_set(companion_id))
+        side = await companion_id()
+        assert side is not None
+        await matrix.accept_invite(instr1, side)
+        welcome = await next_reply(instr1, side, bot_id, after=0)
+        assert "l'aidant ne le voit pas" in welcome
+        await matrix.accept_invite(instr2, side)
+        state = await room_state(instr1, side)
+        assert state[("m.room.encryption", "")]["algorithm"] == "m.megolm.v1.aes-sha2"
+        assert state[("m.room.join_rules", "")]["join_rule"] == "invite"
+        assert ("fr.aplus.demande", "") not in state
+        members = await runner.app.gateway.members(side)  # type: ignore[union-attr]
+        assert aidant.user_id not in members
+        join = await aidant.join(side)
+        assert isinstance(join, nio.JoinError), join  # invitation only
+
+        # The agents confer; the demande's status does not move, nothing reaches the aidant.
+        await say(instr1, side, "Entre nous : le dossier relève plutôt de la CPAM.")
+        texts = await matrix.read_texts(instr2, side, 1)
+        assert any("relève plutôt de la CPAM" in t for t in texts)
+        assert (await demande_of(world, reference)).status.value == "nouvelle"
+
+        # A group invited to the demande is invited to the companion room too.
+        await command(instr1, "!inviter CPAM 95", "Invité")
+        await matrix.accept_invite(cpam, side)
+        assert "relève plutôt" not in " ".join(matrix.texts(cpam, side))  # from its arrival
+
+        # « Procédure standard »: flagged by an instructeur, counted, exported.
+        assert "Seuls les instructeurs" in await command(aidant, "!standard", "Seuls")
+        await command(instr1, "!procedurestandard", "procédure standard")
+        async with runner.store.transaction() as tx:
+            assert demande.id in await tx.procedure_standard_ids()
+            stats = await collect(tx, demande.times.created_at, FollowUpRules())
+        [mine] = [s for s in stats if s.reference == reference]
+        assert mine.procedure_standard
+        table = export_csv([mine]).decode("utf-8-sig")
+        assert table.splitlines()[1].split(";")[7] == "Non"
