@@ -232,7 +232,8 @@ async def _mesdemandes(ctx: DirectCtx, args: Args, flags: Flags) -> Reply:
             (o.name if (o := ctx.policies.organisation(oid)) else oid) for oid in d.organisations
         )
         searched = [d.reference, *orgs, *d.organisations]
-        searched += [groups[g].name for g in d.group_ids if g in groups]
+        taking_part = {p.group_id for p in await ctx.tx.participants(d.id)}
+        searched += [groups[g].name for g in {*d.group_ids, *taking_part} if g in groups]
         private = ""
         if ctx.private and mine_as_aidant and wanted.words:
             usager = (await ctx.tx.load_form(d.id)).usager
