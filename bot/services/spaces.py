@@ -36,6 +36,7 @@ from typing import Any
 from bot.domain import room_spec
 from bot.domain.model import Demande, Group, Status
 from bot.matrix.gateway import MatrixGateway
+from bot.services.failures import database_unavailable, homeserver_outage
 from bot.services.room_specs import RoomSpecs, server_of
 from bot.services.worker import Wakeup, Worker
 from bot.store.db import Store
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 SPACE_KEY = "space.group.{group_id}"
 ARCHIVE_KEY = "space.archive.{group_id}"
 PLACED_KEY = "space.placed.{demande_id}"
+MEMBERS_KEY = "space.members.{group_id}"
 SPACE_PREFIX = "Administration+ · "
 
 
@@ -91,17 +93,58 @@ class Spaces:
         """Apply what changed since the last step; returns how many demandes were placed."""
         async with self.store.transaction() as tx:
             todo = []
+            wiped = await tx.wiped_demande_ids()  # their rooms are purged
             for demande in await tx.list_demandes():
                 if demande.creation_step != "ready" or demande.room_id is None:
+                    continue
+                if demande.id in wiped:
                     continue
                 groups = await self._groups_of(tx, demande)
                 wanted = _signature(demande.status, groups)
                 placed = await tx.get_state(PLACED_KEY.format(demande_id=demande.id))
                 if placed != wanted:
                     todo.append((demande, groups, placed))
+        done = 0
         for demande, groups, placed in todo:
-            await self.place(demande, groups, _groups_of_signature(placed))
-        return len(todo)
+            try:
+                await self.place(demande, groups, _groups_of_signature(placed))
+                done += 1
+            except Exception as exc:
+                if homeserver_outage(exc) or database_unavailable(exc):
+                    raise
+                # This demande's problem stays with it: tried again at the next step.
+                log.exception("demande %s not placed in its spaces", demande.reference)
+        await self._sync_members()
+        return done
+
+    async def _sync_members(self) -> None:
+        """A group's agents join or leave the directory: its spaces follow (cheap when
+        nothing changed: the last membership applied is kept in `bot_state`)."""
+        async with self.store.transaction() as tx:
+            todo = []
+            for group in await tx.list_groups():
+                space = await tx.get_state(SPACE_KEY.format(group_id=group.id))
+                archive = await tx.get_state(ARCHIVE_KEY.format(group_id=group.id))
+                if not (space and archive):
+                    continue
+                agents = await tx.agents_of_group(group.id)
+                members = sorted(a.matrix_id for a in agents if a.matrix_id)
+                key = MEMBERS_KEY.format(group_id=group.id)
+                if await tx.get_state(key) != json.dumps(members):
+                    todo.append((group.id, (space, archive), members))
+        for group_id, rooms, members in todo:
+            for room_id in rooms:
+                await self._invite_missing(room_id, members)
+                await self._remove_others(room_id, members)
+            async with self.store.transaction() as tx:
+                await tx.set_state(MEMBERS_KEY.format(group_id=group_id), json.dumps(members))
+
+    async def _remove_others(self, room_id: str, members: Sequence[str]) -> None:
+        """Whoever left the group (or was deactivated) no longer sees its spaces."""
+        wanted = set(members) | {self.specs.bot_user_id}
+        for user, membership in (await self.gateway.members(room_id)).items():
+            if user not in wanted and membership in ("join", "invite"):
+                await self.gateway.kick(room_id, user, "Ne fait plus partie du groupe.")
 
     async def _groups_of(self, tx: Tx, demande: Demande) -> list[Group]:
         """The groups whose agents work on the demande: the aidant's, the routed ones and

@@ -127,6 +127,27 @@ async def test_spaces_group_the_rooms_and_archive_the_closed_ones(
         members = await runner.app.gateway.members(caf_space)  # type: ignore[union-attr]
         assert aidant.user_id not in members and instr1.user_id in members
 
+        # The directory moves: a newcomer to the CAF is invited, a deactivated agent leaves.
+        newcomer = await clients.client("newcomer")
+        await botsupport.add_agent(
+            runner.store,
+            world.directory,
+            "newcomer",
+            matrix_id=newcomer.user_id,
+            roles=[Role.INSTRUCTEUR],
+            group="caf",
+        )
+        async with runner.store.transaction() as tx:
+            await tx.set_agent_active(world.directory.agents["instr2"].id, False)
+        runner.app.parts.spaces.wake()  # type: ignore[union-attr]
+        await matrix.accept_invite(newcomer, caf_space)
+
+        async def instr2_removed() -> bool:
+            now = await runner.app.gateway.members(caf_space)  # type: ignore[union-attr]
+            return now.get(world.instr2.user_id) not in ("join", "invite")
+
+        await _until("the deactivated agent out of the CAF's space", instr2_removed)
+
         # The room names its spaces, and its status is in its name.
         await matrix.accept_invite(aidant, room)
         room_st = await room_state(aidant, room)
