@@ -81,6 +81,23 @@ def poll_content(reference: str) -> dict[str, Any]:
     }
 
 
+POLL_END = "m.poll.end"
+
+
+def poll_end_content(poll_event_id: str, usefulness: Usefulness | None) -> dict[str, Any]:
+    """Ends the poll once the demande is closed (by it, by a reaction or by `!clore`)."""
+    said = f" Réponse retenue : {WORDS[usefulness]}." if usefulness else ""
+    text = f"Sondage terminé : la demande est clôturée.{said}"
+    return {
+        "m.relates_to": {"rel_type": "m.reference", "event_id": poll_event_id},
+        "m.text": [{"body": text}],
+        "m.poll.end": {},
+        "org.matrix.msc3381.poll.end": {},
+        _UNSTABLE_TEXT: text,
+        "m.mentions": {},
+    }
+
+
 def poll_answer(content: Mapping[str, Any]) -> tuple[str, Usefulness] | None:
     """(the poll's event ID, the answer) of an m.poll.response, in either form."""
     relates = content.get("m.relates_to")

@@ -257,6 +257,22 @@ class DemandeRooms:
             event_type=closing.POLL_START,
         )
 
+    async def _end_poll(self, tx: Tx, demande: Demande, key: str) -> None:
+        """The usefulness poll, if one was sent, shows as ended once the demande is closed."""
+        poll_txn = await tx.get_state(CLOSE_POLL.format(demande_id=demande.id))
+        poll_event = await tx.message_event_id(poll_txn) if poll_txn else None
+        current = await tx.get_demande(demande.id)
+        if poll_event is None or current is None or current.status is not Status.CLOTUREE:
+            return  # never sent (or not yet), or not closed: nothing to end
+        usefulness = current.usefulness
+        await self.sender.enqueue(
+            tx,
+            txn_id=f"poll-end-{key}",
+            room_id=_room(demande),
+            content=closing.poll_end_content(poll_event, usefulness),
+            event_type=closing.POLL_END,
+        )
+
     async def _on_file(self, demande: Demande, event: RoomEncryptedMedia) -> None:
         """An encrypted file posted by a participant: to the email-only participants.
 
@@ -377,6 +393,8 @@ class DemandeRooms:
                 )
                 if answered == "traitee" and not reply.is_error:
                     await self._offer_clicks(tx, demande, message.key)
+                if answered == "clore" and not reply.is_error:
+                    await self._end_poll(tx, demande, message.key)
             if message.text:
                 # The sentence after an email's quick answer: to the others, no status.
                 await self.email.room_message(
@@ -490,6 +508,7 @@ class DemandeRooms:
                 tx.after_commit(self.spaces.set)
             if result.notice and announce:
                 await self._notice(tx, demande, result.notice, txn=f"status-{txn}")
+
         return result
 
 

@@ -306,6 +306,21 @@ async def test_closing_in_the_notice_s_words_by_poll_and_by_reaction(
         assert isinstance(resp, nio.RoomSendResponse), resp
         by_poll = await reply_with(aidant, second.room_id, bot_id, "clôturé", after=n)
         assert by_poll.endswith("Réponse utile pour l'usager : oui.")
+        answer_id = resp.event_id
+
+        async def poll_ended() -> bool:
+            async with runner.store.transaction() as tx:
+                return await tx.message_event_id(f"poll-end-{answer_id}") is not None
+
+        await _until("the poll ended (m.poll.end)", poll_ended)
+        # Closed already: another click changes nothing and gets no answer.
+        again = await aidant.room_send(
+            second.room_id,
+            "m.reaction",
+            {"m.relates_to": {"rel_type": "m.annotation", "event_id": poll, "key": "👎"}},
+            ignore_unverified_devices=True,
+        )
+        assert isinstance(again, nio.RoomSendResponse), again
 
         # A reaction on the « traitée » notice: 👎 is « non ».
         third = rooms[2]
@@ -322,6 +337,7 @@ async def test_closing_in_the_notice_s_words_by_poll_and_by_reaction(
         by_reaction = await reply_with(aidant, third.room_id, bot_id, "clôturé", after=n)
         assert by_reaction.endswith("Réponse utile pour l'usager : non.")
         assert (await demande_of(world, third.reference)).usefulness == Usefulness.INUTILE
+        assert (await demande_of(world, second.reference)).usefulness == Usefulness.UTILE
 
 
 async def test_completer_amends_the_dossier_for_everyone_by_email_too(
