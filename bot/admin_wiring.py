@@ -74,11 +74,7 @@ def build_admin(
 ) -> AdminRuntime:
     s = settings
     a = s.admin
-    rules = FollowUpRules(
-        first_answer_days=a.late_first_answer_business_days,
-        followup_days=a.late_followup_business_days,
-        digest_after_days=a.digest_after_days,
-    )
+    rules = followup_rules(s)
     directory = DirectoryAdmin(
         store=store,
         gateway=gateway,
@@ -182,4 +178,14 @@ def build_admin(
         server=server,
         jobs=jobs,
         jobs_enabled=a.jobs_enabled,
+    )
+
+
+def followup_rules(settings: Settings) -> FollowUpRules:
+    """The late delays and the digest's, from the [admin] settings."""
+    a = settings.admin
+    return FollowUpRules(
+        first_answer_days=a.late_first_answer_business_days,
+        followup_days=a.late_followup_business_days,
+        digest_after_days=a.digest_after_days,
     )

@@ -13,7 +13,7 @@ import logging
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
-from bot.admin_wiring import AdminRuntime, build_admin
+from bot.admin_wiring import AdminRuntime, build_admin, followup_rules
 from bot.domain.policies import Policies
 from bot.domain.retry import RetryPolicy
 from bot.matrix.cross_signing import ensure_cross_signing
@@ -23,6 +23,7 @@ from bot.ports import EmailHooks, NoEmail, PoliciesRef
 from bot.services import login
 from bot.services.admin_room import AdminRoom
 from bot.services.clock import Clock, SystemClock
+from bot.services.companion import Companions
 from bot.services.demande_room import DemandeRooms
 from bot.services.device_notices import UnverifiedSessionNotices
 from bot.services.dispatch import Dispatcher
@@ -38,6 +39,7 @@ from bot.services.room_guard import RoomGuard
 from bot.services.room_index import DemandeRoomIndex
 from bot.services.room_key_archive import StoredKeyArchive
 from bot.services.room_specs import RoomSpecs
+from bot.services.spaces import Spaces
 from bot.services.undecryptable import Undecryptables
 from bot.services.worker import Wakeup
 from bot.settings import Settings
@@ -217,7 +219,16 @@ class App:
             bot_user_id=bot_id,
             sender=outbox,
         )
+        spaces_wakeup = Wakeup()
+        spaces = Spaces(store=store, gateway=gateway, specs=specs, wakeup=spaces_wakeup)
+        await spaces.load()
+        companions = Companions(
+            store=store, gateway=gateway, specs=specs, sender=outbox, clock=clock, wakeup=Wakeup()
+        )
+        await companions.load()
         rooms = DemandeRooms(
+            companions=companions,
+            spaces=spaces_wakeup,
             history=history,
             store=store,
             clock=clock,
@@ -252,6 +263,9 @@ class App:
             email=email,
             retry=retry,
             alert_operators=admin_room.alert,
+            followup_rules=followup_rules(s),
+            client_url=s.bot.client_url,
+            spaces=spaces_wakeup,
         )
         admin = build_admin(
             settings=s,
@@ -279,6 +293,8 @@ class App:
             admin=admin.console,
             retention=admin.retention,
             undecryptables=undecryptables,
+            spaces=spaces,
+            companions=companions,
         )
         router = EventRouter(
             bot_user_id=bot_id,
@@ -321,6 +337,8 @@ class App:
             email=email_runtime,
             admin=admin,
             membership_api=membership_api,
+            spaces=spaces,
+            companions=companions,
         )
 
     async def run(self) -> None:
@@ -333,6 +351,8 @@ class App:
             tasks.create_task(p.sync.run(), name="sync")
             tasks.create_task(p.outbox.run(), name="outbox")
             tasks.create_task(p.guard.run(), name="guard")
+            tasks.create_task(p.spaces.run(), name="spaces")
+            tasks.create_task(p.companions.run(), name="companions")
             tasks.create_task(p.undecryptables.run(), name="undecryptable")
             tasks.create_task(self._check_rooms(), name="state check")
             tasks.create_task(self._recover_periodically(), name="recover")
@@ -399,3 +419,5 @@ class _Parts:
     email: EmailRuntime | None
     admin: AdminRuntime
     membership_api: MembershipApi | None
+    spaces: Spaces
+    companions: Companions

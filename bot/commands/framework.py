@@ -435,6 +435,9 @@ class DestructiveHandler(Protocol[CtxT_contra]):
 ErrorCallback: TypeAlias = Callable[[BaseException, str, Parsed], None]
 # Returns the French refusal when the context may not run the command, None otherwise.
 Gate: TypeAlias = Callable[[CtxT_contra, CommandSpec], str | None]
+# Whether the command makes sense here and now (`!rouvrir` on an open demande does not):
+# `!aide` lists only the commands the gate lets through and that apply.
+Applies: TypeAlias = Callable[[CtxT_contra, CommandSpec], bool]
 
 
 class CommandFailed(Exception):
@@ -607,9 +610,11 @@ class CommandSet(Generic[CtxT]):
         on_error: ErrorCallback | None = None,
         gate: Gate[CtxT] | None = None,
         confirmations: bool = True,
+        applies: Applies[CtxT] | None = None,
     ) -> None:
         self._on_error: ErrorCallback = on_error or _log_error
         self._gate = gate
+        self._applies = applies
         self._entries: dict[str, _Entry[CtxT]] = {}  # folded name or alias → entry
         self._order: list[_Entry[CtxT]] = []
         self.confirmations = confirmations
@@ -794,17 +799,27 @@ class CommandSet(Generic[CtxT]):
 
     # -- help
 
-    def help_text(self, name: str | None = None) -> str:
+    def help_text(self, name: str | None = None, ctx: CtxT | None = None) -> str:
+        """The overview (with `ctx`: only what this person may use here), or one command."""
         if name is None:
-            return self._overview()
+            return self._overview(ctx)
         spec = self.find(name)
         if spec is None:
             return self._unknown(name.removeprefix("!"))
         return self._detail(spec)
 
-    def _overview(self) -> str:
+    def shown(self, spec: CommandSpec, ctx: CtxT) -> bool:
+        """Whether the overview of `!aide` lists the command for this context."""
+        gated = self._gate is not None and spec.audience is not None
+        if gated and self._gate is not None and self._gate(ctx, spec) is not None:
+            return False
+        return self._applies is None or self._applies(ctx, spec)
+
+    def _overview(self, ctx: CtxT | None = None) -> str:
         sections: dict[str, list[CommandSpec]] = {}
         for entry in self._order:
+            if ctx is not None and not self.shown(entry.spec, ctx):
+                continue
             if entry.spec.section != BUILTIN_SECTION:
                 sections.setdefault(entry.spec.section or DEFAULT_SECTION, []).append(entry.spec)
         sections[BUILTIN_SECTION] = [
@@ -849,7 +864,7 @@ class CommandSet(Generic[CtxT]):
         spec = parsed.spec
         if spec is self._help:
             topic = parsed.args["commande"]
-            text = self.help_text(topic)
+            text = self.help_text(topic, ctx)
             return Reply.error(text) if topic and self.find(topic) is None else Reply(text)
         if self._cancel is not None and spec is self._cancel:
             if pending is None:

@@ -10,15 +10,18 @@ failing handler did is rolled back.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from bot.commands.framework import Arg, CommandSet, CommandSpec, Reply
+from bot.domain import amend, closing, matching
+from bot.domain import dossier as texts
 from bot.domain import status as status_rules
 from bot.domain.calendar import PARIS
-from bot.domain.model import Agent, Demande, Role, Status, Usefulness
+from bot.domain.model import Agent, Demande, Group, Role, Status
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.routing import may_invite_agent, may_invite_group
 from bot.ports import Author, EmailHooks, MailTx, StatusChanger
@@ -26,6 +29,7 @@ from bot.ports import Author, EmailHooks, MailTx, StatusChanger
 SECTION_DEMANDE = "La demande"
 SECTION_ANSWERS = "Réponses rapides (instructeurs)"
 SECTION_CLOSE = "Clôture (aidant)"
+SECTION_DOSSIER = "Dossier (aidant)"
 
 # Who may run a command (checked by `gate`).
 INSTRUCTEUR = "instructeur"
@@ -46,6 +50,8 @@ class RoomCtx:
     now: datetime
     key: str  # the event ID (or the email's key): txn IDs derive from it
     invite: Callable[[Sequence[str]], Awaitable[None]]  # Matrix IDs already in the ledger
+    # Asks for the instructeurs' companion room: its ID when it exists, None when asked now.
+    companion: Callable[[], Awaitable[str | None]] | None = None
 
     @property
     def agent(self) -> Agent:
@@ -89,7 +95,27 @@ def gate(ctx: RoomCtx, spec: CommandSpec) -> str | None:
     return None
 
 
-ROOM: CommandSet[RoomCtx] = CommandSet(gate=gate, confirmations=False)
+_OPEN_ONLY = frozenset(
+    {"jemenoccupe", "pasleboninterlocuteur", "clore", "completer", "entreinstructeurs"}
+)
+
+
+def applies(ctx: RoomCtx, spec: CommandSpec) -> bool:
+    """What `!aide` lists in this room, now: no `!rouvrir` on an open demande, no
+    `!clore` on a closed one, `!notifications` only where emails are sent."""
+    status = ctx.demande.status
+    if spec.name in _OPEN_ONLY:
+        return status is not Status.CLOTUREE
+    if spec.name == "traitee":
+        return status not in (Status.TRAITEE, Status.CLOTUREE)
+    if spec.name == "rouvrir":
+        return status in (Status.TRAITEE, Status.CLOTUREE)
+    if spec.name == "notifications":
+        return ctx.email.enabled and ctx.agent.email is not None
+    return True
+
+
+ROOM: CommandSet[RoomCtx] = CommandSet(gate=gate, confirmations=False, applies=applies)
 
 Args = Mapping[str, Any]
 Flags = frozenset[str]
@@ -100,10 +126,12 @@ async def _status_reply(
     event: status_rules.Event,
     done: str,
     *,
+    moved: str | Callable[[status_rules.Transition], str] | None = None,
     ask: Sequence[str] = (),
     **kw: Any,
 ) -> Reply:
-    """Apply a status event; one reply says who did what and what the status became.
+    """Apply a status event; one reply says who did what and what the status became,
+    each thing once: `moved` when the status changed, `done` otherwise.
 
     `ask`: who must act on the new status (Element notifies them)."""
     result = await ctx.status.apply(
@@ -111,7 +139,9 @@ async def _status_reply(
     )
     if isinstance(result, status_rules.Refusal):
         return Reply.error(result.reason)
-    text = f"{done} {result.notice}" if result.notice else done
+    text = done
+    if result.notice:
+        text = moved(result) if callable(moved) else moved or f"{done} {result.notice}"
     return Reply(text, mentions=tuple(ask) if result.changed else ())
 
 
@@ -141,30 +171,68 @@ async def _statut(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
 @ROOM.command(
     CommandSpec(
         "inviter",
-        (Arg("cible", "rest", "le nom d'un groupe, ou l'identifiant Matrix d'un agent"),),
-        "Inviter un groupe (tous ses instructeurs) ou un agent dans la demande.",
+        (Arg("cible", "rest", "un groupe (« CPAM 95 », son nom), ou un collègue (nom, courriel)"),),
+        "Inviter un groupe (tous ses instructeurs) ou un collègue dans la demande.\n"
+        "Un groupe par son nom, ou par organisme et département (« !inviter CPAM 95 ») ; "
+        "un collègue par son nom (« !inviter Marc Petit »), son adresse électronique ou son "
+        "identifiant (@nom:serveur).",
         section=SECTION_DEMANDE,
     )
 )
 async def _inviter(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
-    target = str(args["cible"]).strip()
+    target = " ".join(str(args["cible"]).split()).strip('«»"“” ')
     tx = ctx.tx
     participants = await tx.participants(ctx.demande.id)
+    agent: Agent | None = None
     if target.startswith("@"):
         agent = await tx.get_agent_by_matrix_id(target)
         if agent is None:
             return Reply.error(
                 f"{target} n'est pas dans l'annuaire du service : invitation refusée."
             )
+    elif matching.looks_like_email(target):
+        agent = await tx.get_agent_by_email(target.casefold())
+        if agent is None:
+            return Reply.error(
+                f"Aucun agent de l'annuaire n'a l'adresse {target} : invitation refusée."
+            )
+    found: Group | None = None
+    if agent is None:
+        groups = await tx.list_groups()
+        match = matching.find_group(
+            target,
+            groups,
+            territoire=ctx.demande.territoire,
+            organisation_of=_organisation_of(ctx),
+            departement_of=_departement_of(ctx),
+        )
+        if isinstance(match, matching.Found) and len(match.groups) == 1:
+            found = match.groups[0]
+        elif isinstance(match, matching.Found):
+            names = ", ".join(f"« {g.name} »" for g in match.groups)
+            return Reply.error(
+                f"Plusieurs groupes correspondent à « {target} » : {names}. "
+                "Précisez lequel, par exemple : !inviter " + f"« {match.groups[0].name} »."
+            )
+        else:
+            colleagues = matching.find_colleague(target, await tx.list_agents()).agents
+            if len(colleagues) == 1:
+                agent = colleagues[0]
+            elif colleagues:
+                who = ", ".join(f"{a.display_name} ({a.email or a.matrix_id})" for a in colleagues)
+                return Reply.error(
+                    f"Plusieurs agents s'appellent « {target} » : {who}. Invitez-le par son "
+                    "adresse électronique."
+                )
+            else:
+                return Reply.error(_unknown_target(ctx, target, match.suggestions))
+    if agent is not None:
         group = await tx.get_group(agent.group_id) if agent.group_id else None
         decision = may_invite_agent(
             ctx.demande.territoire, agent, group, participants, ctx.rules, ctx.policies
         )
     else:
-        found = await tx.get_group_by_name(target)
-        if found is None:
-            names = ", ".join(sorted(g.name for g in await tx.list_groups()))
-            return Reply.error(f"Groupe « {target} » inconnu. Groupes existants : {names}.")
+        assert found is not None
         decision = may_invite_group(
             ctx.demande.territoire,
             found,
@@ -206,16 +274,76 @@ async def _inviter(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
 
 @ROOM.command(
     CommandSpec(
+        "completer",
+        (Arg("correction", "rest", "« champ : valeur », par exemple « NIR : 2 61 03 … »"),),
+        "Compléter ou corriger un champ du dossier (aidant) : le dossier mis à jour est "
+        "montré à tous les participants, avec ce qui change.\n"
+        "Exemples : !completer date de naissance : 13/03/1961 — !completer NIR : …",
+        section=SECTION_DOSSIER,
+        audience=AIDANT_SIDE,
+    )
+)
+async def _completer(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    if ctx.demande.status is Status.CLOTUREE:
+        return Reply.error("La demande est clôturée : rouvrez-la avec !rouvrir pour la compléter.")
+    form = await ctx.tx.load_form(ctx.demande.id)
+    result = amend.amend(
+        form,
+        str(args["correction"]),
+        today=ctx.now.astimezone(PARIS).date(),
+        known_departements=ctx.policies.departements.keys(),
+        organisation_lookup=_organisation_of(ctx),
+        categories=ctx.policies.categories.keys(),
+    )
+    if isinstance(result, amend.Refused):
+        return Reply.error(
+            "Le dossier n'est pas modifié :\n" + "\n".join(f"- {m}" for m in result.messages)
+        )
+    change = result.change
+    if change.before == change.after:
+        return Reply(f"Le champ « {change.field} » vaut déjà « {change.after} » : rien ne change.")
+    await ctx.tx.update_form(ctx.demande.id, result.form)
+    # The audit names the field, never its value (the usager's data stays encrypted).
+    await ctx.audit("dossier_amended", field=change.field)
+    before = change.before or "(vide)"
+    text = (
+        f"Dossier mis à jour par {ctx.agent.display_name} ({ctx.demande.reference}) : "
+        f"{change.field} : {before} → {change.after}"
+    )
+    markup = (
+        f"<p><strong>Dossier mis à jour</strong> par {html.escape(ctx.agent.display_name)} "
+        f"({html.escape(ctx.demande.reference)})</p><ul><li>{html.escape(change.field)} : "
+        f"<del>{html.escape(before)}</del> → <strong>{html.escape(change.after)}</strong></li></ul>"
+    )
+    # Email-only participants get it too (the bridge mails what the room reads).
+    await ctx.email.room_message(
+        ctx.tx,
+        ctx.demande,
+        event_key=f"amended-{ctx.key}",
+        author=ctx.agent,
+        author_id=ctx.author.address,
+        content={"msgtype": "m.text", "body": text},
+    )
+    return Reply(text, markup)
+
+
+@ROOM.command(
+    CommandSpec(
         "jemenoccupe",
         (),
         "Indiquer que vous prenez la demande en charge.",
+        aliases=("moi",),
         section=SECTION_ANSWERS,
         audience=INSTRUCTEUR,
     )
 )
 async def _jemenoccupe(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    name = ctx.agent.display_name
     return await _status_reply(
-        ctx, status_rules.InstructeurAnswer(), f"{ctx.agent.display_name} s'occupe de la demande."
+        ctx,
+        status_rules.InstructeurAnswer(),
+        f"{name} s'occupe de la demande.",
+        moved=f"{name} s'occupe de la demande : elle passe au statut « en cours ».",
     )
 
 
@@ -224,6 +352,7 @@ async def _jemenoccupe(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         "pasleboninterlocuteur",
         (),
         "Indiquer que vous n'êtes pas le bon interlocuteur (pensez à !inviter le bon groupe).",
+        aliases=("pasmoi",),
         section=SECTION_ANSWERS,
         audience=INSTRUCTEUR,
     )
@@ -242,6 +371,7 @@ async def _pasleboninterlocuteur(ctx: RoomCtx, args: Args, flags: Flags) -> Repl
         "traitee",
         (),
         "Indiquer que la demande est traitée.",
+        aliases=("fait",),
         section=SECTION_ANSWERS,
         audience=INSTRUCTEUR,
     )
@@ -252,6 +382,7 @@ async def _traitee(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         ctx,
         status_rules.Treated(),
         f"{ctx.agent.display_name} a traité la demande.",
+        moved=f"{ctx.agent.display_name} a traité la demande. {texts.CLOSE_HINT}",
         ask=_aidant(ctx),
     )
 
@@ -259,25 +390,28 @@ async def _traitee(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
 @ROOM.command(
     CommandSpec(
         "clore",
-        (
-            Arg(
-                "utilite",
-                "choice",
-                "La réponse vous semble-t-elle utile pour l'usager ?",
-                choices=("utile", "nesaispas", "inutile"),
-            ),
-        ),
-        "Clore la demande, en disant si la réponse est utile pour l'usager.",
+        (Arg("reponse", "rest", f"{closing.QUESTION} {closing.CHOICES}"),),
+        "Clore la demande, en disant si la réponse est utile pour l'usager : "
+        "!clore oui, !clore non ou !clore je ne sais pas.",
         section=SECTION_CLOSE,
         audience=AIDANT_SIDE,
     )
 )
 async def _clore(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
-    usefulness = Usefulness(str(args["utilite"]).lower())
+    answer = str(args["reponse"])
+    usefulness = closing.usefulness_of(answer)
+    if usefulness is None:
+        return Reply.error(
+            f"« {answer} » : répondez oui, non ou je ne sais pas ({closing.QUESTION.lower()}), "
+            "par exemple !clore oui."
+        )
+    word = closing.WORDS[usefulness]
     return await _status_reply(
         ctx,
         status_rules.Closed(usefulness),
-        f"{ctx.agent.display_name} clôt la demande.",
+        f"{ctx.agent.display_name} a clôturé la demande.",
+        moved=f"{ctx.agent.display_name} a clôturé la demande. Réponse utile pour l'usager : "
+        f"{word}.",
         usefulness=usefulness,
     )
 
@@ -292,9 +426,70 @@ async def _clore(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     )
 )
 async def _rouvrir(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    name = ctx.agent.display_name
     return await _status_reply(
-        ctx, status_rules.Reopened(), f"{ctx.agent.display_name} rouvre la demande."
+        ctx,
+        status_rules.Reopened(),
+        f"{name} rouvre la demande.",
+        moved=lambda t: f"{name} a rouvert la demande (statut « {t.status.label} »).",
     )
+
+
+@ROOM.command(
+    CommandSpec(
+        "entreinstructeurs",
+        (),
+        "Ouvrir (ou retrouver) le salon des instructeurs de la demande, sans l'aidant.\n"
+        "Créé à la première demande ; les instructeurs de la demande y sont invités, les "
+        "mêmes règles s'y appliquent et il est effacé avec la demande.",
+        aliases=("entrenous",),
+        section=SECTION_ANSWERS,
+        audience=INSTRUCTEUR,
+    )
+)
+async def _entreinstructeurs(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    if ctx.companion is None:
+        return Reply.error("Le salon des instructeurs n'est pas disponible sur ce service.")
+    room = await ctx.companion()
+    await ctx.audit("companion_requested")
+    if room is None:
+        return Reply(
+            f"{ctx.agent.display_name} ouvre un salon réservé aux instructeurs de la demande "
+            f"{ctx.demande.reference} : les instructeurs y sont invités ; l'aidant ne le voit pas."
+        )
+    return Reply(
+        f"Le salon des instructeurs de la demande existe déjà : https://matrix.to/#/{room}"
+    )
+
+
+@ROOM.command(
+    CommandSpec(
+        "procedurestandard",
+        (Arg("choix", "choice", "oui (par défaut) ou non", choices=("oui", "non"), optional=True),),
+        "Indiquer que la demande aurait pu passer par la procédure habituelle de l'organisme "
+        "(« procédure standard ») : elle est comptée comme telle dans les statistiques.\n"
+        "!procedurestandard non retire l'indication.",
+        aliases=("standard",),
+        section=SECTION_ANSWERS,
+        audience=INSTRUCTEUR,
+    )
+)
+async def _procedurestandard(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    flagged = str(args["choix"] or "oui").lower() == "oui"
+    changed = await ctx.tx.set_procedure_standard(
+        ctx.demande.id, flagged, by=ctx.author.address, now=ctx.now
+    )
+    name = ctx.agent.display_name
+    if not changed:
+        already = "est déjà" if flagged else "n'est pas"
+        return Reply(f"La demande {already} marquée « procédure standard ».")
+    await ctx.audit("procedure_standard" if flagged else "procedure_standard_removed")
+    if flagged:
+        return Reply(
+            f"{name} indique que la demande aurait pu passer par la procédure habituelle "
+            "de l'organisme (« procédure standard »)."
+        )
+    return Reply(f"{name} retire l'indication « procédure standard ».")
 
 
 @ROOM.command(
@@ -321,6 +516,32 @@ async def _notifications(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
             "à chaque nouveau message de ses demandes (sans son contenu)."
         )
     return Reply(f"{ctx.agent.display_name} ne recevra plus d'avis par courriel.")
+
+
+def _unknown_target(ctx: RoomCtx, target: str, suggestions: Sequence[Group]) -> str:
+    text = f"« {target} » : groupe ou agent inconnu."
+    dep = ctx.policies.departement(ctx.demande.territoire)
+    where = f"du {dep.code} ({dep.name})" if dep else f"du {ctx.demande.territoire}"
+    if suggestions:
+        names = ", ".join(f"« {g.name} »" for g in suggestions)
+        return f"{text} Groupes proches {where} : {names}."
+    return f"{text} Aucun groupe {where} dans l'annuaire."
+
+
+def _organisation_of(ctx: RoomCtx) -> Callable[[str], str | None]:
+    def lookup(text: str) -> str | None:
+        found = ctx.policies.find_organisation(text)
+        return found.id if found else None
+
+    return lookup
+
+
+def _departement_of(ctx: RoomCtx) -> Callable[[str], str | None]:
+    def lookup(text: str) -> str | None:
+        found = ctx.policies.find_departement(text)
+        return found.code if found else None
+
+    return lookup
 
 
 def _aidant(ctx: RoomCtx) -> tuple[str, ...]:

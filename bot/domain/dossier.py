@@ -358,10 +358,13 @@ def opening_problem(reference: str) -> str:
 
 
 NOTICE_EN_COURS = "La demande passe au statut « en cours » : un instructeur a répondu."
-NOTICE_TRAITEE = (
-    "La demande est marquée « traitée ». Si la réponse convient, l'aidant peut la clore "
-    "avec !clore utile, !clore nesaispas ou !clore inutile."
+# The same words as `!clore` takes (and the poll and the reactions offer).
+CLOSE_HINT = (
+    "Si la réponse convient, l'aidant peut clore la demande : la réponse est-elle utile "
+    "pour l'usager ? Répondez au sondage, réagissez à ce message (👍 oui, 👎 non, "
+    "🤷 je ne sais pas) ou écrivez !clore oui, !clore non ou !clore je ne sais pas."
 )
+NOTICE_TRAITEE = f"La demande est marquée « traitée ». {CLOSE_HINT}"
 REFUSAL_ALREADY_TREATED = "La demande est déjà marquée comme traitée."
 REFUSAL_TREAT_CLOSED = (
     "La demande est clôturée : rouvrez-la avec !rouvrir avant de la marquer comme traitée."
@@ -371,8 +374,7 @@ REFUSAL_ALREADY_CLOSED = "La demande est déjà clôturée."
 
 def notice_closed(usefulness: Usefulness) -> str:
     return (
-        "La demande est clôturée. La réponse vous semble-t-elle utile pour l'usager ? "
-        f"« {USEFULNESS_LABELS[usefulness]} »."
+        f"La demande est clôturée. Réponse utile pour l'usager : {USEFULNESS_LABELS[usefulness]}."
     )
 
 

@@ -158,6 +158,11 @@ def _key_of(line: str) -> tuple[str | None, str, str]:
     return _ALIASES.get(folded), folded, raw_value
 
 
+def canonical_field(name: str) -> str | None:
+    """The form's field for a name as typed (« Date de naissance », « tel »), or None."""
+    return _ALIASES.get(_fold(_strip_markup(name)))
+
+
 def _is_attestation(line: str) -> bool:
     return _fold(_strip_markup(_LEADING.sub("", line))).startswith(_FOLDED_ATTESTATION)
 

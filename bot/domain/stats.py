@@ -204,6 +204,8 @@ class DemandeStat:
     late: bool
     aidant_group: str | None = None
     target_groups: tuple[str, ...] = field(default_factory=tuple)
+    # An instructeur said it could have gone through the usual channel (not pertinent).
+    procedure_standard: bool = False
 
 
 def matches(d: DemandeStat, f: DemandeFilter) -> bool:
@@ -243,6 +245,7 @@ class Stats:
     usefulness: dict[Usefulness, int]
     late: int
     by_status: dict[Status, int]
+    procedure_standard: int = 0
 
     @property
     def share_resolved_7(self) -> float | None:
@@ -291,6 +294,7 @@ def compute(demandes: Iterable[DemandeStat], f: DemandeFilter, now: datetime) ->
         usefulness=usefulness,
         late=sum(1 for d in opened if d.late),
         by_status=by_status,
+        procedure_standard=sum(1 for d in opened if d.procedure_standard),
     )
 
 
@@ -327,6 +331,7 @@ def stats_rows(s: Stats) -> list[tuple[str, str]]:
     ]
     rows += [(f"Réponse utile : {USEFULNESS_LABELS[u]}", str(n)) for u, n in s.usefulness.items()]
     rows.append(("En retard", str(s.late)))
+    rows.append(("Procédure standard (non pertinentes)", str(s.procedure_standard)))
     rows += [(f"Statut {STATUS_LABELS[st]}", str(n)) for st, n in s.by_status.items()]
     return rows
 
@@ -378,7 +383,9 @@ def export_csv(demandes: Sequence[DemandeStat]) -> bytes:
                 _cell(", ".join(d.target_groups)),
                 d.territoire,
                 _when(closed),
-                "",  # relevance is not collected on Matrix
+                # Administration+'s « pertinente »: not when an instructeur flagged the
+                # demande « procédure standard » (`!procedurestandard`).
+                "Non" if d.procedure_standard else "Oui",
                 USEFULNESS_LABELS[d.usefulness] if d.usefulness and closed else "",
                 _delay(d.times.created_at, d.times.first_answer_at),
                 _delay(d.times.created_at, closed),

@@ -20,6 +20,7 @@ from typing import Any
 
 from nio import (
     MegolmEvent,
+    ReactionEvent,
     RedactionEvent,
     RoomEncryptedMedia,
     RoomMemberEvent,
@@ -35,18 +36,21 @@ from bot.commands.framework import (
     failure_reply,
 )
 from bot.commands.room import ROOM, RoomCtx
+from bot.domain import closing
 from bot.domain import status as status_rules
 from bot.domain.model import Demande, Status, Usefulness
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.ports import Author, EmailHooks, MailTx, PoliciesRef, Sender
 from bot.services.clock import Clock
+from bot.services.companion import Companions
 from bot.services.dossier_view import dossier_content
 from bot.services.failures import database_unavailable, homeserver_outage
 from bot.services.history import HistoryCopies
 from bot.services.room_guard import RoomGuard
 from bot.services.room_specs import RoomSpecs
 from bot.services.undecryptable import Undecryptables
+from bot.services.worker import Wakeup
 from bot.store.db import Store
 from bot.store.repository import Tx
 
@@ -79,6 +83,8 @@ class DemandeRooms:
         undecryptables: Undecryptables,
         max_attachment_bytes: int,
         history: HistoryCopies | None = None,
+        spaces: Wakeup | None = None,
+        companions: Companions | None = None,
     ) -> None:
         self.sender = sender
         self.store = store
@@ -91,6 +97,9 @@ class DemandeRooms:
         self.max_attachment_bytes = max_attachment_bytes
         # Copies the earlier exchange for participants who join after the opening.
         self.history = history
+        # Wakes the spaces' worker (room names and spaces follow status and participants).
+        self.spaces = spaces or Wakeup()
+        self.companions = companions
 
     @property
     def bot_user_id(self) -> str:
@@ -114,6 +123,14 @@ class DemandeRooms:
         elif isinstance(event, MegolmEvent):
             # Not marked processed: once its key arrives it comes back here decrypted.
             await self.undecryptables.record(room_id, event, reference=demande.reference)
+        elif isinstance(event, ReactionEvent):
+            usefulness = closing.of_reaction(event.key)
+            if usefulness is not None:
+                await self._on_click(demande, event, event.reacts_to, usefulness, CLOSE_NOTICE)
+        elif _event_type(event) in closing.POLL_RESPONSES:
+            answer = closing.poll_answer(event.source.get("content") or {})
+            if answer is not None:
+                await self._on_click(demande, event, answer[0], answer[1], CLOSE_POLL)
         else:
             source = getattr(event, "source", None) or {}
             # Not filtered on the sender: Synapse's make_room_admin writes its power-level
@@ -197,6 +214,65 @@ class DemandeRooms:
         if self.history is not None and event.membership == "join":
             await self.history.run_pending()
 
+    async def _on_click(
+        self, demande: Demande, event: Any, target: str, usefulness: Usefulness, which: str
+    ) -> None:
+        """A reaction on the « traitée » notice, or an answer to the usefulness poll: the
+        same as `!clore <answer>` from that participant (same checks, same reply)."""
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            txn = await tx.get_state(which.format(demande_id=demande.id))
+            if txn is None or await tx.message_event_id(txn) != target:
+                return  # a reaction to another message: nothing to do
+            if not await tx.mark_processed(event.event_id, _room(demande), now):
+                return
+            participant = next(
+                (p for p in await tx.participants(demande.id) if p.matrix_id == event.sender),
+                None,
+            )
+            agent = await tx.get_agent_by_matrix_id(event.sender)
+            if participant is None or agent is None or not agent.active:
+                return  # the guard deals with whoever should not be here
+            current = await tx.get_demande(demande.id)
+            if current is None or current.status is Status.CLOTUREE:
+                return  # already closed (by the other click, or by !clore): no answer
+            message = ParticipantMessage(
+                author=Author(agent, "matrix"),
+                key=event.event_id,
+                command=f"!clore {closing.WORDS[usefulness]}",
+                text="",
+                content={},
+            )
+            await self.on_participant_message(tx, current, message, participant.kind)
+
+    async def _offer_clicks(self, tx: Tx, demande: Demande, key: str) -> None:
+        """After « traitée »: its notice takes reactions, and a poll asks the question."""
+        await tx.set_state(CLOSE_NOTICE.format(demande_id=demande.id), f"reply-{key}")
+        await tx.set_state(CLOSE_POLL.format(demande_id=demande.id), f"poll-{key}")
+        await self.sender.enqueue(
+            tx,
+            txn_id=f"poll-{key}",
+            room_id=_room(demande),
+            content=closing.poll_content(demande.reference),
+            event_type=closing.POLL_START,
+        )
+
+    async def _end_poll(self, tx: Tx, demande: Demande, key: str) -> None:
+        """The usefulness poll, if one was sent, shows as ended once the demande is closed."""
+        poll_txn = await tx.get_state(CLOSE_POLL.format(demande_id=demande.id))
+        poll_event = await tx.message_event_id(poll_txn) if poll_txn else None
+        current = await tx.get_demande(demande.id)
+        if poll_event is None or current is None or current.status is not Status.CLOTUREE:
+            return  # never sent (or not yet), or not closed: nothing to end
+        usefulness = current.usefulness
+        await self.sender.enqueue(
+            tx,
+            txn_id=f"poll-end-{key}",
+            room_id=_room(demande),
+            content=closing.poll_end_content(poll_event, usefulness),
+            event_type=closing.POLL_END,
+        )
+
     async def _on_file(self, demande: Demande, event: RoomEncryptedMedia) -> None:
         """An encrypted file posted by a participant: to the email-only participants.
 
@@ -276,6 +352,10 @@ class DemandeRooms:
         async def invite(users: Sequence[str]) -> None:
             await self.guard.invite(tx, room_id, users)
 
+        async def companion() -> str | None:
+            assert self.companions is not None
+            return await self.companions.request(tx, demande, by=message.author.address)
+
         ctx = RoomCtx(
             tx=tx,
             demande=demande,
@@ -289,9 +369,15 @@ class DemandeRooms:
             now=now,
             key=message.key,
             invite=invite,
+            companion=companion if self.companions is not None else None,
         )
         if message.command is not None:
             reply = await self._command(ctx, message.command)
+            # A command may have invited a group: its space then lists the room, and
+            # its instructeurs are invited to the companion room.
+            tx.after_commit(self.spaces.set)
+            if self.companions is not None:
+                tx.after_commit(self.companions.wakeup.set)
             if reply is not None:
                 # Marked with the command answered (or as an error): the copy of the
                 # exchange for late participants leaves out what only answered a question.
@@ -305,6 +391,10 @@ class DemandeRooms:
                         reply.text, reply.html, reply.mentions, reply=answered, error=reply.is_error
                     ),
                 )
+                if answered == "traitee" and not reply.is_error:
+                    await self._offer_clicks(tx, demande, message.key)
+                if answered == "clore" and not reply.is_error:
+                    await self._end_poll(tx, demande, message.key)
             if message.text:
                 # The sentence after an email's quick answer: to the others, no status.
                 await self.email.room_message(
@@ -415,9 +505,21 @@ class DemandeRooms:
                 await self.email.status_changed(
                     tx, demande, old=current.status, new=result.status, actor=actor, key=txn
                 )
+                tx.after_commit(self.spaces.set)
             if result.notice and announce:
                 await self._notice(tx, demande, result.notice, txn=f"status-{txn}")
+
         return result
+
+
+CLOSE_NOTICE = "close.notice.{demande_id}"  # txn of the « traitée » notice (reactions)
+CLOSE_POLL = "close.poll.{demande_id}"  # txn of the usefulness poll
+
+
+def _event_type(event: Any) -> str | None:
+    source = getattr(event, "source", None) or {}
+    kind = source.get("type") if isinstance(source, Mapping) else None
+    return kind if isinstance(kind, str) else None
 
 
 def _room(demande: Demande) -> str:

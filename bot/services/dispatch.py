@@ -16,11 +16,13 @@ from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.services.admin_room import AdminConsole
 from bot.services.clock import Clock
+from bot.services.companion import Companions
 from bot.services.demande_room import DemandeRooms
 from bot.services.failures import homeserver_outage
 from bot.services.opening import Incoming, Opening
 from bot.services.retention import Retention
 from bot.services.room_index import DemandeRoomIndex
+from bot.services.spaces import Spaces
 from bot.services.undecryptable import Undecryptables
 from bot.store.db import Store
 
@@ -41,6 +43,8 @@ class Dispatcher:
         admin: AdminConsole,
         retention: Retention,
         undecryptables: Undecryptables,
+        spaces: Spaces | None = None,
+        companions: Companions | None = None,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -52,6 +56,8 @@ class Dispatcher:
         self.admin = admin
         self.retention = retention
         self.undecryptables = undecryptables
+        self.spaces = spaces
+        self.companions = companions
 
     async def on_invite(self, room_id: str, invite_state: list[Any]) -> None:
         """Join direct chats opened by directory agents; decline everything else."""
@@ -101,6 +107,11 @@ class Dispatcher:
         return count is None or count <= 2
 
     async def on_room_event(self, room_id: str, event: Any) -> None:
+        if self.spaces is not None and self.spaces.is_space(room_id):
+            return  # the bot's spaces: nobody talks there, nothing to do
+        if self.companions is not None and self.companions.is_companion(room_id):
+            await self.companions.on_event(room_id, event)  # the instructeurs' own room
+            return
         if self.admin.is_admin_room(room_id):
             await self.admin.on_event(room_id, event)
             return

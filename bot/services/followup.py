@@ -257,7 +257,8 @@ class FollowUp:
             lines = [
                 f"Ces demandes ont reçu une réponse il y a plus de {self.rules.digest_after_days} "
                 "jours. Si la situation de l'usager est réglée, vous pouvez les clore "
-                "(!clore dans le salon de la demande) :"
+                "(!clore oui, !clore non ou !clore je ne sais pas, dans le salon de la "
+                "demande) :"
             ]
             for d in items:
                 when = d.times.last_answer_at or d.times.treated_at

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bot.services.companion import allowed_in
 from bot.store.db import Store
 
 
@@ -17,6 +18,11 @@ class StoreLedger:
         async with self.store.transaction() as tx:
             demande = await tx.get_demande_by_room(room_id)
             if demande is None:
-                return None
+                # A companion room: the demande's instructeurs only.
+                companion_of = await tx.demande_of_companion(room_id)
+                demande = await tx.get_demande(companion_of) if companion_of else None
+                if demande is None:
+                    return None
+                return await allowed_in(tx, demande) | {self.bot_user_id}
             participants = await tx.participants(demande.id)
         return {p.matrix_id for p in participants if p.matrix_id} | {self.bot_user_id}

@@ -37,6 +37,7 @@ from bot.commands.framework import (
 from bot.domain import dossier as texts
 from bot.domain import drafting
 from bot.domain import form as form_rules
+from bot.domain.followup import FollowUpRules
 from bot.domain.model import Agent, Demande, DemandeForm
 from bot.domain.retry import RetryPolicy, after_failure
 from bot.domain.routing import RoutingResult, route
@@ -50,8 +51,10 @@ from bot.services import drafts
 from bot.services.clock import Clock
 from bot.services.dossier_view import dossier_content, view_of
 from bot.services.failures import database_unavailable, describe, homeserver_outage
+from bot.services.followup import NOTICE_ROOM_KEY
 from bot.services.room_index import DemandeRoomIndex
 from bot.services.room_specs import RoomSpecs
+from bot.services.worker import Wakeup
 from bot.store.db import Store
 from bot.store.draft_tx import DraftFile, DraftInput
 from bot.store.repository import Tx
@@ -105,6 +108,9 @@ class Opening:
         email: EmailHooks,
         retry: RetryPolicy,
         alert_operators: OperatorAlert,
+        followup_rules: FollowUpRules | None = None,
+        client_url: str | None = None,
+        spaces: Wakeup | None = None,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -116,6 +122,9 @@ class Opening:
         self.email = email
         self.retry = retry
         self.alert_operators = alert_operators
+        self.followup_rules = followup_rules or FollowUpRules()
+        self.client_url = client_url
+        self.spaces = spaces or Wakeup()  # a ready demande is listed in its groups' spaces
 
     @property
     def bot_user_id(self) -> str:
@@ -131,7 +140,7 @@ class Opening:
                 return
             agent = await tx.get_agent_by_matrix_id(msg.sender)
             drafts = _Drafts(self, tx, agent, msg)
-            ctx = DirectCtx(agent=agent, encrypted=msg.encrypted, drafts=drafts)
+            ctx = await self._direct_ctx(tx, agent, msg, drafts)
             parsed = DIRECT.parse(msg.body)
             reply: Reply | None
             if isinstance(parsed, NotACommand):
@@ -173,14 +182,33 @@ class Opening:
             finally:
                 self.sender.flush_soon(msg.room_id)
 
+    async def _direct_ctx(
+        self, tx: Tx, agent: Agent | None, msg: Incoming, drafts: _Drafts
+    ) -> DirectCtx:
+        # The follow-up room is the agent's too, but not where their usagers' names
+        # are searched: only their own direct chat with the bot is.
+        notices_room = (
+            await tx.get_state(NOTICE_ROOM_KEY.format(agent_id=agent.id)) if agent else None
+        )
+        return DirectCtx(
+            agent=agent,
+            encrypted=msg.encrypted,
+            drafts=drafts,
+            tx=tx,
+            policies=self.policies.current,
+            rules=self.followup_rules,
+            now=self.clock.now(),
+            private=msg.encrypted and notices_room != msg.room_id,
+            client_url=self.client_url,
+            has_draft=agent is not None and await drafts.in_preparation(),
+        )
+
     async def on_direct_file(self, msg: Incoming) -> None:
         """A file sent in the direct chat: kept (sealed) with the draft in preparation,
         posted in the demande's room at `!confirmer`; with no draft, the aidant is told."""
         async with self.store.transaction() as tx:
             agent = await tx.get_agent_by_matrix_id(msg.sender)
-            ctx = DirectCtx(
-                agent=agent, encrypted=msg.encrypted, drafts=_Drafts(self, tx, agent, msg)
-            )
+            ctx = await self._direct_ctx(tx, agent, msg, _Drafts(self, tx, agent, msg))
             found = refusal(ctx)
             current = (
                 await tx.draft_input(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
@@ -721,6 +749,7 @@ class Opening:
                     )
                 event_id = sent or await tx.message_event_id(dossier_txn(demande.reference))
                 await tx.set_creation_step(demande.id, "ready", dossier_event_id=event_id)
+                tx.after_commit(self.spaces.set)
                 await self.email.demande_ready(tx, demande)
                 demande = await tx.get_demande(demande_id)
             assert demande is not None

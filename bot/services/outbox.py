@@ -114,6 +114,7 @@ class Outbox:
         recipients: Collection[str] | None = None,
         encrypted: bool = True,
         hold: bool = False,
+        event_type: str = "m.room.message",
     ) -> bool:
         """Queue a message in `tx`; it is sent once `tx` commits (``hold``: once asked)."""
         queued = await enqueue(
@@ -124,6 +125,7 @@ class Outbox:
             now=self.clock.now(),
             recipients=recipients,
             encrypted=encrypted,
+            event_type=event_type,
         )
         if not hold:
             tx.after_commit(lambda: self.flush_soon(room_id))

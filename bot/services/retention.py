@@ -148,6 +148,10 @@ class Retention:
                 result = await tx.wipe_demande(demande.id, now=now)
                 # The bot's session keys of the room would decrypt its purged messages.
                 room_keys = await tx.forget_room_keys(demande.room_id) if demande.room_id else 0
+                # The instructeurs' companion room goes with the demande's (same retention).
+                companion = await tx.companion_room(demande.id)
+                if companion:
+                    room_keys += await tx.forget_room_keys(companion)
                 await tx.audit(
                     "usager_data_wiped",
                     actor=actor,
@@ -163,6 +167,8 @@ class Retention:
                 )
                 waiting = json.loads(await tx.get_state(ROOMS_TO_PURGE_KEY) or "[]")
                 entry = {"reference": d.reference, "room_id": d.room_id, "dm": draft}
+                if companion:
+                    entry["companion"] = companion
                 if entry not in waiting:
                     waiting.append(entry)
                 await tx.set_state(ROOMS_TO_PURGE_KEY, json.dumps(waiting))
@@ -286,6 +292,8 @@ class Retention:
             try:
                 if room_id:
                     await self.synapse.delete_room(room_id)
+                if entry.get("companion"):
+                    await self.synapse.delete_room(entry["companion"])
                 if dm:
                     await self.synapse.purge_history(dm["room_id"], dm["until_ms"])
             except NoAdminToken:

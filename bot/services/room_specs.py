@@ -12,7 +12,7 @@ from typing import Any
 from bot.domain import room_spec
 from bot.domain.model import Demande
 from bot.domain.policies import MembershipRules
-from bot.domain.reference import room_name
+from bot.domain.reference import SEPARATOR, room_name
 from bot.ports import PoliciesRef
 
 
@@ -48,9 +48,12 @@ class RoomSpecs:
         return room_spec.acl_allows(self.allowed_servers, server)
 
     def name(self, demande: Demande) -> str:
+        """`Demande A-2026-000042 · CAF · 95 · traitée`: the status shows in Element's room
+        list (the spaces service renames the room when it changes)."""
         organisations = self.policies.current.organisations
         names = [organisations[o].name if o in organisations else o for o in demande.organisations]
-        return room_name(demande.reference, names, demande.territoire)
+        base = room_name(demande.reference, names, demande.territoire)
+        return f"{base}{SEPARATOR}{demande.status.label}"
 
     def body(self, demande: Demande, invitees: Sequence[str]) -> dict[str, Any]:
         return room_spec.create_room_body(

@@ -5,6 +5,7 @@ Reads metadata only (`Demande`, group names): never `load_form`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 from bot.domain.followup import FollowUpRules, lateness
@@ -18,6 +19,7 @@ __all__ = ["collect", "select", "to_stat"]
 async def collect(tx: ConsoleTx, now: datetime, rules: FollowUpRules) -> list[DemandeStat]:
     groups = {g.id: g.name for g in await tx.list_groups()}
     agents_group: dict[int, str | None] = {}
+    standard = await tx.procedure_standard_ids()
     out = []
     for d in await tx.list_demandes():
         if d.creation_step != "ready":
@@ -27,7 +29,8 @@ async def collect(tx: ConsoleTx, now: datetime, rules: FollowUpRules) -> list[De
             agents_group[d.aidant_agent_id] = (
                 groups.get(agent.group_id) if agent and agent.group_id else None
             )
-        out.append(to_stat(d, now, rules, groups, agents_group[d.aidant_agent_id]))
+        stat = to_stat(d, now, rules, groups, agents_group[d.aidant_agent_id])
+        out.append(replace(stat, procedure_standard=d.id in standard))
     return out
 
 

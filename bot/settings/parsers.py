@@ -112,7 +112,20 @@ def _parse_bot(t: Table) -> BotSettings:
         event_retry_attempts=t.integer("event_retry_attempts", 8, minimum=1),
         event_retry_base_seconds=t.integer("event_retry_base_seconds", 30, minimum=1),
         room_concurrency=t.integer("room_concurrency", 8, minimum=1),
+        client_url=_client_url(t),
     )
+
+
+def _client_url(t: Table) -> str | None:
+    value = t.optional_text("client_url")
+    if value is None:
+        return None
+    if not value.startswith("https://"):
+        t.error(
+            "client_url", "doit commencer par https:// (par ex. https://element.example/#/room/)"
+        )
+        return None
+    return value
 
 
 @section("database")

@@ -124,6 +124,9 @@ class BotSettings:
     event_retry_base_seconds: int = 30
     # How many rooms' events are handled at once (those of one room, in order).
     room_concurrency: int = 8
+    # Links to a room (`!mesdemandes`): this prefix followed by the room ID, e.g.
+    # "https://element.example.gouv.fr/#/room/"; None: https://matrix.to/#/ (any client).
+    client_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

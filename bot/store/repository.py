@@ -31,6 +31,7 @@ from bot.store.admin_tx import AdminTx
 from bot.store.crypto_tx import CryptoTx
 from bot.store.draft_tx import DraftTx
 from bot.store.email_tx import EmailTx
+from bot.store.loop_tx import LoopTx
 from bot.store.models import (
     CREATION_STEPS,
     DRAFT_STATES,
@@ -164,7 +165,7 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx):
+class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx, LoopTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
 
     # ------------------------------------------------------------------ directory
@@ -467,6 +468,17 @@ class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx):
         if usefulness is not None:
             values["usefulness"] = usefulness.value
         await self._update_one(DemandeRow, DemandeRow.id == demande_id, **values)
+
+    async def update_form(self, demande_id: int, form: DemandeForm) -> None:
+        """The amended dossier (`!completer`); the territory and organisations stay."""
+        row = await self._s.get(DemandeRow, demande_id)
+        if row is None:
+            raise NotFound(f"demande {demande_id}")
+        row.objet_enc = self._cipher.encrypt(form.objet.encode("utf-8"), _objet_aad(row.reference))
+        row.dossier_enc = self._cipher.encrypt_json(
+            codec.dossier_to_json(form), _dossier_aad(row.reference)
+        )
+        await self._s.flush()
 
     async def load_form(self, demande_id: int) -> DemandeForm:
         row = await self._s.get(DemandeRow, demande_id)

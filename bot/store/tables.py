@@ -5,10 +5,19 @@ from __future__ import annotations
 import bot.store.crypto_models as crypto_models
 import bot.store.draft_models as draft_models
 import bot.store.email_models as email_models
+import bot.store.loop_models as loop_models
 import bot.store.models as models
 import bot.store.work_models as work_models
 from bot.store.base import Base
 
 metadata = Base.metadata
 
-__all__ = ["crypto_models", "draft_models", "email_models", "metadata", "models", "work_models"]
+__all__ = [
+    "crypto_models",
+    "draft_models",
+    "email_models",
+    "loop_models",
+    "metadata",
+    "models",
+    "work_models",
+]

@@ -67,7 +67,7 @@ async def test_open_demande_full_scenario(
         assert state[("m.room.join_rules", "")]["join_rule"] == "invite"
         assert state[("m.room.guest_access", "")]["guest_access"] == "forbidden"
         assert state[("m.room.history_visibility", "")]["history_visibility"] == "invited"
-        assert state[("m.room.name", "")]["name"] == f"Demande {reference} · CAF · 95"
+        assert state[("m.room.name", "")]["name"] == f"Demande {reference} · CAF · 95 · nouvelle"
         assert state[("fr.aplus.demande", "")] == {"reference": reference, "version": 1}
         acl = state[("m.room.server_acl", "")]
         assert acl["allow"] == ["localhost"] and acl["allow_ip_literals"] is False
@@ -113,7 +113,9 @@ async def test_open_demande_full_scenario(
         status_text = await command(instr1, "!statut", reference)
         assert "en cours" in status_text
         help_text = await command(instr1, "!aide", "!inviter")
-        assert "!clore" in help_text
+        # Only what applies to an instructeur on an open demande.
+        assert "!traitee" in help_text and "!clore" not in help_text
+        assert "!rouvrir" not in help_text
 
         # --- !inviter a group: its instructeur is added to the ledger and invited
         instr3 = await clients.client("instr3")
@@ -138,13 +140,13 @@ async def test_open_demande_full_scenario(
         await command(instr1, "!traitee", "a traité la demande")
         await command(instr1, "!clore utile", "Seul l'aidant")
         assert "command_refused" in await audit_actions(world, reference)
-        await command(aidant, "!clore utile", "clôturée")
+        await command(aidant, "!clore utile", "a clôturé la demande")
         demande = await demande_of(world, reference)
         assert demande.status == Status.CLOTUREE and demande.usefulness is not None
         assert demande.times.treated_at is not None and demande.times.closed_at is not None
-        await command(aidant, "!rouvrir", "rouverte")
+        await command(aidant, "!rouvrir", "a rouvert la demande")
         assert (await demande_of(world, reference)).status == Status.EN_COURS
-        await command(aidant, "!clore nesaispas", "clôturée")
+        await command(aidant, "!clore nesaispas", "a clôturé la demande")
         # A message from the aidant reopens a closed demande.
         n_a = count_from(aidant, room_id, bot_id)
         await say(aidant, room_id, "En fait, l'usager a reçu un nouveau courrier.")

@@ -249,3 +249,14 @@ def test_only_the_demandes_own_media_may_be_deleted() -> None:
         )
         == "referenced_elsewhere"
     )
+
+
+def test_procedure_standard_is_counted_and_exported_as_not_pertinent() -> None:
+    t = paris(2026, 3, 2)
+    rows = [_stat("A-1", t, procedure_standard=True), _stat("A-2", t), _stat("A-3", t)]
+    stats = compute(rows, DemandeFilter(), t + timedelta(days=1))
+    assert stats.procedure_standard == 1
+    assert ("Procédure standard (non pertinentes)", "1") in stats_rows(stats)
+    table = list(csv.reader(io.StringIO(export_csv(rows).decode("utf-8-sig")), delimiter=";"))
+    pertinent = [dict(zip(EXPORT_COLUMNS, r, strict=True))["Pertinente"] for r in table[1:]]
+    assert pertinent == ["Non", "Oui", "Oui"]

@@ -56,12 +56,12 @@ def test_treated_then_closed() -> None:
     assert treated.status is Status.TRAITEE
     assert treated.times.treated_at == at(20)
     assert treated.times.last_answer_at == at(20)
-    assert treated.notice is not None and "!clore utile" in treated.notice
+    assert treated.notice is not None and "!clore oui" in treated.notice
 
     closed = step(treated.status, treated.times, Closed(Usefulness.UTILE), 30)
     assert closed.status is Status.CLOTUREE
     assert closed.times.closed_at == at(30)
-    assert closed.notice is not None and "« oui »" in closed.notice
+    assert closed.notice == "La demande est clôturée. Réponse utile pour l'usager : oui."
 
 
 def test_treated_straight_from_nouvelle_counts_as_first_answer() -> None:
