@@ -73,15 +73,35 @@ def _contact_change(agent: Agent, row: ImportRow) -> tuple[tuple[str, ...], str]
     return tuple(changed), ", ".join(said)
 
 
-async def _plan_line(tx: ConsoleTx, row: ImportRow, first_line_of: dict[int, int]) -> PlannedLine:
+@dataclass(frozen=True, slots=True)
+class _Directory:
+    """Every agent, read once (a national file has thousands of lines)."""
+
+    by_matrix_id: dict[str, Agent]
+    by_email: dict[str, Agent]
+    by_id: dict[int, Agent]
+
+    @classmethod
+    async def read(cls, tx: ConsoleTx) -> _Directory:
+        agents = await tx.list_agents(active_only=False)
+        return cls(
+            {a.matrix_id: a for a in agents if a.matrix_id},
+            {a.email: a for a in agents if a.email},
+            {a.id: a for a in agents},
+        )
+
+
+async def _plan_line(
+    tx: ConsoleTx, known: _Directory, row: ImportRow, first_line_of: dict[int, int]
+) -> PlannedLine:
     base = PlannedLine(
         line=row.line,
         who=f"{row.first_name} {row.last_name}",
         group=row.group_name,
         roles=", ".join(sorted(r.value for r in row.roles)),
     )
-    by_mx = await tx.get_agent_by_matrix_id(row.matrix_id) if row.matrix_id else None
-    by_email = await tx.get_agent_by_email(row.email) if row.email else None
+    by_mx = known.by_matrix_id.get(row.matrix_id) if row.matrix_id else None
+    by_email = known.by_email.get(row.email) if row.email else None
     if by_mx is not None and by_email is not None and by_mx.id != by_email.id:
         return _refuse(
             base,
@@ -121,11 +141,16 @@ def _refuse(planned: PlannedLine, why: str) -> PlannedLine:
 
 async def plan_import(tx: ConsoleTx, parsed: DirectoryImport) -> ImportPlan:
     """Each line checked against the directory and the ledgers, nothing written."""
+    return (await _plan(tx, parsed))[0]
+
+
+async def _plan(tx: ConsoleTx, parsed: DirectoryImport) -> tuple[ImportPlan, _Directory]:
+    known = await _Directory.read(tx)
     first_line_of: dict[int, int] = {}
-    lines = [await _plan_line(tx, row, first_line_of) for row in parsed.rows]
-    known = {fold(g.name) for g in await tx.list_groups()}
-    new_groups = tuple(g.name for g in parsed.groups() if fold(g.name) not in known)
-    return ImportPlan(tuple(lines), new_groups)
+    lines = [await _plan_line(tx, known, row, first_line_of) for row in parsed.rows]
+    groups = {fold(g.name) for g in await tx.list_groups()}
+    new_groups = tuple(g.name for g in parsed.groups() if fold(g.name) not in groups)
+    return ImportPlan(tuple(lines), new_groups), known
 
 
 async def apply_import(
@@ -133,7 +158,7 @@ async def apply_import(
 ) -> ImportOutcome:
     """Upsert groups then agents in one transaction; raises `ImportRefused` (before any
     write, or so that the caller's transaction is undone) when a line breaks a rule."""
-    plan = await plan_import(tx, parsed)
+    plan, directory = await _plan(tx, parsed)
     if plan.refused:
         raise ImportRefused(plan.refused)
     groups = {}
@@ -145,8 +170,8 @@ async def apply_import(
     ids: list[int] = []
     for row, planned in zip(parsed.rows, plan.lines, strict=True):
         group = groups.get(row.group_name) or await tx.get_group_by_name(row.group_name)
-        known = await tx.get_agent(planned.agent_id) if planned.agent_id is not None else None
-        matrix_id, email = _kept(known, row)
+        found = directory.by_id.get(planned.agent_id) if planned.agent_id is not None else None
+        matrix_id, email = _kept(found, row)
         try:
             agent, is_new = await tx.upsert_agent(
                 first_name=row.first_name,
