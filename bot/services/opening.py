@@ -230,9 +230,9 @@ class Opening:
                 await tx.audit(found[0], actor=msg.sender, details={"command": "fichier"}, now=now)
                 text = found[1]
             elif current is None:
-                text = FILE_WITHOUT_DRAFT
+                text = drafting.FILE_WITHOUT_DRAFT
             elif problem is not None or data is None:
-                text = problem or FILE_WITHOUT_DRAFT
+                text = problem or drafting.FILE_WITHOUT_DRAFT
             else:
                 added = await tx.add_draft_file(
                     current.id, filename=filename, mimetype=mimetype, data=data, now=now
@@ -241,7 +241,7 @@ class Opening:
                 await tx.audit(
                     "draft_file_kept", actor=msg.sender, details={"size": added.size}, now=now
                 )
-                text = file_kept(_file_line(added), count)
+                text = drafting.file_kept(_file_line(added), count)
             await self.sender.enqueue(
                 tx,
                 txn_id=f"reply-{msg.event_id}",
@@ -282,7 +282,7 @@ class Opening:
         if not update.any_key:
             if current is not None and current.asking is not None:
                 return await self._guided_answer(tx, agent, msg, current)
-            return Reply(NOT_A_FORM if current is None else NOT_A_FORM_WITH_DRAFT)
+            return Reply(NOT_A_FORM if current is None else drafting.NOT_A_FORM_WITH_DRAFT)
         base = current.fields if current is not None else form_rules.DraftFields()
         fields = base.merged(update)
         if current is not None and current.asking is not None:
@@ -432,7 +432,7 @@ class Opening:
             elif word in ("non", "n", "no"):
                 fields = current.fields.with_attestation(False)
             else:
-                shown = drafting.question(asked, form_rules.Problem(asked, YES_OR_NO))
+                shown = drafting.question(asked, form_rules.Problem(asked, drafting.YES_OR_NO))
                 return Reply(shown.body, shown.formatted_body)
         else:
             value = answer if asked == form_rules.DESCRIPTION else " ".join(answer.split())
@@ -945,37 +945,10 @@ NOT_A_FORM = (
     "Je n'ai pas reconnu de formulaire dans votre message. Envoyez !demande pour "
     "recevoir le formulaire à remplir, ou !aide pour la liste des commandes."
 )
-YES_OR_NO = "Répondez par oui ou par non."
-FILE_WITHOUT_DRAFT = (
-    "J'ai reçu votre fichier, mais vous n'avez aucune demande en préparation : je ne l'ai "
-    "pas gardé. Envoyez d'abord !demande (ou !guider), puis renvoyez le fichier : il sera "
-    "joint à la demande."
-)
-
-
-def file_kept(line: str, count: int) -> str:
-    total = "1 fichier joint" if count == 1 else f"{count} fichiers joints"
-    return (
-        f"Fichier {line} joint à la demande en préparation ({total}). Il sera publié, "
-        "chiffré, dans le salon de la demande quand vous enverrez !confirmer."
-    )
-
-
-NOT_A_FORM_WITH_DRAFT = (
-    "Je n'ai reconnu aucune ligne « champ : valeur » dans votre message. Pour compléter "
-    "la demande en préparation, envoyez par exemple « nom : Dupont » ; !brouillon la "
-    "montre, !guider vous pose les questions une à une."
-)
 
 
 def _file_line(file: DraftFile) -> str:
-    return f"{file.filename} ({_size(file.size)})"
-
-
-def _size(size: int) -> str:
-    if size < 1024 * 1024:
-        return f"{max(1, round(size / 1024))} Ko"
-    return f"{size / (1024 * 1024):.1f} Mo".replace(".", ",")
+    return drafting.file_line(file.filename, file.size)
 
 
 def already_confirmed(reference: str) -> str:
