@@ -173,6 +173,11 @@ def question(
 
 # --- short replies ---------------------------------------------------------------------
 
+NOT_A_FORM = (
+    "Je n'ai pas reconnu de formulaire dans votre message. Envoyez !demande pour "
+    "recevoir le formulaire à remplir, ou !aide pour la liste des commandes."
+)
+
 YES_OR_NO = "Répondez par oui ou par non."
 FILE_WITHOUT_DRAFT = (
     "J'ai reçu votre fichier, mais vous n'avez aucune demande en préparation : je ne l'ai "
