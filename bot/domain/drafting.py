@@ -169,3 +169,42 @@ def question(
         head.append(problem.message)
     head.append(QUESTIONS[field])
     return _message(head)
+
+
+# --- short replies ---------------------------------------------------------------------
+
+NOT_A_FORM = (
+    "Je n'ai pas reconnu de formulaire dans votre message. Envoyez !demande pour "
+    "recevoir le formulaire à remplir, ou !aide pour la liste des commandes."
+)
+
+YES_OR_NO = "Répondez par oui ou par non."
+FILE_WITHOUT_DRAFT = (
+    "J'ai reçu votre fichier, mais vous n'avez aucune demande en préparation : je ne l'ai "
+    "pas gardé. Envoyez d'abord !demande (ou !guider), puis renvoyez le fichier : il sera "
+    "joint à la demande."
+)
+
+
+def file_kept(line: str, count: int) -> str:
+    total = "1 fichier joint" if count == 1 else f"{count} fichiers joints"
+    return (
+        f"Fichier {line} joint à la demande en préparation ({total}). Il sera publié, "
+        "chiffré, dans le salon de la demande quand vous enverrez !confirmer."
+    )
+
+
+NOT_A_FORM_WITH_DRAFT = (
+    "Je n'ai reconnu aucune ligne « champ : valeur » dans votre message. Pour compléter "
+    "la demande en préparation, envoyez par exemple « nom : Dupont » ; !brouillon la "
+    "montre, !guider vous pose les questions une à une."
+)
+
+
+def file_line(filename: str, size: int) -> str:
+    """« courrier.pdf (20 Ko) »."""
+    if size < 1024 * 1024:
+        shown = f"{max(1, round(size / 1024))} Ko"
+    else:
+        shown = f"{size / (1024 * 1024):.1f} Mo".replace(".", ",")
+    return f"{filename} ({shown})"

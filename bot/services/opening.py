@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -38,25 +38,23 @@ from bot.domain import dossier as texts
 from bot.domain import drafting
 from bot.domain import form as form_rules
 from bot.domain.followup import FollowUpRules
-from bot.domain.model import Agent, Demande, DemandeForm
+from bot.domain.model import Agent, Demande
 from bot.domain.retry import RetryPolicy, after_failure
-from bot.domain.routing import RoutingResult, route
 from bot.faults import crash_point
 from bot.matrix import content as mx
 from bot.matrix.attachments import AttachmentError, file_content
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.ports import EmailHooks, PoliciesRef, Sender
-from bot.services import drafts
 from bot.services.clock import Clock
-from bot.services.dossier_view import dossier_content, view_of
+from bot.services.dossier_view import dossier_content
+from bot.services.draft_chat import DraftChat, draft_reference_key, file_line
 from bot.services.failures import database_unavailable, describe, homeserver_outage
 from bot.services.followup import NOTICE_ROOM_KEY
 from bot.services.room_index import DemandeRoomIndex
 from bot.services.room_specs import RoomSpecs
 from bot.services.worker import Wakeup
 from bot.store.db import Store
-from bot.store.draft_tx import DraftFile, DraftInput
 from bot.store.repository import Tx
 
 log = logging.getLogger(__name__)
@@ -94,7 +92,7 @@ class Incoming:
 OperatorAlert = Callable[[str, str], Awaitable[None]]
 
 
-class Opening:
+class Opening(DraftChat):
     def __init__(
         self,
         *,
@@ -230,9 +228,9 @@ class Opening:
                 await tx.audit(found[0], actor=msg.sender, details={"command": "fichier"}, now=now)
                 text = found[1]
             elif current is None:
-                text = FILE_WITHOUT_DRAFT
+                text = drafting.FILE_WITHOUT_DRAFT
             elif problem is not None or data is None:
-                text = problem or FILE_WITHOUT_DRAFT
+                text = problem or drafting.FILE_WITHOUT_DRAFT
             else:
                 added = await tx.add_draft_file(
                     current.id, filename=filename, mimetype=mimetype, data=data, now=now
@@ -241,7 +239,7 @@ class Opening:
                 await tx.audit(
                     "draft_file_kept", actor=msg.sender, details={"size": added.size}, now=now
                 )
-                text = file_kept(_file_line(added), count)
+                text = drafting.file_kept(file_line(added), count)
             await self.sender.enqueue(
                 tx,
                 txn_id=f"reply-{msg.event_id}",
@@ -262,225 +260,6 @@ class Opening:
             return Reply.error(found[1])
         assert ctx.agent is not None
         return await self._take_form(tx, ctx.agent, msg)
-
-    def _route(self, form: DemandeForm, groups: Any, agents: Any) -> RoutingResult:
-        return route(
-            form.territoire,
-            form.organisations,
-            form.categorie,
-            groups,
-            agents,
-            self.policies.current,
-            self.specs.membership_rules(),
-        )
-
-    async def _take_form(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
-        """A whole form or a few `clé : valeur` lines: merged into the draft kept for
-        this aidant in this chat; the answer is the recap, or what is still missing."""
-        update = form_rules.read_fields(msg.body)
-        current = await tx.draft_input(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
-        if not update.any_key:
-            if current is not None and current.asking is not None:
-                return await self._guided_answer(tx, agent, msg, current)
-            return Reply(NOT_A_FORM if current is None else NOT_A_FORM_WITH_DRAFT)
-        base = current.fields if current is not None else form_rules.DraftFields()
-        fields = base.merged(update)
-        if current is not None and current.asking is not None:
-            # Lines « champ : valeur » during the guided path: taken, and the path goes on.
-            return await self._guide_next(tx, agent, msg, fields)
-        saved = await tx.save_draft_input(
-            aidant_agent_id=agent.id,
-            dm_room_id=msg.room_id,
-            fields=fields,
-            asking=None,
-            now=self.clock.now(),
-        )
-        noted = [k for k in form_rules.FIELDS if k in update.values] if current else []
-        if update.attested and current is not None:
-            noted.append(form_rules.ACCORD)
-        return await self._answer(
-            tx, agent, msg, saved, extra=form_rules.message_problems(update), noted=noted
-        )
-
-    async def _directory(self, tx: Tx) -> drafts.Directory:
-        return drafts.Directory(
-            groups=await tx.list_groups(),
-            agents=await tx.list_agents(),
-            policies=self.policies.current,
-            rules=self.specs.membership_rules(),
-        )
-
-    async def _assess(self, tx: Tx, fields: form_rules.DraftFields) -> drafts.Assessment:
-        return drafts.assess(
-            fields, today=self.clock.now().date(), directory=await self._directory(tx)
-        )
-
-    async def _answer(
-        self,
-        tx: Tx,
-        agent: Agent,
-        msg: Incoming,
-        saved: DraftInput,
-        *,
-        extra: Sequence[form_rules.Problem] = (),
-        noted: Sequence[str] = (),
-    ) -> Reply:
-        now = self.clock.now()
-        policies = self.policies.current
-        directory = await self._directory(tx)
-        assessment = drafts.assess(saved.fields, today=now.date(), directory=directory)
-        problems = [*extra, *assessment.problems]
-        form = assessment.form
-        routing = self._route(form, directory.groups, directory.agents) if form else None
-        if routing is not None and routing.errors:
-            problems += [form_rules.Problem(form_rules.ORGANISMES, e) for e in routing.errors]
-        if problems or form is None or routing is None:
-            # A recap shown earlier no longer holds: !confirmer must not open it.
-            await self._drop_recap(tx, agent, msg)
-            shown = drafting.still_missing(problems, noted)
-            return Reply(shown.body, shown.formatted_body)
-        previous = await tx.pending_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
-        kept = await tx.get_state(_draft_reference_key(previous.id)) if previous else None
-        draft = await tx.save_draft(
-            aidant_agent_id=agent.id,
-            dm_room_id=msg.room_id,
-            form=form,
-            group_ids=[g.id for g in routing.groups],
-            now=now,
-        )
-        groups_by_id = {g.id: g for g in directory.groups}
-        # The reference is given with the recap (as Administration+ does) and kept for
-        # `!confirmer` (and through corrections); a cancelled draft leaves a gap in the
-        # sequence, never a reuse.
-        reference = kept or await tx.next_reference(now.year)
-        await tx.set_state(_draft_reference_key(draft.id), reference)
-        category = policies.category(form.categorie) if form.categorie else None
-        recap = texts.render_recap(
-            reference,
-            form,
-            [g.name for g in routing.groups],
-            [
-                view_of(a, groups_by_id.get(a.group_id or -1), policies)
-                for a in routing.matrix_instructeurs
-            ],
-            [
-                view_of(a, groups_by_id.get(a.group_id or -1), policies)
-                for a in routing.email_instructeurs
-            ],
-            organisation_names={k: v.name for k, v in policies.organisations.items()},
-            left_out=[f"{a.display_name} ({a.matrix_id}) : {why}" for a, why in routing.skipped],
-            understood=assessment.understood,
-            files=[_file_line(x) for x in await tx.draft_files(saved.id)],
-            advice=assessment.advice,
-            categorie_label=category.label if category else None,
-        )
-        await tx.audit("draft_saved", actor=msg.sender, details={"draft": draft.id}, now=now)
-        return Reply(recap.body, recap.formatted_body)
-
-    async def _drop_recap(self, tx: Tx, agent: Agent, msg: Incoming) -> None:
-        previous = await tx.pending_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
-        if previous is not None:
-            await tx.set_draft_state(previous.id, "cancelled", now=self.clock.now())
-
-    async def show_draft(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
-        """`!brouillon`: the draft as it stands, its files, and what is still missing."""
-        current = await tx.draft_input(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
-        if current is None:
-            return Reply(drafting.NO_DRAFT)
-        assessment = await self._assess(tx, current.fields)
-        files = [_file_line(x) for x in await tx.draft_files(current.id)]
-        shown = drafting.draft_view(current.fields, assessment.problems, files)
-        return Reply(shown.body, shown.formatted_body)
-
-    async def organisations_in(self, tx: Tx, text: str) -> Reply:
-        """`!organismes <département>`: where a demande of that département can go."""
-        policies = self.policies.current
-        departement = policies.find_departement(text.strip())
-        if departement is None:
-            return Reply.error(drafting.unknown_departement(text.strip()))
-        directory = await self._directory(tx)
-        available = directory.available(departement.code)
-        ids = {o.id for o in available}
-        categories = [
-            f"{c.label} : " + ", ".join(o.name for o in available if o.id in c.organisations)
-            for c in policies.categories.values()
-            if ids & set(c.organisations)
-        ]
-        shown = drafting.organisations_available(
-            departement.code, departement.name, [o.name for o in available], categories
-        )
-        return Reply(shown.body, shown.formatted_body)
-
-    # ------------------------------------------------------------ guided path
-    async def start_guided(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
-        """`!guider`: the bot asks each missing field in turn (the draft so far is kept)."""
-        current = await tx.draft_input(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
-        fields = current.fields if current is not None else form_rules.DraftFields()
-        return await self._guide_next(tx, agent, msg, fields, intro=drafting.GUIDED_START)
-
-    async def _guided_answer(
-        self, tx: Tx, agent: Agent, msg: Incoming, current: DraftInput
-    ) -> Reply:
-        """A plain answer to the question last asked: checked at once, then the next one."""
-        asked = current.asking
-        assert asked is not None
-        answer = msg.body.strip()
-        if asked == form_rules.ACCORD:
-            word = form_rules.loose(answer)
-            if word in ("oui", "o", "yes", "j atteste", "je confirme", "d accord"):
-                fields = current.fields.with_attestation(True)
-            elif word in ("non", "n", "no"):
-                fields = current.fields.with_attestation(False)
-            else:
-                shown = drafting.question(asked, form_rules.Problem(asked, YES_OR_NO))
-                return Reply(shown.body, shown.formatted_body)
-        else:
-            value = answer if asked == form_rules.DESCRIPTION else " ".join(answer.split())
-            fields = current.fields.with_value(asked, value)
-        return await self._guide_next(tx, agent, msg, fields, noted=asked)
-
-    async def _guide_next(
-        self,
-        tx: Tx,
-        agent: Agent,
-        msg: Incoming,
-        fields: form_rules.DraftFields,
-        *,
-        intro: str | None = None,
-        noted: str | None = None,
-    ) -> Reply:
-        assessment = await self._assess(tx, fields)
-        wrong = {p.field: p for p in assessment.problems}
-        order = (*form_rules.FIELDS, form_rules.ACCORD)
-        following = next((k for k in order if k in wrong), None)
-        saved = await tx.save_draft_input(
-            aidant_agent_id=agent.id,
-            dm_room_id=msg.room_id,
-            fields=fields,
-            asking=following,
-            now=self.clock.now(),
-        )
-        if following is None:
-            # Everything is there: the recap, as for a whole form.
-            return await self._answer(tx, agent, msg, saved)
-        await self._drop_recap(tx, agent, msg)
-        problem = wrong[following]
-        # A field never answered gets its question alone; a wrong answer, why first.
-        given = following == noted or bool(fields.values.get(following, "").strip())
-        if following == form_rules.ACCORD:
-            given = fields.attested is False
-        if following == form_rules.ORGANISMES and "catégorie" in problem.message:
-            given = True
-        shown = drafting.question(
-            following,
-            problem if given else None,
-            noted=None if following == noted or noted is None else noted,
-        )
-        if intro:
-            shown = texts.RenderedMessage(
-                f"{intro}\n\n{shown.body}", f"<p>{intro}</p>{shown.formatted_body}"
-            )
-        return Reply(shown.body, shown.formatted_body)
 
     async def confirm(self, tx: Tx, agent: Agent, msg: Incoming) -> tuple[Reply, int | None]:
         now = self.clock.now()
@@ -509,7 +288,7 @@ class Opening:
                 ]
             shown = drafting.not_complete(problems)
             return Reply(shown.body, shown.formatted_body), None
-        reference = await tx.get_state(_draft_reference_key(draft.id)) or await tx.next_reference(
+        reference = await tx.get_state(draft_reference_key(draft.id)) or await tx.next_reference(
             now.year
         )
         demande = await tx.create_demande(
@@ -941,43 +720,6 @@ class _Drafts:
         return await self._opening.organisations_in(self._tx, departement)
 
 
-NOT_A_FORM = (
-    "Je n'ai pas reconnu de formulaire dans votre message. Envoyez !demande pour "
-    "recevoir le formulaire à remplir, ou !aide pour la liste des commandes."
-)
-YES_OR_NO = "Répondez par oui ou par non."
-FILE_WITHOUT_DRAFT = (
-    "J'ai reçu votre fichier, mais vous n'avez aucune demande en préparation : je ne l'ai "
-    "pas gardé. Envoyez d'abord !demande (ou !guider), puis renvoyez le fichier : il sera "
-    "joint à la demande."
-)
-
-
-def file_kept(line: str, count: int) -> str:
-    total = "1 fichier joint" if count == 1 else f"{count} fichiers joints"
-    return (
-        f"Fichier {line} joint à la demande en préparation ({total}). Il sera publié, "
-        "chiffré, dans le salon de la demande quand vous enverrez !confirmer."
-    )
-
-
-NOT_A_FORM_WITH_DRAFT = (
-    "Je n'ai reconnu aucune ligne « champ : valeur » dans votre message. Pour compléter "
-    "la demande en préparation, envoyez par exemple « nom : Dupont » ; !brouillon la "
-    "montre, !guider vous pose les questions une à une."
-)
-
-
-def _file_line(file: DraftFile) -> str:
-    return f"{file.filename} ({_size(file.size)})"
-
-
-def _size(size: int) -> str:
-    if size < 1024 * 1024:
-        return f"{max(1, round(size / 1024))} Ko"
-    return f"{size / (1024 * 1024):.1f} Mo".replace(".", ",")
-
-
 def already_confirmed(reference: str) -> str:
     return f"La demande {reference} est déjà ouverte : il n'y a plus rien à confirmer."
 
@@ -992,10 +734,6 @@ def _longest(policy: RetryPolicy) -> timedelta:
 
 def _creating_key(demande_id: int) -> str:
     return f"demande.{demande_id}.create_room_sent_at"
-
-
-def _draft_reference_key(draft_id: int) -> str:
-    return f"draft.{draft_id}.reference"
 
 
 def dossier_txn(reference: str) -> str:
