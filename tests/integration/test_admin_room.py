@@ -405,11 +405,17 @@ async def test_late_reminders_and_digest_with_an_injected_clock(
         await matrix.join_and_read(world.instr1, demande.room_id, 1)
         reminder = await reply_with(world.instr1, demande.room_id, bot_id, "Relance")
         assert reference in reminder and "Dupontel" not in reminder
+
         # The group's responsable is told in a private room.
+        # (The group's spaces invite them too: the follow-up room is the one so named.)
+        def follow_up_rooms() -> list[str]:
+            rooms = responsable.invited_rooms.items()
+            return [r for r, room in rooms if room.name == "Administration+ · suivi"]
+
         await matrix.sync_until(
-            responsable, lambda: bool(responsable.invited_rooms), 30, "the follow-up room"
+            responsable, lambda: bool(follow_up_rooms()), 30, "the follow-up room"
         )
-        notice_room = next(iter(responsable.invited_rooms))
+        [notice_room] = follow_up_rooms()
         await matrix.accept_invite(responsable, notice_room)
         told = await reply_with(responsable, notice_room, bot_id, reference)
         assert "en retard" in told
@@ -480,11 +486,11 @@ async def test_retention_wipes_and_purges_a_closed_demande(
         await matrix.wait_for(recorded, 30, "the attachment recorded")
         n = count_from(world.aidant, old.room_id, bot_id)
         await say(world.aidant, old.room_id, "!clore utile")
-        await reply_with(world.aidant, old.room_id, bot_id, "clôturée", after=n)
+        await reply_with(world.aidant, old.room_id, bot_id, "a clôturé la demande", after=n)
         clock.offset = timedelta(days=40)
         n = count_from(world.aidant, kept.room_id, bot_id)
         await say(world.aidant, kept.room_id, "!clore inutile")
-        await reply_with(world.aidant, kept.room_id, bot_id, "clôturée", after=n)
+        await reply_with(world.aidant, kept.room_id, bot_id, "a clôturé la demande", after=n)
         assert (await demande_of(world, old_ref)).status is Status.CLOTUREE
 
         # Six months and a day after the first closing; the second is 40 days younger.

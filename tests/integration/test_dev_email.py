@@ -95,8 +95,13 @@ async def test_aplus_dev_keeps_mail_as_files_and_takes_replies_by_hand(tmp_path:
             )
             assert code == 250
 
-            await matrix.sync_until(marie, lambda: bool(marie.invited_rooms), what="an invite")
-            room_id = next(iter(marie.invited_rooms))
+            # The demande room, not her group's spaces (named « Administration+ · … »).
+            def demande_rooms() -> list[str]:
+                rooms = marie.invited_rooms.items()
+                return [r for r, room in rooms if not room.name.startswith("Administration+")]
+
+            await matrix.sync_until(marie, lambda: bool(demande_rooms()), what="an invite")
+            [room_id] = demande_rooms()
             await matrix.accept_invite(marie, room_id)
             posted = await reply_with(marie, room_id, bot_id, "Je rappelle l'usager", wait=60)
             assert posted.startswith("Sophie Petit (CAF 95, par courriel)")
