@@ -48,3 +48,14 @@ def timing_problem(renew_seconds: float, ttl_seconds: float) -> str | None:
             f"durée du bail ({ttl_seconds:g} s)"
         )
     return None
+
+
+def always_held() -> bool:
+    """One process alone (no `[ha]`): it is always the active bot."""
+    return True
+
+
+def require_held(held: bool, what: str) -> None:
+    """Raise `LeaseLost` unless held: called just before the side effect `what`."""
+    if not held:
+        raise LeaseLost(f"not the active bot: {what} not done")

@@ -10,11 +10,18 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from bot.domain.lease import LeaseLost
 from bot.matrix.errors import HomeserverUnavailable, MatrixError, MediaUnavailable
 
 
 def database_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached or answered with a connection-level error."""
+    """The database cannot be reached or answered with a connection-level error.
+
+    `LeaseLost` counts as one: this process may not write (fenced) nor act, so every
+    piece of work waits, blamed for nothing, until the process exits as the standby.
+    """
+    if isinstance(exc, LeaseLost):
+        return True
     if isinstance(exc, (OperationalError, InterfaceError)):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

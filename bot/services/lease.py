@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -86,14 +87,13 @@ class Lease:
         """The epoch this process holds the lease with; None while standby (the fence)."""
         return self._epoch
 
+    def fence(self) -> int | None:
+        """For `Store`: the epoch every transaction must still find, None: READ ONLY."""
+        return self._epoch
+
     def held(self) -> bool:
         """May this process have a side effect now? (Checked before each one.)"""
         return self._epoch is not None and self.timing.held(self._renewed_at, self._monotonic())
-
-    def check(self, what: str) -> None:
-        """Raise `LeaseLost` unless held: called just before the side effect `what`."""
-        if not self.held():
-            raise LeaseLost(f"not the active bot: {what} not done")
 
     # -- standby → active
     async def acquire(self) -> int:
@@ -155,11 +155,24 @@ class Lease:
         self._beat = self._monotonic()
         self._watchdog = threading.Thread(target=self._watch, name="lease-watchdog", daemon=True)
         self._watchdog.start()
+        # A process resumed after a stop (SIGSTOP, a paused VM's SIGCONT) runs this in its
+        # main thread before any other Python code there: no side effect can slip in.
+        with contextlib.suppress(ValueError):  # not the main thread (some tests)
+            signal.signal(signal.SIGCONT, self._on_continue)
+
+    def _on_continue(self, _signum: int, _frame: object) -> None:
+        if not self.held():
+            os.write(2, b"lease: resumed after the lease's lifetime; exiting\n")
+            os._exit(EXIT_LEASE_LOST)
 
     async def lost(self) -> None:
         """Returns never while held; raises `LeaseLost` once another process took over."""
         assert self._keeper is not None, "start_keeping() first"
         await asyncio.shield(self._keeper)
+
+    @classmethod
+    def for_settings(cls, url: str, renew_seconds: float, ttl_seconds: float) -> Lease:
+        return cls(url=url, timing=LeaseTiming(renew_seconds, ttl_seconds))
 
     async def _keep(self) -> None:
         renew = self.timing.renew_seconds

@@ -1,0 +1,152 @@
+"""Two real `aplus run` processes, one PostgreSQL database, the session's Synapse: one
+is active, the other a warm and silent standby; killing or freezing the active one
+hands over to the standby with no answer lost and none duplicated (issue 14).
+
+The figures (takeover times, messages in flight, lost and duplicated counts) are
+printed with `pytest -s` and copied into the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+
+import nio
+import pytest
+
+from bot.devserver import LocalSynapse
+from bot.domain.model import Role
+from bot.services.lease import EXIT_LEASE_LOST
+from tests.support import bot as botsupport
+from tests.support import failover as ha
+from tests.support import matrix
+from tests.support import process as proc
+from tests.support.bot import next_reply, reply_with, say
+
+pytestmark = pytest.mark.postgres
+
+
+async def _setup(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
+) -> tuple[proc.BotFiles, proc.AdminApi, dict[str, nio.AsyncClient]]:
+    admin = proc.AdminApi.of(synapse, await clients.user("admin", admin=True))
+    files = await proc.register_bot(synapse, tmp_path / "bot")
+    ha.enable_ha(files, postgres_url)
+    people = {"aidant": await clients.client("aidant"), "talker": await clients.client("talker")}
+    directory = botsupport.Directory()
+    async with files.store() as store:
+        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
+        for key, client in people.items():
+            await botsupport.add_agent(
+                store, directory, key, matrix_id=client.user_id, roles=[Role.AIDANT], group="fs"
+            )
+    return files, admin, people
+
+
+async def _active_and_standby(
+    files: proc.BotFiles,
+) -> tuple[proc.AplusProcess, proc.AplusProcess, int]:
+    first, second = proc.bot_process(files), proc.bot_process(files)
+    first.start()
+    await first.wait_log(r"lease acquired: epoch 1\b", 120)
+    await first.wait_log(r"health endpoint on http", 120)
+    second.start()
+    port = await ha.standby_port(second)
+    return first, second, port
+
+
+async def test_sigkill_of_the_active_bot_the_standby_answers_with_nothing_lost_or_doubled(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
+) -> None:
+    files, admin, people = await _setup(synapse, clients, tmp_path, postgres_url)
+    aidant, talker = people["aidant"], people["talker"]
+    synapse_log_from = synapse.log_path.stat().st_size
+    first, second, standby_port = await _active_and_standby(files)
+    with proc.killed_at_exit(first, second):
+        # The standby is warm and silent: /healthz says so; it never logged in.
+        assert (await ha.healthz(standby_port))["status"] == "standby"
+        dm = await botsupport.open_direct_chat(aidant, files.user_id)
+        talk = await botsupport.open_direct_chat(talker, files.user_id)
+        await say(aidant, dm, "!aide")
+        await reply_with(aidant, dm, files.user_id, "!demande", wait=60)
+        assert "logged in as" not in second.log()
+        assert len(await admin.devices(files.user_id)) == 1
+
+        traffic = ha.Traffic(talker, talk)
+        traffic.start()
+        await matrix.wait_for(lambda: len(traffic.sent) >= 20, 60, "20 messages sent")
+        in_flight = len(traffic.sent)
+        killed_at = time.monotonic()
+        first.send(signal.SIGKILL)
+        assert await first.wait_exit() == -signal.SIGKILL
+        before = matrix.inbox(aidant).events(dm)
+        await say(aidant, dm, "!aide")
+        await next_reply(aidant, dm, files.user_id, after=_from(before, files.user_id), wait=60)
+        takeover_s = time.monotonic() - killed_at
+        await second.wait_log(r"lease acquired: epoch 2\b", 5)
+        await matrix.wait_for(
+            lambda: len(traffic.sent) >= in_flight + 20, 60, "20 more messages sent"
+        )
+        await traffic.stop()
+        counts = await ha.count(postgres_url, admin, traffic, files.user_id)
+        assert await second.stop(signal.SIGTERM) == 0, second.describe()
+
+    print(
+        f"\nFAILOVER sigkill: answer to !aide {takeover_s:.1f} s after the kill; "
+        f"{counts.questions} messages ({in_flight} before the kill), "
+        f"lost {counts.lost}, duplicated {counts.duplicated}"
+    )
+    assert counts.lost == 0 and counts.duplicated == 0, counts
+    assert counts.bot_events == counts.decrypted, counts
+    # One device for the bot across both processes; no one-time key clash.
+    assert len(await admin.devices(files.user_id)) == 1
+    assert b"already exists" not in synapse.log_path.read_bytes()[synapse_log_from:]
+
+
+async def test_a_frozen_active_bot_is_replaced_and_on_resuming_exits_without_acting(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
+) -> None:
+    files, admin, people = await _setup(synapse, clients, tmp_path, postgres_url)
+    aidant, talker = people["aidant"], people["talker"]
+    first, second, _ = await _active_and_standby(files)
+    with proc.killed_at_exit(first, second):
+        dm = await botsupport.open_direct_chat(aidant, files.user_id)
+        talk = await botsupport.open_direct_chat(talker, files.user_id)
+        traffic = ha.Traffic(talker, talk)
+        traffic.start()
+        await matrix.wait_for(lambda: len(traffic.sent) >= 20, 60, "20 messages sent")
+        in_flight = len(traffic.sent)
+        stopped_at = time.monotonic()
+        first.send(signal.SIGSTOP)
+        before = matrix.inbox(aidant).events(dm)
+        await say(aidant, dm, "!aide")
+        await next_reply(aidant, dm, files.user_id, after=_from(before, files.user_id), wait=60)
+        takeover_s = time.monotonic() - stopped_at
+        await second.wait_log(r"lease acquired: epoch 2\b", 5)
+        # Frozen 30 s in all, then resumed: it must exit at once, doing nothing.
+        await _sleep_until(stopped_at + 30)
+        first.send(signal.SIGCONT)
+        assert await first.wait_exit() == EXIT_LEASE_LOST, first.describe()
+        assert "resumed after the lease's lifetime; exiting" in first.log()
+        await traffic.stop()
+        counts = await ha.count(postgres_url, admin, traffic, files.user_id)
+        assert await second.stop(signal.SIGTERM) == 0, second.describe()
+
+    print(
+        f"\nFAILOVER sigstop: answer to !aide {takeover_s:.1f} s after the freeze; "
+        f"{counts.questions} messages ({in_flight} before the freeze), "
+        f"lost {counts.lost}, duplicated {counts.duplicated}"
+    )
+    assert counts.lost == 0 and counts.duplicated == 0, counts
+    assert counts.bot_events == counts.decrypted, counts
+    assert len(await admin.devices(files.user_id)) == 1
+
+
+def _from(events: list[object], sender: str) -> int:
+    return len([e for e in events if getattr(e, "sender", None) == sender])
+
+
+async def _sleep_until(deadline: float) -> None:
+    await asyncio.sleep(max(0.0, deadline - time.monotonic()))
