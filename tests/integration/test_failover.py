@@ -9,8 +9,10 @@ printed with `pytest -s` and copied into the README.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 
 import nio
@@ -19,6 +21,7 @@ import pytest
 from bot.devserver import LocalSynapse
 from bot.domain.model import Role
 from bot.services.lease import EXIT_LEASE_LOST
+from bot.services.login import saved_login
 from tests.support import bot as botsupport
 from tests.support import failover as ha
 from tests.support import matrix
@@ -90,7 +93,9 @@ async def test_sigkill_of_the_active_bot_the_standby_answers_with_nothing_lost_o
             lambda: len(traffic.sent) >= in_flight + 20, 60, "20 more messages sent"
         )
         await traffic.stop()
-        counts = await ha.count(postgres_url, admin, traffic, files.user_id)
+        counts = await ha.count(
+            postgres_url, admin, traffic, files.user_id, bot_token=await _bot_token(files)
+        )
         assert await second.stop(signal.SIGTERM) == 0, second.describe()
 
     print(
@@ -127,11 +132,18 @@ async def test_a_frozen_active_bot_is_replaced_and_on_resuming_exits_without_act
         await second.wait_log(r"lease acquired: epoch 2\b", 5)
         # Frozen 30 s in all, then resumed: it must exit at once, doing nothing.
         await _sleep_until(stopped_at + 30)
+        resumed_at = datetime.now()
         first.send(signal.SIGCONT)
         assert await first.wait_exit() == EXIT_LEASE_LOST, first.describe()
-        assert "resumed after the lease's lifetime; exiting" in first.log()
+        # Ended by its watchdog or its SIGCONT handler, before anything else: not one
+        # line of its log is from after the resume.
+        last_line = first.log().rstrip("\n").rsplit("\n", 1)[-1]
+        assert last_line.startswith("lease: ") and last_line.endswith("; exiting"), last_line
+        assert all(at < resumed_at for at in _log_times(first.log())), first.log()[-2000:]
         await traffic.stop()
-        counts = await ha.count(postgres_url, admin, traffic, files.user_id)
+        counts = await ha.count(
+            postgres_url, admin, traffic, files.user_id, bot_token=await _bot_token(files)
+        )
         assert await second.stop(signal.SIGTERM) == 0, second.describe()
 
     print(
@@ -150,3 +162,18 @@ def _from(events: list[object], sender: str) -> int:
 
 async def _sleep_until(deadline: float) -> None:
     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+
+
+async def _bot_token(files: proc.BotFiles) -> str:
+    async with files.store() as store:
+        login = await saved_login(store, files.user_id)
+    assert login is not None
+    return login.access_token
+
+
+def _log_times(log: str) -> list[datetime]:
+    """The timestamps of the log's lines (the format of `bot.log_privacy`, local time)."""
+    return [
+        datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", log, re.M)
+    ]

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 import aiohttp
 import asyncpg
@@ -100,6 +101,7 @@ class Counts:
     bot_events: int  # the bot's events in the chat, on the homeserver
     duplicated: int  # bot events beyond one per outbox row (same answer twice)
     decrypted: int  # the bot's messages the member's own client decrypted
+    strays: tuple[str, ...] = ()  # bot events of no outbox row: (txn ID, type) as seen by the bot
 
 
 async def count(
@@ -108,6 +110,7 @@ async def count(
     traffic: Traffic,
     bot_user_id: str,
     *,
+    bot_token: str,
     timeout: float = 120,
 ) -> Counts:
     """Once the bot has answered everything: lost and duplicated answers, counted by
@@ -133,17 +136,29 @@ async def count(
         await matrix.wait_for(all_answered, timeout, "every traffic message answered")
     got = await rows()
     answered = sum(1 for t in txns if got.get(t))
-    outbox_events = {e for e in got.values() if e}
     timeline = await admin.timeline(traffic.room_id)
     bot_events = proc.sent_by(timeline, bot_user_id, "m.room.encrypted")
     decrypted = await decrypted_from(traffic.client, traffic.room_id, bot_user_id)
+    # The bot's own view gives each of its events' transaction ID (unsigned, for the
+    # device that sent it): what a duplicate would be made of.
+    mine = proc.AdminApi(admin.homeserver, bot_token)
+    path = f"/_matrix/client/v3/rooms/{quote(traffic.room_id)}/messages?dir=f&limit=1000"
+    seen = [
+        (str(e["event_id"]), str((e.get("unsigned") or {}).get("transaction_id")), e["type"])
+        for e in (await mine.get(path)).get("chunk", [])
+        if e.get("sender") == bot_user_id and "state_key" not in e
+    ]
+    # Read again after the homeserver's view: a row sent meanwhile is not a stray.
+    outbox_events = {e for e in (await rows()).values() if e}
+    strays = tuple(f"{txn} {kind}" for event, txn, kind in seen if event not in outbox_events)
     return Counts(
         questions=len(txns),
         answered=answered,
         lost=len(txns) - answered,
         bot_events=len(bot_events),
-        duplicated=len(bot_events) - len(set(bot_events) & outbox_events),
+        duplicated=len(strays),
         decrypted=decrypted,
+        strays=strays,
     )
 
 
