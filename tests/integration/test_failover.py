@@ -96,6 +96,11 @@ async def test_sigkill_of_the_active_bot_the_standby_answers_with_nothing_lost_o
         counts = await ha.count(
             postgres_url, admin, traffic, files.user_id, bot_token=await _bot_token(files)
         )
+        # `aplus check` names the active bot: the former standby, at epoch 2.
+        report = await proc.run_aplus_async("check", "--config", str(files.config))
+        [active] = [line for line in report.stdout.splitlines() if "bot actif :" in line]
+        assert active.startswith("OK") and f"/{second.pid}/" in active, report.stdout
+        assert "(époque 2)" in active, active
         assert await second.stop(signal.SIGTERM) == 0, second.describe()
 
     print(
