@@ -15,6 +15,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import asyncpg
 import nio
 import pytest
 
@@ -182,3 +183,108 @@ def _log_times(log: str) -> list[datetime]:
         datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
         for m in re.finditer(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ", log, re.M)
     ]
+
+
+@pytest.mark.parametrize("death", ["after_create_room", "after_invites", "sigkill_after_commit"])
+async def test_the_active_bot_killed_mid_opening_the_standby_finishes_it_once(
+    synapse: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
+    postgres_url: str,
+    death: str,
+) -> None:
+    """The crash points of `test_process_crash`, with the standby (not a restart)
+    finishing the opening: one room, one invitation each, one dossier, one reply."""
+    admin = proc.AdminApi.of(synapse, await clients.user("admin", admin=True))
+    files = await proc.register_bot(synapse, tmp_path / "bot")
+    ha.enable_ha(files, postgres_url)
+    people = await _opening_directory(files, clients)
+    aidant = people["aidant"]
+    killed = death.startswith("sigkill")
+    first = proc.bot_process(files, env={} if killed else {"APLUS_CRASH_AT": death})
+    second = proc.bot_process(files)
+    with proc.killed_at_exit(first, second):
+        first.start()
+        await first.wait_log(r"lease acquired: epoch 1\b", 120)
+        second.start()
+        await ha.standby_port(second)
+        dm = await botsupport.open_direct_chat(aidant, files.user_id)
+        await say(aidant, dm, botsupport.filled_form())
+        recap = await next_reply(aidant, dm, files.user_id, after=0)
+        assert "!confirmer" in recap, recap
+        await say(aidant, dm, "!confirmer")
+        if killed:
+            await matrix.wait_for(
+                lambda: _demandes_in(postgres_url), 30, "the demande committed", interval=0.01
+            )
+            first.send(signal.SIGKILL)
+            assert await first.wait_exit() == -signal.SIGKILL
+        else:
+            assert await first.wait_exit() == CRASHED, first.describe()
+        opened = await next_reply(aidant, dm, files.user_id, after=1, wait=90)
+        await second.wait_log(r"lease acquired: epoch 2\b", 5)
+        await matrix.wait_for(
+            lambda: _opened_and_idle(postgres_url), 90, "the demande ready, the outbox empty"
+        )
+        assert await second.stop(signal.SIGTERM) == 0, second.describe()
+
+    [(reference, room_id)] = await _ready_demandes(postgres_url)
+    assert reference in opened and "ouverte" in opened, opened
+    assert await admin.rooms_with_state(files.user_id, "fr.aplus.demande", reference=reference) == [
+        room_id
+    ]
+    timeline = await admin.timeline(room_id)
+    participants = {c.user_id for c in people.values()}
+    assert proc.invites_per_user(timeline) == dict.fromkeys(participants, 1)
+    assert len(proc.sent_by(timeline, files.user_id, "m.room.encrypted")) == 1  # the dossier
+    assert len(proc.sent_by(await admin.timeline(dm), files.user_id, "m.room.encrypted")) == 2
+    assert len(await admin.devices(files.user_id)) == 1
+    texts = await matrix.join_and_read(people["instr1"], room_id, 1)
+    assert "Dupontel" in texts[0], texts
+
+
+CRASHED = 137  # bot.faults: os._exit(137), like a kill -9
+
+
+async def _opening_directory(
+    files: proc.BotFiles, clients: matrix.Clients
+) -> dict[str, nio.AsyncClient]:
+    people = {
+        "aidant": await clients.client("aidant"),
+        "instr1": await clients.client("instr1"),
+        "instr2": await clients.client("instr2"),
+    }
+    directory = botsupport.Directory()
+    async with files.store() as store:
+        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
+        await botsupport.add_group(store, directory, "caf", "caf", ["95"])
+        for key, client in people.items():
+            role, group = ([Role.AIDANT], "fs") if key == "aidant" else ([Role.INSTRUCTEUR], "caf")
+            await botsupport.add_agent(
+                store, directory, key, matrix_id=client.user_id, roles=role, group=group
+            )
+    return people
+
+
+async def _query(database_url: str, sql: str) -> list[asyncpg.Record]:
+    conn = await asyncpg.connect(ha.asyncpg_dsn(database_url))
+    try:
+        return list(await conn.fetch(sql))
+    finally:
+        await conn.close()
+
+
+async def _demandes_in(database_url: str) -> bool:
+    return bool(await _query(database_url, "SELECT id FROM demandes"))
+
+
+async def _ready_demandes(database_url: str) -> list[tuple[str, str]]:
+    rows = await _query(
+        database_url, "SELECT reference, room_id FROM demandes WHERE creation_step = 'ready'"
+    )
+    return [(str(r["reference"]), str(r["room_id"])) for r in rows]
+
+
+async def _opened_and_idle(database_url: str) -> bool:
+    pending = await _query(database_url, "SELECT txn_id FROM outbox_messages WHERE sent_at IS NULL")
+    return len(await _ready_demandes(database_url)) == 1 and not pending
