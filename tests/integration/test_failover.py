@@ -22,7 +22,6 @@ import pytest
 from bot.devserver import LocalSynapse
 from bot.domain.model import Role
 from bot.services.lease import EXIT_LEASE_LOST
-from bot.services.login import saved_login
 from tests.support import bot as botsupport
 from tests.support import failover as ha
 from tests.support import matrix
@@ -30,23 +29,6 @@ from tests.support import process as proc
 from tests.support.bot import next_reply, reply_with, say
 
 pytestmark = pytest.mark.postgres
-
-
-async def _setup(
-    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
-) -> tuple[proc.BotFiles, proc.AdminApi, dict[str, nio.AsyncClient]]:
-    admin = proc.AdminApi.of(synapse, await clients.user("admin", admin=True))
-    files = await proc.register_bot(synapse, tmp_path / "bot")
-    ha.enable_ha(files, postgres_url)
-    people = {"aidant": await clients.client("aidant"), "talker": await clients.client("talker")}
-    directory = botsupport.Directory()
-    async with files.store() as store:
-        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
-        for key, client in people.items():
-            await botsupport.add_agent(
-                store, directory, key, matrix_id=client.user_id, roles=[Role.AIDANT], group="fs"
-            )
-    return files, admin, people
 
 
 async def _active_and_standby(
@@ -64,7 +46,7 @@ async def _active_and_standby(
 async def test_sigkill_of_the_active_bot_the_standby_answers_with_nothing_lost_or_doubled(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
 ) -> None:
-    files, admin, people = await _setup(synapse, clients, tmp_path, postgres_url)
+    files, admin, people = await ha.setup(synapse, clients, tmp_path, postgres_url)
     aidant, talker = people["aidant"], people["talker"]
     synapse_log_from = synapse.log_path.stat().st_size
     first, second, standby_port = await _active_and_standby(files)
@@ -95,7 +77,7 @@ async def test_sigkill_of_the_active_bot_the_standby_answers_with_nothing_lost_o
         )
         await traffic.stop()
         counts = await ha.count(
-            postgres_url, admin, traffic, files.user_id, bot_token=await _bot_token(files)
+            postgres_url, admin, traffic, files.user_id, bot_token=await ha.bot_token(files)
         )
         # `aplus check` names the active bot: the former standby, at epoch 2.
         report = await proc.run_aplus_async("check", "--config", str(files.config))
@@ -119,7 +101,7 @@ async def test_sigkill_of_the_active_bot_the_standby_answers_with_nothing_lost_o
 async def test_a_frozen_active_bot_is_replaced_and_on_resuming_exits_without_acting(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
 ) -> None:
-    files, admin, people = await _setup(synapse, clients, tmp_path, postgres_url)
+    files, admin, people = await ha.setup(synapse, clients, tmp_path, postgres_url)
     aidant, talker = people["aidant"], people["talker"]
     first, second, _ = await _active_and_standby(files)
     with proc.killed_at_exit(first, second):
@@ -148,7 +130,7 @@ async def test_a_frozen_active_bot_is_replaced_and_on_resuming_exits_without_act
         assert all(at < resumed_at for at in _log_times(first.log())), first.log()[-2000:]
         await traffic.stop()
         counts = await ha.count(
-            postgres_url, admin, traffic, files.user_id, bot_token=await _bot_token(files)
+            postgres_url, admin, traffic, files.user_id, bot_token=await ha.bot_token(files)
         )
         assert await second.stop(signal.SIGTERM) == 0, second.describe()
 
@@ -168,13 +150,6 @@ def _from(events: list[object], sender: str) -> int:
 
 async def _sleep_until(deadline: float) -> None:
     await asyncio.sleep(max(0.0, deadline - time.monotonic()))
-
-
-async def _bot_token(files: proc.BotFiles) -> str:
-    async with files.store() as store:
-        login = await saved_login(store, files.user_id)
-    assert login is not None
-    return login.access_token
 
 
 def _log_times(log: str) -> list[datetime]:

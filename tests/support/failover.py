@@ -14,12 +14,17 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import quote
 
 import aiohttp
 import asyncpg
 import nio
 
+from bot.devserver import LocalSynapse
+from bot.domain.model import Role
+from bot.services.login import saved_login
+from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support import process as proc
 from tests.support.bot import say
@@ -180,3 +185,28 @@ async def decrypted_from(client: nio.AsyncClient, room_id: str, sender: str) -> 
         if not resp.chunk or not resp.end or resp.end == token:
             return decrypted
         token = resp.end
+
+
+async def setup(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
+) -> tuple[proc.BotFiles, proc.AdminApi, dict[str, nio.AsyncClient]]:
+    """A bot with `[ha]` on `postgres_url`, two aidants in its directory and their clients."""
+    admin = proc.AdminApi.of(synapse, await clients.user("admin", admin=True))
+    files = await proc.register_bot(synapse, tmp_path / "bot")
+    enable_ha(files, postgres_url)
+    people = {"aidant": await clients.client("aidant"), "talker": await clients.client("talker")}
+    directory = botsupport.Directory()
+    async with files.store() as store:
+        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
+        for key, client in people.items():
+            await botsupport.add_agent(
+                store, directory, key, matrix_id=client.user_id, roles=[Role.AIDANT], group="fs"
+            )
+    return files, admin, people
+
+
+async def bot_token(files: proc.BotFiles) -> str:
+    async with files.store() as store:
+        login = await saved_login(store, files.user_id)
+    assert login is not None
+    return login.access_token
