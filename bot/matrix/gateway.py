@@ -69,6 +69,10 @@ SYNC_FILTER: dict[str, Any] = {
 }
 
 
+# Events per page when filling a gap left by a limited sync timeline.
+GAP_PAGE = 100
+
+
 @dataclass(frozen=True, slots=True)
 class SavedLogin:
     user_id: str
@@ -593,6 +597,33 @@ class MatrixGateway:
         if not isinstance(uri, str) or not uri.startswith("mxc://"):
             raise MatrixError(resp.status, None, "media upload: no content URI")
         return uri
+
+    # ------------------------------------------------------------------ gaps
+    async def missed_events(self, room_id: str, prev_batch: str, since: str) -> list[Any]:
+        """The events of a room between our last sync (`since`) and the start of a
+        *limited* timeline (`prev_batch`), oldest first, decrypted when the keys are
+        here (else the `MegolmEvent`, which the undecryptable path keeps)."""
+        raw: list[dict[str, Any]] = []
+        token = prev_batch
+        while True:
+            page = await self.request(
+                "GET",
+                self._room(room_id) + "/messages",
+                query={"from": token, "to": since, "dir": "b", "limit": str(GAP_PAGE)},
+            )
+            chunk = page.get("chunk") or []
+            raw += [e for e in chunk if isinstance(e, dict)]
+            end = page.get("end")
+            if not chunk or not isinstance(end, str) or end == token:
+                break
+            token = end
+        events: list[Any] = []
+        for source in reversed(raw):
+            event = Event.parse_event(source)
+            if isinstance(event, MegolmEvent):
+                event = self.try_decrypt(event, room_id) or event
+            events.append(event)
+        return events
 
     # --------------------------------------------------------- missing keys
     def try_decrypt(self, event: MegolmEvent, room_id: str) -> Event | None:
