@@ -10,6 +10,7 @@ every message is answered once, none twice, and the listener answers from the le
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import socket
 import time
@@ -136,6 +137,59 @@ async def test_a_30_s_database_outage_under_traffic_loses_and_doubles_nothing(
     print(
         f"\nDB OUTAGE {OUTAGE_S} s: {counts.questions} messages ({during} sent during the "
         f"outage), lost {counts.lost}, duplicated {counts.duplicated}"
+    )
+    assert counts.lost == 0 and counts.duplicated == 0, counts
+    assert counts.bot_events == counts.decrypted, counts
+
+
+async def test_a_database_restart_during_a_lease_leaves_one_active_bot_at_any_instant(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    """Both bots running, the database restarted under traffic: whoever renews or takes
+    the lease first is the one active bot; the epochs strictly increase, each taken by
+    one process only; nothing lost, nothing answered twice."""
+    async with private_cluster() as cluster:
+        url = cluster.url()
+        files, admin, people = await ha.setup(synapse, clients, tmp_path, url)
+        talker = people["talker"]
+        first, second = proc.bot_process(files), proc.bot_process(files)
+        with proc.killed_at_exit(first, second):
+            first.start()
+            await first.wait_log(r"lease acquired: epoch 1\b", 120)
+            second.start()
+            await ha.standby_port(second)
+            talk = await botsupport.open_direct_chat(talker, files.user_id)
+            traffic = ha.Traffic(talker, talk)
+            traffic.start()
+            await matrix.wait_for(lambda: len(traffic.sent) >= 10, 60, "10 messages sent")
+            await cluster.stop()
+            await asyncio.sleep(6)  # longer than the lease: both may contend afterwards
+            await cluster.start()
+            restarted_at = len(traffic.sent)
+            await matrix.wait_for(
+                lambda: len(traffic.sent) >= restarted_at + 20, 90, "20 more messages"
+            )
+            await traffic.stop()
+            counts = await ha.count(
+                url, admin, traffic, files.user_id, bot_token=await ha.bot_token(files)
+            )
+            survivors = [p for p in (first, second) if p.returncode() is None]
+            exited = [p for p in (first, second) if p.returncode() is not None]
+            # A bot that lost the lease exits 75 (systemd would restart it as standby).
+            assert all(p.returncode() == 75 for p in exited), [p.describe() for p in exited]
+            for process in survivors:
+                assert await process.stop(signal.SIGTERM) == 0, process.describe()
+
+    holders: dict[int, int] = {}
+    for index, process in enumerate((first, second)):
+        for found in re.finditer(r"lease acquired: epoch (\d+),", process.log()):
+            epoch = int(found.group(1))
+            assert epoch not in holders, (epoch, holders)
+            holders[epoch] = index
+    assert sorted(holders) == list(range(1, len(holders) + 1)), holders
+    print(
+        f"\nDB RESTART: epochs {sorted(holders)}, {counts.questions} messages, "
+        f"lost {counts.lost}, duplicated {counts.duplicated}"
     )
     assert counts.lost == 0 and counts.duplicated == 0, counts
     assert counts.bot_events == counts.decrypted, counts
