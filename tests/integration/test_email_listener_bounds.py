@@ -296,3 +296,45 @@ async def test_a_bot_that_does_not_hold_the_lease_answers_451_and_keeps_nothing(
         assert code == 250
         async with lst.store.transaction() as tx:
             assert len(await tx.inbound_entries()) == 1
+
+
+async def test_a_bot_that_does_not_hold_the_lease_delivers_no_email(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Two processes, one active: the relay hears nothing from the other one, and the
+    queued email stays due for whoever is active."""
+    from bot.domain.lease import LeaseLost
+    from bridge.delivery import EmailDelivery
+    from tests.support.email import relay
+
+    store = await Store.open(sqlite_url, FieldCipher.from_secret(generate_key()))
+    holding = [False]
+    try:
+        async with relay() as sink:
+            async with store.transaction() as tx:
+                await tx.enqueue_email(
+                    event_key="$ev1",
+                    recipient="ivan@caf.example.fr",
+                    kind="message",
+                    demande_id=None,
+                    author="@alice:aplus.test",
+                    message_id="<ev.1@aplus.test>",
+                    envelope_from="ne-pas-repondre@aplus.test",
+                    message=b"Message-ID: <ev.1@aplus.test>\r\n\r\nBonjour\r\n",
+                    now=SystemClock().now(),
+                )
+            delivery = EmailDelivery(
+                store=store,
+                settings=_settings(tmp_path, relay_port=sink.port, relay_security="none").email,
+                clock=SystemClock(),
+                wake_matrix=lambda: None,
+                held=lambda: holding[0],
+            )
+            with pytest.raises(LeaseLost):
+                await delivery.flush()
+            assert sink.messages == []
+            holding[0] = True
+            assert await delivery.flush() == 1
+            assert [m.header("Message-ID") for m in sink.messages] == ["<ev.1@aplus.test>"]
+    finally:
+        await store.close()
