@@ -28,6 +28,7 @@ from nio import (
     SyncResponse,
 )
 
+from bot.domain.lease import LeaseLost
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.services.event_retries import EventRetries
@@ -237,6 +238,11 @@ class SyncLoop:
                 raise
             except MatrixError as exc:
                 log.warning("sync failed (%s); retry in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            except LeaseLost:
+                # Not the active bot for now (bot.services.lease): nothing is fetched.
+                log.warning("sync paused: the lease is not held; retry in %.0f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             except Exception:
