@@ -263,3 +263,62 @@ async def _ready_demandes(database_url: str) -> list[tuple[str, str]]:
 async def _opened_and_idle(database_url: str) -> bool:
     pending = await _query(database_url, "SELECT txn_id FROM outbox_messages WHERE sent_at IS NULL")
     return len(await _ready_demandes(database_url)) == 1 and not pending
+
+
+KILLS = 20
+
+
+# Twenty takeovers and twenty process starts: longer than the default per-test limit.
+@pytest.mark.timeout(900)
+async def test_twenty_kills_alternating_between_the_two_bots_keep_one_device_and_its_keys(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
+) -> None:
+    """Each takeover starts the crypto store the other process left: no one-time key
+    clash on the homeserver, and a message sent to the bot after each one decrypts
+    (the bot answers it) and its answer decrypts (the aidant reads it)."""
+    files, admin, people = await ha.setup(synapse, clients, tmp_path, postgres_url)
+    aidant = people["aidant"]
+    synapse_log_from = synapse.log_path.stat().st_size
+    active, standby, _ = await _active_and_standby(files)
+    processes = [active, standby]
+    try:
+        dm = await botsupport.open_direct_chat(aidant, files.user_id)
+        takeovers: list[float] = []
+        for kill in range(1, KILLS + 1):
+            killed_at = time.monotonic()
+            active.send(signal.SIGKILL)
+            assert await active.wait_exit() == -signal.SIGKILL
+            before = _from(matrix.inbox(aidant).events(dm), files.user_id)
+            await say(aidant, dm, "!aide")
+            answer = await next_reply(aidant, dm, files.user_id, after=before, wait=60)
+            takeovers.append(time.monotonic() - killed_at)
+            assert "!demande" in answer, answer
+            assert not matrix.inbox(aidant).undecryptable[dm]
+            await standby.wait_log(rf"lease acquired: epoch {kill + 1}\b", 5)
+            # The killed one comes back (systemd would) as the new standby.
+            active, standby = standby, proc.bot_process(files)
+            processes.append(standby)
+            standby.start()
+            await ha.standby_port(standby)
+        # The standby first: stopped last, the active one would hand it the lease.
+        assert await standby.stop(signal.SIGTERM) == 0, standby.describe()
+        assert await active.stop(signal.SIGTERM) == 0, active.describe()
+    finally:
+        for process in processes:
+            process.kill()
+
+    # Each epoch was taken by one process only, in order.
+    holders: dict[int, int] = {}
+    for index, process in enumerate(processes):
+        for found in re.finditer(r"lease acquired: epoch (\d+),", process.log()):
+            epoch = int(found.group(1))
+            assert epoch not in holders, (epoch, holders)
+            holders[epoch] = index
+    assert sorted(holders) == list(range(1, KILLS + 2))
+    assert len(await admin.devices(files.user_id)) == 1
+    assert b"already exists" not in synapse.log_path.read_bytes()[synapse_log_from:]
+    print(
+        f"\nFAILOVER {KILLS} alternating kills: !aide answered after "
+        f"{min(takeovers):.1f}-{max(takeovers):.1f} s (median "
+        f"{sorted(takeovers)[len(takeovers) // 2]:.1f} s)"
+    )
