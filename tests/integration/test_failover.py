@@ -118,6 +118,9 @@ async def test_a_frozen_active_bot_is_replaced_and_on_resuming_exits_without_act
         await next_reply(aidant, dm, files.user_id, after=_from(before, files.user_id), wait=60)
         takeover_s = time.monotonic() - stopped_at
         await second.wait_log(r"lease acquired: epoch 2\b", 5)
+        # The frozen holder's database connections are ended by the takeover: whatever
+        # it had open is rolled back, and it can commit nothing afterwards (the fence).
+        await second.wait_log(r"connection\(s\) of the previous holder ended", 5)
         # Frozen 30 s in all, then resumed: it must exit at once, doing nothing.
         await _sleep_until(stopped_at + 30)
         resumed_at = datetime.now()
