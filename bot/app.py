@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 from bot.admin_wiring import AdminRuntime, build_admin, followup_rules
+from bot.domain.lease import LeaseLost, always_held
 from bot.domain.policies import Policies
 from bot.domain.retry import RetryPolicy
 from bot.matrix.cross_signing import ensure_cross_signing
@@ -31,6 +32,7 @@ from bot.services.event_retries import EventRetries
 from bot.services.failures import database_unavailable
 from bot.services.history import HistoryCopies
 from bot.services.identity_pins import IdentityPins
+from bot.services.lease import Lease
 from bot.services.ledger import StoreLedger
 from bot.services.membership_api import MembershipApi, start_membership_api
 from bot.services.opening import Opening
@@ -40,6 +42,7 @@ from bot.services.room_index import DemandeRoomIndex
 from bot.services.room_key_archive import StoredKeyArchive
 from bot.services.room_specs import RoomSpecs
 from bot.services.spaces import Spaces
+from bot.services.standby import wait_as_standby
 from bot.services.undecryptable import Undecryptables
 from bot.services.worker import Wakeup
 from bot.settings import Settings
@@ -66,6 +69,7 @@ class App:
     _cross_sign: bool = field(default=True, repr=False)
     _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
     _parts: _Parts | None = field(init=False, default=None)
+    _lease: Lease | None = field(init=False, default=None)
 
     # -- what tests, `aplus dev` and the CLI look at, once started
     @property
@@ -123,8 +127,21 @@ class App:
         s.data.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         policies = PoliciesRef(self.initial_policies or load_policies(s.policies.dir))
         cipher = FieldCipher.from_secret(s.secrets.data_key.reveal())
-        store = await Store.open(s.database.url.reveal(), cipher)
+        # Two processes, one active (bot.services.lease): its store is fenced by the lease.
+        lease = self._lease = (
+            Lease.for_settings(s.database.url.reveal(), s.ha.renew_seconds, s.ha.ttl_seconds)
+            if s.ha.enabled
+            else None
+        )
+        store = await Store.open(
+            s.database.url.reveal(),
+            cipher,
+            fence=lease.fence if lease is not None else None,
+            application_name=lease.holder if lease is not None else None,
+        )
         self._stack.push_async_callback(store.close)
+        if lease is not None:
+            self._stack.push_async_callback(lease.close)  # closed after all below
         # The homeserver guard (synapse_module/, deploy/synapse-module.md) asks this
         # endpoint about every invite and join in a demande room: it listens before
         # anything below invites anyone, and answers from the committed ledger only.
@@ -132,6 +149,10 @@ class App:
         if s.guard.enabled:
             membership_api = await start_membership_api(s, store, self.clock)
             self._stack.push_async_callback(membership_api.close)
+        if lease is not None:
+            # The standby waits here, silent; once active, the start goes on as a restart.
+            await wait_as_standby(store, lease, s.health)
+        held = lease.held if lease is not None else always_held
         # Parts built before the outbox that queue messages wake it through this.
         outbox_wakeup = Wakeup()
         identity_pins = IdentityPins(
@@ -151,6 +172,7 @@ class App:
             key_archive=StoredKeyArchive(store, self.clock),
             identity_pins=identity_pins,
             on_unverified=notices.withheld,
+            held=held,
         )
         self._stack.push_async_callback(gateway.close)
         await login.connect(s.bot, store, gateway)
@@ -202,6 +224,7 @@ class App:
                 sender=outbox,
                 policies=policies,
                 clock=clock,
+                held=held,
             )
             email = email_parts.bridge
         undecryptables = Undecryptables(
@@ -320,6 +343,7 @@ class App:
                 sender=outbox,
                 rooms=rooms,
                 clock=clock,
+                held=held,
             )
             self._stack.push_async_callback(email_runtime.close)
         self._stack.push_async_callback(admin.close)
@@ -347,7 +371,16 @@ class App:
         # Demandes whose room was being built when the bot stopped are finished before any
         # new event is handled, so that the events of their rooms are recognised.
         await self._recover()
+        try:
+            await self._serve(p)
+        except* LeaseLost:
+            # Another process is the active bot: end (non-zero), restarted as the standby.
+            raise LeaseLost("another bot took the lease over") from None
+
+    async def _serve(self, p: _Parts) -> None:
         async with asyncio.TaskGroup() as tasks:
+            if self._lease is not None:
+                tasks.create_task(self._lease.lost(), name="lease")
             tasks.create_task(p.sync.run(), name="sync")
             tasks.create_task(p.outbox.run(), name="outbox")
             tasks.create_task(p.guard.run(), name="guard")

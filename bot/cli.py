@@ -65,11 +65,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from bot.app import App
+    from bot.domain.lease import LeaseLost
+    from bot.services.lease import EXIT_LEASE_LOST
 
     settings = load_settings(Path(args.config))
     _setup_logging(settings.logging.level)
+    lost = False
 
     async def main() -> None:
+        nonlocal lost
         app = App(settings)
         this = asyncio.current_task()
         assert this is not None
@@ -84,11 +88,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             await app.run()
         except asyncio.CancelledError:
             log.info("stop requested: closing")
+        except LeaseLost:
+            # Two processes, one active: the other one is. systemd restarts this one,
+            # which then waits as the standby (deploy/README.md).
+            log.error("lease lost: another bot is active; exiting")
+            lost = True
         finally:
             await app.close()
 
     asyncio.run(main())
-    return 0
+    return EXIT_LEASE_LOST if lost else 0
 
 
 def cmd_directory_import(args: argparse.Namespace) -> int:

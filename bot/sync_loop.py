@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from nio import (
@@ -28,6 +28,7 @@ from nio import (
     SyncResponse,
 )
 
+from bot.domain.lease import LeaseLost
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
 from bot.services.event_retries import EventRetries
@@ -63,7 +64,11 @@ class EventRouter:
         self.retries = retries
         self.concurrency = concurrency
 
-    async def handle(self, resp: SyncResponse) -> None:
+    async def handle(
+        self, resp: SyncResponse, missed: Mapping[str, list[Any]] | None = None
+    ) -> None:
+        """Handle a batch; `missed`: per room, the events a limited timeline left out
+        (oldest first), handled before the batch's own."""
         for room_id, info in resp.rooms.invite.items():
             try:
                 await self.on_invite(room_id, list(info.invite_state))
@@ -76,7 +81,10 @@ class EventRouter:
         for room_id, info in resp.rooms.join.items():
             # State in the `state` block changed in a gap before the timeline (a limited
             # sync): it is checked like the timeline's, first.
-            events = [(e, False) for e in (*info.state, *info.timeline.events)]
+            gap = list((missed or {}).get(room_id, ()))
+            seen = {getattr(e, "event_id", None) for e in gap}
+            state = [e for e in info.state if getattr(e, "event_id", None) not in seen]
+            events = [(e, False) for e in (*gap, *state, *info.timeline.events)]
             if events:
                 rooms[room_id] = events
         await self.handle_rooms(rooms)
@@ -163,8 +171,8 @@ class SyncLoop:
         self.retries = retries
         self.synced = asyncio.Event()
 
-    async def _handle(self, resp: SyncResponse) -> None:
-        await self.router.handle(resp)
+    async def _handle(self, resp: SyncResponse, since: str | None) -> None:
+        await self.router.handle(resp, await self._missed(resp, since))
         try:
             await self.gateway.after_sync()
         except MatrixError as exc:
@@ -178,6 +186,22 @@ class SyncLoop:
         await self.router.handle_events(await self.retries.due(), retried=True)
         async with self.store.transaction() as tx:
             await tx.set_state(SYNC_TOKEN_KEY, resp.next_batch)
+
+    async def _missed(self, resp: SyncResponse, since: str | None) -> dict[str, list[Any]]:
+        """A room whose timeline came back limited (more new events than the filter's
+        limit: after an outage, a stop, a burst) has a gap: read it back, so that no
+        event is skipped. Never on the first sync of an account (no `since`)."""
+        if since is None:
+            return {}
+        missed: dict[str, list[Any]] = {}
+        for room_id, info in resp.rooms.join.items():
+            timeline = info.timeline
+            if timeline.limited and timeline.prev_batch:
+                missed[room_id] = await self.gateway.missed_events(
+                    room_id, timeline.prev_batch, since
+                )
+                log.info("room %s: %d event(s) read back from a gap", room_id, len(missed[room_id]))
+        return missed
 
     async def _timeout(self, first: bool) -> int:
         """The long-poll's wait: shorter when a retry falls due before it would end."""
@@ -196,7 +220,7 @@ class SyncLoop:
         while True:
             try:
                 resp = await self.gateway.sync(since=since, timeout_ms=await self._timeout(first))
-                handling = asyncio.ensure_future(self._handle(resp))
+                handling = asyncio.ensure_future(self._handle(resp, since))
                 try:
                     await asyncio.shield(handling)
                 except asyncio.CancelledError:
@@ -214,6 +238,11 @@ class SyncLoop:
                 raise
             except MatrixError as exc:
                 log.warning("sync failed (%s); retry in %.0f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+            except LeaseLost:
+                # Not the active bot for now (bot.services.lease): nothing is fetched.
+                log.warning("sync paused: the lease is not held; retry in %.0f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
             except Exception:

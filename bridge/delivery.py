@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 import aiosmtplib
 import dkim
 
+from bot.domain.lease import LeaseLost, always_held, require_held
 from bot.matrix import content as mx
 from bot.services import outbox as matrix_outbox
 from bot.services.clock import Clock
@@ -72,8 +73,11 @@ class EmailDelivery:
         clock: Clock,
         wake_matrix: Callable[[], None],
         batch: int = 200,
+        held: Callable[[], bool] = always_held,
     ) -> None:
         self.store = store
+        # Two processes, one active (bot.services.lease): only the active one delivers.
+        self._held = held
         self.settings = settings
         self.clock = clock
         self.wake_matrix = wake_matrix
@@ -101,6 +105,10 @@ class EmailDelivery:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=timeout)
                 delay = 1.0
+            except LeaseLost:
+                log.warning("email delivery: not the active bot; retry in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 60.0)
             except Exception:
                 # Database unavailable or a bug: the rows stay queued.
                 log.exception("email delivery: unexpected failure; retry in %.0f s", delay)
@@ -169,6 +177,8 @@ class EmailDelivery:
         return client
 
     async def _send(self, client: aiosmtplib.SMTP, email: OutgoingEmail) -> None:
+        # Raises out of `flush` untouched: the row stays as it is, for the active bot.
+        require_held(self._held(), "SMTP delivery")
         try:
             await client.sendmail(email.envelope_from, [email.recipient], self.sign(email.message))
         except aiosmtplib.SMTPRecipientsRefused as exc:

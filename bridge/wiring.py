@@ -11,7 +11,7 @@ Neither sees the application object; each gets what it uses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,9 +41,10 @@ async def build_hooks(
     sender: Sender,
     policies: PoliciesRef,
     clock: Clock,
+    held: Callable[[], bool],
 ) -> EmailHooksParts:
     delivery = EmailDelivery(
-        store=store, settings=settings, clock=clock, wake_matrix=sender.flush_soon
+        store=store, settings=settings, clock=clock, wake_matrix=sender.flush_soon, held=held
     )
     bridge = EmailBridge(
         settings=settings,
@@ -93,6 +94,7 @@ async def build_runtime(
     sender: Sender,
     rooms: DemandeRooms,
     clock: Clock,
+    held: Callable[[], bool],
 ) -> EmailRuntime:
     """The inbox poster and the listener (listening once this returns)."""
     poster = InboxPoster(
@@ -109,6 +111,7 @@ async def build_runtime(
         clock=clock,
         on_committed=poster.wake,
         wake_matrix=sender.flush_soon,
+        held=held,
     )
     server = await start_listener(handler, settings)
     return EmailRuntime(parts.bridge, parts.delivery, poster, handler, server)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from nio.events import Event
 from nio.exceptions import EncryptionError
 from nio.rooms import MatrixRoom
 
+from bot.domain.lease import always_held, require_held
 from bot.matrix import attachments as files
 from bot.matrix.device_trust import DeviceTrust, IdentityCheck
 from bot.matrix.errors import (
@@ -68,6 +69,10 @@ SYNC_FILTER: dict[str, Any] = {
 }
 
 
+# Events per page when filling a gap left by a limited sync timeline.
+GAP_PAGE = 100
+
+
 @dataclass(frozen=True, slots=True)
 class SavedLogin:
     user_id: str
@@ -90,8 +95,12 @@ class MatrixGateway:
         key_archive: KeyArchive | None = None,
         identity_pins: IdentityCheck | None = None,
         on_unverified: UnverifiedFn | None = None,
+        held: Callable[[], bool] = always_held,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
+        # Two processes, one active (bot.services.lease): nothing that changes anything
+        # on the homeserver leaves a process that is not (or no longer) the active one.
+        self._held = held
         self.user_id = user_id
         self.device_name = device_name
         self.store_dir = store_dir
@@ -179,6 +188,7 @@ class MatrixGateway:
 
     async def _upload_keys_if_needed(self) -> None:
         if self.client.should_upload_keys:
+            require_held(self._held(), "keys upload")
             try:
                 resp = await self.client.keys_upload()
             except (aiohttp.ClientError, TimeoutError) as exc:
@@ -196,6 +206,7 @@ class MatrixGateway:
     async def sync(self, *, since: str | None, timeout_ms: int) -> SyncResponse:
         # nio skips a response whose token it saw already; a retry of the same batch
         # after a failure must be decrypted and handled again.
+        require_held(self._held(), "sync")
         self.client.next_batch = since
         try:
             resp = await self.client.sync(
@@ -224,6 +235,7 @@ class MatrixGateway:
     async def after_sync(self) -> None:
         """The crypto housekeeping nio's sync_forever would do."""
         c = self.client
+        require_held(self._held(), "to-device messages")
         try:
             await c.send_to_device_messages()
             await self._upload_keys_if_needed()
@@ -279,6 +291,8 @@ class MatrixGateway:
         query: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         assert self._http is not None, "connect() first"
+        if method != "GET":
+            require_held(self._held(), f"{method} request")
         headers = {"Authorization": f"Bearer {self.client.access_token}"}
         try:
             async with self._http.request(
@@ -560,6 +574,7 @@ class MatrixGateway:
 
     async def _upload(self, ciphertext: bytes, filename: str) -> str:
         assert self._http is not None, "connect() first"
+        require_held(self._held(), "media upload")
         headers = {
             "Authorization": f"Bearer {self.client.access_token}",
             # The homeserver stores ciphertext: never tell it what the file really is.
@@ -582,6 +597,33 @@ class MatrixGateway:
         if not isinstance(uri, str) or not uri.startswith("mxc://"):
             raise MatrixError(resp.status, None, "media upload: no content URI")
         return uri
+
+    # ------------------------------------------------------------------ gaps
+    async def missed_events(self, room_id: str, prev_batch: str, since: str) -> list[Any]:
+        """The events of a room between our last sync (`since`) and the start of a
+        *limited* timeline (`prev_batch`), oldest first, decrypted when the keys are
+        here (else the `MegolmEvent`, which the undecryptable path keeps)."""
+        raw: list[dict[str, Any]] = []
+        token = prev_batch
+        while True:
+            page = await self.request(
+                "GET",
+                self._room(room_id) + "/messages",
+                query={"from": token, "to": since, "dir": "b", "limit": str(GAP_PAGE)},
+            )
+            chunk = page.get("chunk") or []
+            raw += [e for e in chunk if isinstance(e, dict)]
+            end = page.get("end")
+            if not chunk or not isinstance(end, str) or end == token:
+                break
+            token = end
+        events: list[Any] = []
+        for source in reversed(raw):
+            event = Event.parse_event(source)
+            if isinstance(event, MegolmEvent):
+                event = self.try_decrypt(event, room_id) or event
+            events.append(event)
+        return events
 
     # --------------------------------------------------------- missing keys
     def try_decrypt(self, event: MegolmEvent, room_id: str) -> Event | None:
@@ -612,6 +654,7 @@ class MatrixGateway:
             await self.client.receive_response(resp)
 
     async def _claim_keys(self, devices: dict[str, list[str]]) -> None:
+        require_held(self._held(), "keys claim")
         try:
             claim = await self.client.keys_claim(devices)
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -28,6 +28,7 @@ from sqlalchemy.engine import make_url
 from bot.matrix.cross_signing import SEED_SECRET_NAME, CrossSigningSeeds, ServerIdentity
 from bot.services.login import saved_login
 from bot.settings import Settings
+from bot.store import lease as lease_sql
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store, head_revision
 
@@ -220,6 +221,7 @@ async def check_online(settings: Settings, synapse_config: Path | None = None) -
         out += await _relay(s)
         out += await _listener(s)
         out += await _guard_endpoint(s, store, synapse_config)
+        out += await _lease(s, store)
     finally:
         await store.close()
     return out
@@ -461,6 +463,27 @@ async def _listener(s: Settings) -> list[Check]:
             "email.listen_port.",
         )
     ]
+
+
+async def _lease(s: Settings, store: Store) -> list[Check]:
+    """Two processes, one active (`[ha]`): which one holds the lease now."""
+    name = "bot actif"
+    if not s.ha.enabled:
+        return []
+    async with store.engine.connect() as conn:
+        state = await lease_sql.read(conn)
+    if state is None:
+        return [Check(name, None, "aucun bot n'a encore démarré sur cette base.")]
+    if state.expired:
+        return [
+            Check(
+                name,
+                False,
+                f"aucun : le bail (époque {state.epoch}, dernier actif {state.holder}) a "
+                "expiré ; le bot de secours le reprend s'il tourne.",
+            )
+        ]
+    return [Check(name, True, f"{state.holder} (époque {state.epoch}).")]
 
 
 def _port_free(host: str, port: int) -> bool:

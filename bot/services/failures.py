@@ -10,11 +10,35 @@ from __future__ import annotations
 
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from bot.domain.lease import LeaseLost
 from bot.matrix.errors import HomeserverUnavailable, MatrixError, MediaUnavailable
+
+# PostgreSQL errors that say nothing of the work itself: the same work, tried again,
+# goes through. Serialization failure, deadlock, the connection ended by the server
+# (pg_terminate_backend, a restart) or not available yet, connection failures.
+TRANSIENT_SQLSTATES = frozenset(
+    {"40001", "40P01", "57P01", "57P02", "57P03", "08000", "08001", "08003", "08004", "08006"}
+)
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    orig = exc.orig
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return code if isinstance(code, str) else None
 
 
 def database_unavailable(exc: BaseException) -> bool:
-    """The database cannot be reached or answered with a connection-level error."""
+    """The database cannot be reached, answered with a connection-level error, or
+    refused this transaction for a reason of its own (`TRANSIENT_SQLSTATES`): the work
+    waits and is tried again, whole (every handler is idempotent), blamed for nothing.
+
+    `LeaseLost` counts as one: this process may not write (fenced) nor act, so every
+    piece of work waits, blamed for nothing, until the process exits as the standby.
+    """
+    if isinstance(exc, LeaseLost):
+        return True
+    if isinstance(exc, DBAPIError) and _sqlstate(exc) in TRANSIENT_SQLSTATES:
+        return True
     if isinstance(exc, (OperationalError, InterfaceError)):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:

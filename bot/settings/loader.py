@@ -19,6 +19,7 @@ from bot.settings.schema import (
     DataSettings,
     EmailSettings,
     GuardSettings,
+    HaSettings,
     HealthSettings,
     HomeserverSettings,
     LoggingSettings,
@@ -58,6 +59,7 @@ class Settings:
     admin: AdminSettings
     health: HealthSettings
     guard: GuardSettings
+    ha: HaSettings
     config_path: Path | None = None
 
     @staticmethod

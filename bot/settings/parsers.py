@@ -8,6 +8,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
+from bot.domain.lease import timing_problem
 from bot.settings.checks import (
     check_data_key,
     check_database_url,
@@ -46,6 +47,7 @@ from bot.settings.schema import (
     DataSettings,
     EmailSettings,
     GuardSettings,
+    HaSettings,
     HealthSettings,
     HomeserverSettings,
     LoggingSettings,
@@ -332,3 +334,21 @@ def _parse_guard(t: Table) -> GuardSettings:
         port=port,
         shared_secret=secret,
     )
+
+
+@section("ha")
+def _parse_ha(t: Table) -> HaSettings:
+    database = t.loader.section(DatabaseSettings)
+    enabled = t.boolean("enabled", False)
+    renew = t.integer("renew_seconds", 1, minimum=1)
+    ttl = t.integer("ttl_seconds", 5, minimum=1)
+    if enabled and database.is_sqlite:
+        t.error(
+            "enabled",
+            "deux bots (un actif, un en attente) demandent une base PostgreSQL "
+            "(database.url) : une base SQLite ne se partage pas entre deux processus",
+        )
+    problem = None if t.has_problem("ttl_seconds") else timing_problem(renew, ttl)
+    if problem is not None and not t.has_problem("renew_seconds"):
+        t.error("renew_seconds", problem)
+    return HaSettings(enabled=enabled, renew_seconds=renew, ttl_seconds=ttl)

@@ -244,3 +244,12 @@ class GuardSettings:
     host: str  # loopback or a private address: Synapse alone calls it
     port: int  # 0: a free port, chosen at start (tests)
     shared_secret: Secret | None  # required when enabled; the module reads the same value
+
+
+@dataclass(frozen=True, slots=True)
+class HaSettings:
+    """Two bot processes on one PostgreSQL database, one active (`bot.services.lease`)."""
+
+    enabled: bool
+    renew_seconds: int  # the active renews its lease this often
+    ttl_seconds: int  # each renewal is valid this long (by the database's clock)

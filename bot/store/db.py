@@ -7,7 +7,7 @@ loop that created them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,14 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
+from bot.domain.lease import LeaseLost
 from bot.store import tables  # noqa: F401 (registers every table)
 from bot.store.crypto import FieldCipher
 from bot.store.repository import Tx
@@ -28,6 +34,11 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
 # Serialises concurrent upgrades of one PostgreSQL database (two bot processes starting).
 _PG_MIGRATION_LOCK = 0x41504C55  # "APLU"
+
+# The fence of two processes, one active (`bot.services.lease`): the epoch this process
+# holds the lease with, or None while it is the standby (its transactions are then
+# READ ONLY: it answers questions, it writes nothing).
+Fence = Callable[[], int | None]
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
@@ -72,7 +83,7 @@ def _configure_sqlite(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, application_name: str | None = None) -> AsyncEngine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
@@ -85,27 +96,47 @@ def create_engine(url: str) -> AsyncEngine:
         return engine
     # pre_ping: after a database restart, stale pooled connections are replaced
     # instead of failing the next transaction.
-    return create_async_engine(url, pool_pre_ping=True)
+    # application_name names the process (its lease holder) in pg_stat_activity: a
+    # takeover terminates a frozen holder's connections by that name.
+    connect_args = {"server_settings": {"application_name": application_name}}
+    return create_async_engine(
+        url, pool_pre_ping=True, connect_args=connect_args if application_name else {}
+    )
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, cipher: FieldCipher) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cipher: FieldCipher, fence: Fence | None = None
+    ) -> None:
         self._engine = engine
         self._cipher = cipher
         self._dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._fence = fence
 
     @classmethod
-    async def open(cls, url: str, cipher: FieldCipher) -> Store:
-        """Connects and upgrades the schema to the latest migration."""
-        engine = create_engine(url)
+    async def open(
+        cls,
+        url: str,
+        cipher: FieldCipher,
+        *,
+        fence: Fence | None = None,
+        application_name: str | None = None,
+    ) -> Store:
+        """Connects and upgrades the schema to the latest migration.
+
+        With a `fence` (PostgreSQL), every transaction first checks that this process
+        still holds the lease's epoch, and holds the lease row against a takeover
+        until it ends: a stale holder's transaction fails before it writes anything.
+        """
+        engine = create_engine(url, application_name)
         try:
             async with engine.begin() as conn:
                 await conn.run_sync(_upgrade_sync)
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine, cipher)
+        return cls(engine, cipher, fence)
 
     @classmethod
     async def connect(cls, url: str, cipher: FieldCipher) -> Store:
@@ -139,7 +170,23 @@ class Store:
     async def transaction(self) -> AsyncIterator[Tx]:
         """One transaction: committed on normal exit, rolled back on exception."""
         async with self._sessions() as session, session.begin():
+            if self._fence is not None:
+                await self._check_fence(session, self._fence())
             yield Tx(session, self._cipher, self._dialect)
+
+    @staticmethod
+    async def _check_fence(session: AsyncSession, epoch: int | None) -> None:
+        if epoch is None:
+            await session.execute(text("SET TRANSACTION READ ONLY"))
+            return
+        # FOR KEY SHARE: renewals (expires_at) pass, a takeover (epoch, a key column)
+        # waits for this transaction's end, or terminates it (bot.store.lease).
+        held = await session.execute(
+            text("SELECT 1 FROM lease WHERE id = 1 AND epoch = :epoch FOR KEY SHARE"),
+            {"epoch": epoch},
+        )
+        if held.first() is None:
+            raise LeaseLost(f"epoch {epoch} is no longer the lease's")
 
     async def current_revision(self) -> str | None:
         async with self._engine.connect() as conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bot.store.crypto_models as crypto_models
 import bot.store.draft_models as draft_models
 import bot.store.email_models as email_models
+import bot.store.lease_models as lease_models
 import bot.store.loop_models as loop_models
 import bot.store.models as models
 import bot.store.work_models as work_models
@@ -16,6 +17,7 @@ __all__ = [
     "crypto_models",
     "draft_models",
     "email_models",
+    "lease_models",
     "loop_models",
     "metadata",
     "models",

@@ -49,6 +49,7 @@ from typing import Any, TypeVar
 import dkim
 
 import bridge.inbound.stored as stored
+from bot.domain.lease import always_held
 from bot.faults import crash_point
 from bot.services.clock import Clock
 from bot.settings import EmailSettings
@@ -119,8 +120,11 @@ class InboundHandler:
         wake_matrix: Callable[[], None],
         dkim_dns: DnsFunc | None = None,
         parse_timeout: float = PARSE_TIMEOUT_S,
+        held: Callable[[], bool] = always_held,
     ) -> None:
         self.store = store
+        # Two processes, one active (bot.services.lease): a 250 only from the active one.
+        self._held = held
         self.settings = settings
         self.clock = clock
         self.on_committed = on_committed
@@ -162,6 +166,9 @@ class InboundHandler:
     # ------------------------------------------------------------------ DATA
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if not self._held():
+            log.warning("inbound: not the active bot; answered 451")
+            return str(SmtpReply.TRY_AGAIN_LATER)
         try:
             reply = await self._data(envelope)
         except TimeoutError:
@@ -172,6 +179,12 @@ class InboundHandler:
             return str(SmtpReply.TRY_AGAIN_LATER)
         if reply is SmtpReply.OK:
             self.on_committed()
+            if not self._held():
+                # Committed under our epoch, but the lease may be another's by now: the
+                # sender's retry reaches the active bot, which takes the same
+                # Message-ID once (a duplicate is accepted and not posted again).
+                log.warning("inbound: lease not held at the 250; answered 451")
+                return str(SmtpReply.TRY_AGAIN_LATER)
         return str(reply)
 
     async def _in_parser(self, fn: Callable[..., _R], *args: Any, **kwargs: Any) -> _R:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,12 @@ class Listening:
 
 
 @contextlib.asynccontextmanager
-async def listening(sqlite_url: str, tmp_path: Path, **email: Any) -> AsyncIterator[Listening]:
+async def listening(
+    sqlite_url: str,
+    tmp_path: Path,
+    held: Callable[[], bool] = lambda: True,
+    **email: Any,
+) -> AsyncIterator[Listening]:
     # A database of its own each time (a test may start two listeners).
     url = sqlite_url.replace(".db", f"-{len(list(tmp_path.glob('*.db*')))}.db")
     store = await Store.open(url, FieldCipher.from_secret(generate_key()))
@@ -63,6 +68,7 @@ async def listening(sqlite_url: str, tmp_path: Path, **email: Any) -> AsyncItera
             clock=SystemClock(),
             on_committed=lambda: None,
             wake_matrix=lambda: None,
+            held=held,
         )
         server = await start_listener(handler, settings)
         host, port = server.sockets[0].getsockname()[:2]
@@ -272,3 +278,63 @@ async def test_an_idle_connection_is_closed(sqlite_url: str, tmp_path: Path) -> 
             assert await asyncio.wait_for(reader.read(), 60) == b""
         finally:
             writer.close()
+
+
+async def test_a_bot_that_does_not_hold_the_lease_answers_451_and_keeps_nothing(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Two processes, one active (`bot.services.lease`): no 250 from the other one."""
+    holding = [False]
+    async with listening(sqlite_url, tmp_path, held=lambda: holding[0]) as lst:
+        mail = many_parts(lst.agent, authenticated=True, parts=3)
+        refused = await send_mail(lst.host, lst.port, mail, rcpt=lst.rcpt, mail_from=lst.agent)
+        assert refused == (451, "4.3.0 Temporary failure, please try again later")
+        async with lst.store.transaction() as tx:
+            assert await tx.inbound_entries() == []
+        holding[0] = True  # the lease is ours (again): the sender's retry goes through
+        code, _ = await send_mail(lst.host, lst.port, mail, rcpt=lst.rcpt, mail_from=lst.agent)
+        assert code == 250
+        async with lst.store.transaction() as tx:
+            assert len(await tx.inbound_entries()) == 1
+
+
+async def test_a_bot_that_does_not_hold_the_lease_delivers_no_email(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """Two processes, one active: the relay hears nothing from the other one, and the
+    queued email stays due for whoever is active."""
+    from bot.domain.lease import LeaseLost
+    from bridge.delivery import EmailDelivery
+    from tests.support.email import relay
+
+    store = await Store.open(sqlite_url, FieldCipher.from_secret(generate_key()))
+    holding = [False]
+    try:
+        async with relay() as sink:
+            async with store.transaction() as tx:
+                await tx.enqueue_email(
+                    event_key="$ev1",
+                    recipient="ivan@caf.example.fr",
+                    kind="message",
+                    demande_id=None,
+                    author="@alice:aplus.test",
+                    message_id="<ev.1@aplus.test>",
+                    envelope_from="ne-pas-repondre@aplus.test",
+                    message=b"Message-ID: <ev.1@aplus.test>\r\n\r\nBonjour\r\n",
+                    now=SystemClock().now(),
+                )
+            delivery = EmailDelivery(
+                store=store,
+                settings=_settings(tmp_path, relay_port=sink.port, relay_security="none").email,
+                clock=SystemClock(),
+                wake_matrix=lambda: None,
+                held=lambda: holding[0],
+            )
+            with pytest.raises(LeaseLost):
+                await delivery.flush()
+            assert sink.messages == []
+            holding[0] = True
+            assert await delivery.flush() == 1
+            assert [m.header("Message-ID") for m in sink.messages] == ["<ev.1@aplus.test>"]
+    finally:
+        await store.close()

@@ -519,3 +519,36 @@ def test_a_password_in_the_database_url_query_is_refused_like_one_in_its_user_in
     env = {"APLUS_DATABASE_URL": f"postgresql+asyncpg://aplus@db/aplus?password={DB_PASSWORD}"}
     settings = load_settings(write_config(config_dir, VALID), env=env)
     assert settings.database.redacted_url == "postgresql+asyncpg://aplus@db/aplus?password=***"
+
+
+# -- [ha]: two processes, one active ----------------------------------------------------
+
+PG_URL = 'url = "postgresql+asyncpg://aplus@127.0.0.1:5432/aplus"'
+
+
+def test_ha_is_off_by_default_and_renews_every_second_for_five(config_dir: Path) -> None:
+    ha = load_settings(write_config(config_dir, VALID), env={}).ha
+    assert (ha.enabled, ha.renew_seconds, ha.ttl_seconds) == (False, 1, 5)
+
+
+def test_ha_on_postgresql_loads(config_dir: Path) -> None:
+    text = VALID + f"\n[database]\n{PG_URL}\n\n[ha]\nenabled = true\nttl_seconds = 7\n"
+    ha = load_settings(write_config(config_dir, text), env={}).ha
+    assert (ha.enabled, ha.renew_seconds, ha.ttl_seconds) == (True, 1, 7)
+
+
+def test_ha_is_refused_on_sqlite_in_french(config_dir: Path) -> None:
+    problems = problems_of(write_config(config_dir, VALID + "\n[ha]\nenabled = true\n"))
+    assert set(problems) == {"ha.enabled"}
+    assert "PostgreSQL" in problems["ha.enabled"] and "SQLite" in problems["ha.enabled"]
+
+
+@pytest.mark.parametrize(("renew", "ttl"), [(2, 6), (3, 5), (5, 5)])
+def test_ha_renewal_must_be_under_a_third_of_the_ttl(
+    config_dir: Path, renew: int, ttl: int
+) -> None:
+    text = VALID + f"\n[database]\n{PG_URL}\n\n[ha]\nenabled = true\n"
+    text += f"renew_seconds = {renew}\nttl_seconds = {ttl}\n"
+    problems = problems_of(write_config(config_dir, text))
+    assert set(problems) == {"ha.renew_seconds"}
+    assert "tiers de la durée du bail" in problems["ha.renew_seconds"]
