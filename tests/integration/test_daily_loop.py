@@ -42,7 +42,9 @@ async def test_mesdemandes_in_the_direct_chat_and_for_an_instructeur(
             group="cpam",
         )
         dm, ref_caf = await open_demande(world)
-        _, ref_cpam = await open_demande(world, filled_form(organismes="CPAM", nom="Martinot"))
+        _, ref_cpam = await open_demande(
+            world, filled_form(organismes="CPAM", nom="Martinot", nir="2 61 03 95 123 456 45")
+        )
         caf = await demande_of(world, ref_caf)
 
         n = count_from(aidant, dm, bot_id)
