@@ -99,9 +99,11 @@ class Spaces:
                     continue
                 if demande.id in wiped:
                     continue
+                placed = await tx.get_state(PLACED_KEY.format(demande_id=demande.id))
+                if demande.status is Status.CLOTUREE and _status_of(placed) == demande.status:
+                    continue  # archived already: nobody joins a closed demande (cheap steps)
                 groups = await self._groups_of(tx, demande)
                 wanted = _signature(demande.status, groups)
-                placed = await tx.get_state(PLACED_KEY.format(demande_id=demande.id))
                 if placed != wanted:
                     todo.append((demande, groups, placed))
         done = 0
@@ -267,6 +269,13 @@ class Spaces:
 
 def _signature(status: Status, groups: Sequence[Group]) -> str:
     return json.dumps({"status": status.value, "groups": sorted(g.id for g in groups)})
+
+
+def _status_of(signature: str | None) -> Status | None:
+    try:
+        return Status(json.loads(signature or "{}").get("status"))
+    except (ValueError, AttributeError):
+        return None
 
 
 def _groups_of_signature(signature: str | None) -> list[int]:

@@ -42,7 +42,9 @@ async def test_mesdemandes_in_the_direct_chat_and_for_an_instructeur(
             group="cpam",
         )
         dm, ref_caf = await open_demande(world)
-        _, ref_cpam = await open_demande(world, filled_form(organismes="CPAM", nom="Martinot"))
+        _, ref_cpam = await open_demande(
+            world, filled_form(organismes="CPAM", nom="Martinot", nir="2 61 03 95 123 456 45")
+        )
         caf = await demande_of(world, ref_caf)
 
         n = count_from(aidant, dm, bot_id)
@@ -69,6 +71,22 @@ async def test_mesdemandes_in_the_direct_chat_and_for_an_instructeur(
         n = count_from(instr1, chat, bot_id)
         await say(instr1, chat, "!mesdemandes dupontel")
         assert "Aucune demande" in await reply_with(instr1, chat, bot_id, "Aucune", after=n)
+
+        # The « Administration+ · suivi » rooms: the list is there too, but the usager's
+        # name is searched only in the aidant's own direct chat.
+        notices = runner.app.parts.admin.notices  # type: ignore[union-attr]
+        for key, client in (("aidant", aidant), ("instr1", instr1)):
+            agent = world.directory.agents[key]
+            assert await notices.send(agent, "Test", "Bonjour.", key=f"hello-{key}")
+            suivi = await notices.room_of(agent)
+            await matrix.accept_invite(client, suivi)
+            n = count_from(client, suivi, bot_id)
+            await say(client, suivi, "!mesdemandes martinot" if key == "aidant" else "!md")
+            answer = await reply_with(client, suivi, bot_id, "emande", after=n)
+            if key == "aidant":
+                assert "Aucune demande" in answer and ref_cpam not in answer, answer
+            else:
+                assert ref_caf in answer and "Vos demandes" in answer, answer
 
 
 async def _space_ids(world: World, group: str) -> tuple[str, str]:

@@ -1,8 +1,9 @@
 """A day in the life of an aidant and the instructeurs, on the real homeserver (issue 10,
 « How it is proven »).
 
-Real Synapse, the real bot, real nio E2EE clients. The aidant opens three demandes (the
-first after a refused form, corrected), the instructeurs answer, one demande is
+Real Synapse, the real bot, real nio E2EE clients. The aidant opens three demandes (one
+with two one-line corrections, one by the guided path, one with a letter attached), the
+instructeurs answer, one demande is
 re-routed with `!pasleboninterlocuteur` then `!inviter CPAM 95`, and the CPAM agent —
 whose device appears only then — reads every earlier message; `!mesdemandes` shows each
 status and its link, the spaces list the rooms, the aidant is mentioned when a demande
@@ -12,6 +13,7 @@ is traitée and closes it with `!clore oui`, and the closed room moves to the ar
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ from bot.domain.model import Role, Status, Usefulness
 from bot.services.spaces import ARCHIVE_KEY, SPACE_KEY
 from tests.support import bot as botsupport
 from tests.support import matrix
-from tests.support.bot import count_from, filled_form, reply_with, say
+from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
+from tests.support.e2ee import post_file
 from tests.support.world import World, demande_of, make_world, room_state
 
 
@@ -89,22 +92,63 @@ async def test_a_day_in_the_life(
             await say(aidant, dm, text)
             return await reply_with(aidant, dm, bot_id, expect, after=n)
 
-        async def open_one(form: str) -> str:
-            await in_dm(form, "!confirmer")
-            opened = await in_dm("!confirmer", "ouverte")
+        async def ask(text: str) -> str:
+            n = count_from(aidant, dm, bot_id)
+            await say(aidant, dm, text)
+            return await next_reply(aidant, dm, bot_id, after=n)
+
+        def reference_of(opened: str) -> str:
+            assert "ouverte" in opened, opened
             return opened.split("Demande ", 1)[1].split(" ", 1)[0]
 
-        refused = await in_dm(filled_form(naissance="31/02/1961"), "pas pu être accepté")
-        assert "naissance" in refused
-        ref_a = await open_one(filled_form())
-        ref_b = await open_one(
-            filled_form(nom="Martinot", prenom="Paul", objet="Remboursement de soins")
-        )
-        ref_c = await open_one(filled_form(nom="Lefèvre", prenom="Anne", objet="Prime d'activité"))
+        # A: a form with two mistakes, corrected by two one-line answers.
+        first = await ask(filled_form(organismes="CAFF", naissance="12/13/1961"))
+        assert "Il reste 2 points" in first, first
+        assert "Il reste un point" in await ask("organismes : CAF")
+        recap = await ask("date de naissance : 12/03/1961")
+        assert "!confirmer" in recap, recap
+        ref_a = reference_of(await ask("!confirmer"))
+
+        # B: the guided path, one question at a time.
+        assert "Dans quel département" in await ask("!guider")
+        for answer in (
+            "95",
+            "CAF",
+            "Remboursement de soins",
+            "Paul",
+            "Martinot",
+            "12/03/1961",
+            "oral",
+            "aujourd'hui",
+            "La feuille de soins n'est pas remboursée.",
+        ):
+            await ask(answer)
+        guided = await ask("oui")
+        assert "!confirmer" in guided and "Martinot" in guided, guided
+        ref_b = reference_of(await ask("!confirmer"))
+
+        # C: the usager's letter sent in the chat while the draft is open.
+        await ask("nom : Lefèvre")
+        n = count_from(aidant, dm, bot_id)
+        letter = b"%PDF-1.4 Courrier de la CAF " + os.urandom(2000)
+        await post_file(aidant, dm, letter, name="courrier-caf.pdf")
+        kept = await next_reply(aidant, dm, bot_id, after=n)
+        assert "courrier-caf.pdf" in kept, kept
+        with_letter = await ask(filled_form(nom="Lefèvre", prenom="Anne", objet="Prime d'activité"))
+        assert "courrier-caf.pdf" in with_letter and "!confirmer" in with_letter, with_letter
+        ref_c = reference_of(await ask("!confirmer"))
         a, b, c = [await demande_of(world, r) for r in (ref_a, ref_b, ref_c)]
+        files: list[nio.RoomEncryptedFile] = []
+        instr1.add_event_callback(lambda _room, event: files.append(event), nio.RoomEncryptedFile)
         for d in (a, b, c):
             await matrix.accept_invite(aidant, d.room_id)
             await matrix.join_and_read(instr1, d.room_id, 1)
+        # The letter follows C's dossier in its room, encrypted.
+        await matrix.sync_until(
+            instr1,
+            lambda: any(f.body == "courrier-caf.pdf" and f.sender == bot_id for f in files),
+            what="the letter in C's room",
+        )
 
         async def command(client: nio.AsyncClient, room: str, text: str, expect: str) -> str:
             n = count_from(client, room, bot_id)
