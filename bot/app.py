@@ -34,7 +34,7 @@ from bot.services.history import HistoryCopies
 from bot.services.identity_pins import IdentityPins
 from bot.services.lease import Lease
 from bot.services.ledger import StoreLedger
-from bot.services.membership_api import MembershipApi, start_membership_api
+from bot.services.membership_api import MembershipApi, RefusalAudit, start_membership_api
 from bot.services.opening import Opening
 from bot.services.outbox import Outbox
 from bot.services.room_guard import RoomGuard
@@ -146,12 +146,17 @@ class App:
         # endpoint about every invite and join in a demande room: it listens before
         # anything below invites anyone, and answers from the committed ledger only.
         membership_api: MembershipApi | None = None
+        # A standby answers the guard but writes nothing: its refusals wait to be audited.
+        refusal_audit = RefusalAudit(
+            store, self.clock, (lambda: lease.epoch is not None) if lease is not None else None
+        )
         if s.guard.enabled:
-            membership_api = await start_membership_api(s, store, self.clock)
+            membership_api = await start_membership_api(s, store, self.clock, refusal_audit)
             self._stack.push_async_callback(membership_api.close)
         if lease is not None:
             # The standby waits here, silent; once active, the start goes on as a restart.
             await wait_as_standby(store, lease, s.health)
+            await refusal_audit.flush()
         held = lease.held if lease is not None else always_held
         # Parts built before the outbox that queue messages wake it through this.
         outbox_wakeup = Wakeup()

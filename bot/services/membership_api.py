@@ -16,7 +16,10 @@ import asyncio
 import hmac
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -154,7 +157,9 @@ def _refused(answer: rules.Answer) -> web.Response:
     return web.json_response(answer.as_json())
 
 
-async def start_membership_api(settings: Settings, store: Store, clock: Clock) -> MembershipApi:
+async def start_membership_api(
+    settings: Settings, store: Store, clock: Clock, audit: RefusalAudit | None = None
+) -> MembershipApi:
     """The endpoint of `settings.guard`, listening, with refusals audited in `store`."""
     guard = settings.guard
     assert guard.shared_secret is not None  # required by the settings when enabled
@@ -165,7 +170,7 @@ async def start_membership_api(settings: Settings, store: Store, clock: Clock) -
         shared_secret=guard.shared_secret.reveal(),
         host=guard.host,
         port=guard.port,
-        on_refusal=audit_refusals(store, clock),
+        on_refusal=(audit or audit_refusals(store, clock)).refused,
     )
     try:
         await api.start()
@@ -175,22 +180,79 @@ async def start_membership_api(settings: Settings, store: Store, clock: Clock) -
     return api
 
 
-def audit_refusals(store: Store, clock: Clock) -> OnRefusal:
-    """`on_refusal` that writes `guard_refused` to the audit table (no personal data)."""
+# Refusals a standby answered, kept until it is active (at most this many; the oldest
+# are dropped first, and counted in the log).
+MAX_KEPT_REFUSALS = 10_000
 
-    async def write(question: rules.Question, answer: rules.Answer, reference: str | None) -> None:
+
+@dataclass(frozen=True, slots=True)
+class _Refusal:
+    at: datetime
+    actor: str
+    reference: str | None
+    details: dict[str, Any]
+
+
+class RefusalAudit:
+    """Writes `guard_refused` to the audit table (no personal data).
+
+    A standby answers the guard too, but its database is read-only (fenced by the
+    lease): while `may_write()` is false the refusals are kept in memory with their own
+    time, and written, in order and once, by the first write after it became active.
+    """
+
+    def __init__(
+        self, store: Store, clock: Clock, may_write: Callable[[], bool] | None = None
+    ) -> None:
+        self._store = store
+        self._clock = clock
+        self._may_write = may_write or (lambda: True)
+        self._kept: deque[_Refusal] = deque(maxlen=MAX_KEPT_REFUSALS)
+        self._dropped = 0
+        self._lock = asyncio.Lock()
+
+    async def refused(
+        self, question: rules.Question, answer: rules.Answer, reference: str | None
+    ) -> None:
         details: dict[str, Any] = {"action": question.action, "reason": answer.reason}
         if question.room_id:
             details["room_id"] = question.room_id
         if question.invitees:
             details["invitees"] = list(question.invitees)
-        async with store.transaction() as tx:
-            await tx.audit(
-                "guard_refused",
-                actor=question.user or "",
-                reference=reference,
-                details=details,
-                now=clock.now(),
-            )
+        if len(self._kept) == self._kept.maxlen:
+            self._dropped += 1
+        self._kept.append(_Refusal(self._clock.now(), question.user or "", reference, details))
+        await self.flush()
 
-    return write
+    async def flush(self) -> None:
+        """Write what is kept, if this process may write now (else keep it)."""
+        async with self._lock:
+            if not self._kept or not self._may_write():
+                return
+            batch = list(self._kept)
+            async with self._store.transaction() as tx:
+                for refusal in batch:
+                    await tx.audit(
+                        "guard_refused",
+                        actor=refusal.actor,
+                        reference=refusal.reference,
+                        details=refusal.details,
+                        now=refusal.at,
+                    )
+            for _ in batch:
+                self._kept.popleft()
+            if self._dropped:
+                log.warning(
+                    "membership API: %d refusal(s) answered as standby were not audited "
+                    "(more than %d kept)",
+                    self._dropped,
+                    MAX_KEPT_REFUSALS,
+                )
+                self._dropped = 0
+
+
+def audit_refusals(
+    store: Store, clock: Clock, may_write: Callable[[], bool] | None = None
+) -> RefusalAudit:
+    """The audit of the guard's refusals; `may_write` false while this bot is standby."""
+    return RefusalAudit(store, clock, may_write)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +14,19 @@ import aiohttp
 import pytest
 
 from bot.devserver import LocalSynapse
+from bot.domain import guard as rules
 from bot.domain.model import Agent, DemandeForm, Mandat, MandatType, Role, Usager
 from bot.services.clock import SystemClock
 from bot.services.membership_api import CHECK_PATH, MembershipApi, audit_refusals
+from bot.store import lease as lease_sql
+from bot.store.crypto import FieldCipher
 from bot.store.db import Store
 from bot.store.ledger_reader import LedgerReader
 from synapse_module import decision
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import filled_form, next_reply, say
+from tests.support.clock import FakeClock
 
 SECRET = secrets.token_urlsafe(32)
 AIDANT = "@aidant:aplus.test"
@@ -51,7 +55,7 @@ async def api(store: Store, store_url: str) -> AsyncIterator[MembershipApi]:
         shared_secret=SECRET,
         host="127.0.0.1",
         port=0,
-        on_refusal=audit_refusals(store, SystemClock()),
+        on_refusal=audit_refusals(store, SystemClock()).refused,
     )
     await endpoint.start()
     try:
@@ -275,3 +279,37 @@ def _secret_file(tmp_path: Path) -> Path:
     path.write_text(SECRET)
     path.chmod(0o600)
     return path
+
+
+async def test_refusals_answered_as_standby_are_audited_once_active(
+    postgres_url: str, field_cipher: FieldCipher
+) -> None:
+    """A standby answers the guard (its database is READ ONLY, fenced by the lease): the
+    refusals it answered are kept, then written with their own time once it is active.
+    Before, each one failed on the read-only transaction and was lost."""
+    await (await Store.open(postgres_url, field_cipher)).close()  # the schema
+    epoch: list[int | None] = [None]
+    fenced = await Store.open(postgres_url, field_cipher, fence=lambda: epoch[0])
+    plain = await Store.open(postgres_url, field_cipher)
+    clock = FakeClock(NOW)
+    audit = audit_refusals(fenced, clock, may_write=lambda: epoch[0] is not None)
+    try:
+        question = rules.Question("invite", "!r:aplus.test", "A-2026-000001", OUTSIDER, ())
+        await audit.refused(question, rules.Answer(False, "not_in_ledger"), "A-2026-000001")
+        async with plain.transaction() as tx:
+            assert list(await tx.audit_entries(action="guard_refused")) == []
+        # This process takes the lease over.
+        async with plain.engine.begin() as conn:
+            acquired = await lease_sql.acquire(conn, "test-holder", 30.0)
+        assert acquired is not None
+        epoch[0] = acquired.epoch
+        clock.at = NOW + timedelta(seconds=30)
+        await audit.flush()
+        await audit.flush()  # written once
+        async with plain.transaction() as tx:
+            [entry] = await tx.audit_entries(action="guard_refused")
+        assert entry.reference == "A-2026-000001" and entry.details["reason"] == "not_in_ledger"
+        assert entry.at == NOW  # the time of the refusal, not of the takeover
+    finally:
+        await fenced.close()
+        await plain.close()
