@@ -26,6 +26,7 @@ from bot.services.room_guard import RoomGuard
 from bot.services.room_specs import RoomSpecs
 from bot.services.statistics import collect
 from bot.services.synapse_admin import SynapseAdmin
+from bot.services.welcome import Welcomes
 from bot.settings import Settings
 from bot.store.db import Store
 
@@ -75,6 +76,16 @@ def build_admin(
     s = settings
     a = s.admin
     rules = followup_rules(s)
+    notices = AgentNotices(store=store, gateway=gateway, sender=sender, clock=clock, email=email)
+    welcomes = Welcomes(
+        store=store,
+        notices=notices,
+        sender=sender,
+        email=email,
+        clock=clock,
+        client_url=s.onboarding.client_url,
+        admin_room_name=a.room_name,
+    )
     directory = DirectoryAdmin(
         store=store,
         gateway=gateway,
@@ -82,8 +93,8 @@ def build_admin(
         sender=sender,
         clock=clock,
         sync_admin_room=room.sync_members,
+        welcomes=welcomes,
     )
-    notices = AgentNotices(store=store, gateway=gateway, sender=sender, clock=clock, email=email)
     followup = FollowUp(
         store=store, sender=sender, notices=notices, email=email, clock=clock, rules=rules
     )

@@ -8,6 +8,8 @@
   the guard's `reconcile` runs as the safety net.
 - The admin room follows the operators.
 - A CSV import follows the same rules, line by line (see `bot.services.directory`).
+- An agent who arrives (added, imported, reactivated, given a Matrix account) is
+  greeted once (`bot.services.welcome`), after joining their group's demandes.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bot.services.clock import Clock
 from bot.services.directory import apply_import, plan_import, record_refusal, taking_part
 from bot.services.failures import homeserver_outage
 from bot.services.room_guard import RoomGuard
+from bot.services.welcome import Welcomes
 from bot.store.db import Store
 from bot.store.repository import Tx
 
@@ -45,6 +48,7 @@ class DirectoryAdmin:
         sender: Sender,
         clock: Clock,
         sync_admin_room: Callable[[], Awaitable[None]],
+        welcomes: Welcomes,
     ) -> None:
         self.store = store
         self.gateway = gateway
@@ -52,6 +56,7 @@ class DirectoryAdmin:
         self.sender = sender
         self.clock = clock
         self.sync_admin_room = sync_admin_room
+        self.welcomes = welcomes
 
     # ------------------------------------------------------------ joining
     async def demandes_to_join(self, tx: Tx, agent: Agent) -> list[Demande]:
@@ -69,7 +74,10 @@ class DirectoryAdmin:
         return out
 
     async def join_group_demandes(self, agent_ids: list[int], *, actor: str) -> list[str]:
-        """Add the instructeurs to their group's open demandes; returns the references."""
+        """Add the instructeurs to their group's open demandes; returns the references.
+
+        Called after every directory change of these agents (added, imported, changed,
+        reactivated): those not greeted yet on their channel are greeted."""
         now = self.clock.now()
         references: list[str] = []
         async with self.store.transaction() as tx:
@@ -103,6 +111,7 @@ class DirectoryAdmin:
                     references.append(demande.reference)
                     if agent.matrix_id:
                         await self.guard.invite(tx, demande.room_id, [agent.matrix_id])
+        await self.welcomes.greet(agent_ids, actor=actor)
         return references
 
     # ------------------------------------------------------------ importing
@@ -149,6 +158,7 @@ class DirectoryAdmin:
                 raise LookupError(f"agent {agent_id}")
             left = await self.departures(tx, agent)
             await tx.set_agent_active(agent.id, False)
+            await tx.forget_welcomes(agent.id)  # greeted again if they come back
             for departure in left:
                 demande = await tx.get_demande_by_reference(departure.reference)
                 assert demande is not None

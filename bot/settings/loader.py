@@ -22,6 +22,7 @@ from bot.settings.schema import (
     HealthSettings,
     HomeserverSettings,
     LoggingSettings,
+    OnboardingSettings,
     PoliciesSettings,
     SecretsSettings,
     SettingsError,
@@ -58,6 +59,7 @@ class Settings:
     admin: AdminSettings
     health: HealthSettings
     guard: GuardSettings
+    onboarding: OnboardingSettings
     config_path: Path | None = None
 
     @staticmethod

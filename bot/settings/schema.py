@@ -244,3 +244,13 @@ class GuardSettings:
     host: str  # loopback or a private address: Synapse alone calls it
     port: int  # 0: a free port, chosen at start (tests)
     shared_secret: Secret | None  # required when enabled; the module reads the same value
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingSettings:
+    """Welcoming agents, linking the accounts made at first sign-in, inactivity."""
+
+    client_url: str | None  # the Element the agents use, named in the welcome
+    account_link_seconds: int  # how often new Matrix accounts are looked at
+    inactivity_months: int  # 0: no deactivation for inactivity
+    inactivity_email_only_bal: bool  # also for email-only agents of a group with a BAL

@@ -7,6 +7,7 @@ import bot.store.draft_models as draft_models
 import bot.store.email_models as email_models
 import bot.store.loop_models as loop_models
 import bot.store.models as models
+import bot.store.onboarding_models as onboarding_models
 import bot.store.work_models as work_models
 from bot.store.base import Base
 
@@ -19,5 +20,6 @@ __all__ = [
     "loop_models",
     "metadata",
     "models",
+    "onboarding_models",
     "work_models",
 ]

@@ -1,0 +1,107 @@
+"""Onboarding on the real homeserver (issue 12): agents greeted once when they arrive,
+email-only agents linked to the Matrix account they make at their first sign-in,
+inactivity with an injected clock, the responsable's `!mongroupe`, territorial operators."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import nio
+
+from bot.devserver import LocalSynapse
+from tests.integration.test_admin_room import Admin, _actions, _admin, _send_file, admin_bot
+from tests.support import matrix
+from tests.support.bot import reply_with
+from tests.support.email import relay
+
+
+async def _follow_up_room(runner: Any, agent_id: int) -> str:
+    async with runner.store.transaction() as tx:
+        room_id = await tx.get_state(f"notices.room.{agent_id}")
+    assert room_id is not None
+    return str(room_id)
+
+
+async def _agent_id(admin: Admin, matrix_id: str | None = None, email: str | None = None) -> int:
+    async with admin.runner.store.transaction() as tx:
+        found = (
+            await tx.get_agent_by_matrix_id(matrix_id)
+            if matrix_id
+            else await tx.get_agent_by_email(email or "")
+        )
+    assert found is not None
+    return found.id
+
+
+def _welcomes(client: nio.AsyncClient, room_id: str, bot_id: str) -> list[str]:
+    return [
+        e.body
+        for e in matrix.inbox(client).events(room_id)
+        if e.sender == bot_id and e.body.startswith("Bienvenue sur Administration+")
+    ]
+
+
+async def test_agents_added_imported_or_reactivated_are_greeted_once(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with relay() as sink, admin_bot(synapse, tmp_path / "bot") as runner:
+        runner.email = {"relay_port": sink.port}
+        await runner.start()
+        admin = await _admin(clients, runner)
+        bot_id, caf = admin.bot_id, admin.world.directory.groups["caf"].name
+
+        # --- a Matrix instructeur added by an operator: greeted in a private chat
+        nina = await clients.client("nina")
+        await admin.command(
+            f'!agent-ajouter Nina Nouvel "{caf}" instructeur {nina.user_id}', "ajouté"
+        )
+        nina_id = await _agent_id(admin, nina.user_id)
+        await matrix.sync_until(nina, lambda: bool(nina.invited_rooms), 30, "the private chat")
+        room_id = await _follow_up_room(runner, nina_id)
+        await matrix.accept_invite(nina, room_id)
+        welcome = await reply_with(nina, room_id, bot_id, "Bienvenue sur Administration+, Nina")
+        assert "instructeur" in welcome and caf in welcome
+        assert "!jemenoccupe" in welcome and "!demande" not in welcome
+        assert "vérifiez la session" in welcome and "clé de récupération" in welcome
+
+        # --- a later change greets nobody again
+        await admin.command(f"!agent-modifier {nina.user_id} nom Nouvelle", "modifié")
+        welcomed = [d for d in await _actions(runner, "agent_welcomed") if d["agent"] == nina_id]
+        assert welcomed == [{"agent": nina_id, "channel": "matrix"}]
+
+        # --- an email-only instructeur: greeted by email, without personal data in the subject
+        eva = f"{matrix.unique('eva')}@caf95.example.test"
+        await admin.command(f'!agent-ajouter Eva Courriel "{caf}" instructeur {eva}', "ajouté")
+        await sink.wait_for(lambda: bool(sink.to(eva)), what="the welcome email")
+        (mail,) = sink.to(eva)
+        assert mail.header("Subject") == "[A+] Bienvenue sur Administration+"
+        body = mail.text
+        assert "Bonjour Eva" in body and "répondez simplement au courriel" in body
+
+        # --- the CSV import greets the agents it creates, once
+        csv_text = (
+            "Prénom;Nom;Email;Instructeur;Responsable;Territoire;Organisation;Groupe;BAL\n"
+            f"Paul;Import;{(paul := matrix.unique('paul') + '@cpam95.example.test')};"
+            "oui;non;95;CPAM;CPAM Import 95;\n"
+        )
+        await _send_file(
+            admin.operator, admin.room_id, csv_text.encode(), "annuaire.csv", "text/csv"
+        )
+        await reply_with(admin.operator, admin.room_id, bot_id, "annuaire.csv")
+        pending = await admin.command("!import-annuaire", "!confirmer")
+        await admin.confirm(pending, "réussi")
+        await sink.wait_for(lambda: bool(sink.to(paul)), what="the imported agent's welcome")
+        assert len(sink.to(paul)) == 1
+
+        # --- deactivated then reactivated: greeted again, once
+        pending = await admin.command(f"!agent-desactiver {nina.user_id}", "!confirmer")
+        await admin.confirm(pending, "désactivé")
+        await admin.command(f"!agent-reactiver {nina.user_id}", "réactivé")
+        await matrix.sync_until(
+            nina, lambda: len(_welcomes(nina, room_id, bot_id)) >= 2, 30, "the second welcome"
+        )
+        welcomed = [d for d in await _actions(runner, "agent_welcomed") if d["agent"] == nina_id]
+        assert len(welcomed) == 2
+        assert len(_welcomes(nina, room_id, bot_id)) == 2
+        await runner.check_alive()

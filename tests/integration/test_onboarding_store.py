@@ -1,0 +1,104 @@
+"""The onboarding tables (migration 0015), on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, text
+
+from bot.domain.model import Role
+from bot.store import Store
+from bot.store.db import alembic_config, create_engine
+
+NOW = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+
+
+async def _agent(store: Store, email: str, matrix_id: str | None = None) -> int:
+    async with store.transaction() as tx:
+        agent, _ = await tx.upsert_agent(
+            first_name="A",
+            last_name="B",
+            email=email,
+            matrix_id=matrix_id,
+            group_id=None,
+            roles=frozenset({Role.INSTRUCTEUR}),
+        )
+    return agent.id
+
+
+async def test_welcomes_once_per_channel_until_forgotten(store: Store) -> None:
+    agent = await _agent(store, "w@example.test")
+    async with store.transaction() as tx:
+        assert await tx.welcomed_channels(agent) == set()
+        assert await tx.mark_welcomed(agent, "email", NOW)
+        assert not await tx.mark_welcomed(agent, "email", NOW)
+        assert await tx.mark_welcomed(agent, "matrix", NOW)
+        assert await tx.welcomed_channels(agent) == {"email", "matrix"}
+        await tx.forget_welcomes(agent)
+        assert await tx.welcomed_channels(agent) == set()
+
+
+async def test_activity_and_warnings(store: Store) -> None:
+    agent = await _agent(store, "act@example.test")
+    async with store.transaction() as tx:
+        last, warned = (await tx.last_activity())[agent]
+        assert last.tzinfo is not None and warned is None  # their creation, aware
+        await tx.mark_inactivity_warned(agent, last, NOW)
+        assert (await tx.last_activity())[agent] == (last, NOW)
+        later = NOW + timedelta(days=3)
+        await tx.touch_activity(agent, later)
+        assert (await tx.last_activity())[agent] == (later, None)  # acting voids the warning
+        await tx.set_agent_active(agent, False)
+        assert agent not in await tx.last_activity()
+
+
+async def test_operator_scopes(store: Store) -> None:
+    agent = await _agent(store, "op@example.test")
+    async with store.transaction() as tx:
+        assert await tx.operator_scope(agent) is None  # national
+        await tx.set_operator_scope(agent, ["95", "78"])
+        assert await tx.operator_scope(agent) == frozenset({"78", "95"})
+        await tx.set_operator_scope(agent, None)
+        assert await tx.operator_scope(agent) is None
+
+
+async def test_migration_0015_counts_the_agents_already_there_as_welcomed(store_url: str) -> None:
+    def upgrade_to(conn: Connection, revision: str) -> None:
+        from alembic import command
+
+        from bot.store.db import alembic_config
+
+        command.upgrade(alembic_config(conn), revision)
+
+    # The revision just before this one, whatever the chain becomes when it is merged.
+    previous = ScriptDirectory.from_config(alembic_config()).get_revision("0015_onboarding")
+    assert previous is not None and isinstance(previous.down_revision, str)
+    engine = create_engine(store_url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to, previous.down_revision)
+            await conn.execute(
+                text(
+                    "INSERT INTO agents (first_name, last_name, email, matrix_id, roles, active,"
+                    " created_at, updated_at) VALUES ('A', 'B', :e, :m, 'instructeur', true,"
+                    " CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+                ),
+                [{"e": "old-mail@example.test", "m": None}, {"e": None, "m": "@old:hs"}],
+            )
+        async with engine.begin() as conn:
+            await conn.run_sync(upgrade_to, "head")
+            rows = (
+                await conn.execute(
+                    text(
+                        "SELECT a.email, a.matrix_id, w.channel FROM agent_welcomes w "
+                        "JOIN agents a ON a.id = w.agent_id ORDER BY w.channel"
+                    )
+                )
+            ).all()
+        assert [tuple(r) for r in rows] == [
+            ("old-mail@example.test", None, "email"),
+            (None, "@old:hs", "matrix"),
+        ]
+    finally:
+        await engine.dispose()
