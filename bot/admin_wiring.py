@@ -14,6 +14,7 @@ from bot.domain.retention import RetentionRules
 from bot.matrix.gateway import MatrixGateway
 from bot.policy_loader import load_policies
 from bot.ports import Clock, EmailHooks, PoliciesRef, ReceivedFile, Sender
+from bot.services.account_links import AccountLinks
 from bot.services.admin_room import AdminConsole, AdminRoom
 from bot.services.chart import render_png
 from bot.services.directory_admin import DirectoryAdmin
@@ -44,9 +45,13 @@ class AdminRuntime:
     server: HealthServer | None
     jobs: Jobs
     jobs_enabled: bool
+    links: AccountLinks | None
 
     def workers(self) -> dict[str, Coroutine[Any, Any, None]]:
-        return {"jobs": self.jobs.run()} if self.jobs_enabled else {}
+        out = {"jobs": self.jobs.run()} if self.jobs_enabled else {}
+        if self.links is not None:
+            out["account links"] = self.links.run()
+        return out
 
     async def start(self) -> None:
         """The admin room exists and follows the operators; the health endpoint listens."""
@@ -76,6 +81,8 @@ def build_admin(
     s = settings
     a = s.admin
     rules = followup_rules(s)
+    token = a.synapse_admin_token.reveal() if a.synapse_admin_token else None
+    synapse = SynapseAdmin(s.homeserver.url, token)
     notices = AgentNotices(store=store, gateway=gateway, sender=sender, clock=clock, email=email)
     welcomes = Welcomes(
         store=store,
@@ -94,12 +101,23 @@ def build_admin(
         clock=clock,
         sync_admin_room=room.sync_members,
         welcomes=welcomes,
+        account_of=synapse.user_by_email if synapse.configured else None,
+    )
+    # Accounts made at the first sign-in are looked for only with the admin token.
+    links = (
+        AccountLinks(
+            store=store,
+            synapse=synapse,
+            directory=directory,
+            bot_user_id=s.bot.user_id,
+            every_seconds=s.onboarding.account_link_seconds,
+        )
+        if synapse.configured
+        else None
     )
     followup = FollowUp(
         store=store, sender=sender, notices=notices, email=email, clock=clock, rules=rules
     )
-    token = a.synapse_admin_token.reveal() if a.synapse_admin_token else None
-    synapse = SynapseAdmin(s.homeserver.url, token)
     retention = Retention(
         store=store,
         synapse=synapse,
@@ -189,6 +207,7 @@ def build_admin(
         server=server,
         jobs=jobs,
         jobs_enabled=a.jobs_enabled,
+        links=links,
     )
 
 

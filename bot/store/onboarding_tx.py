@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, type_coerce
+from sqlalchemy import delete, func, select, type_coerce, update
 
 from bot.store.base import UTCDateTime
-from bot.store.models import AgentRow
+from bot.store.models import AgentRow, ParticipantRow
 from bot.store.onboarding_models import AgentActivityRow, AgentWelcomeRow, OperatorScopeRow
 from bot.store.tx_base import TxBase
 
@@ -34,6 +34,18 @@ class OnboardingTx(TxBase):
 
     async def forget_welcomes(self, agent_id: int) -> None:
         await self._s.execute(delete(AgentWelcomeRow).where(AgentWelcomeRow.agent_id == agent_id))
+
+    async def link_participants(self, agent_id: int, matrix_id: str) -> None:
+        """An email-only agent got a Matrix account: their ledger lines name it now."""
+        await self._s.execute(
+            update(ParticipantRow)
+            .where(
+                ParticipantRow.agent_id == agent_id,
+                ParticipantRow.matrix_id.is_(None),
+                ParticipantRow.removed_at.is_(None),
+            )
+            .values(matrix_id=matrix_id)
+        )
 
     # ------------------------------------------------------------------ activity
 

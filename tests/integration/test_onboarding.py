@@ -4,16 +4,31 @@ inactivity with an injected clock, the responsable's `!mongroupe`, territorial o
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import nio
 
 from bot.devserver import LocalSynapse
-from tests.integration.test_admin_room import Admin, _actions, _admin, _send_file, admin_bot
+from bot.settings import Settings
+from tests.integration.test_admin_room import (
+    Admin,
+    AdminRunner,
+    _actions,
+    _admin,
+    _send_file,
+    admin_bot,
+)
+from tests.support import bot as botsupport
 from tests.support import matrix
-from tests.support.bot import reply_with
+from tests.support.bot import reply_with, say
 from tests.support.email import relay
+from tests.support.world import demande_of, open_demande
 
 
 async def _follow_up_room(runner: Any, agent_id: int) -> str:
@@ -104,4 +119,104 @@ async def test_agents_added_imported_or_reactivated_are_greeted_once(
         welcomed = [d for d in await _actions(runner, "agent_welcomed") if d["agent"] == nina_id]
         assert len(welcomed) == 2
         assert len(_welcomes(nina, room_id, bot_id)) == 2
+        await runner.check_alive()
+
+
+@dataclass
+class OnboardingRunner(AdminRunner):
+    onboarding: dict[str, Any] = field(default_factory=dict)
+
+    def settings(self) -> Settings:
+        s = super().settings()
+        return dataclasses.replace(
+            s, onboarding=dataclasses.replace(s.onboarding, **self.onboarding)
+        )
+
+
+@contextlib.asynccontextmanager
+async def onboarding_bot(
+    synapse: LocalSynapse, data_dir: Path, **kw: Any
+) -> AsyncIterator[OnboardingRunner]:
+    base = await botsupport.new_bot(synapse, data_dir)
+    runner = OnboardingRunner(
+        base.synapse, base.data_dir, base.user, base.password, secrets=base.secrets, **kw
+    )
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+async def _give_email(synapse: LocalSynapse, admin_token: str, user_id: str, email: str) -> None:
+    """What the homeserver does at a first ProConnect login: the verified email, a threepid."""
+    resp = await synapse.admin_request(
+        "PUT",
+        f"/_synapse/admin/v2/users/{quote(user_id, safe='')}",
+        admin_token,
+        json={"threepids": [{"medium": "email", "address": email}]},
+    )
+    assert resp.ok, resp
+
+
+async def test_an_email_only_agent_who_signs_in_is_linked_and_invited_to_their_demandes(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    token = (await clients.user("srvadmin", admin=True)).access_token
+    async with (
+        relay() as sink,
+        onboarding_bot(
+            synapse,
+            tmp_path / "bot",
+            admin_token=token,
+            onboarding={"account_link_seconds": 5},
+        ) as runner,
+    ):
+        runner.email = {"relay_port": sink.port}
+        await runner.start()
+        admin = await _admin(clients, runner)
+        world, bot_id = admin.world, admin.bot_id
+        sophie_email = world.directory.agents["mailonly"].email
+        assert sophie_email is not None
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        await sink.wait_for(lambda: bool(sink.to(sophie_email)), what="the dossier by email")
+        await matrix.accept_invite(world.instr1, demande.room_id)
+
+        # Sophie signs in for the first time: the homeserver made her account, with her email.
+        sophie = await clients.client("sophie")
+        await _give_email(synapse, token, sophie.user_id, sophie_email)
+        await matrix.sync_until(
+            sophie, lambda: demande.room_id in sophie.invited_rooms, 60, "the demande's invite"
+        )
+        async with runner.store.transaction() as tx:
+            linked = await tx.get_agent_by_email(sophie_email)
+            assert linked is not None and linked.matrix_id == sophie.user_id
+            ledger = await tx.participants(demande.id)
+        assert any(p.matrix_id == sophie.user_id for p in ledger)
+        (done,) = await _actions(runner, "agent_account_linked")
+        assert done == {"agent": linked.id, "user": sophie.user_id, "demandes": 1}
+
+        # She joins and reads what is said from then on; she is no longer emailed.
+        await matrix.accept_invite(sophie, demande.room_id)
+        emails_before = len(sink.to(sophie_email))
+        await say(world.instr1, demande.room_id, "Bonjour Sophie, vous nous lisez sur Matrix ?")
+        await reply_with(sophie, demande.room_id, world.instr1.user_id, "sur Matrix")
+        # Her welcome, in her private chat with the bot.
+        room_id = await _follow_up_room(runner, linked.id)
+        await matrix.accept_invite(sophie, room_id)
+        welcome = await reply_with(sophie, room_id, bot_id, "Bienvenue sur Administration+")
+        assert "instructeur" in welcome
+        assert len(sink.to(sophie_email)) == emails_before
+
+        # An agent added by email after their first sign-in is linked at once.
+        early = await clients.client("early")
+        early_email = f"{matrix.unique('early')}@caf95.example.test"
+        await _give_email(synapse, token, early.user_id, early_email)
+        caf = world.directory.groups["caf"].name
+        await admin.command(f'!agent-ajouter Elie Tot "{caf}" instructeur {early_email}', "ajouté")
+        async with runner.store.transaction() as tx:
+            found = await tx.get_agent_by_email(early_email)
+        assert found is not None and found.matrix_id == early.user_id
+        await matrix.sync_until(early, lambda: bool(early.invited_rooms), 30, "the private chat")
+        assert not sink.to(early_email)  # greeted on Matrix, not by email
         await runner.check_alive()
