@@ -10,6 +10,7 @@ from typing import Any
 from bot.commands.admin import ADMIN, AdminCtx
 from bot.domain import schedule
 from bot.domain.followup import FollowUpRules
+from bot.domain.inactivity import InactivityRules
 from bot.domain.retention import RetentionRules
 from bot.matrix.gateway import MatrixGateway
 from bot.policy_loader import load_policies
@@ -21,6 +22,7 @@ from bot.services.directory_admin import DirectoryAdmin
 from bot.services.followup import AgentNotices, FollowUp
 from bot.services.health import Health, HealthServer
 from bot.services.identity_pins import IdentityAcceptance, IdentityPins
+from bot.services.inactivity import Inactivity
 from bot.services.jobs import Job, Jobs
 from bot.services.retention import Retention
 from bot.services.room_guard import RoomGuard
@@ -39,6 +41,7 @@ class AdminRuntime:
     directory: DirectoryAdmin
     followup: FollowUp
     notices: AgentNotices
+    inactivity: Inactivity
     retention: Retention
     synapse: SynapseAdmin
     health: Health
@@ -115,6 +118,16 @@ def build_admin(
         if synapse.configured
         else None
     )
+    inactivity = Inactivity(
+        store=store,
+        notices=notices,
+        directory=directory,
+        clock=clock,
+        rules=InactivityRules(
+            months=s.onboarding.inactivity_months,
+            email_only_bal=s.onboarding.inactivity_email_only_bal,
+        ),
+    )
     followup = FollowUp(
         store=store, sender=sender, notices=notices, email=email, clock=clock, rules=rules
     )
@@ -165,6 +178,7 @@ def build_admin(
             sender=sender_id,
             event_id=event_id,
             file=file,
+            inactivity=inactivity,
         )
 
     console = AdminConsole(
@@ -192,6 +206,11 @@ def build_admin(
                 lambda now: schedule.latest_weekly(now, a.digest_weekday - 1, a.digest_hour),
                 lambda: followup.send_digest(actor="job:digest"),
             ),
+            Job(
+                "inactivity",
+                lambda now: schedule.latest_daily(now, a.followup_hour),
+                lambda: inactivity.run(actor="job:inactivity"),
+            ),
         ],
     )
     server = HealthServer(health, s.health.host, s.health.port) if s.health.enabled else None
@@ -201,6 +220,7 @@ def build_admin(
         directory=directory,
         followup=followup,
         notices=notices,
+        inactivity=inactivity,
         retention=retention,
         synapse=synapse,
         health=health,

@@ -28,6 +28,7 @@ from bot.domain import status as status_rules
 from bot.domain.directory_csv import DirectoryImport
 from bot.domain.directory_import import ImportOutcome, ImportPlan
 from bot.domain.followup import DemandeFacts, FollowUpRules, Late, Reminder, ReminderReport
+from bot.domain.inactivity import InactivityCase
 from bot.domain.metrics import CheckResult, MetricsSnapshot
 from bot.domain.model import (
     Agent,
@@ -357,6 +358,14 @@ class Sender(Protocol):
         ...
 
     def flush_soon(self, room_id: str | None = None) -> None: ...
+
+
+class InactivityView(Protocol):
+    """What the operators see of the inactivity rule before it acts."""
+
+    async def upcoming(self, days: int) -> Sequence[InactivityCase]:
+        """Agents warned, or to be warned or deactivated within `days`."""
+        ...
 
 
 class PoliciesRef:

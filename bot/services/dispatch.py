@@ -106,6 +106,13 @@ class Dispatcher:
         count = self.gateway.member_count(room_id)
         return count is None or count <= 2
 
+    async def _active(self, sender: str) -> None:
+        """A directory agent wrote to the bot: their account is in use (inactivity)."""
+        async with self.store.transaction() as tx:
+            agent = await tx.get_agent_by_matrix_id(sender)
+            if agent is not None and agent.active:
+                await tx.touch_activity(agent.id, self.clock.now())
+
     async def on_room_event(self, room_id: str, event: Any) -> None:
         if self.spaces is not None and self.spaces.is_space(room_id):
             return  # the bot's spaces: nobody talks there, nothing to do
@@ -113,6 +120,8 @@ class Dispatcher:
             await self.companions.on_event(room_id, event)  # the instructeurs' own room
             return
         if self.admin.is_admin_room(room_id):
+            if isinstance(event, RoomMessageText) and event.sender != self.bot_user_id:
+                await self._active(event.sender)
             await self.admin.on_event(room_id, event)
             return
         if room_id in self.index:
@@ -124,6 +133,7 @@ class Dispatcher:
         if isinstance(event, RoomMessageText):
             if event.sender == self.bot_user_id:
                 return
+            await self._active(event.sender)
             if not self._is_direct_chat(room_id):
                 # Not a demande room, not a one-to-one chat: the bot does not act here.
                 log.info("message in %s ignored: not a direct chat", room_id)

@@ -107,6 +107,8 @@ class Welcomes:
                     email_welcome(facts),
                     key=f"welcome-{agent.id}-{int(now.timestamp())}",
                 )
+            # A new (or returning) agent's inactivity is counted from their welcome.
+            await tx.touch_activity(agent.id, now)
             await tx.audit(
                 "agent_welcomed",
                 actor=actor,

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +16,7 @@ from urllib.parse import quote
 import nio
 
 from bot.devserver import LocalSynapse
+from bot.domain.model import Role
 from bot.settings import Settings
 from tests.integration.test_admin_room import (
     Admin,
@@ -27,6 +29,7 @@ from tests.integration.test_admin_room import (
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import reply_with, say
+from tests.support.clock import FakeClock
 from tests.support.email import relay
 from tests.support.world import demande_of, open_demande
 
@@ -219,4 +222,84 @@ async def test_an_email_only_agent_who_signs_in_is_linked_and_invited_to_their_d
         assert found is not None and found.matrix_id == early.user_id
         await matrix.sync_until(early, lambda: bool(early.invited_rooms), 30, "the private chat")
         assert not sink.to(early_email)  # greeted on Matrix, not by email
+        await runner.check_alive()
+
+
+async def test_inactive_agents_are_told_then_deactivated_with_an_injected_clock(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    # The bot's clock follows the real time, shifted: the homeserver stamps events itself.
+    clock = FakeClock(None)
+    async with relay() as sink, admin_bot(synapse, tmp_path / "bot", clock=clock) as runner:
+        runner.email = {"relay_port": sink.port}
+        await runner.start()
+        admin = await _admin(clients, runner)
+        world, bot_id = admin.world, admin.bot_id
+        assert runner.app is not None
+        store, directory = runner.store, world.directory
+        async with store.transaction() as tx:
+            bal_group = await tx.upsert_group(
+                name=matrix.unique("cpam-bal"),
+                organisation_id="cpam",
+                departements=frozenset({"95"}),
+                bal=f"{matrix.unique('bal')}@cpam95.example.test",
+            )
+        directory.groups["bal"] = bal_group
+        bal_agent = await botsupport.add_agent(
+            store, directory, "balagent", matrix_id=None, roles=[Role.INSTRUCTEUR],
+            group="bal", email=f"{matrix.unique('balagent')}@cpam95.example.test",
+        )  # fmt: skip
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+        instr1 = directory.agents["instr1"]
+        mail_email = directory.agents["mailonly"].email
+        assert mail_email is not None
+
+        # Five months and a day later: nobody listed acted; the operators see it coming.
+        clock.offset = timedelta(days=5 * 31 + 1)
+        listed = await admin.command("!inactifs", "Agents sans activité")
+        for key in ("instr1", "instr2", "mailonly"):
+            assert directory.agents[key].display_name in listed, key
+        assert bal_agent.display_name not in listed  # email-only agent of a BAL: left out
+        assert "inactivity" in await runner.app.admin.jobs.tick()
+        warned = {d["agent"] for d in await _actions(runner, "inactivity_warned")}
+        assert {instr1.id, directory.agents["mailonly"].id} <= warned
+        assert bal_agent.id not in warned
+        # Told on Matrix in their private chat, and by email for the email-only agent.
+        room_id = await _follow_up_room(runner, instr1.id)
+        await matrix.accept_invite(world.instr1, room_id)
+        told = await reply_with(world.instr1, room_id, bot_id, "sera désactivé le")
+        assert "!aide" in told
+        await sink.wait_for(
+            lambda: any("désactivé" in m.text for m in sink.to(mail_email)), what="the warning"
+        )
+        # instr2 acts: writes in the demande.
+        await matrix.accept_invite(world.instr2, demande.room_id)
+        await say(world.instr2, demande.room_id, "Je regarde le dossier.")
+
+        async def instr2_acted() -> bool:
+            async with store.transaction() as tx:
+                _, was_warned = (await tx.last_activity())[directory.agents["instr2"].id]
+            return was_warned is None
+
+        await matrix.wait_for(instr2_acted, 30, "instr2's activity")
+
+        # Six months and a week: those who did not act are deactivated, the others stay.
+        clock.offset = timedelta(days=6 * 31 + 8)
+        assert "inactivity" in await runner.app.admin.jobs.tick()
+        deactivated = {d["agent"] for d in await _actions(runner, "inactivity_deactivated")}
+        assert instr1.id in deactivated and directory.agents["mailonly"].id in deactivated
+        assert directory.agents["instr2"].id not in deactivated
+        async with store.transaction() as tx:
+            ledger = {p.agent_id for p in await tx.participants(demande.id)}
+            gone = await tx.get_agent(instr1.id)
+            kept = await tx.get_agent(directory.agents["instr2"].id)
+        assert gone is not None and not gone.active and instr1.id not in ledger
+        assert kept is not None and kept.active and kept.id in ledger
+
+        async def kicked() -> bool:
+            members = await runner.app.gateway.members(demande.room_id)  # type: ignore[union-attr]
+            return members.get(world.instr1.user_id) in ("leave", None)
+
+        await matrix.wait_for(kicked, 30, "instr1 removed from the room")
         await runner.check_alive()
