@@ -20,6 +20,7 @@ from bot.services.admin_room import AdminConsole, AdminRoom
 from bot.services.chart import render_png
 from bot.services.directory_admin import DirectoryAdmin
 from bot.services.followup import AgentNotices, FollowUp
+from bot.services.group_admin import GroupAdmin, GroupConsole
 from bot.services.health import Health, HealthServer
 from bot.services.identity_pins import IdentityAcceptance, IdentityPins
 from bot.services.inactivity import Inactivity
@@ -38,6 +39,7 @@ from bot.store.db import Store
 class AdminRuntime:
     room: AdminRoom
     console: AdminConsole
+    group_console: GroupConsole
     directory: DirectoryAdmin
     followup: FollowUp
     notices: AgentNotices
@@ -187,6 +189,21 @@ def build_admin(
         make_ctx=make_ctx,
         confirmation_minutes=a.confirmation_minutes,
     )
+    group_console = GroupConsole(
+        store=store,
+        gateway=gateway,
+        sender=sender,
+        clock=clock,
+        ops=GroupAdmin(
+            store=store,
+            directory=directory,
+            clock=clock,
+            rules=rules,
+            membership=specs.membership_rules,
+        ),
+        policies=policies,
+        confirmation_minutes=a.confirmation_minutes,
+    )
     jobs = Jobs(
         store=store,
         clock=clock,
@@ -217,6 +234,7 @@ def build_admin(
     return AdminRuntime(
         room=room,
         console=console,
+        group_console=group_console,
         directory=directory,
         followup=followup,
         notices=notices,

@@ -19,6 +19,7 @@ from bot.services.clock import Clock
 from bot.services.companion import Companions
 from bot.services.demande_room import DemandeRooms
 from bot.services.failures import homeserver_outage
+from bot.services.group_admin import GroupConsole
 from bot.services.opening import Incoming, Opening
 from bot.services.retention import Retention
 from bot.services.room_index import DemandeRoomIndex
@@ -41,6 +42,7 @@ class Dispatcher:
         rooms: DemandeRooms,
         opening: Opening,
         admin: AdminConsole,
+        group: GroupConsole,
         retention: Retention,
         undecryptables: Undecryptables,
         spaces: Spaces | None = None,
@@ -54,6 +56,7 @@ class Dispatcher:
         self.rooms = rooms
         self.opening = opening
         self.admin = admin
+        self.group = group
         self.retention = retention
         self.undecryptables = undecryptables
         self.spaces = spaces
@@ -138,6 +141,8 @@ class Dispatcher:
                 # Not a demande room, not a one-to-one chat: the bot does not act here.
                 log.info("message in %s ignored: not a direct chat", room_id)
                 return
+            if await self.group.handles(room_id, event):
+                return  # a responsable's command in their follow-up room
             if await self.admin.refuse_elsewhere(
                 room_id, event, own_commands=direct_commands.DIRECT, recipients=[event.sender]
             ):

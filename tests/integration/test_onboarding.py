@@ -28,7 +28,7 @@ from tests.integration.test_admin_room import (
 )
 from tests.support import bot as botsupport
 from tests.support import matrix
-from tests.support.bot import reply_with, say
+from tests.support.bot import count_from, reply_with, say
 from tests.support.clock import FakeClock
 from tests.support.email import relay
 from tests.support.world import demande_of, open_demande
@@ -302,4 +302,91 @@ async def test_inactive_agents_are_told_then_deactivated_with_an_injected_clock(
             return members.get(world.instr1.user_id) in ("leave", None)
 
         await matrix.wait_for(kicked, 30, "instr1 removed from the room")
+        await runner.check_alive()
+
+
+async def test_a_responsable_runs_their_group_from_their_follow_up_room(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with admin_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        admin = await _admin(clients, runner)
+        world, bot_id = admin.world, admin.bot_id
+        caf = world.directory.groups["caf"]
+        _, reference = await open_demande(world)
+        demande = await demande_of(world, reference)
+
+        # The operators make her the CAF group's responsable: her welcome opens her room.
+        resp = await clients.client("responsable")
+        await admin.command(
+            f'!agent-ajouter Rose Resp "{caf.name}" responsable {resp.user_id}', "ajouté"
+        )
+        room_id = await _follow_up_room(runner, await _agent_id(admin, resp.user_id))
+        await matrix.accept_invite(resp, room_id)
+        welcome = await reply_with(resp, room_id, bot_id, "Bienvenue")
+        assert "!mongroupe" in welcome
+        files: list[Any] = []
+
+        def on_file(room: nio.MatrixRoom, event: Any) -> None:
+            if room.room_id == room_id:
+                files.append(event)
+
+        resp.add_event_callback(on_file, (nio.RoomEncryptedImage, nio.RoomEncryptedFile))
+
+        async def command(text: str, expect: str) -> str:
+            n = count_from(resp, room_id, bot_id)
+            await say(resp, room_id, text)
+            return await reply_with(resp, room_id, bot_id, expect, after=n)
+
+        # --- the group's demandes, statistics, chart and export (metadata only)
+        board = await command("!mongroupe", "Demandes ouvertes (1)")
+        assert reference in board and "Résolues en moins de 7 jours" in board
+        assert "Dupontel" not in board  # never the usager's data
+        await matrix.sync_until(resp, lambda: len(files) >= 2, 30, "the chart and the export")
+        names = sorted(str(getattr(f, "body", "")) for f in files)
+        assert names[0].startswith("groupe-demandes-") and names[0].endswith(".csv")
+        assert names[1].startswith("groupe-stats-") and names[1].endswith(".png")
+
+        # --- a colleague added to her group joins its open demande and is greeted
+        colin = await clients.client("colin")
+        await command(f"!agent-ajouter Colin Collegue instructeur {colin.user_id}", "ajouté")
+        await matrix.sync_until(
+            colin, lambda: demande.room_id in colin.invited_rooms, 30, "the demande's invite"
+        )
+        added = [d for d in await _actions(runner, "agent_added") if d.get("by") == "responsable"]
+        assert added and added[0]["group"] == caf.id
+
+        # --- limited to her group and her organisation's roles
+        cpam_agent = await botsupport.add_agent(
+            runner.store, world.directory, "cpamagent", matrix_id=None, roles=[Role.INSTRUCTEUR],
+            group="cpam", email=f"{matrix.unique('cpam')}@cpam95.example.test",
+        )  # fmt: skip
+        await command(f"!agent-desactiver n°{cpam_agent.id}", "pas un agent de votre groupe")
+        await command(f"!agent-ajouter Oscar Op operateur {matrix.unique('o')}@x.test", "rôle")
+        async with runner.store.transaction() as tx:
+            still = await tx.get_agent(cpam_agent.id)
+        assert still is not None and still.active
+
+        # --- deactivating a colleague: summary, code, audit
+        pending = await command(f"!agent-desactiver {colin.user_id}", "!confirmer")
+        assert reference in pending
+        code = pending.split("!confirmer ", 1)[1].split()[0]
+        await command(f"!confirmer {code}", "désactivé")
+        async with runner.store.transaction() as tx:
+            gone = await tx.get_agent_by_matrix_id(colin.user_id)
+        assert gone is not None and not gone.active
+        done = [
+            d
+            for d in await _actions(runner, "group_command")
+            if d["command"] == "agent-desactiver" and d["confirmed"]
+        ]
+        assert done == [
+            {
+                "command": "agent-desactiver",
+                "group": caf.id,
+                "dry_run": False,
+                "confirmed": True,
+                "ok": True,
+            }
+        ]
         await runner.check_alive()
