@@ -12,6 +12,7 @@ from bot.domain import schedule
 from bot.domain.followup import FollowUpRules
 from bot.domain.inactivity import InactivityRules
 from bot.domain.retention import RetentionRules
+from bot.domain.scope import OperatorScope
 from bot.matrix.gateway import MatrixGateway
 from bot.policy_loader import load_policies
 from bot.ports import Clock, EmailHooks, PoliciesRef, ReceivedFile, Sender
@@ -158,9 +159,12 @@ def build_admin(
         else None
     )
 
-    async def make_ctx(sender_id: str, event_id: str, file: ReceivedFile | None) -> AdminCtx:
+    async def make_ctx(
+        sender_id: str, event_id: str, file: ReceivedFile | None, scope: OperatorScope
+    ) -> AdminCtx:
+        # A territorial operator's commands see and change only their départements.
         return AdminCtx(
-            store=store,
+            store=store.scoped(scope),
             directory=directory,
             sync_members=room.sync_members,
             followup=followup,

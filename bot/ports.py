@@ -492,6 +492,9 @@ class ConsoleTx(Protocol):
     async def audit_entries(
         self, *, reference: str | None = None, action: str | None = None
     ) -> Sequence[AuditRecord]: ...
+    async def set_operator_scope(
+        self, agent_id: int, departements: Iterable[str] | None
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,9 +20,11 @@ from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
+from bot.domain.scope import OperatorScope
 from bot.store import tables  # noqa: F401 (registers every table)
 from bot.store.crypto import FieldCipher
 from bot.store.repository import Tx
+from bot.store.scoped_tx import ScopedTx
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -89,11 +91,21 @@ def create_engine(url: str) -> AsyncEngine:
 
 
 class Store:
-    def __init__(self, engine: AsyncEngine, cipher: FieldCipher) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cipher: FieldCipher, scope: OperatorScope | None = None
+    ) -> None:
         self._engine = engine
         self._cipher = cipher
         self._dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
+        self._scope = scope
+
+    def scoped(self, scope: OperatorScope) -> Store:
+        """The same database seen by a territorial operator (`ScopedTx`); a national
+        scope is the store itself. Never closed: the engine is this store's."""
+        if scope.national:
+            return self
+        return Store(self._engine, self._cipher, scope)
 
     @classmethod
     async def open(cls, url: str, cipher: FieldCipher) -> Store:
@@ -139,7 +151,10 @@ class Store:
     async def transaction(self) -> AsyncIterator[Tx]:
         """One transaction: committed on normal exit, rolled back on exception."""
         async with self._sessions() as session, session.begin():
-            yield Tx(session, self._cipher, self._dialect)
+            if self._scope is not None:
+                yield ScopedTx(session, self._cipher, self._dialect, self._scope)
+            else:
+                yield Tx(session, self._cipher, self._dialect)
 
     async def current_revision(self) -> str | None:
         async with self._engine.connect() as conn:

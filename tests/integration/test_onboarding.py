@@ -28,7 +28,7 @@ from tests.integration.test_admin_room import (
 )
 from tests.support import bot as botsupport
 from tests.support import matrix
-from tests.support.bot import count_from, reply_with, say
+from tests.support.bot import count_from, filled_form, reply_with, say
 from tests.support.clock import FakeClock
 from tests.support.email import relay
 from tests.support.world import demande_of, open_demande
@@ -389,4 +389,65 @@ async def test_a_responsable_runs_their_group_from_their_follow_up_room(
                 "ok": True,
             }
         ]
+        await runner.check_alive()
+
+
+async def test_a_territorial_operator_sees_and_changes_only_their_departements(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with admin_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        admin = await _admin(clients, runner)
+        world = admin.world
+        assert runner.app is not None
+        store, directory = runner.store, world.directory
+        await botsupport.add_group(store, directory, "caf78", "caf", ["78"])
+        instr78 = await clients.client("instr78")
+        agent78 = await botsupport.add_agent(
+            store, directory, "instr78", matrix_id=instr78.user_id, roles=[Role.INSTRUCTEUR],
+            group="caf78",
+        )  # fmt: skip
+        _, ref95 = await open_demande(world)
+        _, ref78 = await open_demande(world, filled_form(territoire="78"))
+        # A second operator, made territorial (95) by the national one.
+        op95 = await clients.client("op95")
+        await botsupport.add_agent(
+            store, directory, "op95", matrix_id=op95.user_id, roles=[Role.OPERATEUR], group=None
+        )
+        await runner.app.admin.room.sync_members()
+        await matrix.accept_invite(op95, admin.room_id)
+        await admin.command(f"!operateur-perimetre {op95.user_id} 95", "départements 95")
+
+        async def as95(text: str, expect: str) -> str:
+            return await admin.command(text, expect, client=op95)
+
+        listed = await as95("!demandes", "Demandes")
+        assert ref95 in listed and ref78 not in listed
+        await as95(f"!demande {ref78}", "introuvable")
+        assert "Aucun résultat" in await as95(f"!audit {ref78}", f"Audit de {ref78} (0)")
+        agents = await as95("!agents", "Agents")
+        assert world.directory.agents["instr1"].display_name in agents
+        assert instr78.user_id not in agents
+        assert directory.groups["caf78"].name not in await as95("!groupes", "Groupes")
+        await as95(f"!agent-desactiver {instr78.user_id}", "introuvable")
+        caf78 = directory.groups["caf78"].name
+        await as95(f'!agent-ajouter Zoe Z "{caf78}" instructeur z@caf78.example.test', "inconnu")
+        await as95(f'!groupe-creer "{matrix.unique("g")}" caf 78', "hors de votre périmètre")
+        await as95("!retention --dry-run", "réservée aux opérateurs nationaux")
+        await as95(f"!operateur-perimetre {op95.user_id} national", "réservée")
+        # Within their départements they work as usual; the audit records the scope.
+        await as95(f'!groupe-creer "{matrix.unique("g95")}" caf 95', "créé")
+        async with store.transaction() as tx:
+            still = await tx.get_agent(agent78.id)
+        assert still is not None and still.active
+        commands = [
+            d for d in await _actions(runner, "admin_command") if d["command"] == "demandes"
+        ]
+        assert {d["scope"] for d in commands} == {"95"}
+        created = await _actions(runner, "group_created")
+        assert [d["scope"] for d in created] == ["95"]
+        refused = await _actions(runner, "admin_command_refused")
+        assert {"why": "scope", "command": "retention", "scope": "95"} in refused
+        # The national operator still sees everything.
+        assert ref78 in await admin.command("!demandes", "Demandes")
         await runner.check_alive()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, text
 
 from bot.domain.model import Role
+from bot.domain.scope import OperatorScope, OutOfScope
 from bot.store import Store
 from bot.store.db import alembic_config, create_engine
 
@@ -102,3 +104,52 @@ async def test_migration_0015_counts_the_agents_already_there_as_welcomed(store_
         ]
     finally:
         await engine.dispose()
+
+
+async def test_a_territorial_store_hides_and_refuses_what_is_not_theirs(store: Store) -> None:
+    async with store.transaction() as tx:
+        g95 = await tx.upsert_group(
+            name="CAF 95", organisation_id="caf", departements=frozenset({"95"}), bal=None
+        )
+        g78 = await tx.upsert_group(
+            name="CAF 78", organisation_id="caf", departements=frozenset({"78"}), bal=None
+        )
+        both = await tx.upsert_group(
+            name="CAF 78-95", organisation_id="caf", departements=frozenset({"78", "95"}), bal=None
+        )
+        a95, _ = await tx.upsert_agent(
+            first_name="A", last_name="95", email="a95@example.test", matrix_id=None,
+            group_id=g95.id, roles=frozenset({Role.INSTRUCTEUR}),
+        )  # fmt: skip
+        a78, _ = await tx.upsert_agent(
+            first_name="A", last_name="78", email="a78@example.test", matrix_id=None,
+            group_id=g78.id, roles=frozenset({Role.INSTRUCTEUR}),
+        )  # fmt: skip
+    scoped = store.scoped(OperatorScope.of(["95"]))
+    assert store.scoped(OperatorScope.of(None)) is store
+    async with scoped.transaction() as tx:
+        assert [g.id for g in await tx.list_groups()] == [g95.id]  # 78-95 is not all theirs
+        assert await tx.get_group(both.id) is None and await tx.get_group_by_name("CAF 78") is None
+        assert [a.id for a in await tx.list_agents()] == [a95.id]
+        assert await tx.get_agent(a78.id) is None
+        assert await tx.get_agent_by_email("a78@example.test") is None
+        assert await tx.agents_of_group(g78.id) == []
+        await tx.audit("probe", actor="@op:hs", details={"x": 1}, now=NOW)
+    for change in (
+        lambda tx: tx.set_agent_active(a78.id, False),
+        lambda tx: tx.upsert_group(
+            name="New 78", organisation_id="caf", departements=frozenset({"78"}), bal=None
+        ),
+        lambda tx: tx.upsert_agent(
+            first_name="B", last_name="78", email="a78@example.test", matrix_id=None,
+            group_id=g95.id, roles=frozenset({Role.INSTRUCTEUR}),
+        ),  # an agent of the 78 moved into their group
+    ):  # fmt: skip
+        with pytest.raises(OutOfScope):
+            async with scoped.transaction() as tx:
+                await change(tx)
+    async with store.transaction() as tx:
+        moved = await tx.get_agent(a78.id)
+        assert moved is not None and moved.active and moved.group_id == g78.id
+        (probe,) = await tx.audit_entries(action="probe")
+        assert probe.details == {"x": 1, "scope": "95"}
