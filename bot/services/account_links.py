@@ -7,9 +7,10 @@ Synapse configuration). Accounts are reconciled by that email, never by the SSO
 subject (ProConnect's `sub` differs per service and identity provider). Every
 `account_link_seconds`, the accounts created since the last look are read through the
 Synapse admin API (admin token); one whose verified email is an email-only agent's is
-linked (`DirectoryAdmin.link_account`). The position is kept in `bot_state`. An agent
-added after their first sign-in is linked when added (`DirectoryAdmin` asks the admin
-API for the account of their email).
+linked (`DirectoryAdmin.link_account`). The position is kept in `bot_state`. The first
+look (no position yet) asks instead for the account of each email-only agent's email,
+once, rather than reading every account of the homeserver. An agent added after their
+first sign-in is linked when added (`DirectoryAdmin` asks the admin API the same way).
 """
 
 from __future__ import annotations
@@ -49,7 +50,9 @@ class AccountLinks:
         """Look at the accounts created since the last look; returns how many were linked."""
         async with self.store.transaction() as tx:
             raw = await tx.get_state(CURSOR_KEY)
-        since = int(raw) if raw else 0
+        if raw is None:
+            return await self._first_look()
+        since = int(raw)
         linked = 0
         for user_id, created in await self.synapse.new_users(since):
             if user_id != self.bot_user_id:
@@ -63,6 +66,20 @@ class AccountLinks:
             # Moved after each account, so that a stop resumes where it was.
             async with self.store.transaction() as tx:
                 await tx.set_state(CURSOR_KEY, str(created))
+        return linked
+
+    async def _first_look(self) -> int:
+        newest = await self.synapse.newest_user_ms()  # taken first: none is missed
+        async with self.store.transaction() as tx:
+            emails = [a.email for a in await tx.list_agents() if a.email_only and a.email]
+        linked = 0
+        for email in emails:
+            user_id = await self.synapse.user_by_email(email)
+            if user_id is not None and user_id != self.bot_user_id:
+                await self.directory.link_account(email, user_id, actor=ACTOR)
+                linked += 1
+        async with self.store.transaction() as tx:
+            await tx.set_state(CURSOR_KEY, str(newest))
         return linked
 
     async def run(self) -> None:

@@ -183,6 +183,15 @@ class SynapseAdmin:
                 return sorted(found, key=lambda item: item[1])
             offset += len(rows)
 
+    async def newest_user_ms(self) -> int:
+        """When the newest local account was created (0: none)."""
+        data = await self._request(
+            "GET", "/_synapse/admin/v2/users?order_by=creation_ts&dir=b&guests=false&limit=1"
+        )
+        users = data.get("users")
+        rows = users if isinstance(users, list) else []
+        return int(rows[0].get("creation_ts") or 0) if rows else 0
+
     async def verified_emails(self, user_id: str) -> list[str]:
         """The account's email third-party IDs that the homeserver validated."""
         try:

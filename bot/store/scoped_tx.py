@@ -162,6 +162,23 @@ class ScopedTx(Tx):
             name=name, organisation_id=organisation_id, departements=departements, bal=bal
         )
 
+    async def update_group(
+        self,
+        group_id: int,
+        *,
+        name: str,
+        organisation_id: str,
+        departements: frozenset[str],
+        bal: str | None,
+    ) -> None:
+        if not await self._group_covered(group_id):
+            raise self._refuse(f"Le groupe « {name} »")
+        if not self.scope.covers_departements(departements):
+            raise self._refuse(f"Les départements du groupe « {name} »")
+        await super().update_group(
+            group_id, name=name, organisation_id=organisation_id, departements=departements, bal=bal
+        )
+
     async def audit(
         self,
         action: str,

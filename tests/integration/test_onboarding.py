@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import nio
 
-from bot.devserver import LocalSynapse
+from bot.devserver import LocalSynapse, RegisteredUser
 from bot.domain.model import Role
 from bot.settings import Settings
 from tests.integration.test_admin_room import (
@@ -31,6 +31,7 @@ from tests.support import matrix
 from tests.support.bot import count_from, filled_form, reply_with, say
 from tests.support.clock import FakeClock
 from tests.support.email import relay
+from tests.support.matrix import TEST_PASSWORD
 from tests.support.world import demande_of, open_demande
 
 
@@ -150,15 +151,31 @@ async def onboarding_bot(
         await runner.stop()
 
 
-async def _give_email(synapse: LocalSynapse, admin_token: str, user_id: str, email: str) -> None:
-    """What the homeserver does at a first ProConnect login: the verified email, a threepid."""
-    resp = await synapse.admin_request(
+async def _first_sign_in(
+    synapse: LocalSynapse, admin_token: str, prefix: str, email: str
+) -> RegisteredUser:
+    """What the homeserver does at a first ProConnect login: an account made with the
+    verified email as a threepid, in one step (the admin API), then a login."""
+    user_id = f"@{matrix.unique(prefix)}:{synapse.server_name}"
+    made = await synapse.admin_request(
         "PUT",
         f"/_synapse/admin/v2/users/{quote(user_id, safe='')}",
         admin_token,
-        json={"threepids": [{"medium": "email", "address": email}]},
+        json={"password": TEST_PASSWORD, "threepids": [{"medium": "email", "address": email}]},
     )
-    assert resp.ok, resp
+    assert made.ok, made
+    login = await synapse.admin_request(
+        "POST",
+        "/_matrix/client/v3/login",
+        "",
+        json={
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user_id},
+            "password": TEST_PASSWORD,
+        },
+    )
+    assert login.ok, login
+    return RegisteredUser(user_id, login.body["access_token"], login.body["device_id"])
 
 
 async def test_an_email_only_agent_who_signs_in_is_linked_and_invited_to_their_demandes(
@@ -186,8 +203,7 @@ async def test_an_email_only_agent_who_signs_in_is_linked_and_invited_to_their_d
         await matrix.accept_invite(world.instr1, demande.room_id)
 
         # Sophie signs in for the first time: the homeserver made her account, with her email.
-        sophie = await clients.client("sophie")
-        await _give_email(synapse, token, sophie.user_id, sophie_email)
+        sophie = await clients.client(await _first_sign_in(synapse, token, "sophie", sophie_email))
         await matrix.sync_until(
             sophie, lambda: demande.room_id in sophie.invited_rooms, 60, "the demande's invite"
         )
@@ -212,9 +228,8 @@ async def test_an_email_only_agent_who_signs_in_is_linked_and_invited_to_their_d
         assert len(sink.to(sophie_email)) == emails_before
 
         # An agent added by email after their first sign-in is linked at once.
-        early = await clients.client("early")
         early_email = f"{matrix.unique('early')}@caf95.example.test"
-        await _give_email(synapse, token, early.user_id, early_email)
+        early = await clients.client(await _first_sign_in(synapse, token, "early", early_email))
         caf = world.directory.groups["caf"].name
         await admin.command(f'!agent-ajouter Elie Tot "{caf}" instructeur {early_email}', "ajouté")
         async with runner.store.transaction() as tx:

@@ -144,6 +144,10 @@ async def test_a_territorial_store_hides_and_refuses_what_is_not_theirs(store: S
             first_name="B", last_name="78", email="a78@example.test", matrix_id=None,
             group_id=g95.id, roles=frozenset({Role.INSTRUCTEUR}),
         ),  # an agent of the 78 moved into their group
+        lambda tx: tx.update_group(
+            g95.id, name="CAF 95", organisation_id="caf",
+            departements=frozenset({"78", "95"}), bal=None,
+        ),  # their group stretched to another département
     ):  # fmt: skip
         with pytest.raises(OutOfScope):
             async with scoped.transaction() as tx:
@@ -151,5 +155,7 @@ async def test_a_territorial_store_hides_and_refuses_what_is_not_theirs(store: S
     async with store.transaction() as tx:
         moved = await tx.get_agent(a78.id)
         assert moved is not None and moved.active and moved.group_id == g78.id
+        kept = await tx.get_group(g95.id)
+        assert kept is not None and kept.departements == frozenset({"95"})
         (probe,) = await tx.audit_entries(action="probe")
         assert probe.details == {"x": 1, "scope": "95"}
