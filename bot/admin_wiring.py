@@ -130,6 +130,7 @@ def build_admin(
             months=s.onboarding.inactivity_months,
             email_only_bal=s.onboarding.inactivity_email_only_bal,
         ),
+        alert_operators=room.alert,
     )
     followup = FollowUp(
         store=store, sender=sender, notices=notices, email=email, clock=clock, rules=rules

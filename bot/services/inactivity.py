@@ -3,12 +3,14 @@
 The warning goes to the agent's private chat with the bot, or by email for email-only
 agents (`AgentNotices`); the deactivation is the operators' one (`DirectoryAdmin`:
 removed from their demandes, reply addresses revoked). Both are audited with the
-agent's last activity; the operators see what is coming with `!inactifs`.
+agent's last activity. The operators are told in the admin room whom the job warned
+and when they will be deactivated, and see what is coming with `!inactifs`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -44,12 +46,14 @@ class Inactivity:
         directory: DirectoryAdmin,
         clock: Clock,
         rules: InactivityRules,
+        alert_operators: Callable[[str, str], Awaitable[None]],
     ) -> None:
         self.store = store
         self.notices = notices
         self.directory = directory
         self.clock = clock
         self.rules = rules
+        self.alert_operators = alert_operators
 
     async def facts(self) -> list[ActivityFacts]:
         async with self.store.transaction() as tx:
@@ -81,6 +85,7 @@ class Inactivity:
             return InactivityReport(0, 0)
         now = self.clock.now()
         warned = deactivated = 0
+        told: list[str] = []
         for c in rules_mod.due(await self.facts(), now, self.rules):
             agent = c.facts.agent
             details = {"agent": agent.id, "last_active": c.facts.last_active_at.isoformat()}
@@ -105,6 +110,10 @@ class Inactivity:
                         now=now,
                     )
                 warned += 1
+                told.append(
+                    f"  - n° {agent.id} {agent.display_name} : désactivation le "
+                    f"{_day(c.deactivation_at)} sans activité d'ici là"
+                )
             else:
                 async with self.store.transaction() as tx:
                     _, still_warned = (await tx.last_activity()).get(agent.id, (now, None))
@@ -119,6 +128,12 @@ class Inactivity:
                         now=now,
                     )
                 deactivated += 1
+        if told:
+            await self.alert_operators(
+                f"inactivity-{now.date().isoformat()}",
+                "Agents sans activité prévenus aujourd'hui (!inactifs pour la liste) :\n"
+                + "\n".join(told),
+            )
         if warned or deactivated:
             log.info("inactivity: %d warned, %d deactivated", warned, deactivated)
         return InactivityReport(warned, deactivated)

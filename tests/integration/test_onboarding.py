@@ -14,9 +14,11 @@ from typing import Any
 from urllib.parse import quote
 
 import nio
+from sqlalchemy import text
 
 from bot.devserver import LocalSynapse, RegisteredUser
 from bot.domain.model import Role
+from bot.services.account_links import CURSOR_KEY
 from bot.settings import Settings
 from tests.integration.test_admin_room import (
     Admin,
@@ -237,6 +239,25 @@ async def test_an_email_only_agent_who_signs_in_is_linked_and_invited_to_their_d
         assert found is not None and found.matrix_id == early.user_id
         await matrix.sync_until(early, lambda: bool(early.invited_rooms), 30, "the private chat")
         assert not sink.to(early_email)  # greeted on Matrix, not by email
+
+        # The first look (no position yet: agents who signed in before the bot could link)
+        # asks for the account of each email-only agent's email.
+        late_email = f"{matrix.unique('late')}@caf95.example.test"
+        late_user = await _first_sign_in(synapse, token, "late", late_email)
+        async with runner.store.transaction() as tx:
+            late, _ = await tx.upsert_agent(
+                first_name="Lou", last_name="Tard", email=late_email, matrix_id=None,
+                group_id=world.directory.groups["caf"].id,
+                roles=frozenset({Role.INSTRUCTEUR}),
+            )  # fmt: skip
+        async with runner.store.engine.begin() as conn:
+            await conn.execute(text("DELETE FROM bot_state WHERE key = :k"), {"k": CURSOR_KEY})
+        assert runner.app is not None and runner.app.admin.links is not None
+        await runner.app.admin.links.run_once()
+        async with runner.store.transaction() as tx:
+            found = await tx.get_agent(late.id)
+            assert await tx.get_state(CURSOR_KEY) is not None  # later looks start from here
+        assert found is not None and found.matrix_id == late_user.user_id
         await runner.check_alive()
 
 
@@ -277,6 +298,9 @@ async def test_inactive_agents_are_told_then_deactivated_with_an_injected_clock(
             assert directory.agents[key].display_name in listed, key
         assert bal_agent.display_name not in listed  # email-only agent of a BAL: left out
         assert "inactivity" in await runner.app.admin.jobs.tick()
+        # The operators are told whom it warned, before anything happens.
+        alert = await reply_with(admin.operator, admin.room_id, bot_id, "sans activité prévenus")
+        assert f"n° {instr1.id} " in alert and "désactivation le" in alert
         warned = {d["agent"] for d in await _actions(runner, "inactivity_warned")}
         assert {instr1.id, directory.agents["mailonly"].id} <= warned
         assert bal_agent.id not in warned
