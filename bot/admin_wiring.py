@@ -96,7 +96,8 @@ def build_admin(
         sender=sender,
         email=email,
         clock=clock,
-        client_url=s.onboarding.client_url,
+        # The agents' Element: bot.client_url without its room-link part.
+        client_url=s.bot.client_url.split("#", 1)[0] if s.bot.client_url else None,
         admin_room_name=a.room_name,
     )
     directory = DirectoryAdmin(

@@ -44,6 +44,8 @@ from bot.store.db import Store
 
 log = logging.getLogger(__name__)
 
+ALSO_HERE = "\n\nDans cette discussion aussi : !mesdemandes (vos demandes et où elles en sont)."
+
 
 class GroupAdmin:
     def __init__(
@@ -241,6 +243,13 @@ class GroupConsole:
             result = failure_reply(failed.reference, rolled_back=False)
         if parsed.settles_pending:
             self._pending.pop(sender, None)
+        if parsed.spec.name == "aide" and not parsed.args.get("commande"):
+            # The direct chat's own commands still work here (its help is hidden by ours).
+            assert isinstance(result, Reply)
+            result = Reply(
+                result.text + ALSO_HERE,
+                None if result.html is None else result.html + f"<p>{ALSO_HERE.strip()}</p>",
+            )
         if isinstance(result, PendingConfirmation):
             self._pending[sender] = (result, now + self.confirmation)
             reply = result.summary

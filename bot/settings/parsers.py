@@ -337,12 +337,7 @@ def _parse_guard(t: Table) -> GuardSettings:
 
 @section("onboarding")
 def _parse_onboarding(t: Table) -> OnboardingSettings:
-    url = t.optional_text("client_url")
-    if url is not None and not url.startswith(("https://", "http://")):
-        t.error("client_url", "doit être une adresse web (https://…)")
-        url = None
     return OnboardingSettings(
-        client_url=url,
         account_link_seconds=t.integer("account_link_seconds", 60, minimum=5),
         inactivity_months=t.integer("inactivity_months", 5, minimum=0),
         inactivity_email_only_bal=t.boolean("inactivity_email_only_bal", False),

@@ -250,7 +250,6 @@ class GuardSettings:
 class OnboardingSettings:
     """Welcoming agents, linking the accounts made at first sign-in, inactivity."""
 
-    client_url: str | None  # the Element the agents use, named in the welcome
     account_link_seconds: int  # how often new Matrix accounts are looked at
     inactivity_months: int  # 0: no deactivation for inactivity
     inactivity_email_only_bal: bool  # also for email-only agents of a group with a BAL

@@ -377,6 +377,9 @@ async def test_a_responsable_runs_their_group_from_their_follow_up_room(
             await say(resp, room_id, text)
             return await reply_with(resp, room_id, bot_id, expect, after=n)
 
+        helped = await command("!aide", "!mongroupe")
+        assert "!agent-desactiver" in helped and "!mesdemandes" in helped
+
         # --- the group's demandes, statistics, chart and export (metadata only)
         board = await command("!mongroupe", "Demandes ouvertes (1)")
         assert reference in board and "Résolues en moins de 7 jours" in board
