@@ -319,6 +319,7 @@ class App:
             rooms=rooms,
             opening=opening,
             admin=admin.console,
+            group=admin.group_console,
             retention=admin.retention,
             undecryptables=undecryptables,
             spaces=spaces,

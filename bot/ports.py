@@ -28,6 +28,7 @@ from bot.domain import status as status_rules
 from bot.domain.directory_csv import DirectoryImport
 from bot.domain.directory_import import ImportOutcome, ImportPlan
 from bot.domain.followup import DemandeFacts, FollowUpRules, Late, Reminder, ReminderReport
+from bot.domain.inactivity import InactivityCase
 from bot.domain.metrics import CheckResult, MetricsSnapshot
 from bot.domain.model import (
     Agent,
@@ -359,6 +360,50 @@ class Sender(Protocol):
     def flush_soon(self, room_id: str | None = None) -> None: ...
 
 
+class InactivityView(Protocol):
+    """What the operators see of the inactivity rule before it acts."""
+
+    async def upcoming(self, days: int) -> Sequence[InactivityCase]:
+        """Agents warned, or to be warned or deactivated within `days`."""
+        ...
+
+
+class GroupOps(Protocol):
+    """What a group's responsable may see and do, for their own group only: the
+    group's demandes (metadata), its agents, adding and deactivating one of them."""
+
+    async def demandes(self, group: Group) -> Sequence[DemandeStat]: ...
+    async def agents(self, group: Group) -> Sequence[Agent]: ...
+    def chart(self, stats: Stats, title: str) -> bytes: ...
+    def homeserver_allowed(self, server: str) -> bool: ...
+    async def find_agent(self, text: str) -> Agent | None:
+        """By Matrix ID, email or number, whatever their group."""
+        ...
+
+    async def add_agent(
+        self,
+        group: Group,
+        *,
+        first_name: str,
+        last_name: str,
+        roles: frozenset[Role],
+        matrix_id: str | None,
+        email: str | None,
+        actor: str,
+    ) -> Agent | str:
+        """The new agent (audited, joined to the group's demandes, greeted), or why not."""
+        ...
+
+    async def departures(self, agent: Agent) -> Sequence[str]:
+        """References of the demandes the agent would leave."""
+        ...
+
+    async def deactivate(self, agent: Agent, *, actor: str) -> Sequence[str]: ...
+    async def exported(self, group: Group, count: int, *, actor: str) -> None:
+        """Audit an export of the group's demandes."""
+        ...
+
+
 class PoliciesRef:
     """The policies in force, shared by every holder: `!politiques-recharger` replaces
     them in one place (one event loop: no reader ever sees half of a change)."""
@@ -447,6 +492,9 @@ class ConsoleTx(Protocol):
     async def audit_entries(
         self, *, reference: str | None = None, action: str | None = None
     ) -> Sequence[AuditRecord]: ...
+    async def set_operator_scope(
+        self, agent_id: int, departements: Iterable[str] | None
+    ) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

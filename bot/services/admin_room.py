@@ -36,6 +36,7 @@ from bot.commands.framework import (
 )
 from bot.domain import membership as rules
 from bot.domain.model import Role
+from bot.domain.scope import REFUSED_NATIONAL_ONLY, OperatorScope, OutOfScope
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
@@ -60,7 +61,8 @@ REASON_NOT_OPERATOR = "Salon réservé aux opérateurs du service."
 FILE_MSGTYPES = ("m.file", "m.image")
 
 
-CtxFactory = Callable[[str, str, "ReceivedFile | None"], Awaitable[Any]]
+# (operator, event ID, their last file, their scope) → the commands' context
+CtxFactory = Callable[[str, str, "ReceivedFile | None", OperatorScope], Awaitable[Any]]
 
 
 def admin_room_body(name: str, operators: list[str], room_version: str) -> dict[str, Any]:
@@ -311,6 +313,12 @@ class AdminConsole:
         elif content.get("msgtype") in FILE_MSGTYPES:
             await self._on_file(room_id, event.event_id, event.sender, content)
 
+    async def _scope_of(self, sender: str) -> OperatorScope:
+        async with self.store.transaction() as tx:
+            agent = await tx.get_agent_by_matrix_id(sender)
+            codes = await tx.operator_scope(agent.id) if agent is not None else None
+        return OperatorScope.of(codes)
+
     async def _is_operator(self, tx: Tx, sender: str) -> bool:
         agent = await tx.get_agent_by_matrix_id(sender)
         return agent is not None and agent.active and agent.has(Role.OPERATEUR)
@@ -370,15 +378,31 @@ class AdminConsole:
         if isinstance(parsed, ParseFailure):
             await self.post(parsed.reply(), txn=f"admin-{event_id}")
             return
+        scope = await self._scope_of(sender)
+        if not scope.allows_command(parsed.spec.name):
+            async with self.store.transaction() as tx:
+                await tx.audit(
+                    "admin_command_refused",
+                    actor=sender,
+                    details={"why": "scope", "command": parsed.spec.name, "scope": scope.label()},
+                    now=now,
+                )
+            text = REFUSED_NATIONAL_ONLY.format(codes=scope.label().replace(",", ", "))
+            await self.post(Reply.error(text), txn=f"admin-{event_id}")
+            return
         pending = self._pending_of(sender, now)
-        ctx = await self.make_ctx(sender, event_id, self._files.get(sender))
+        ctx = await self.make_ctx(sender, event_id, self._files.get(sender), scope)
         # Admin commands run their own transactions (a directory change, then its effects
         # on the rooms): a failure half-way is told as such, with its reference.
         result: Reply | PendingConfirmation
         try:
             result = await self.commands.dispatch(parsed, ctx, pending=pending)
         except CommandFailed as failed:
-            result = failure_reply(failed.reference, rolled_back=False)
+            if isinstance(failed.__cause__, OutOfScope):
+                # A territorial operator reached beyond their départements: nothing done.
+                result = Reply.error(str(failed.__cause__))
+            else:
+                result = failure_reply(failed.reference, rolled_back=False)
         if parsed.settles_pending:
             self._pending.pop(sender, None)
         if isinstance(result, PendingConfirmation):
@@ -398,6 +422,7 @@ class AdminConsole:
                         "dry_run": parsed.dry_run or isinstance(result, PendingConfirmation),
                         "confirmed": confirmed,
                         "ok": not reply.is_error,
+                        "scope": scope.label(),
                     },
                     now=now,
                 )

@@ -348,6 +348,8 @@ class DemandeRooms:
         assert aidant is not None
         room_id = _room(demande)
         now = self.clock.now()
+        # Acting in a demande, by Matrix or by email, keeps the account active.
+        await tx.touch_activity(message.author.agent.id, now)
 
         async def invite(users: Sequence[str]) -> None:
             await self.guard.invite(tx, room_id, users)

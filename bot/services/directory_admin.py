@@ -8,6 +8,12 @@
   the guard's `reconcile` runs as the safety net.
 - The admin room follows the operators.
 - A CSV import follows the same rules, line by line (see `bot.services.directory`).
+- An agent who arrives (added, imported, reactivated, given a Matrix account) is
+  greeted once (`bot.services.welcome`), after joining their group's demandes.
+- An email-only agent who gets a Matrix account (made by the homeserver at their first
+  sign-in with the State's agent sign-in, carrying their verified email) is linked to
+  it: the directory and the ledgers of their demandes take the Matrix ID (so the bridge
+  stops emailing them), they are invited to their open demandes and greeted there.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from bot.services.clock import Clock
 from bot.services.directory import apply_import, plan_import, record_refusal, taking_part
 from bot.services.failures import homeserver_outage
 from bot.services.room_guard import RoomGuard
+from bot.services.welcome import Welcomes
 from bot.store.db import Store
 from bot.store.repository import Tx
 
@@ -45,13 +52,19 @@ class DirectoryAdmin:
         sender: Sender,
         clock: Clock,
         sync_admin_room: Callable[[], Awaitable[None]],
+        welcomes: Welcomes,
+        account_of: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
+        """`account_of`: the local Matrix account carrying this verified email (the
+        homeserver's admin API); None when no admin token is configured."""
         self.store = store
         self.gateway = gateway
         self.guard = guard
         self.sender = sender
         self.clock = clock
         self.sync_admin_room = sync_admin_room
+        self.welcomes = welcomes
+        self.account_of = account_of
 
     # ------------------------------------------------------------ joining
     async def demandes_to_join(self, tx: Tx, agent: Agent) -> list[Demande]:
@@ -69,7 +82,11 @@ class DirectoryAdmin:
         return out
 
     async def join_group_demandes(self, agent_ids: list[int], *, actor: str) -> list[str]:
-        """Add the instructeurs to their group's open demandes; returns the references."""
+        """Add the instructeurs to their group's open demandes; returns the references.
+
+        Called after every directory change of these agents (added, imported, changed,
+        reactivated): those not greeted yet on their channel are greeted."""
+        await self._link_existing_accounts(agent_ids, actor=actor)
         now = self.clock.now()
         references: list[str] = []
         async with self.store.transaction() as tx:
@@ -103,6 +120,7 @@ class DirectoryAdmin:
                     references.append(demande.reference)
                     if agent.matrix_id:
                         await self.guard.invite(tx, demande.room_id, [agent.matrix_id])
+        await self.welcomes.greet(agent_ids, actor=actor)
         return references
 
     # ------------------------------------------------------------ importing
@@ -136,6 +154,75 @@ class DirectoryAdmin:
         await self.sync_admin_room()
         return replace(outcome, joined=tuple(joined))
 
+    # ------------------------------------------------------------ accounts
+    async def _link_existing_accounts(self, agent_ids: list[int], *, actor: str) -> None:
+        """An email-only agent added after their first sign-in: their account exists."""
+        if self.account_of is None:
+            return
+        for agent_id in agent_ids:
+            async with self.store.transaction() as tx:
+                agent = await tx.get_agent(agent_id)
+            if agent is None or not agent.active or not agent.email_only or not agent.email:
+                continue
+            try:
+                user_id = await self.account_of(agent.email)
+            except MatrixError as exc:
+                if homeserver_outage(exc):
+                    raise
+                log.warning("account of agent %d: %s %s", agent.id, exc.status, exc.errcode)
+                continue
+            if user_id is not None:
+                await self.link_account(agent.email, user_id, actor=actor, greet=False)
+
+    async def link_account(
+        self, email: str, user_id: str, *, actor: str, greet: bool = True
+    ) -> list[str]:
+        """Link the email-only agent with this email to the Matrix account `user_id`
+        (its verified email); returns the open demandes they are invited to."""
+        now = self.clock.now()
+        invited: list[str] = []
+        async with self.store.transaction() as tx:
+            agent = await tx.get_agent_by_email(email)
+            if agent is None or not agent.active or not agent.email_only:
+                return []
+            other = await tx.get_agent_by_matrix_id(user_id)
+            if other is not None:
+                await tx.audit(
+                    "agent_account_link_refused",
+                    actor=actor,
+                    details={"agent": agent.id, "other_agent": other.id},
+                    now=now,
+                )
+                return []
+            linked = replace(agent, matrix_id=user_id)
+            await tx.update_agent(linked)
+            await tx.link_participants(agent.id, user_id)
+            for demande in await tx.demandes_of_agent(agent.id):
+                if demande.room_id is None or demande.status.value == "cloturee":
+                    continue
+                if not any(p.agent_id == agent.id for p in await tx.participants(demande.id)):
+                    continue
+                await self.guard.invite(tx, demande.room_id, [user_id])
+                await self.sender.enqueue(
+                    tx,
+                    txn_id=f"linked-{demande.reference}-{agent.id}",
+                    room_id=demande.room_id,
+                    content=mx.notice(
+                        f"{agent.display_name} suit désormais cette demande sur Matrix "
+                        "(et non plus par courriel)."
+                    ),
+                )
+                invited.append(demande.reference)
+            await tx.audit(
+                "agent_account_linked",
+                actor=actor,
+                details={"agent": agent.id, "user": user_id, "demandes": len(invited)},
+                now=now,
+            )
+        if greet:
+            await self.welcomes.greet([agent.id], actor=actor)
+        return invited
+
     # ------------------------------------------------------------ leaving
     async def departures(self, tx: ConsoleTx, agent: Agent) -> list[Departure]:
         return [Departure(d.reference, d.room_id) for d in await taking_part(tx, agent.id)]
@@ -149,6 +236,7 @@ class DirectoryAdmin:
                 raise LookupError(f"agent {agent_id}")
             left = await self.departures(tx, agent)
             await tx.set_agent_active(agent.id, False)
+            await tx.forget_welcomes(agent.id)  # greeted again if they come back
             for departure in left:
                 demande = await tx.get_demande_by_reference(departure.reference)
                 assert demande is not None

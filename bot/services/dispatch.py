@@ -19,6 +19,7 @@ from bot.services.clock import Clock
 from bot.services.companion import Companions
 from bot.services.demande_room import DemandeRooms
 from bot.services.failures import homeserver_outage
+from bot.services.group_admin import GroupConsole
 from bot.services.opening import Incoming, Opening
 from bot.services.retention import Retention
 from bot.services.room_index import DemandeRoomIndex
@@ -41,6 +42,7 @@ class Dispatcher:
         rooms: DemandeRooms,
         opening: Opening,
         admin: AdminConsole,
+        group: GroupConsole,
         retention: Retention,
         undecryptables: Undecryptables,
         spaces: Spaces | None = None,
@@ -54,6 +56,7 @@ class Dispatcher:
         self.rooms = rooms
         self.opening = opening
         self.admin = admin
+        self.group = group
         self.retention = retention
         self.undecryptables = undecryptables
         self.spaces = spaces
@@ -106,6 +109,13 @@ class Dispatcher:
         count = self.gateway.member_count(room_id)
         return count is None or count <= 2
 
+    async def _active(self, sender: str) -> None:
+        """A directory agent wrote to the bot: their account is in use (inactivity)."""
+        async with self.store.transaction() as tx:
+            agent = await tx.get_agent_by_matrix_id(sender)
+            if agent is not None and agent.active:
+                await tx.touch_activity(agent.id, self.clock.now())
+
     async def on_room_event(self, room_id: str, event: Any) -> None:
         if self.spaces is not None and self.spaces.is_space(room_id):
             return  # the bot's spaces: nobody talks there, nothing to do
@@ -113,6 +123,8 @@ class Dispatcher:
             await self.companions.on_event(room_id, event)  # the instructeurs' own room
             return
         if self.admin.is_admin_room(room_id):
+            if isinstance(event, RoomMessageText) and event.sender != self.bot_user_id:
+                await self._active(event.sender)
             await self.admin.on_event(room_id, event)
             return
         if room_id in self.index:
@@ -124,10 +136,13 @@ class Dispatcher:
         if isinstance(event, RoomMessageText):
             if event.sender == self.bot_user_id:
                 return
+            await self._active(event.sender)
             if not self._is_direct_chat(room_id):
                 # Not a demande room, not a one-to-one chat: the bot does not act here.
                 log.info("message in %s ignored: not a direct chat", room_id)
                 return
+            if await self.group.handles(room_id, event):
+                return  # a responsable's command in their follow-up room
             if await self.admin.refuse_elsewhere(
                 room_id, event, own_commands=direct_commands.DIRECT, recipients=[event.sender]
             ):

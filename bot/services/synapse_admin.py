@@ -1,4 +1,5 @@
-"""The few Synapse admin API calls the retention job needs, with the admin token.
+"""The few Synapse admin API calls the retention job and the account linking need,
+with the admin token.
 
 The bot's own account is not a server admin: purging rooms, history and media
 takes a separate server-admin token (setting ``admin.synapse_admin_token``).
@@ -145,3 +146,67 @@ class SynapseAdmin:
         except MatrixError as exc:
             if exc.status != 404:  # already gone: what we wanted
                 raise
+
+    # ------------------------------------------------------------------ accounts
+
+    async def user_by_email(self, email: str) -> str | None:
+        """The local account that has this email as a (verified) third-party ID."""
+        try:
+            data = await self._request(
+                "GET", f"/_synapse/admin/v1/threepid/email/users/{quote(email, safe='')}"
+            )
+        except MatrixError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        user = data.get("user_id")
+        return user if isinstance(user, str) else None
+
+    async def new_users(self, since_ms: int, *, page: int = 100) -> list[tuple[str, int]]:
+        """Local accounts created after `since_ms` (user ID, creation in ms), oldest first."""
+        found: list[tuple[str, int]] = []
+        offset = 0
+        while True:
+            data = await self._request(
+                "GET",
+                "/_synapse/admin/v2/users?order_by=creation_ts&dir=b&guests=false"
+                f"&deactivated=false&limit={page}&from={offset}",
+            )
+            users = data.get("users")
+            rows = users if isinstance(users, list) else []
+            for row in rows:
+                created = int(row.get("creation_ts") or 0)
+                if created <= since_ms:
+                    return sorted(found, key=lambda item: item[1])
+                found.append((str(row.get("name")), created))
+            if len(rows) < page or data.get("next_token") is None:
+                return sorted(found, key=lambda item: item[1])
+            offset += len(rows)
+
+    async def newest_user_ms(self) -> int:
+        """When the newest local account was created (0: none)."""
+        data = await self._request(
+            "GET", "/_synapse/admin/v2/users?order_by=creation_ts&dir=b&guests=false&limit=1"
+        )
+        users = data.get("users")
+        rows = users if isinstance(users, list) else []
+        return int(rows[0].get("creation_ts") or 0) if rows else 0
+
+    async def verified_emails(self, user_id: str) -> list[str]:
+        """The account's email third-party IDs that the homeserver validated."""
+        try:
+            data = await self._request("GET", f"/_synapse/admin/v2/users/{quote(user_id, safe='')}")
+        except MatrixError as exc:
+            if exc.status == 404:
+                return []
+            raise
+        out = []
+        for item in data.get("threepids") or []:
+            if (
+                isinstance(item, dict)
+                and item.get("medium") == "email"
+                and item.get("validated_at")
+                and isinstance(item.get("address"), str)
+            ):
+                out.append(str(item["address"]).strip().lower())
+        return out

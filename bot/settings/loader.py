@@ -23,6 +23,7 @@ from bot.settings.schema import (
     HealthSettings,
     HomeserverSettings,
     LoggingSettings,
+    OnboardingSettings,
     PoliciesSettings,
     SecretsSettings,
     SettingsError,
@@ -60,6 +61,7 @@ class Settings:
     health: HealthSettings
     guard: GuardSettings
     ha: HaSettings
+    onboarding: OnboardingSettings
     config_path: Path | None = None
 
     @staticmethod

@@ -51,6 +51,7 @@ from bot.settings.schema import (
     HealthSettings,
     HomeserverSettings,
     LoggingSettings,
+    OnboardingSettings,
     PoliciesSettings,
     Secret,
     SecretsSettings,
@@ -352,3 +353,12 @@ def _parse_ha(t: Table) -> HaSettings:
     if problem is not None and not t.has_problem("renew_seconds"):
         t.error("renew_seconds", problem)
     return HaSettings(enabled=enabled, renew_seconds=renew, ttl_seconds=ttl)
+
+
+@section("onboarding")
+def _parse_onboarding(t: Table) -> OnboardingSettings:
+    return OnboardingSettings(
+        account_link_seconds=t.integer("account_link_seconds", 60, minimum=5),
+        inactivity_months=t.integer("inactivity_months", 5, minimum=0),
+        inactivity_email_only_bal=t.boolean("inactivity_email_only_bal", False),
+    )

@@ -253,3 +253,12 @@ class HaSettings:
     enabled: bool
     renew_seconds: int  # the active renews its lease this often
     ttl_seconds: int  # each renewal is valid this long (by the database's clock)
+
+
+@dataclass(frozen=True, slots=True)
+class OnboardingSettings:
+    """Welcoming agents, linking the accounts made at first sign-in, inactivity."""
+
+    account_link_seconds: int  # how often new Matrix accounts are looked at
+    inactivity_months: int  # 0: no deactivation for inactivity
+    inactivity_email_only_bal: bool  # also for email-only agents of a group with a BAL

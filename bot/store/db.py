@@ -26,9 +26,11 @@ from sqlalchemy.ext.asyncio import (
 )
 
 from bot.domain.lease import LeaseLost
+from bot.domain.scope import OperatorScope
 from bot.store import tables  # noqa: F401 (registers every table)
 from bot.store.crypto import FieldCipher
 from bot.store.repository import Tx
+from bot.store.scoped_tx import ScopedTx
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -106,13 +108,25 @@ def create_engine(url: str, application_name: str | None = None) -> AsyncEngine:
 
 class Store:
     def __init__(
-        self, engine: AsyncEngine, cipher: FieldCipher, fence: Fence | None = None
+        self,
+        engine: AsyncEngine,
+        cipher: FieldCipher,
+        fence: Fence | None = None,
+        scope: OperatorScope | None = None,
     ) -> None:
         self._engine = engine
         self._cipher = cipher
         self._dialect = engine.dialect.name
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._fence = fence
+        self._scope = scope
+
+    def scoped(self, scope: OperatorScope) -> Store:
+        """The same database seen by a territorial operator (`ScopedTx`); a national
+        scope is the store itself. Never closed: the engine is this store's."""
+        if scope.national:
+            return self
+        return Store(self._engine, self._cipher, self._fence, scope)
 
     @classmethod
     async def open(
@@ -172,7 +186,10 @@ class Store:
         async with self._sessions() as session, session.begin():
             if self._fence is not None:
                 await self._check_fence(session, self._fence())
-            yield Tx(session, self._cipher, self._dialect)
+            if self._scope is not None:
+                yield ScopedTx(session, self._cipher, self._dialect, self._scope)
+            else:
+                yield Tx(session, self._cipher, self._dialect)
 
     @staticmethod
     async def _check_fence(session: AsyncSession, epoch: int | None) -> None:

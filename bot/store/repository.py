@@ -51,6 +51,7 @@ from bot.store.models import (
     RoomOffenceRow,
     utcnow,
 )
+from bot.store.onboarding_tx import OnboardingTx
 from bot.store.records import AuditEntry, Draft, OutgoingMessage
 from bot.store.work_tx import WorkTx
 
@@ -165,7 +166,7 @@ def _secret_aad(key: str) -> bytes:
     return b"bot_secrets:value:" + key.encode("utf-8")
 
 
-class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx, LoopTx):
+class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx, LoopTx, OnboardingTx):
     """One transaction. Obtain it from `Store.transaction()`; do not keep it after."""
 
     # ------------------------------------------------------------------ directory

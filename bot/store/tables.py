@@ -8,6 +8,7 @@ import bot.store.email_models as email_models
 import bot.store.lease_models as lease_models
 import bot.store.loop_models as loop_models
 import bot.store.models as models
+import bot.store.onboarding_models as onboarding_models
 import bot.store.work_models as work_models
 from bot.store.base import Base
 
@@ -21,5 +22,6 @@ __all__ = [
     "loop_models",
     "metadata",
     "models",
+    "onboarding_models",
     "work_models",
 ]

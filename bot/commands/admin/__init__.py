@@ -23,6 +23,7 @@ from bot.commands.admin import (  # noqa: F401
     retention,
     health,
     identities,
+    onboarding,
 )
 
 # isort: on

@@ -23,6 +23,7 @@ from bot.ports import (
     FollowUpConsole,
     HealthConsole,
     IdentityDecisions,
+    InactivityView,
     PoliciesRef,
     ReceivedFile,
     RetentionConsole,
@@ -68,6 +69,7 @@ class AdminCtx:
     sender: str
     event_id: str
     file: ReceivedFile | None
+    inactivity: InactivityView
 
     @property
     def policies(self) -> Policies:
