@@ -120,6 +120,10 @@ class DemandeTx(Protocol):
     ) -> bool: ...
     async def add_pending_invite(self, room_id: str, user_id: str, now: datetime) -> None: ...
     async def set_email_notifications(self, agent_id: int, notify: bool, now: datetime) -> None: ...
+    async def set_demande_muted(
+        self, demande_id: int, agent_id: int, muted: bool, now: datetime
+    ) -> None: ...
+    async def set_email_digest(self, agent_id: int, hour: int | None, now: datetime) -> None: ...
     def after_commit(self, callback: Callable[[], None]) -> None: ...
     def savepoint(self) -> AbstractAsyncContextManager[None]: ...
 
@@ -144,6 +148,13 @@ class MailTx(DemandeTx, Protocol):
         self, *, digest: str, demande_id: int, agent_email: str, generation: int, now: datetime
     ) -> None: ...
     async def agents_notified_by_email(self, agent_ids: Iterable[int]) -> set[int]: ...
+    async def muted_agents(self, demande_id: int) -> set[int]: ...
+    async def email_digest_hours(
+        self, agent_ids: Iterable[int] | None = None
+    ) -> dict[int, int]: ...
+    async def add_digest_item(
+        self, *, agent_id: int, demande_id: int, event_key: str, body: bytes, now: datetime
+    ) -> bool: ...
     async def enqueue_email(
         self,
         *,
@@ -237,6 +248,22 @@ class EmailHooks(Protocol):
         sender: str,
     ) -> None: ...
 
+    async def command_answered(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        author: Author,
+        command: str,
+        text: str,
+        error: bool,
+        key: str,
+    ) -> None:
+        """A participant's command was answered in the room (`command`: its name, "?" when
+        it could not be read; `text`: the answer). The author gets it by email if the
+        command came by email; the email-only colleagues learn what it did."""
+        ...
+
     async def room_file(
         self, demande: Demande, *, event_id: str, author: Agent, content: Mapping[str, Any]
     ) -> None:
@@ -292,6 +319,19 @@ class NoEmail:
         redacted_event_id: str,
         redaction_event_id: str,
         sender: str,
+    ) -> None:
+        return None
+
+    async def command_answered(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        author: Author,
+        command: str,
+        text: str,
+        error: bool,
+        key: str,
     ) -> None:
         return None
 

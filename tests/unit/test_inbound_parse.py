@@ -225,9 +225,19 @@ def test_commands_on_first_line(first_line: str, command: Command | None) -> Non
     mail = parse(plain(f"\n{first_line}\nLe reste."))
     assert mail.command is command
     if command is not None:
-        assert mail.text == "Le reste."
+        assert mail.text == "Le reste." and mail.command_line is None
+    elif first_line.strip().startswith("!"):
+        # Any other command line is the room's to read (it answers unknown ones).
+        assert mail.command_line == first_line.strip() and mail.text == "Le reste."
     else:
-        assert mail.text.startswith(first_line.strip())
+        assert mail.text.startswith(first_line.strip()) and mail.command_line is None
+
+
+def test_a_command_line_changes_what_counts_as_a_duplicate() -> None:
+    one = parse(plain("!inviter CPAM 95\nMerci."))
+    other = parse(plain("!inviter CAF 95\nMerci."))
+    assert one.command_line == "!inviter CPAM 95" and one.text == "Merci."
+    assert one.content_hash != other.content_hash
 
 
 def test_command_on_second_line_is_text() -> None:

@@ -18,11 +18,14 @@ from bridge.render import (
     LOOP_HEADER,
     MAX_BODY_CHARS,
     Attachment,
+    Footer,
     UnsupportedContent,
+    action_email,
     build_email,
     clean_header_value,
     closed_email,
     edited_message_email,
+    finish,
     footer,
     mailbox,
     matrix_to_email_html,
@@ -356,7 +359,32 @@ def test_message_templates() -> None:
     reopened = reopened_email(reference="A-1", by_name="Paul", by_affiliation="FS")
     assert "rouverte par Paul (FS)" in reopened.text
     for r in (msg, edit, gone, closed, reopened):
-        assert "!jemenoccupe" in r.text and r.html.startswith("<!DOCTYPE html>")
+        text, html = finish(r, kind=Footer.REPLY, reference="A-1", room_id="!r:srv.test")
+        assert "!jemenoccupe" in text and html.startswith("<!DOCTYPE html>")
+
+
+def test_the_room_link_is_in_the_html_only_and_each_footer_promises_what_it_can() -> None:
+    body = action_email("prise en charge", "Marie Durand s'occupe de la demande.")
+    text, html = finish(body, kind=Footer.REPLY, reference="A-1", room_id="!abc:srv.test")
+    assert 'href="https://matrix.to/#/!abc:srv.test"' in html
+    assert "http" not in text and "salon de la demande A-1" in text
+    for cmd in ("!statut", "!inviter", "!notifications non", "!courriels"):
+        assert cmd in text and cmd in html
+    shared, shared_html = finish(body, kind=Footer.SHARED, reference="A-1", room_id=None)
+    assert "répondre directement" not in shared and "on ne peut pas y répondre" in shared
+    assert "!jemenoccupe" in shared and "matrix.to" not in shared_html
+    notice, _ = finish(body, kind=Footer.NOTICE, reference="A-1", room_id=None)
+    assert "répondre directement" not in notice and "Ne répondez pas" in notice
+
+
+def test_the_dossier_lists_the_participants() -> None:
+    rendered = new_demande_email(
+        reference="A-2026-000042", form=FORM, organisation_names=["CAF"],
+        aidant_name="Paul Leroy", aidant_affiliation="France Services 95",
+        participants=["Paul Leroy (France Services 95)", "Sophie Test (CAF 95), par courriel"],
+    )  # fmt: skip
+    assert "Participants :\n  - Paul Leroy (France Services 95)\n  - Sophie Test" in rendered.text
+    assert "<li>Sophie Test (CAF 95), par courriel</li>" in rendered.html
 
 
 def test_template_names_cannot_inject_html() -> None:
