@@ -84,6 +84,9 @@ TOLD: dict[str, tuple[str, str]] = {
 }
 # Told to the groups' shared mailboxes too: someone took the demande, or answered it.
 TOLD_TO_SHARED = frozenset({"jemenoccupe", "traitee"})
+# Always sent at once, whatever the agent chose: the dossier (and invitations), the
+# answer to their own command, reminders. The rest may be stopped or held for the digest.
+AT_ONCE = frozenset({"dossier", "answer", "reminder", "digest"})
 # Quick answers: done by email, they need no answer by email (the thread shows them).
 QUICK = frozenset({"jemenoccupe", "traitee", "pasleboninterlocuteur"})
 
@@ -204,6 +207,13 @@ class EmailBridge:
         attachments: Sequence[render.Attachment] = (),
     ) -> bool:
         s = self.settings
+        agent = recipient.agent
+        if agent is not None and kind not in AT_ONCE and not attachments:
+            if agent.id in await tx.muted_agents(demande.id):
+                return False  # `!notifications non` for this demande
+            hour = (await tx.email_digest_hours([agent.id])).get(agent.id)
+            if hour is not None and recipient.full:
+                return await self._hold(tx, demande, agent, rendered, event_key=event_key)
         reply_to: str | None = None
         envelope_from = s.from_address
         if recipient.replies:
@@ -251,6 +261,47 @@ class EmailBridge:
         if queued:
             tx.after_commit(self._wake_delivery)
         return queued
+
+    async def queue(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        recipient: Recipient,
+        rendered: render.RenderedEmail,
+        *,
+        event_key: str,
+        kind: str,
+    ) -> bool:
+        """One email of the demande's thread to one recipient (the digest's)."""
+        return await self._enqueue(
+            tx,
+            demande,
+            recipient,
+            rendered,
+            event_key=event_key,
+            kind=kind,
+            author=None,
+            message_id=render.message_id(event_key, self._domain),
+        )
+
+    async def _hold(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        agent: Agent,
+        rendered: render.RenderedEmail,
+        *,
+        event_key: str,
+    ) -> bool:
+        """Keep an email for the agent's daily digest of this demande (`bridge.digest`)."""
+        body = render.digest_entry(rendered, at=self.clock.now())
+        return await tx.add_digest_item(
+            agent_id=agent.id,
+            demande_id=demande.id,
+            event_key=event_key,
+            body=body,
+            now=self.clock.now(),
+        )
 
     @staticmethod
     def _notice(demande: Demande, what: str = "nouveau message") -> render.RenderedEmail:
@@ -468,6 +519,8 @@ class EmailBridge:
             log.info("demande %s: event %s not bridged: %s", demande.reference, event_key, exc)
             return
         message_id = render.message_id(event_key, self._domain)
+        if author is None and kind == "message":
+            kind = "reminder"  # the service's own notice (a late demande): at once
         for r in await self._people(tx, demande):
             if author is not None and r.agent is not None and r.agent.id == author.id:
                 continue

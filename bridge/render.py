@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import html as html_lib
+import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -44,6 +45,7 @@ from urllib.parse import quote
 
 import nh3
 
+from bot.domain.calendar import PARIS
 from bot.domain.model import DemandeForm, MandatType
 
 __all__ = [
@@ -60,6 +62,8 @@ __all__ = [
     "clean_header_value",
     "closed_email",
     "command_answer_email",
+    "digest_email",
+    "digest_entry",
     "edited_message_email",
     "finish",
     "footer",
@@ -690,3 +694,26 @@ def command_answer_email(command: str, text: str) -> RenderedEmail:
     intro = f"Réponse à votre commande {cmd} :" if cmd else "Réponse à votre courriel :"
     body = f"{intro}\n\n{_body_text(text).strip()}"
     return _render("réponse à votre commande", body, _text_to_html(body), auto_generated=True)
+
+
+def digest_entry(rendered: RenderedEmail, *, at: datetime) -> bytes:
+    """One email held for a digest, as stored (sealed by the store): JSON."""
+    return json.dumps(
+        {"what": rendered.what, "text": rendered.text, "html": rendered.html, "at": at.isoformat()},
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def digest_email(entries: Sequence[bytes], *, reference: str) -> RenderedEmail:
+    """A day's emails of one demande in one: each with its time (Paris) and what it was."""
+    items = [json.loads(e) for e in entries]
+    ref = clean_header_value(reference, 40)
+    intro = f"Résumé du jour de la demande {ref} : {len(items)} message(s)."
+    texts = [intro]
+    htmls = [f"<p>{html_lib.escape(intro)}</p>"]
+    for item in items:
+        when = datetime.fromisoformat(item["at"]).astimezone(PARIS).strftime("%d/%m à %H:%M")
+        head = f"— {when} · {clean_header_value(str(item['what']), 80)}"
+        texts += ["", head, str(item["text"])]
+        htmls.append(f"<h3>{html_lib.escape(head)}</h3><div>{item['html']}</div>")
+    return _render("résumé du jour", "\n".join(texts), "".join(htmls), auto_generated=True)

@@ -22,6 +22,7 @@ from bot.services.demande_room import DemandeRooms
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bridge.delivery import EmailDelivery
+from bridge.digest import EmailDigests
 from bridge.inbound import InboundHandler, listening_address, start_listener
 from bridge.outbound import EmailBridge
 from bridge.posting import InboxPoster
@@ -64,6 +65,7 @@ class EmailRuntime:
     poster: InboxPoster
     handler: InboundHandler
     server: asyncio.Server
+    digests: EmailDigests
 
     @property
     def address(self) -> tuple[str, int]:
@@ -71,12 +73,17 @@ class EmailRuntime:
         return listening_address(self.server)
 
     def workers(self) -> dict[str, Coroutine[Any, Any, None]]:
-        return {"email-delivery": self.delivery.run(), "email-posting": self.poster.run()}
+        return {
+            "email-delivery": self.delivery.run(),
+            "email-posting": self.poster.run(),
+            "email-digest": self.digests.run(),
+        }
 
     def wake(self) -> None:
         """Leftovers of a previous run: deliver and post them now."""
         self.delivery.wake()
         self.poster.wake()
+        self.digests.wake()
 
     async def close(self) -> None:
         self.server.close()
@@ -111,4 +118,5 @@ async def build_runtime(
         wake_matrix=sender.flush_soon,
     )
     server = await start_listener(handler, settings)
-    return EmailRuntime(parts.bridge, parts.delivery, poster, handler, server)
+    digests = EmailDigests(store=store, bridge=parts.bridge, clock=clock)
+    return EmailRuntime(parts.bridge, parts.delivery, poster, handler, server, digests)

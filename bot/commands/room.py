@@ -21,6 +21,7 @@ from bot.domain import amend, closing, matching
 from bot.domain import dossier as texts
 from bot.domain import status as status_rules
 from bot.domain.calendar import PARIS
+from bot.domain.mail_volume import digest_hour
 from bot.domain.model import Agent, Demande, Group, Role, Status
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.routing import may_invite_agent, may_invite_group
@@ -591,17 +592,6 @@ async def _courriels(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
         f"{ctx.agent.display_name} recevra chaque jour à {hour} h un résumé par demande "
         "(le dossier, les invitations et les rappels arrivent toujours tout de suite)."
     )
-
-
-def digest_hour(text: str, default: int = 17) -> int | None:
-    """« 17 », « 17h », « 17 h », « 8h00 »; empty: `default`. None if not an hour."""
-    cleaned = text.strip().lower().replace(" ", "")
-    if not cleaned:
-        return default
-    cleaned = cleaned.removesuffix("00").removesuffix(":").removesuffix("h")
-    if not cleaned.isdigit() or not 0 <= int(cleaned) <= 23:
-        return None
-    return int(cleaned)
 
 
 def _aidant(ctx: RoomCtx) -> tuple[str, ...]:

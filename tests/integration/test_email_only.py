@@ -8,16 +8,22 @@ the link to the demande's room.
 
 from __future__ import annotations
 
+import asyncio
+import html
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from bot.devserver import LocalSynapse
+from bot.domain.calendar import PARIS
 from bot.domain.model import Role
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, reply_with, say
-from tests.support.email import as_eml, email_bot, mailonly, relay
+from tests.support.clock import FakeClock
+from tests.support.email import Eml, as_eml, email_bot, mailonly, relay, reply
 from tests.support.smtp import Received, RelaySink
-from tests.support.world import audit_actions, demande_of, make_world, open_demande
+from tests.support.world import World, audit_actions, demande_of, make_world, open_demande
 
 
 async def _next(sink: RelaySink, address: str, label: str) -> Received:
@@ -122,3 +128,189 @@ async def test_colleagues_actions_reach_the_email_only_instructeur_and_the_share
         assert len(sink.to(bal)) == 3
         assert "command_jemenoccupe" in await audit_actions(world, reference)
         await runner.check_alive()
+
+
+async def _audit(world: World, reference: str, action: str) -> list[dict[str, object]]:
+    async with world.runner.store.transaction() as tx:
+        return [
+            e.details for e in await tx.audit_entries(reference=reference) if e.action == action
+        ]
+
+
+async def test_an_email_only_instructeur_acts_by_email_with_the_rooms_commands(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        sophie = mailonly(world)
+        cpam_client = await clients.client("cpam1")
+        await botsupport.add_agent(
+            runner.store, world.directory, "cpam1", matrix_id=cpam_client.user_id,
+            roles=[Role.INSTRUCTEUR], group="cpam",
+        )  # fmt: skip
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
+        await matrix.join_and_read(world.instr1, room_id, 1)
+        dossier = await _next(sink, sophie, "nouvelle demande")
+        root = dossier.header("Message-ID")
+
+        def eml(received: Received) -> Eml:
+            return as_eml(received, reference, room_id=room_id, root=root)
+
+        # !statut: answered by email, in the thread, to her only.
+        code, _ = await reply(runner, dossier, sophie, "!statut")
+        assert code == 250
+        status = eml(await _next(sink, sophie, "réponse à votre commande"))
+        assert "Réponse à votre commande !statut" in status.text
+        assert f"Demande {reference} : " in status.text and "Participants :" in status.text
+
+        # !inviter a group: its Matrix agent is invited into the room; she gets the answer.
+        cpam = world.directory.groups["cpam"]
+        await reply(runner, dossier, sophie, f"!inviter {cpam.name}")
+        await matrix.accept_invite(cpam_client, room_id, 30)  # invited by the bot: joins
+        assert room_id in cpam_client.rooms
+        answers = await _answers(sink, sophie, 2)
+        assert "Invité(s) : Cpam1 Test" in eml(answers[1]).text
+
+        # An unknown command: a French answer listing those she may write.
+        await reply(runner, dossier, sophie, "!bonjour")
+        unknown = eml((await _answers(sink, sophie, 3))[2])
+        assert "Commande inconnue : !bonjour" in unknown.text
+        for name in ("!statut", "!inviter", "!notifications", "!jemenoccupe", "!courriels"):
+            assert name in unknown.text.split("Commandes possibles par courriel :")[1]
+
+        # !notifications non: the next messages of this demande no longer reach her...
+        await reply(runner, dossier, sophie, "!notifications non")
+        assert "ne recevra plus les courriels" in eml((await _answers(sink, sophie, 4))[3]).text
+        before = len(sink.to(sophie))
+        n = count_from(world.instr1, room_id, world.bot_id)
+        await say(world.instr1, room_id, "Premier message après l'arrêt.")
+        await say(world.instr1, room_id, "!jemenoccupe")
+        await reply_with(world.instr1, room_id, world.bot_id, "s'occupe de la demande", after=n)
+        # ...and once resumed, they do (the first message she gets is the one after).
+        await reply(runner, dossier, sophie, "!notifications oui")
+        await _answers(sink, sophie, 5)
+        await say(world.instr1, room_id, "Deuxième message, après la reprise.")
+        resumed = await _next(sink, sophie, "nouveau message")
+        assert "Deuxième message" in resumed.text
+        texts = [m.text for m in sink.to(sophie)[before:]]
+        assert not any("Premier message" in t or "s'occupe" in t for t in texts), texts
+
+        # Each email command is audited like its Matrix twin, marked as sent by email.
+        for action in ("command_statut", "command_inviter", "command_notifications"):
+            details = await _audit(world, reference, action)
+            assert details and all(d["via"] == "email" for d in details), (action, details)
+        assert await _audit(world, reference, "command_refused")
+        await runner.check_alive()
+
+
+async def _answers(sink: RelaySink, address: str, count: int) -> list[Received]:
+    def found() -> list[Received]:
+        return [
+            m
+            for m in sink.to(address)
+            if m.header("Subject").endswith("— réponse à votre commande")
+        ]
+
+    await sink.wait_for(lambda: len(found()) >= count, what=f"{count} answers to {address}")
+    return found()
+
+
+# Tomorrow and the day after (the form's mandate is dated today: never in the future).
+_TOMORROW = datetime.now(PARIS).date() + timedelta(days=1)
+
+
+def _paris(day: int, hour: int, minute: int = 0) -> datetime:
+    """`day` 2: tomorrow, 3: the day after; at `hour`:`minute` Paris time."""
+    d = _TOMORROW + timedelta(days=day - 2)
+    return datetime(d.year, d.month, d.day, hour, minute, tzinfo=PARIS)
+
+
+async def _held(runner: botsupport.BotRunner) -> int:
+    async with runner.store.transaction() as tx:
+        return len(await tx.pending_digest_items())
+
+
+async def test_the_daily_digest_sends_one_email_a_day_per_demande_with_its_messages(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    clock = FakeClock(_paris(2, 9))
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        runner.clock = clock
+        await runner.start()
+        assert runner.app is not None and runner.app.email is not None
+        digests = runner.app.email.digests
+        world = await make_world(clients, runner)
+        sophie = mailonly(world)
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
+        await matrix.join_and_read(world.instr1, room_id, 1)
+        dossier = await _next(sink, sophie, "nouvelle demande")
+        root = dossier.header("Message-ID")
+
+        await reply(runner, dossier, sophie, "!courriels quotidien 17h")
+        chosen = as_eml((await _answers(sink, sophie, 1))[0], reference, room_id=room_id, root=root)
+        assert "chaque jour à 17 h un résumé" in chosen.text
+
+        # The day's messages and actions are held, not sent.
+        for text in ("Message un.", "Message deux.", "Message trois."):
+            await say(world.instr1, room_id, text)
+        await say(world.instr1, room_id, "!jemenoccupe")
+        await _until(lambda: _held(runner), 4)
+        count = len(sink.to(sophie))
+        assert await digests.send_due() == 0  # 9 h: not yet
+
+        # At 17 h, one email for the demande with the four.
+        clock.at = _paris(2, 17, 5)
+        assert await digests.send_due() == 1
+        await sink.wait_for(lambda: len(sink.to(sophie)) > count, what="the digest")
+        [digest_mail] = sink.to(sophie)[count:]
+        digest = as_eml(digest_mail, reference, room_id=room_id, root=root)
+        assert digest.subject.endswith("— résumé du jour") and "4 message(s)" in digest.text
+        for text in ("Message un.", "Message deux.", "Message trois.", "s'occupe de la demande"):
+            assert text in digest.text and html.escape(text) in digest.html
+        assert digest.reply_to.startswith("reply+")  # she may answer it like any other
+
+        # What comes after 17 h waits for the next day; a second pass sends nothing.
+        await say(world.instr1, room_id, "Message du soir.")
+        await _until(lambda: _held(runner), 1)
+        clock.at = _paris(2, 21)
+        assert await digests.send_due() == 0
+        clock.at = _paris(3, 17)
+        assert await digests.send_due() == 1
+        await sink.wait_for(lambda: len(sink.to(sophie)) > count + 1, what="the next digest")
+        evening = as_eml(sink.to(sophie)[-1], reference, room_id=room_id, root=root)
+        assert "1 message(s)" in evening.text and "Message du soir." in evening.text
+
+        # A new demande's dossier still comes at once; back to « immediat », so do messages.
+        _, second = await open_demande(world)
+        await _next_for(sink, sophie, second, "nouvelle demande")
+        await reply(runner, dossier, sophie, "!courriels immediat")
+        await _answers(sink, sophie, 2)
+        await say(world.instr1, room_id, "Message immédiat.")
+        now = await _next(sink, sophie, "nouveau message")
+        assert "Message immédiat." in now.text
+        assert await _held(runner) == 0
+        await runner.check_alive()
+
+
+async def _until(count: Any, expected: int) -> None:
+    for _ in range(300):
+        if await count() >= expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"still {await count()} held, {expected} expected")
+
+
+async def _next_for(sink: RelaySink, address: str, reference: str, label: str) -> Received:
+    def found() -> list[Received]:
+        return [
+            m
+            for m in sink.to(address)
+            if m.header("Subject").startswith(f"[A+] Demande {reference}")
+            and m.header("Subject").endswith(f"— {label}")
+        ]
+
+    await sink.wait_for(lambda: bool(found()), what=f"« {label} » of {reference}")
+    return found()[0]
