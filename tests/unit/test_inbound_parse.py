@@ -610,3 +610,19 @@ def test_any_plain_text_comes_out_inert(body: str) -> None:
 def test_any_html_comes_out_inert(body: str) -> None:
     raw = f"{HEAD}Content-Type: text/html; charset=utf-8\n\n<p>{body}</p><script>{body}</script>"
     assert_invariants(parse(raw))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Le versement reprend le mois prochain.",
+        "Le dossier est complet depuis le 3 mars.",
+        "Le dossier est complet.\nLe reste suit.",
+    ],
+)
+def test_an_answer_starting_with_le_is_not_taken_for_the_attribution(answer: str) -> None:
+    """A reply beginning « Le … » was joined with the attribution line below it and cut."""
+    body = f"{answer}\n\nLe 2 mars 2026 à 10:00, Administration+ a écrit :\n> Bonjour"
+    assert strip_quoted(body) == answer
+    tight = f"{answer}\nLe 2 mars 2026 à 10:00, Administration+ a écrit :\n> Bonjour"
+    assert strip_quoted(tight) == answer
