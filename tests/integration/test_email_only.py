@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import html
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from bot.domain.calendar import PARIS
 from bot.domain.model import Role
 from tests.support import bot as botsupport
 from tests.support import matrix
-from tests.support.bot import count_from, reply_with, say
+from tests.support.bot import count_from, filled_form, reply_with, say
 from tests.support.clock import FakeClock
 from tests.support.email import Eml, as_eml, email_bot, mailonly, relay, reply
 from tests.support.smtp import Received, RelaySink
@@ -300,7 +301,7 @@ async def _until(count: Any, expected: int) -> None:
         if await count() >= expected:
             return
         await asyncio.sleep(0.1)
-    raise AssertionError(f"still {await count()} held, {expected} expected")
+    raise AssertionError(f"still {await count()}, {expected} expected")
 
 
 async def _next_for(sink: RelaySink, address: str, reference: str, label: str) -> Received:
@@ -314,3 +315,110 @@ async def _next_for(sink: RelaySink, address: str, reference: str, label: str) -
 
     await sink.wait_for(lambda: bool(found()), what=f"« {label} » of {reference}")
     return found()[0]
+
+
+async def test_matrix_agents_with_email_notices_are_told_of_a_new_demande_and_an_invitation(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        instr2_email = f"{matrix.unique('instr2')}@caf95.example.test"
+        cpam_client = await clients.client("cpam1")
+        cpam_email = f"{matrix.unique('cpam1')}@cpam95.example.test"
+        for key, client, email, group in (
+            ("instr2", world.instr2, instr2_email, "caf"),
+            ("cpam1", cpam_client, cpam_email, "cpam"),
+        ):
+            agent = await botsupport.add_agent(
+                runner.store, world.directory, key, matrix_id=client.user_id, email=email,
+                roles=[Role.INSTRUCTEUR], group=group,
+            )  # fmt: skip
+            async with runner.store.transaction() as tx:
+                await tx.set_email_notifications(agent.id, True, datetime.now(PARIS))
+
+        _, reference = await open_demande(world)
+        room_id = (await demande_of(world, reference)).room_id
+        new = await _next(sink, instr2_email, "nouvelle demande")
+        root = new.header("Message-ID")
+        notice = as_eml(new, reference, room_id=room_id, root=root)
+        assert "Une nouvelle demande attend votre groupe" in notice.text
+        assert "Element" in notice.text and notice.reply_to == ""
+        for word in ("Dupontel", "Jeanne", "Blocage", "suspendu"):  # no content at all
+            assert word not in new.data.decode("utf-8", "replace"), word
+        assert sink.to(cpam_email) == []  # not in the demande yet
+
+        await matrix.join_and_read(world.instr1, room_id, 1)
+        n = count_from(world.instr1, room_id, world.bot_id)
+        await say(world.instr1, room_id, f"!inviter {world.directory.groups['cpam'].name}")
+        await reply_with(world.instr1, room_id, world.bot_id, "Invité", after=n)
+        invited_mail = await _next(sink, cpam_email, "invitation")
+        invited = as_eml(invited_mail, reference, room_id=room_id, root=root)
+        assert "Vous avez été invité dans une demande" in invited.text
+        assert "Dupontel" not in invited_mail.data.decode("utf-8", "replace")
+        assert len(sink.to(cpam_email)) == 1 and len(sink.to(instr2_email)) == 1
+        await runner.check_alive()
+
+
+async def test_reminders_and_digests_reach_email_only_responsables_and_aidants(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    clock = FakeClock(datetime(2026, 4, 2, 10, tzinfo=UTC))  # a Thursday
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        runner.clock = clock
+        await runner.start()
+        assert runner.app is not None and runner.app.admin is not None
+        world = await make_world(clients, runner)
+        sophie = mailonly(world)
+        chef = f"{matrix.unique('chef')}@caf95.example.test"
+        await botsupport.add_agent(
+            runner.store, world.directory, "chef", matrix_id=None, email=chef,
+            roles=[Role.RESPONSABLE], group="caf", first_name="Chantal",
+        )  # fmt: skip
+        async with runner.store.transaction() as tx:  # Sophie reads a digest, at 17 h
+            await tx.set_email_digest(world.directory.agents["mailonly"].id, 17, clock.now())
+        _, reference = await open_demande(world, filled_form(date_mandat="01/03/2026"))
+        room_id = (await demande_of(world, reference)).room_id
+        dossier = await _next(sink, sophie, "nouvelle demande")
+        root = dossier.header("Message-ID")
+
+        # Late: the responsable gets the list; Sophie the reminder at once (never held).
+        clock.at = datetime(2026, 4, 9, 10, tzinfo=UTC)
+        report = await runner.app.admin.followup.remind(actor="test")
+        assert report.responsables_told == 1 and report.emails == 1
+        await sink.wait_for(lambda: sink.to(chef), what="the late list")
+        [late] = sink.to(chef)
+        assert reference in late.text and "retard" in late.text
+        assert late.message.get_body(preferencelist=("html",)) is not None  # type: ignore[attr-defined]
+        assert "Dupontel" not in late.data.decode("utf-8", "replace")
+        reminder = as_eml(
+            await _next(sink, sophie, "nouveau message"), reference, room_id=room_id, root=root
+        )
+        assert "Relance" in reminder.text and await _held(runner) == 0
+
+        # She answers by email; ten days on, the aidant (now email-only) gets the digest.
+        code, answer = await reply(
+            runner, dossier, sophie, "Le versement reprend le mois prochain."
+        )
+        assert code == 250, answer
+        await matrix.join_and_read(world.aidant, room_id, 1)
+        aidant_email = f"{matrix.unique('aidant')}@fs95.example.test"
+        async with runner.store.transaction() as tx:
+            aidant = await tx.get_agent(world.directory.agents["aidant"].id)
+            assert aidant is not None
+            await tx.update_agent(replace(aidant, matrix_id=None, email=aidant_email))
+        await _until(lambda: _answered(runner, reference), 1)
+        clock.at = datetime(2026, 4, 21, 10, tzinfo=UTC)
+        assert await runner.app.admin.followup.send_digest(actor="test") == 1
+        await sink.wait_for(lambda: sink.to(aidant_email), what="the aidant's digest")
+        [closable] = sink.to(aidant_email)
+        assert reference in closable.text and "clore" in closable.text
+        assert closable.message.get_body(preferencelist=("html",)) is not None  # type: ignore[attr-defined]
+        assert "Dupontel" not in closable.data.decode("utf-8", "replace")
+        await runner.check_alive()
+
+
+async def _answered(runner: botsupport.BotRunner, reference: str) -> int:
+    async with runner.store.transaction() as tx:
+        d = await tx.get_demande_by_reference(reference)
+    return 1 if d is not None and d.times.last_answer_at is not None else 0
