@@ -82,6 +82,7 @@ def build_admin(
         sender=sender,
         clock=clock,
         sync_admin_room=room.sync_members,
+        email=email,
     )
     notices = AgentNotices(store=store, gateway=gateway, sender=sender, clock=clock, email=email)
     followup = FollowUp(

@@ -264,6 +264,13 @@ class EmailHooks(Protocol):
         command came by email; the email-only colleagues learn what it did."""
         ...
 
+    async def participant_removed(
+        self, tx: MailTx, demande: Demande, agent: Agent, *, why: str, key: str
+    ) -> None:
+        """A participant left the demande (`why`: French, e.g. « compte désactivé »):
+        the email-only participants are told."""
+        ...
+
     async def room_file(
         self, demande: Demande, *, event_id: str, author: Agent, content: Mapping[str, Any]
     ) -> None:
@@ -332,6 +339,11 @@ class NoEmail:
         text: str,
         error: bool,
         key: str,
+    ) -> None:
+        return None
+
+    async def participant_removed(
+        self, tx: MailTx, demande: Demande, agent: Agent, *, why: str, key: str
     ) -> None:
         return None
 

@@ -28,6 +28,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from bot.domain.model import Agent, Demande, Group, Status
+from bot.domain.policies import Policies
 from bot.ports import (
     AttachmentFetcher,
     Author,
@@ -89,6 +90,21 @@ TOLD_TO_SHARED = frozenset({"jemenoccupe", "traitee"})
 AT_ONCE = frozenset({"dossier", "answer", "reminder", "digest"})
 # Quick answers: done by email, they need no answer by email (the thread shows them).
 QUICK = frozenset({"jemenoccupe", "traitee", "pasleboninterlocuteur"})
+
+
+def withholds_identifiers(
+    recipient: Recipient, groups: Mapping[int, Group], policies: Policies
+) -> bool:
+    """Per organisation (`policies/organisations.toml`, ``email_identifiers``): the
+    recipient's group's organisation, or the shared mailbox's."""
+    if recipient.agent is not None:
+        group = groups.get(recipient.agent.group_id) if recipient.agent.group_id else None
+    else:
+        group = next(
+            (g for g in groups.values() if (g.bal or "").lower() == recipient.address), None
+        )
+    organisation = policies.organisation(group.organisation_id) if group else None
+    return organisation is not None and organisation.withholds_identifiers
 
 
 def _affiliation(agent: Agent | None, groups: Mapping[int, Group]) -> str:
@@ -391,14 +407,20 @@ class EmailBridge:
             return
         form = await tx.load_form(demande.id)
         aidant = await tx.get_agent(demande.aidant_agent_id)
-        rendered = render.new_demande_email(
-            reference=demande.reference,
-            form=form,
-            organisation_names=self._org_names(demande),
-            aidant_name=aidant.display_name if aidant else "",
-            aidant_affiliation=_affiliation(aidant, groups),
-            participants=await self._participant_labels(tx, demande, groups),
-        )
+        participants = await self._participant_labels(tx, demande, groups)
+
+        def dossier(r: Recipient) -> render.RenderedEmail:
+            return render.new_demande_email(
+                reference=demande.reference,
+                form=form,
+                organisation_names=self._org_names(demande),
+                aidant_name=aidant.display_name if aidant else "",
+                aidant_affiliation=_affiliation(aidant, groups),
+                participants=participants,
+                withhold_identifiers=self._withholds(r, groups),
+                can_reply=r.replies,
+            )
+
         seen: set[str] = set()
         for r in recipients:
             if r.address in seen:
@@ -408,12 +430,16 @@ class EmailBridge:
                 tx,
                 demande,
                 r,
-                rendered if r.full else self._notice(demande, notice),
+                dossier(r) if r.full else self._notice(demande, notice),
                 event_key=event_key,
                 kind="dossier" if r.full else "notification",
                 author=None,
                 message_id=message_id,
             )
+
+    def _withholds(self, recipient: Recipient, groups: Mapping[int, Group]) -> bool:
+        """The recipient's organisation keeps the optional identifiers out of emails."""
+        return withholds_identifiers(recipient, groups, self.policies.current)
 
     async def command_answered(
         self,
@@ -491,7 +517,10 @@ class EmailBridge:
         parents: list[str] = []
         kind = "message"
         try:
-            if (
+            if author is None:
+                # The service's own notice (a reminder of a late demande).
+                rendered = render.action_email("relance", str(content.get("body") or ""))
+            elif (
                 isinstance(relates, Mapping)
                 and relates.get("rel_type") == "m.replace"
                 and isinstance(new_content, Mapping)
@@ -621,6 +650,31 @@ class EmailBridge:
                 event_key=event_key,
                 kind="closed" if closing else "reopened",
                 author=actor,
+                message_id=render.message_id(event_key, self._domain),
+            )
+
+    async def participant_removed(
+        self, tx: MailTx, demande: Demande, agent: Agent, *, why: str, key: str
+    ) -> None:
+        """A participant left the demande: the email-only participants are told."""
+        groups = await self._groups(tx)
+        affiliation = _affiliation(agent, groups)
+        label = agent.display_name + (f" ({affiliation})" if affiliation else "")
+        rendered = render.action_email(
+            "participant retiré", f"{label} ne participe plus à cette demande ({why})."
+        )
+        event_key = f"removed-{key}"
+        for r in await self._people(tx, demande):
+            if not r.full or r.agent is None or r.agent.id == agent.id:
+                continue
+            await self._enqueue(
+                tx,
+                demande,
+                r,
+                rendered,
+                event_key=event_key,
+                kind="action",
+                author=None,
                 message_id=render.message_id(event_key, self._domain),
             )
 

@@ -530,6 +530,8 @@ def new_demande_email(
     aidant_affiliation: str,
     attachment_names: Sequence[str] = (),
     participants: Sequence[str] = (),
+    withhold_identifiers: bool = False,
+    can_reply: bool = True,
 ) -> RenderedEmail:
     """The dossier sent to an email-only agent when a demande reaches them.
 
@@ -548,7 +550,8 @@ def new_demande_email(
         ("Adresse", usager.adresse),
         ("Téléphone", usager.telephone),
     )
-    fields += [(k, v) for k, v in optional if v]
+    withheld = [k for k, v in optional if v and withhold_identifiers and k in WITHHELD]
+    fields += [(k, v) for k, v in optional if v and k not in withheld]
     mandat = form.mandat
     mandat_text = (
         f"{_MANDAT_LABELS.get(mandat.type, str(mandat.type))}, recueilli le {_fr_date(mandat.date)}"
@@ -580,6 +583,19 @@ def new_demande_email(
     names = [clean_header_value(n, 150) for n in attachment_names]
     if names:
         text_lines += ["", "Pièces jointes : " + ", ".join(names)]
+    withheld_line = ""
+    if withheld:
+        ask = (
+            "demandez-les en répondant à ce courriel : l'aidant les lira dans la demande."
+            if can_reply
+            else "un instructeur de la demande peut les demander à l'aidant."
+        )
+        withheld_line = (
+            "Par confidentialité, ce courriel ne contient pas "
+            + _french_list([WITHHELD[k] for k in withheld])
+            + f" de l'usager : {ask}"
+        )
+        text_lines += ["", withheld_line]
     people = [clean_header_value(n, 160) for n in participants]
     if people:
         text_lines += ["", "Participants :", *(f"  - {n}" for n in people)]
@@ -594,10 +610,23 @@ def new_demande_email(
     )
     if names:
         html += f"<p>Pièces jointes : {esc(', '.join(names))}</p>"
+    if withheld_line:
+        html += f"<p>{esc(withheld_line)}</p>"
     if people:
         html += "<h2>Participants</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in people)
         html += "</ul>"
     return _render("nouvelle demande", "\n".join(text_lines), html, auto_generated=False)
+
+
+# The optional identifiers an organisation may keep out of emails, as the dossier names them.
+WITHHELD = {"NIR": "le NIR", "Adresse": "l'adresse", "Téléphone": "le téléphone"}
+
+
+def _french_list(items: Sequence[str]) -> str:
+    """« le NIR, l'adresse ni le téléphone » (a negative sentence's list)."""
+    if len(items) < 2:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " ni " + items[-1]
 
 
 def new_message_email(

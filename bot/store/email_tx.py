@@ -600,7 +600,8 @@ class EmailTx(TxBase):
     async def pending_digest_items(self) -> list[DigestItem]:
         rows = await self._s.scalars(
             select(EmailDigestItemRow)
-            .where(EmailDigestItemRow.sent_at.is_(None))
+            # A wiped demande's held emails (empty body) are never sent.
+            .where(EmailDigestItemRow.sent_at.is_(None), EmailDigestItemRow.body_enc != b"")
             .order_by(EmailDigestItemRow.id)
         )
         return [

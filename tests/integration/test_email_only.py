@@ -20,7 +20,7 @@ from bot.domain.calendar import PARIS
 from bot.domain.model import Role
 from tests.support import bot as botsupport
 from tests.support import matrix
-from tests.support.bot import count_from, filled_form, reply_with, say
+from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
 from tests.support.clock import FakeClock
 from tests.support.email import Eml, as_eml, email_bot, mailonly, relay, reply
 from tests.support.smtp import Received, RelaySink
@@ -122,6 +122,13 @@ async def test_colleagues_actions_reach_the_email_only_instructeur_and_the_share
         await say(world.aidant, room_id, "!rouvrir")
         reopened = await _next(sink, sophie, "demande rouverte")
         assert "rouverte" in as_eml(reopened, reference, room_id=room_id, root=root).text
+
+        # A participant removed (account deactivated): she is told.
+        assert runner.app is not None and runner.app.admin is not None
+        await runner.app.admin.directory.deactivate(paul.id, actor="test")
+        removed = await _next(sink, sophie, "participant retiré")
+        gone = as_eml(removed, reference, room_id=room_id, root=root)
+        assert "Paul Test (" in gone.text and "ne participe plus" in gone.text
 
         # Each once; the shared mailbox got the dossier and the two answers, nothing else.
         subjects = [m.header("Subject") for m in sink.to(sophie)]
@@ -392,9 +399,13 @@ async def test_reminders_and_digests_reach_email_only_responsables_and_aidants(
         assert late.message.get_body(preferencelist=("html",)) is not None  # type: ignore[attr-defined]
         assert "Dupontel" not in late.data.decode("utf-8", "replace")
         reminder = as_eml(
-            await _next(sink, sophie, "nouveau message"), reference, room_id=room_id, root=root
+            await _next(sink, sophie, "relance"), reference, room_id=room_id, root=root
         )
-        assert "Relance" in reminder.text and await _held(runner) == 0
+        assert (
+            "Relance" in reminder.text
+            and "a écrit" not in reminder.text
+            and await _held(runner) == 0
+        )
 
         # She answers by email; ten days on, the aidant (now email-only) gets the digest.
         code, answer = await reply(
@@ -422,3 +433,57 @@ async def _answered(runner: botsupport.BotRunner, reference: str) -> int:
     async with runner.store.transaction() as tx:
         d = await tx.get_demande_by_reference(reference)
     return 1 if d is not None and d.times.last_answer_at is not None else 0
+
+
+async def test_minimisation_per_organisation_and_the_recap_says_who_gets_the_dossier_by_email(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with relay() as sink, email_bot(synapse, tmp_path / "bot", sink) as runner:
+        await runner.start()
+        world = await make_world(clients, runner)
+        sophie = mailonly(world)  # CAF: identifiers in full (policies/organisations.toml)
+        paul = f"{matrix.unique('paul')}@cpam95.example.test"  # CPAM: withheld
+        await botsupport.add_agent(
+            runner.store, world.directory, "paul", matrix_id=None, email=paul,
+            roles=[Role.INSTRUCTEUR], group="cpam",
+        )  # fmt: skip
+        bal = f"{matrix.unique('bal')}@cpam95.example.test"
+        cpam = world.directory.groups["cpam"]
+        async with runner.store.transaction() as tx:
+            await tx.upsert_group(
+                name=cpam.name, organisation_id="cpam", departements=frozenset({"95"}), bal=bal
+            )
+        form = filled_form(organismes="CAF, CPAM", nir="2 61 03 95 123 456 45").replace(
+            "mandat :",
+            "adresse : 12 rue des Lilas, 95000 Cergy\ntéléphone : 0612345678\nmandat :",
+            1,
+        )
+        dm = await botsupport.open_direct_chat(world.aidant, world.bot_id)
+        n = count_from(world.aidant, dm, world.bot_id)
+        await say(world.aidant, dm, form)
+        recap = await next_reply(world.aidant, dm, world.bot_id, after=n)
+        assert "DOSSIER ENVOYÉ PAR COURRIEL À" in recap, recap
+        caf = world.directory.groups["caf"]
+        assert f"Sophie Test ({caf.name}) : dossier complet" in recap
+        assert f"Paul Test ({cpam.name}) : sans NIR, adresse ni téléphone" in recap
+        assert f"la boîte partagée de {cpam.name} ({bal}) : sans NIR" in recap
+        assert "l'effacement des données de la demande ne les atteint pas" in recap
+        await say(world.aidant, dm, "!confirmer")
+        opened = await next_reply(world.aidant, dm, world.bot_id, after=n + 1)
+        reference = opened.split("Demande ", 1)[1].split(" ", 1)[0]
+        room_id = (await demande_of(world, reference)).room_id
+
+        full = await _next(sink, sophie, "nouvelle demande")
+        root = full.header("Message-ID")
+        complete = as_eml(full, reference, room_id=room_id, root=root)
+        assert "NIR : 261039512345645" in complete.text and "rue des Lilas" in complete.text
+        assert "Téléphone : " in complete.text
+        for address, ask in ((paul, "en répondant à ce courriel"), (bal, "peut les demander")):
+            mail = await _next(sink, address, "nouvelle demande")
+            kept = as_eml(mail, reference, room_id=room_id, root=root)
+            raw = mail.data.decode("utf-8", "replace")
+            for value in ("261039512345645", "rue des Lilas", "NIR :", "Téléphone :", "Adresse :"):
+                assert value not in kept.text and value not in kept.html and value not in raw
+            assert "ne contient pas le NIR, l'adresse ni le téléphone" in kept.text
+            assert ask in kept.text and "Dupontel" in kept.text
+        await runner.check_alive()

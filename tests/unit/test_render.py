@@ -483,3 +483,42 @@ def test_encoded_words_in_our_strings_are_not_decoded(evil: str) -> None:
     for value in reparsed.values():
         assert "\r" not in str(value) and "\n" not in str(value)
     assert "Bcc" not in reparsed
+
+
+FULL_FORM = DemandeForm(
+    territoire="95",
+    organisations=("cpam",),
+    categorie=None,
+    objet="Carte Vitale",
+    usager=Usager(
+        prenom="Jeanne",
+        nom="Martin",
+        date_naissance=date(1980, 2, 1),
+        nir="2 80 02 95 123 456 78",
+        adresse="12 rue des Lilas, 95000 Cergy",
+        telephone="06 12 34 56 78",
+    ),
+    description="Carte perdue.",
+    mandat=Mandat(type=MandatType.PAPIER, date=date(2026, 3, 1), attestation=True),
+)
+
+
+@pytest.mark.parametrize("can_reply", [True, False])
+def test_a_withheld_dossier_leaves_out_nir_address_and_phone_and_says_how_to_ask(
+    can_reply: bool,
+) -> None:
+    full = new_demande_email(
+        reference="A-1", form=FULL_FORM, organisation_names=["CPAM"], aidant_name="Paul",
+        aidant_affiliation="FS",
+    )  # fmt: skip
+    assert "2 80 02 95 123 456 78" in full.text and "rue des Lilas" in full.text
+    kept = new_demande_email(
+        reference="A-1", form=FULL_FORM, organisation_names=["CPAM"], aidant_name="Paul",
+        aidant_affiliation="FS", withhold_identifiers=True, can_reply=can_reply,
+    )  # fmt: skip
+    for value in ("2 80 02 95", "rue des Lilas", "06 12 34"):
+        assert value not in kept.text and value not in kept.html
+    assert "Jeanne" in kept.text  # the name stays: the demande is about her
+    line = "ne contient pas le NIR, l'adresse ni le téléphone de l'usager"
+    assert line in kept.text and line.replace("'", "&#x27;") in kept.html
+    assert ("en répondant à ce courriel" in kept.text) is can_reply
