@@ -81,8 +81,8 @@ TOLD: dict[str, tuple[str, str]] = {
     "pasleboninterlocuteur": ("pas le bon interlocuteur", ""),
     "traitee": ("demande traitée", ""),
     "inviter": ("participant invité", "{who} a invité de nouveaux participants."),
-    "completer": ("dossier complété", "{who} a complété le dossier."),
 }
+# (`!completer` mails what changed itself, through `room_message`.)
 # Told to the groups' shared mailboxes too: someone took the demande, or answered it.
 TOLD_TO_SHARED = frozenset({"jemenoccupe", "traitee"})
 # Always sent at once, whatever the agent chose: the dossier (and invitations), the
