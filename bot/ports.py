@@ -155,6 +155,7 @@ class MailTx(DemandeTx, Protocol):
     async def add_digest_item(
         self, *, agent_id: int, demande_id: int, event_key: str, body: bytes, now: datetime
     ) -> bool: ...
+    async def drop_digest_items(self, event_key: str) -> int: ...
     async def enqueue_email(
         self,
         *,

@@ -581,6 +581,9 @@ class EmailBridge:
     ) -> None:
         """A bridged message was withdrawn by its author: those who got it are told to
         disregard it (a withdrawal by anyone else is not bridged)."""
+        # Held for a digest and not sent yet: it simply never goes out. (Only its author or
+        # the bot may redact in a demande room: participants have no moderator power.)
+        await tx.drop_digest_items(redacted_event_id)
         sent = [e for e in await tx.emails_of_event(redacted_event_id) if e.kind != "notification"]
         if not sent:
             return

@@ -616,6 +616,15 @@ class EmailTx(TxBase):
             for r in rows
         ]
 
+    async def drop_digest_items(self, event_key: str) -> int:
+        """A withdrawn message held for a digest: it never goes out."""
+        result = await self._s.execute(
+            delete(EmailDigestItemRow)
+            .where(EmailDigestItemRow.event_key == event_key, EmailDigestItemRow.sent_at.is_(None))
+            .returning(EmailDigestItemRow.id)
+        )
+        return len(result.all())
+
     async def mark_digest_sent(self, item_ids: Iterable[int], now: datetime) -> None:
         ids = list(item_ids)
         if ids:

@@ -144,6 +144,11 @@ async def test_held_digest_emails_are_wiped_with_the_demande_and_never_sent(stor
         )  # held once
         [held] = await tx.pending_digest_items()
         assert held.body == body
+        assert await tx.add_digest_item(
+            agent_id=aidant, demande_id=demande_id, event_key="ev2", body=body, now=NOW
+        )
+        assert await tx.drop_digest_items("ev2") == 1  # withdrawn before the digest
+        assert [i.event_key for i in await tx.pending_digest_items()] == ["ev1"]
     sealed = await raw_rows(store, "SELECT body_enc FROM email_digest_items")
     assert b"Dupontel" not in bytes(sealed[0][0])  # type: ignore[arg-type]
     async with store.transaction() as tx:

@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import nio
+
 from bot.devserver import LocalSynapse
 from bot.domain.calendar import PARIS
 from bot.domain.model import Role
@@ -266,6 +268,16 @@ async def test_the_daily_digest_sends_one_email_a_day_per_demande_with_its_messa
             await say(world.instr1, room_id, text)
         await say(world.instr1, room_id, "!jemenoccupe")
         await _until(lambda: _held(runner), 4)
+        # A message withdrawn before the digest never goes out.
+        withdrawn = await say(world.instr1, room_id, "Message à retirer.")
+        await _until(lambda: _held(runner), 5)
+        redacted = await world.instr1.room_redact(room_id, withdrawn, reason="erreur")
+        assert isinstance(redacted, nio.RoomRedactResponse), redacted
+        for _ in range(300):
+            if await _held(runner) == 4:
+                break
+            await asyncio.sleep(0.1)
+        assert await _held(runner) == 4
         count = len(sink.to(sophie))
         assert await digests.send_due() == 0  # 9 h: not yet
 
@@ -278,6 +290,7 @@ async def test_the_daily_digest_sends_one_email_a_day_per_demande_with_its_messa
         assert digest.subject.endswith("— résumé du jour") and "4 message(s)" in digest.text
         for text in ("Message un.", "Message deux.", "Message trois.", "s'occupe de la demande"):
             assert text in digest.text and html.escape(text) in digest.html
+        assert "retirer" not in digest.text
         assert digest.reply_to.startswith("reply+")  # she may answer it like any other
 
         # What comes after 17 h waits for the next day; a second pass sends nothing.
