@@ -202,6 +202,7 @@ class App:
                 sender=outbox,
                 policies=policies,
                 clock=clock,
+                client_url=s.bot.client_url,
             )
             email = email_parts.bridge
         undecryptables = Undecryptables(

@@ -127,7 +127,9 @@ class EmailBridge:
         clock: Clock,
         fetch_attachment: AttachmentFetcher,
         wake_delivery: Callable[[], None],
+        client_url: str | None = None,
     ) -> None:
+        self.client_url = client_url  # room links (`bot.client_url`); None: matrix.to
         self.settings = settings
         self.store = store
         self.policies = policies
@@ -244,7 +246,11 @@ class EmailBridge:
             in_reply_to = references = None
         name = recipient.agent.display_name if recipient.agent else ""
         text, html = render.finish(
-            rendered, kind=recipient.footer, reference=demande.reference, room_id=demande.room_id
+            rendered,
+            kind=recipient.footer,
+            reference=demande.reference,
+            room_id=demande.room_id,
+            client_url=self.client_url,
         )
         msg = render.build_email(
             from_addr=render.mailbox(s.from_name, s.from_address),

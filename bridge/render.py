@@ -41,10 +41,10 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 from enum import StrEnum
 from typing import NamedTuple
-from urllib.parse import quote
 
 import nh3
 
+from bot.domain.board import room_link
 from bot.domain.calendar import PARIS
 from bot.domain.model import DemandeForm, MandatType
 
@@ -464,13 +464,19 @@ def footer(kind: Footer = Footer.REPLY) -> tuple[str, str]:
     return text, html
 
 
-def room_url(room_id: str) -> str:
-    """The matrix.to link of a room (Element and other clients open it)."""
-    return "https://matrix.to/#/" + quote(room_id, safe="!:")
+def room_url(room_id: str, client_url: str | None = None) -> str:
+    """The link that opens a room: the configured client's (`bot.client_url`), or
+    matrix.to (Element and other clients open it)."""
+    return room_link(room_id, client_url)
 
 
 def finish(
-    rendered: RenderedEmail, *, kind: Footer, reference: str, room_id: str | None
+    rendered: RenderedEmail,
+    *,
+    kind: Footer,
+    reference: str,
+    room_id: str | None,
+    client_url: str | None = None,
 ) -> tuple[str, str]:
     """(text, html) as sent: the body, where the room is, the footer for `kind`.
 
@@ -483,7 +489,7 @@ def finish(
     if room_id:
         where = f"Si vous utilisez aussi Matrix (Element) : salon de la demande {ref}."
         text += f"\n\n{where}"
-        href = html_lib.escape(room_url(room_id), quote=True)
+        href = html_lib.escape(room_url(room_id, client_url), quote=True)
         html_body += (
             f'<p>Si vous utilisez aussi Matrix (Element) : <a href="{href}">ouvrir le salon '
             f"de la demande {html_lib.escape(ref)}</a>.</p>"

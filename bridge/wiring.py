@@ -42,6 +42,7 @@ async def build_hooks(
     sender: Sender,
     policies: PoliciesRef,
     clock: Clock,
+    client_url: str | None = None,
 ) -> EmailHooksParts:
     delivery = EmailDelivery(
         store=store, settings=settings, clock=clock, wake_matrix=sender.flush_soon
@@ -53,6 +54,7 @@ async def build_hooks(
         clock=clock,
         fetch_attachment=gateway.fetch_attachment,
         wake_delivery=delivery.wake,
+        client_url=client_url,
     )
     await bridge.load_key()
     return EmailHooksParts(bridge, delivery)

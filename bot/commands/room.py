@@ -113,6 +113,8 @@ def applies(ctx: RoomCtx, spec: CommandSpec) -> bool:
         return status in (Status.TRAITEE, Status.CLOTUREE)
     if spec.name == "notifications":
         return ctx.email.enabled and ctx.agent.email is not None
+    if spec.name == "courriels":
+        return ctx.email.enabled and ctx.agent.email_only
     return True
 
 

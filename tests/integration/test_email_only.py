@@ -76,12 +76,12 @@ async def test_colleagues_actions_reach_the_email_only_instructeur_and_the_share
         taken = as_eml(
             await _next(sink, sophie, "prise en charge"), reference, room_id=room_id, root=root
         )
-        assert "Instr1 Test s'occupe de la demande." in taken.text
+        assert "Instr1 Test s'occupe de la demande" in taken.text
         assert taken.reply_to.startswith("reply+")  # she may answer it
         told = as_eml(
             await _next(sink, bal, "prise en charge"), reference, room_id=room_id, root=root
         )
-        assert "Instr1 Test s'occupe de la demande." in told.text and told.reply_to == ""
+        assert "Instr1 Test s'occupe de la demande" in told.text and told.reply_to == ""
 
         await say(world.instr1, room_id, "!pasleboninterlocuteur")
         wrong = await _next(sink, sophie, "pas le bon interlocuteur")
@@ -175,9 +175,9 @@ async def test_an_email_only_instructeur_acts_by_email_with_the_rooms_commands(
         assert "Réponse à votre commande !statut" in status.text
         assert f"Demande {reference} : " in status.text and "Participants :" in status.text
 
-        # !inviter a group: its Matrix agent is invited into the room; she gets the answer.
-        cpam = world.directory.groups["cpam"]
-        await reply(runner, dossier, sophie, f"!inviter {cpam.name}")
+        # !inviter « CPAM 95 » (the room's matching: organisation and département): its
+        # Matrix agent is invited into the room; she gets the answer.
+        await reply(runner, dossier, sophie, "!inviter CPAM 95")
         await matrix.accept_invite(cpam_client, room_id, 30)  # invited by the bot: joins
         assert room_id in cpam_client.rooms
         answers = await _answers(sink, sophie, 2)

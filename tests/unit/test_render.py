@@ -522,3 +522,12 @@ def test_a_withheld_dossier_leaves_out_nir_address_and_phone_and_says_how_to_ask
     line = "ne contient pas le NIR, l'adresse ni le téléphone de l'usager"
     assert line in kept.text and line.replace("'", "&#x27;") in kept.html
     assert ("en répondant à ce courriel" in kept.text) is can_reply
+
+
+def test_the_room_link_opens_the_configured_client() -> None:
+    body = action_email("prise en charge", "Marie Durand s'occupe de la demande.")
+    _, html = finish(
+        body, kind=Footer.REPLY, reference="A-1", room_id="!abc:srv.test",
+        client_url="https://element.example.fr/#/room/",
+    )  # fmt: skip
+    assert 'href="https://element.example.fr/#/room/!abc:srv.test"' in html
