@@ -109,6 +109,7 @@ def build_admin(
         sync_admin_room=room.sync_members,
         welcomes=welcomes,
         account_of=synapse.user_by_email if synapse.configured else None,
+        email=email,
     )
     # Accounts made at the first sign-in are looked for only with the admin token.
     links = (

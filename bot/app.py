@@ -230,6 +230,7 @@ class App:
                 policies=policies,
                 clock=clock,
                 held=held,
+                client_url=s.bot.client_url,
             )
             email = email_parts.bridge
         undecryptables = Undecryptables(

@@ -121,6 +121,10 @@ class DemandeTx(Protocol):
     ) -> bool: ...
     async def add_pending_invite(self, room_id: str, user_id: str, now: datetime) -> None: ...
     async def set_email_notifications(self, agent_id: int, notify: bool, now: datetime) -> None: ...
+    async def set_demande_muted(
+        self, demande_id: int, agent_id: int, muted: bool, now: datetime
+    ) -> None: ...
+    async def set_email_digest(self, agent_id: int, hour: int | None, now: datetime) -> None: ...
     def after_commit(self, callback: Callable[[], None]) -> None: ...
     def savepoint(self) -> AbstractAsyncContextManager[None]: ...
 
@@ -145,6 +149,14 @@ class MailTx(DemandeTx, Protocol):
         self, *, digest: str, demande_id: int, agent_email: str, generation: int, now: datetime
     ) -> None: ...
     async def agents_notified_by_email(self, agent_ids: Iterable[int]) -> set[int]: ...
+    async def muted_agents(self, demande_id: int) -> set[int]: ...
+    async def email_digest_hours(
+        self, agent_ids: Iterable[int] | None = None
+    ) -> dict[int, int]: ...
+    async def add_digest_item(
+        self, *, agent_id: int, demande_id: int, event_key: str, body: bytes, now: datetime
+    ) -> bool: ...
+    async def drop_digest_items(self, event_key: str) -> int: ...
     async def enqueue_email(
         self,
         *,
@@ -238,6 +250,29 @@ class EmailHooks(Protocol):
         sender: str,
     ) -> None: ...
 
+    async def command_answered(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        author: Author,
+        command: str,
+        text: str,
+        error: bool,
+        key: str,
+    ) -> None:
+        """A participant's command was answered in the room (`command`: its name, "?" when
+        it could not be read; `text`: the answer). The author gets it by email if the
+        command came by email; the email-only colleagues learn what it did."""
+        ...
+
+    async def participant_removed(
+        self, tx: MailTx, demande: Demande, agent: Agent, *, why: str, key: str
+    ) -> None:
+        """A participant left the demande (`why`: French, e.g. « compte désactivé »):
+        the email-only participants are told."""
+        ...
+
     async def room_file(
         self, demande: Demande, *, event_id: str, author: Agent, content: Mapping[str, Any]
     ) -> None:
@@ -293,6 +328,24 @@ class NoEmail:
         redacted_event_id: str,
         redaction_event_id: str,
         sender: str,
+    ) -> None:
+        return None
+
+    async def command_answered(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        author: Author,
+        command: str,
+        text: str,
+        error: bool,
+        key: str,
+    ) -> None:
+        return None
+
+    async def participant_removed(
+        self, tx: MailTx, demande: Demande, agent: Agent, *, why: str, key: str
     ) -> None:
         return None
 
@@ -458,6 +511,7 @@ class ConsoleTx(Protocol):
     ) -> tuple[Agent, bool]: ...
     async def update_agent(self, agent: Agent) -> Agent: ...
     async def set_agent_active(self, agent_id: int, active: bool) -> None: ...
+    async def set_email_digest(self, agent_id: int, hour: int | None, now: datetime) -> None: ...
     async def get_group_by_name(self, name: str) -> Group | None: ...
     async def list_groups(self) -> list[Group]: ...
     async def agent_counts_by_group(self) -> dict[int, int]: ...

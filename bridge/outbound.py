@@ -28,8 +28,10 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from bot.domain.model import Agent, Demande, Group, Status
+from bot.domain.policies import Policies
 from bot.ports import (
     AttachmentFetcher,
+    Author,
     DemandeTx,
     FileAttachment,
     MailTx,
@@ -63,6 +65,47 @@ class Recipient:
     full: bool  # the content (email-only participant, BAL) or a notice only
     replies: bool  # gets a personal reply address
 
+    @property
+    def footer(self) -> render.Footer:
+        if self.replies:
+            return render.Footer.REPLY
+        if self.agent is None:
+            return render.Footer.SHARED
+        return render.Footer.NOTICE
+
+
+# Commands whose effect the email-only participants are told of (subject label, and the
+# sentence put before the room's answer when that answer does not name who did it).
+TOLD: dict[str, tuple[str, str]] = {
+    "jemenoccupe": ("prise en charge", ""),
+    "pasleboninterlocuteur": ("pas le bon interlocuteur", ""),
+    "traitee": ("demande traitée", ""),
+    "inviter": ("participant invité", "{who} a invité de nouveaux participants."),
+}
+# (`!completer` mails what changed itself, through `room_message`.)
+# Told to the groups' shared mailboxes too: someone took the demande, or answered it.
+TOLD_TO_SHARED = frozenset({"jemenoccupe", "traitee"})
+# Always sent at once, whatever the agent chose: the dossier (and invitations), the
+# answer to their own command, reminders. The rest may be stopped or held for the digest.
+AT_ONCE = frozenset({"dossier", "answer", "reminder", "digest"})
+# Quick answers: done by email, they need no answer by email (the thread shows them).
+QUICK = frozenset({"jemenoccupe", "traitee", "pasleboninterlocuteur"})
+
+
+def withholds_identifiers(
+    recipient: Recipient, groups: Mapping[int, Group], policies: Policies
+) -> bool:
+    """Per organisation (`policies/organisations.toml`, ``email_identifiers``): the
+    recipient's group's organisation, or the shared mailbox's."""
+    if recipient.agent is not None:
+        group = groups.get(recipient.agent.group_id) if recipient.agent.group_id else None
+    else:
+        group = next(
+            (g for g in groups.values() if (g.bal or "").lower() == recipient.address), None
+        )
+    organisation = policies.organisation(group.organisation_id) if group else None
+    return organisation is not None and organisation.withholds_identifiers
+
 
 def _affiliation(agent: Agent | None, groups: Mapping[int, Group]) -> str:
     if agent is None or agent.group_id is None:
@@ -84,7 +127,9 @@ class EmailBridge:
         clock: Clock,
         fetch_attachment: AttachmentFetcher,
         wake_delivery: Callable[[], None],
+        client_url: str | None = None,
     ) -> None:
+        self.client_url = client_url  # room links (`bot.client_url`); None: matrix.to
         self.settings = settings
         self.store = store
         self.policies = policies
@@ -180,6 +225,13 @@ class EmailBridge:
         attachments: Sequence[render.Attachment] = (),
     ) -> bool:
         s = self.settings
+        agent = recipient.agent
+        if agent is not None and kind not in AT_ONCE and not attachments:
+            if agent.id in await tx.muted_agents(demande.id):
+                return False  # `!notifications non` for this demande
+            hour = (await tx.email_digest_hours([agent.id])).get(agent.id)
+            if hour is not None and recipient.full:
+                return await self._hold(tx, demande, agent, rendered, event_key=event_key)
         reply_to: str | None = None
         envelope_from = s.from_address
         if recipient.replies:
@@ -193,6 +245,13 @@ class EmailBridge:
         if message_id == render.root_message_id(demande.reference, s.from_domain):
             in_reply_to = references = None
         name = recipient.agent.display_name if recipient.agent else ""
+        text, html = render.finish(
+            rendered,
+            kind=recipient.footer,
+            reference=demande.reference,
+            room_id=demande.room_id,
+            client_url=self.client_url,
+        )
         msg = render.build_email(
             from_addr=render.mailbox(s.from_name, s.from_address),
             to_addr=render.mailbox(name, recipient.address),
@@ -203,8 +262,8 @@ class EmailBridge:
             message_id=message_id,
             in_reply_to=in_reply_to,
             references=references,
-            text=rendered.text,
-            html=rendered.html,
+            text=text,
+            html=html,
             attachments=attachments,
             loop_marker=s.loop_marker,
             auto_generated=rendered.auto_generated,
@@ -225,24 +284,76 @@ class EmailBridge:
             tx.after_commit(self._wake_delivery)
         return queued
 
-    def _notice(self, demande: Demande) -> render.RenderedEmail:
-        ref = render.clean_header_value(demande.reference, 40)
-        text = (
-            f"Un nouveau message a été publié dans la demande {ref}.\n\n"
-            "Ouvrez votre messagerie Matrix pour le lire : ce courriel n'en contient rien, "
-            "par confidentialité.\n\n"
-            "Pour ne plus recevoir ces avis, écrivez !notifications non dans le salon "
-            "de la demande.\n\n-- \nAdministration+ — messagerie sécurisée des services publics."
+    async def queue(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        recipient: Recipient,
+        rendered: render.RenderedEmail,
+        *,
+        event_key: str,
+        kind: str,
+    ) -> bool:
+        """One email of the demande's thread to one recipient (the digest's)."""
+        return await self._enqueue(
+            tx,
+            demande,
+            recipient,
+            rendered,
+            event_key=event_key,
+            kind=kind,
+            author=None,
+            message_id=render.message_id(event_key, self._domain),
         )
-        html = "".join(f"<p>{html_lib.escape(p)}</p>" for p in text.split("\n\n"))
-        return render.RenderedEmail("nouveau message", text, html, auto_generated=True)
+
+    async def _hold(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        agent: Agent,
+        rendered: render.RenderedEmail,
+        *,
+        event_key: str,
+    ) -> bool:
+        """Keep an email for the agent's daily digest of this demande (`bridge.digest`)."""
+        body = render.digest_entry(rendered, at=self.clock.now())
+        return await tx.add_digest_item(
+            agent_id=agent.id,
+            demande_id=demande.id,
+            event_key=event_key,
+            body=body,
+            now=self.clock.now(),
+        )
+
+    @staticmethod
+    def _notice(demande: Demande, what: str = "nouveau message") -> render.RenderedEmail:
+        happened = {
+            "nouveau message": "Un nouveau message a été publié",
+            "nouvelle demande": "Une nouvelle demande attend votre groupe",
+            "invitation": "Vous avez été invité dans une demande",
+        }[what]
+        return render.notice_email(demande.reference, what, happened)
+
+    async def _participant_labels(
+        self, tx: DemandeTx, demande: Demande, groups: Mapping[int, Group]
+    ) -> list[str]:
+        labels = []
+        for p in await tx.participants(demande.id):
+            agent = await tx.get_agent(p.agent_id)
+            if agent is None:
+                continue
+            affiliation = _affiliation(agent, groups)
+            label = agent.display_name + (f" ({affiliation})" if affiliation else "")
+            labels.append(label + (", par courriel" if agent.email_only else ""))
+        return labels
 
     # ------------------------------------------------------------------ hooks
 
     async def demande_ready(self, tx: MailTx, demande: Demande) -> None:
-        """The room is ready: the dossier goes to email-only instructeurs and the BALs."""
+        """The room is ready: the dossier goes to email-only instructeurs and the BALs; a
+        notice (no content) to Matrix participants who asked for email notices."""
         groups = await self._groups(tx)
-        people = [r for r in await self._people(tx, demande) if r.full]
+        people = await self._people(tx, demande)
         bals = self._bals(groups[g] for g in demande.group_ids if g in groups)
         await self._send_dossier(
             tx,
@@ -251,12 +362,14 @@ class EmailBridge:
             event_key=f"dossier-{demande.reference}",
             message_id=render.root_message_id(demande.reference, self.settings.from_domain),
             groups=groups,
+            notice="nouvelle demande",
         )
 
     async def participants_added(
         self, tx: MailTx, demande: Demande, agents: Sequence[Agent], *, key: str
     ) -> None:
-        """Invited later (`!inviter`): email-only agents and their groups' BALs get the dossier."""
+        """Invited later (`!inviter`): email-only agents and their groups' BALs get the
+        dossier; invited Matrix agents who asked for email notices, a notice."""
         current = await tx.get_demande(demande.id)
         if current is None or current.creation_step != "ready":
             return  # the opening sends it when the room becomes ready
@@ -265,6 +378,13 @@ class EmailBridge:
             Recipient(a.email, a, full=True, replies=True)
             for a in agents
             if a.email_only and a.email and a.active
+        ]
+        matrix_agents = [a for a in agents if not a.email_only and a.email and a.active]
+        notified = await tx.agents_notified_by_email(a.id for a in matrix_agents)
+        people += [
+            Recipient(str(a.email), a, full=False, replies=False)
+            for a in matrix_agents
+            if a.id in notified
         ]
         new_groups = {a.group_id for a in agents if a.group_id is not None} - set(current.group_ids)
         bals = self._bals(groups[g] for g in sorted(new_groups) if g in groups)
@@ -275,6 +395,7 @@ class EmailBridge:
             event_key=f"dossier-{demande.reference}-{key}",
             message_id=render.message_id(f"dossier-{key}", self.settings.from_domain),
             groups=groups,
+            notice="invitation",
         )
 
     async def _send_dossier(
@@ -286,18 +407,26 @@ class EmailBridge:
         event_key: str,
         message_id: str,
         groups: Mapping[int, Group],
+        notice: str,
     ) -> None:
         if not recipients:
             return
         form = await tx.load_form(demande.id)
         aidant = await tx.get_agent(demande.aidant_agent_id)
-        rendered = render.new_demande_email(
-            reference=demande.reference,
-            form=form,
-            organisation_names=self._org_names(demande),
-            aidant_name=aidant.display_name if aidant else "",
-            aidant_affiliation=_affiliation(aidant, groups),
-        )
+        participants = await self._participant_labels(tx, demande, groups)
+
+        def dossier(r: Recipient) -> render.RenderedEmail:
+            return render.new_demande_email(
+                reference=demande.reference,
+                form=form,
+                organisation_names=self._org_names(demande),
+                aidant_name=aidant.display_name if aidant else "",
+                aidant_affiliation=_affiliation(aidant, groups),
+                participants=participants,
+                withhold_identifiers=self._withholds(r, groups),
+                can_reply=r.replies,
+            )
+
         seen: set[str] = set()
         for r in recipients:
             if r.address in seen:
@@ -307,11 +436,71 @@ class EmailBridge:
                 tx,
                 demande,
                 r,
-                rendered,
+                dossier(r) if r.full else self._notice(demande, notice),
                 event_key=event_key,
-                kind="dossier",
+                kind="dossier" if r.full else "notification",
                 author=None,
                 message_id=message_id,
+            )
+
+    def _withholds(self, recipient: Recipient, groups: Mapping[int, Group]) -> bool:
+        """The recipient's organisation keeps the optional identifiers out of emails."""
+        return withholds_identifiers(recipient, groups, self.policies.current)
+
+    async def command_answered(
+        self,
+        tx: MailTx,
+        demande: Demande,
+        *,
+        author: Author,
+        command: str,
+        text: str,
+        error: bool,
+        key: str,
+    ) -> None:
+        """A participant's command was answered in the room. By email, its author gets the
+        answer; the email-only colleagues (and, for some, the shared mailboxes) are told
+        what it did."""
+        answer = error or command not in QUICK
+        if answer and author.via == "email" and author.agent.email and author.agent.active:
+            me = Recipient(author.agent.email, author.agent, full=True, replies=True)
+            await self._enqueue(
+                tx,
+                demande,
+                me,
+                render.command_answer_email(f"!{command}" if command != "?" else "", text),
+                event_key=f"answer-{key}",
+                kind="answer",
+                author=None,
+                message_id=render.message_id(f"answer-{key}", self._domain),
+            )
+        if error or command not in TOLD:
+            return
+        groups = await self._groups(tx)
+        what, intro = TOLD[command]
+        who = author.agent.display_name
+        affiliation = _affiliation(author.agent, groups)
+        label = who + (f" ({affiliation})" if affiliation else "")
+        body = (intro.format(who=label) + "\n\n" + text) if intro else text
+        rendered = render.action_email(what, body)
+        recipients = [
+            r
+            for r in await self._people(tx, demande)
+            if r.full and r.agent is not None and r.agent.id != author.agent.id
+        ]
+        if command in TOLD_TO_SHARED:
+            recipients += self._bals(groups[g] for g in demande.group_ids if g in groups)
+        event_key = f"action-{key}"
+        for r in recipients:
+            await self._enqueue(
+                tx,
+                demande,
+                r,
+                rendered,
+                event_key=event_key,
+                kind="action",
+                author=author.address,
+                message_id=render.message_id(event_key, self._domain),
             )
 
     async def room_message(
@@ -334,7 +523,10 @@ class EmailBridge:
         parents: list[str] = []
         kind = "message"
         try:
-            if (
+            if author is None:
+                # The service's own notice (a reminder of a late demande).
+                rendered = render.action_email("relance", str(content.get("body") or ""))
+            elif (
                 isinstance(relates, Mapping)
                 and relates.get("rel_type") == "m.replace"
                 and isinstance(new_content, Mapping)
@@ -362,6 +554,8 @@ class EmailBridge:
             log.info("demande %s: event %s not bridged: %s", demande.reference, event_key, exc)
             return
         message_id = render.message_id(event_key, self._domain)
+        if author is None and kind == "message":
+            kind = "reminder"  # the service's own notice (a late demande): at once
         for r in await self._people(tx, demande):
             if author is not None and r.agent is not None and r.agent.id == author.id:
                 continue
@@ -393,6 +587,9 @@ class EmailBridge:
     ) -> None:
         """A bridged message was withdrawn by its author: those who got it are told to
         disregard it (a withdrawal by anyone else is not bridged)."""
+        # Held for a digest and not sent yet: it simply never goes out. (Only its author or
+        # the bot may redact in a demande room: participants have no moderator power.)
+        await tx.drop_digest_items(redacted_event_id)
         sent = [e for e in await tx.emails_of_event(redacted_event_id) if e.kind != "notification"]
         if not sent:
             return
@@ -462,6 +659,31 @@ class EmailBridge:
                 event_key=event_key,
                 kind="closed" if closing else "reopened",
                 author=actor,
+                message_id=render.message_id(event_key, self._domain),
+            )
+
+    async def participant_removed(
+        self, tx: MailTx, demande: Demande, agent: Agent, *, why: str, key: str
+    ) -> None:
+        """A participant left the demande: the email-only participants are told."""
+        groups = await self._groups(tx)
+        affiliation = _affiliation(agent, groups)
+        label = agent.display_name + (f" ({affiliation})" if affiliation else "")
+        rendered = render.action_email(
+            "participant retiré", f"{label} ne participe plus à cette demande ({why})."
+        )
+        event_key = f"removed-{key}"
+        for r in await self._people(tx, demande):
+            if not r.full or r.agent is None or r.agent.id == agent.id:
+                continue
+            await self._enqueue(
+                tx,
+                demande,
+                r,
+                rendered,
+                event_key=event_key,
+                kind="action",
+                author=None,
                 message_id=render.message_id(event_key, self._domain),
             )
 

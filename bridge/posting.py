@@ -196,8 +196,9 @@ class InboxPoster:
                 return None
             group = await tx.get_group(agent.group_id) if agent.group_id else None
             label = f"{agent.display_name} ({group.name + ', ' if group else ''}par courriel)"
-            command = mail.command.value if mail.command else None
-            shown = "\n".join(x for x in (f"!{command}" if command else "", mail.text) if x)
+            # A quick answer, or any other command line (one path: the room's commands).
+            command = f"!{mail.command.value}" if mail.command else mail.command_line
+            shown = "\n".join(x for x in (command or "", mail.text) if x)
             notes = [
                 f"(pièce jointe « {r.filename} » non transmise : "
                 f"{_REFUSALS.get(r.reason, 'refusée')})"
@@ -239,7 +240,7 @@ class InboxPoster:
                 ParticipantMessage(
                     author=Author(agent, "email"),
                     key=key,
-                    command=f"!{command}" if command else None,
+                    command=command,
                     text=mail.text,
                     content={"msgtype": "m.text", "body": mail.text},
                 ),
@@ -250,7 +251,7 @@ class InboxPoster:
                 "email_reply_posted",
                 actor=record.agent_email,
                 reference=demande.reference,
-                details={"inbox": record.key, "command": command or ""},
+                details={"inbox": record.key, "command": (command or "").split(" ")[0].lstrip("!")},
                 now=now,
             )
         return demande.room_id

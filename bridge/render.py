@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import html as html_lib
+import json
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
@@ -38,31 +39,43 @@ from email import policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
+from enum import StrEnum
 from typing import NamedTuple
 
 import nh3
 
+from bot.domain.board import room_link
+from bot.domain.calendar import PARIS
 from bot.domain.model import DemandeForm, MandatType
 
 __all__ = [
+    "EMAIL_COMMANDS",
     "LOOP_HEADER",
     "MAX_BODY_CHARS",
     "Attachment",
+    "Footer",
     "RenderedEmail",
     "ThreadHeaders",
     "UnsupportedContent",
+    "action_email",
     "build_email",
     "clean_header_value",
     "closed_email",
+    "command_answer_email",
+    "digest_email",
+    "digest_entry",
     "edited_message_email",
+    "finish",
     "footer",
     "mailbox",
     "matrix_to_email_html",
     "message_id",
     "new_demande_email",
     "new_message_email",
+    "notice_email",
     "redacted_message_email",
     "reopened_email",
+    "room_url",
     "root_message_id",
     "sanitise_html",
     "subject",
@@ -386,51 +399,113 @@ QUICK_ANSWERS = (
     ("!traitee", "j'ai traité la demande"),
     ("!pasleboninterlocuteur", "je ne suis pas le bon interlocuteur"),
 )
+# Other commands an email-only participant may write on the first line (the room's own).
+EMAIL_COMMANDS = (
+    ("!statut", "le statut et les participants, par courriel"),
+    ("!inviter <groupe, nom ou courriel>", "inviter un groupe ou un collègue"),
+    ("!notifications non", "ne plus recevoir les courriels de cette demande (oui : reprendre)"),
+    ("!courriels quotidien 17", "un résumé par jour à 17 h (immediat : chaque message)"),
+)
+_SIGNATURE = "Administration+ — messagerie sécurisée des services publics."
 
 
-def footer() -> tuple[str, str]:
-    """(text, html) of the footer every email carries."""
+class Footer(StrEnum):
+    """Who the email is for, hence what its footer may promise."""
+
+    REPLY = "reply"  # an email-only participant, with a reply address of their own
+    SHARED = "shared"  # a group's shared mailbox (BAL): no reply address
+    NOTICE = "notice"  # a Matrix agent's notice: no content, no reply address
+
+
+def footer(kind: Footer = Footer.REPLY) -> tuple[str, str]:
+    """(text, html) of the footer of an email for `kind` of recipient."""
+    esc = html_lib.escape
+    if kind is Footer.SHARED:
+        paragraphs = [
+            "Ce courriel est adressé à la boîte partagée de votre groupe : on ne peut pas "
+            "y répondre (aucune adresse de réponse).",
+            "Pour répondre ou prendre la demande, un instructeur de votre groupe qui participe "
+            "à la demande écrit dans le salon Matrix de la demande, ou répond au courriel reçu "
+            "à sa propre adresse en écrivant !jemenoccupe sur la première ligne.",
+            _SIGNATURE,
+        ]
+        text = "-- \n" + "\n".join(paragraphs)
+        return text, "<hr>" + "".join(f"<p>{esc(p)}</p>" for p in paragraphs)
+    if kind is Footer.NOTICE:
+        paragraphs = [
+            "Pour ne plus recevoir ces avis, écrivez !notifications non dans le salon de la "
+            "demande. Ne répondez pas à ce courriel (aucune adresse de réponse).",
+            _SIGNATURE,
+        ]
+        text = "-- \n" + "\n".join(paragraphs)
+        return text, "<hr>" + "".join(f"<p>{esc(p)}</p>" for p in paragraphs)
     lines = [
         "Vous pouvez répondre directement à ce courriel : votre réponse sera ajoutée "
         "à la demande et lue par les autres participants.",
         "Réponses rapides : écrivez seule, sur la première ligne de votre réponse, "
         "l'une de ces commandes :",
         *(f"  {cmd} ({label})" for cmd, label in QUICK_ANSWERS),
+        "Autres commandes, de la même façon :",
+        *(f"  {cmd} ({label})" for cmd, label in EMAIL_COMMANDS),
         "Cette adresse de réponse vous est personnelle : ne transférez pas ce courriel, "
         "une réponse envoyée depuis une autre adresse serait refusée.",
-        "Administration+ — messagerie sécurisée des services publics.",
+        _SIGNATURE,
     ]
     text = "-- \n" + "\n".join(lines)
-    items = "".join(
-        f"<li><code>{html_lib.escape(cmd)}</code> ({html_lib.escape(label)})</li>"
-        for cmd, label in QUICK_ANSWERS
-    )
+
+    def items(pairs: Sequence[tuple[str, str]]) -> str:
+        return "".join(f"<li><code>{esc(cmd)}</code> ({esc(label)})</li>" for cmd, label in pairs)
+
     html = (
-        "<hr><p>" + html_lib.escape(lines[0]) + "</p><p>" + html_lib.escape(lines[1]) + "</p>"
-        f"<ul>{items}</ul><p>"
-        + html_lib.escape(lines[-2])
-        + "</p><p>"
-        + html_lib.escape(lines[-1])
-        + "</p>"
+        f"<hr><p>{esc(lines[0])}</p><p>{esc(lines[1])}</p><ul>{items(QUICK_ANSWERS)}</ul>"
+        f"<p>{esc('Autres commandes, de la même façon :')}</p><ul>{items(EMAIL_COMMANDS)}</ul>"
+        f"<p>{esc(lines[-2])}</p><p>{esc(lines[-1])}</p>"
     )
     return text, html
 
 
-def _document(title: str, html_body: str) -> str:
-    foot_html = footer()[1]
-    return (
+def room_url(room_id: str, client_url: str | None = None) -> str:
+    """The link that opens a room: the configured client's (`bot.client_url`), or
+    matrix.to (Element and other clients open it)."""
+    return room_link(room_id, client_url)
+
+
+def finish(
+    rendered: RenderedEmail,
+    *,
+    kind: Footer,
+    reference: str,
+    room_id: str | None,
+    client_url: str | None = None,
+) -> tuple[str, str]:
+    """(text, html) as sent: the body, where the room is, the footer for `kind`.
+
+    The plain text has no link at all (some mail systems rewrite or flag them); the
+    HTML part links to the demande's room for agents who also use Matrix."""
+    foot_text, foot_html = footer(kind)
+    ref = clean_header_value(reference, 40)
+    text = rendered.text.rstrip()
+    html_body = rendered.html
+    if room_id:
+        where = f"Si vous utilisez aussi Matrix (Element) : salon de la demande {ref}."
+        text += f"\n\n{where}"
+        href = html_lib.escape(room_url(room_id, client_url), quote=True)
+        html_body += (
+            f'<p>Si vous utilisez aussi Matrix (Element) : <a href="{href}">ouvrir le salon '
+            f"de la demande {html_lib.escape(ref)}</a>.</p>"
+        )
+    document = (
         '<!DOCTYPE html><html lang="fr"><head><meta charset="utf-8">'
-        f"<title>{html_lib.escape(title)}</title></head><body>{html_body}{foot_html}</body></html>"
+        f"<title>{html_lib.escape(rendered.what)}</title></head>"
+        f"<body>{html_body}{foot_html}</body></html>"
     )
+    return f"{text}\n\n{foot_text}\n", document
 
 
 def _render(what: str, text: str, html_body: str, *, auto_generated: bool) -> RenderedEmail:
-    foot_text = footer()[0]
+    """A body without footer (see `finish`)."""
     return RenderedEmail(
-        what=what,
-        text=f"{text.rstrip()}\n\n{foot_text}\n",
-        html=_document(what, html_body),
-        auto_generated=auto_generated,
+        what=what, text=text.rstrip(), html=html_body, auto_generated=auto_generated
     )
 
 
@@ -460,8 +535,14 @@ def new_demande_email(
     aidant_name: str,
     aidant_affiliation: str,
     attachment_names: Sequence[str] = (),
+    participants: Sequence[str] = (),
+    withhold_identifiers: bool = False,
+    can_reply: bool = True,
 ) -> RenderedEmail:
-    """The dossier sent to an email-only agent when a demande reaches them."""
+    """The dossier sent to an email-only agent when a demande reaches them.
+
+    `participants`: who takes part (« Marie Durand (CAF 95) »), as the Matrix dossier
+    lists them."""
     usager = form.usager
     fields: list[tuple[str, str]] = [
         ("Prénom", usager.prenom),
@@ -475,7 +556,8 @@ def new_demande_email(
         ("Adresse", usager.adresse),
         ("Téléphone", usager.telephone),
     )
-    fields += [(k, v) for k, v in optional if v]
+    withheld = [k for k, v in optional if v and withhold_identifiers and k in WITHHELD]
+    fields += [(k, v) for k, v in optional if v and k not in withheld]
     mandat = form.mandat
     mandat_text = (
         f"{_MANDAT_LABELS.get(mandat.type, str(mandat.type))}, recueilli le {_fr_date(mandat.date)}"
@@ -507,6 +589,22 @@ def new_demande_email(
     names = [clean_header_value(n, 150) for n in attachment_names]
     if names:
         text_lines += ["", "Pièces jointes : " + ", ".join(names)]
+    withheld_line = ""
+    if withheld:
+        ask = (
+            "demandez-les en répondant à ce courriel : l'aidant les lira dans la demande."
+            if can_reply
+            else "un instructeur de la demande peut les demander à l'aidant."
+        )
+        withheld_line = (
+            "Par confidentialité, ce courriel ne contient pas "
+            + _french_list([WITHHELD[k] for k in withheld])
+            + f" de l'usager : {ask}"
+        )
+        text_lines += ["", withheld_line]
+    people = [clean_header_value(n, 160) for n in participants]
+    if people:
+        text_lines += ["", "Participants :", *(f"  - {n}" for n in people)]
     esc = html_lib.escape
     html = (
         f"<h1>{esc(head[0])}</h1><p>{esc(head[1])}</p>"
@@ -518,7 +616,23 @@ def new_demande_email(
     )
     if names:
         html += f"<p>Pièces jointes : {esc(', '.join(names))}</p>"
+    if withheld_line:
+        html += f"<p>{esc(withheld_line)}</p>"
+    if people:
+        html += "<h2>Participants</h2><ul>" + "".join(f"<li>{esc(n)}</li>" for n in people)
+        html += "</ul>"
     return _render("nouvelle demande", "\n".join(text_lines), html, auto_generated=False)
+
+
+# The optional identifiers an organisation may keep out of emails, as the dossier names them.
+WITHHELD = {"NIR": "le NIR", "Adresse": "l'adresse", "Téléphone": "le téléphone"}
+
+
+def _french_list(items: Sequence[str]) -> str:
+    """« le NIR, l'adresse ni le téléphone » (a negative sentence's list)."""
+    if len(items) < 2:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " ni " + items[-1]
 
 
 def new_message_email(
@@ -590,3 +704,51 @@ def reopened_email(*, reference: str, by_name: str, by_affiliation: str) -> Rend
         f"{_label(by_name, by_affiliation)}."
     )
     return _render("demande rouverte", text, f"<p>{html_lib.escape(text)}</p>", auto_generated=True)
+
+
+def notice_email(reference: str, what: str, happened: str) -> RenderedEmail:
+    """A Matrix agent's notice (``!notifications oui``): that something happened, no content."""
+    ref = clean_header_value(reference, 40)
+    text = (
+        f"{happened} (demande {ref}).\n\n"
+        "Ouvrez Element, votre messagerie Matrix, pour la lire : ce courriel n'en contient "
+        "rien, par confidentialité."
+    )
+    return _render(what, text, _text_to_html(text), auto_generated=True)
+
+
+def action_email(what: str, text: str) -> RenderedEmail:
+    """What a colleague did (« Marie Durand s'occupe de la demande. »), short."""
+    body = _body_text(text).strip()
+    return _render(what, body, _text_to_html(body), auto_generated=True)
+
+
+def command_answer_email(command: str, text: str) -> RenderedEmail:
+    """The answer to a command an agent sent by email."""
+    cmd = clean_header_value(command, 60)
+    intro = f"Réponse à votre commande {cmd} :" if cmd else "Réponse à votre courriel :"
+    body = f"{intro}\n\n{_body_text(text).strip()}"
+    return _render("réponse à votre commande", body, _text_to_html(body), auto_generated=True)
+
+
+def digest_entry(rendered: RenderedEmail, *, at: datetime) -> bytes:
+    """One email held for a digest, as stored (sealed by the store): JSON."""
+    return json.dumps(
+        {"what": rendered.what, "text": rendered.text, "html": rendered.html, "at": at.isoformat()},
+        ensure_ascii=False,
+    ).encode("utf-8")
+
+
+def digest_email(entries: Sequence[bytes], *, reference: str) -> RenderedEmail:
+    """A day's emails of one demande in one: each with its time (Paris) and what it was."""
+    items = [json.loads(e) for e in entries]
+    ref = clean_header_value(reference, 40)
+    intro = f"Résumé du jour de la demande {ref} : {len(items)} message(s)."
+    texts = [intro]
+    htmls = [f"<p>{html_lib.escape(intro)}</p>"]
+    for item in items:
+        when = datetime.fromisoformat(item["at"]).astimezone(PARIS).strftime("%d/%m à %H:%M")
+        head = f"— {when} · {clean_header_value(str(item['what']), 80)}"
+        texts += ["", head, str(item["text"])]
+        htmls.append(f"<h3>{html_lib.escape(head)}</h3><div>{item['html']}</div>")
+    return _render("résumé du jour", "\n".join(texts), "".join(htmls), auto_generated=True)

@@ -22,6 +22,7 @@ from bot.services.demande_room import DemandeRooms
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bridge.delivery import EmailDelivery
+from bridge.digest import EmailDigests
 from bridge.inbound import InboundHandler, listening_address, start_listener
 from bridge.outbound import EmailBridge
 from bridge.posting import InboxPoster
@@ -42,6 +43,7 @@ async def build_hooks(
     policies: PoliciesRef,
     clock: Clock,
     held: Callable[[], bool],
+    client_url: str | None = None,
 ) -> EmailHooksParts:
     delivery = EmailDelivery(
         store=store, settings=settings, clock=clock, wake_matrix=sender.flush_soon, held=held
@@ -53,6 +55,7 @@ async def build_hooks(
         clock=clock,
         fetch_attachment=gateway.fetch_attachment,
         wake_delivery=delivery.wake,
+        client_url=client_url,
     )
     await bridge.load_key()
     return EmailHooksParts(bridge, delivery)
@@ -65,6 +68,7 @@ class EmailRuntime:
     poster: InboxPoster
     handler: InboundHandler
     server: asyncio.Server
+    digests: EmailDigests
 
     @property
     def address(self) -> tuple[str, int]:
@@ -72,12 +76,17 @@ class EmailRuntime:
         return listening_address(self.server)
 
     def workers(self) -> dict[str, Coroutine[Any, Any, None]]:
-        return {"email-delivery": self.delivery.run(), "email-posting": self.poster.run()}
+        return {
+            "email-delivery": self.delivery.run(),
+            "email-posting": self.poster.run(),
+            "email-digest": self.digests.run(),
+        }
 
     def wake(self) -> None:
         """Leftovers of a previous run: deliver and post them now."""
         self.delivery.wake()
         self.poster.wake()
+        self.digests.wake()
 
     async def close(self) -> None:
         self.server.close()
@@ -114,4 +123,5 @@ async def build_runtime(
         held=held,
     )
     server = await start_listener(handler, settings)
-    return EmailRuntime(parts.bridge, parts.delivery, poster, handler, server)
+    digests = EmailDigests(store=store, bridge=parts.bridge, clock=clock)
+    return EmailRuntime(parts.bridge, parts.delivery, poster, handler, server, digests)

@@ -21,6 +21,7 @@ from bot.domain import amend, closing, matching
 from bot.domain import dossier as texts
 from bot.domain import status as status_rules
 from bot.domain.calendar import PARIS
+from bot.domain.mail_volume import digest_hour
 from bot.domain.model import Agent, Demande, Group, Role, Status
 from bot.domain.policies import MembershipRules, Policies
 from bot.domain.routing import may_invite_agent, may_invite_group
@@ -112,6 +113,8 @@ def applies(ctx: RoomCtx, spec: CommandSpec) -> bool:
         return status in (Status.TRAITEE, Status.CLOTUREE)
     if spec.name == "notifications":
         return ctx.email.enabled and ctx.agent.email is not None
+    if spec.name == "courriels":
+        return ctx.email.enabled and ctx.agent.email_only
     return True
 
 
@@ -496,7 +499,8 @@ async def _procedurestandard(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
     CommandSpec(
         "notifications",
         (Arg("choix", "choice", "oui ou non", choices=("oui", "non")),),
-        "Recevoir ou non un avis par courriel à chaque nouveau message (sans son contenu).",
+        "Recevoir ou non un avis par courriel à chaque nouveau message (sans son contenu) ; "
+        "par courriel : recevoir ou non les courriels de cette demande.",
         section=SECTION_DEMANDE,
     )
 )
@@ -509,11 +513,25 @@ async def _notifications(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
             "administrateur de l'ajouter."
         )
     on = str(args["choix"]).lower() == "oui"
+    if ctx.agent.email_only:
+        # They read the demande by email: this stops or resumes its emails to them.
+        await ctx.tx.set_demande_muted(ctx.demande.id, ctx.agent.id, not on, ctx.now)
+        if on:
+            return Reply(
+                f"{ctx.agent.display_name} recevra de nouveau les courriels de la demande "
+                f"{ctx.demande.reference}."
+            )
+        return Reply(
+            f"{ctx.agent.display_name} ne recevra plus les courriels de la demande "
+            f"{ctx.demande.reference}, sauf ceux qui lui sont adressés (réponses à ses "
+            "commandes, rappels). Pour les recevoir de nouveau : !notifications oui."
+        )
     await ctx.tx.set_email_notifications(ctx.agent.id, on, ctx.now)
     if on:
         return Reply(
             f"{ctx.agent.display_name} recevra un avis par courriel à {ctx.agent.email} "
-            "à chaque nouveau message de ses demandes (sans son contenu)."
+            "à chaque nouvelle demande, invitation ou nouveau message de ses demandes "
+            "(sans leur contenu)."
         )
     return Reply(f"{ctx.agent.display_name} ne recevra plus d'avis par courriel.")
 
@@ -542,6 +560,40 @@ def _departement_of(ctx: RoomCtx) -> Callable[[str], str | None]:
         return found.code if found else None
 
     return lookup
+
+
+@ROOM.command(
+    CommandSpec(
+        "courriels",
+        (
+            Arg("rythme", "choice", "immediat ou quotidien", choices=("immediat", "quotidien")),
+            Arg("heure", "rest", "l'heure du résumé quotidien (par exemple 17)", optional=True),
+        ),
+        "Recevoir les courriels des demandes à chaque message (immediat) ou en un résumé "
+        "par jour et par demande (quotidien, à l'heure dite) ; le dossier, les invitations "
+        "et les rappels arrivent toujours tout de suite.",
+        section=SECTION_DEMANDE,
+    )
+)
+async def _courriels(ctx: RoomCtx, args: Args, flags: Flags) -> Reply:
+    if not ctx.email.enabled:
+        return Reply.error("Ce service n'envoie pas de courriels.")
+    if not ctx.agent.email_only:
+        return Reply.error(
+            "!courriels règle les courriels des agents qui travaillent par courriel ; sur "
+            "Matrix, utilisez !notifications oui ou non."
+        )
+    if str(args["rythme"]).lower() == "immediat":
+        await ctx.tx.set_email_digest(ctx.agent.id, None, ctx.now)
+        return Reply(f"{ctx.agent.display_name} recevra chaque message par courriel, aussitôt.")
+    hour = digest_hour(str(args.get("heure") or ""))
+    if hour is None:
+        return Reply.error("Heure non comprise : écrivez par exemple !courriels quotidien 17.")
+    await ctx.tx.set_email_digest(ctx.agent.id, hour, ctx.now)
+    return Reply(
+        f"{ctx.agent.display_name} recevra chaque jour à {hour} h un résumé par demande "
+        "(le dossier, les invitations et les rappels arrivent toujours tout de suite)."
+    )
 
 
 def _aidant(ctx: RoomCtx) -> tuple[str, ...]:

@@ -200,6 +200,7 @@ def render_recap(
     files: Sequence[str] = (),
     advice: Sequence[str] = (),
     categorie_label: str | None = None,
+    by_email: Sequence[str] = (),
 ) -> RenderedMessage:
     """What will happen on `!confirmer`: who receives the demande, and how.
 
@@ -207,6 +208,7 @@ def render_recap(
     `understood`: how the values written freely were read (« hier » → 01/12/2026), so
     that the aidant checks them before confirming. `files`: the files that will be
     posted in the room. `advice`: identifiers the organisations would find useful.
+    `by_email`: who will get the dossier by email (and whether in full).
     """
     doc = _Doc()
     title = f"Demande {reference} : récapitulatif" if reference else "Récapitulatif de la demande"
@@ -245,6 +247,14 @@ def render_recap(
     for participant in email_only:
         line = _participant_line(participant)
         doc.bullet(line if participant.email_only else line + " (par courriel)")
+    if by_email:
+        doc.title("Dossier envoyé par courriel à")
+        for line in by_email:
+            doc.bullet(line)
+        doc.para(
+            "Ces courriels restent dans les messageries de leurs destinataires : "
+            "l'effacement des données de la demande ne les atteint pas."
+        )
     if left_out:
         doc.title("Ne recevront pas la demande")
         for line in left_out:

@@ -71,6 +71,9 @@ class Organisation:
     # Usager identifiers (ids of `USAGER_IDENTIFIERS`) this body requires or suggests.
     required_identifiers: tuple[str, ...] = ()
     suggested_identifiers: tuple[str, ...] = ()
+    # Its agents and shared mailboxes get a dossier by email without the optional
+    # identifiers (NIR, address, phone): a line asks them to ask in reply.
+    withholds_identifiers: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -276,6 +276,10 @@ def _describe(value: Any) -> str:
 
 # --- per-file validation -----------------------------------------------------------
 
+# What an organisation's email-only agents and shared mailboxes get of the optional
+# identifiers (NIR, address, phone) in the dossier email.
+EMAIL_IDENTIFIERS = ("full", "withheld")
+
 
 def _organisations(
     content: Mapping[str, Any], sink: list[PolicyProblem]
@@ -301,7 +305,7 @@ def _organisations(
             body,
             path,
             ("name", "kind"),
-            ("aliases", "required_identifiers", "suggested_identifiers"),
+            ("aliases", "required_identifiers", "suggested_identifiers", "email_identifiers"),
         )
         name = report.string(body["name"], key_path(*path, "name")) if "name" in body else None
         aliases = [
@@ -329,6 +333,14 @@ def _organisations(
                 elif text not in found:
                     found.append(text)
             identifiers[which] = tuple(found)
+        withheld = False
+        if "email_identifiers" in body:
+            where = key_path(*path, "email_identifiers")
+            raw = report.string(body["email_identifiers"], where)
+            if raw is not None and raw not in EMAIL_IDENTIFIERS:
+                choices = ", ".join(EMAIL_IDENTIFIERS)
+                report.add(where, f"valeur « {raw} » inconnue (attendu : {choices})")
+            withheld = raw == "withheld"
         kind: OrganisationKind | None = None
         if "kind" in body:
             raw_kind = report.string(body["kind"], key_path(*path, "kind"))
@@ -360,6 +372,7 @@ def _organisations(
                 aliases=tuple(aliases),
                 required_identifiers=identifiers["required_identifiers"],
                 suggested_identifiers=identifiers["suggested_identifiers"],
+                withholds_identifiers=withheld,
             )
     return result
 

@@ -7,7 +7,7 @@ caller loads them and applies the result (invites, ledger lines, emails).
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from bot.domain.model import Agent, Group, Organisation, Participant, Role
@@ -317,3 +317,27 @@ def closest_organisations(
         if len(name) >= 3 and contained and organisation not in found:
             found.insert(0, organisation)
     return tuple(found[:limit])
+
+
+def email_copies(
+    routing: RoutingResult, groups: Mapping[int, Group], policies: Policies
+) -> list[str]:
+    """Who gets the dossier by email when the demande opens, for the aidant's recap: the
+    email-only instructeurs and the groups' shared mailboxes, each saying whether the
+    optional identifiers (NIR, address, phone) are left out (their organisation's policy)."""
+
+    def suffix(group: Group | None) -> str:
+        org = policies.organisation(group.organisation_id) if group else None
+        if org is not None and org.withholds_identifiers:
+            return " : sans NIR, adresse ni téléphone"
+        return " : dossier complet"
+
+    lines = []
+    for agent in routing.email_instructeurs:
+        group = groups.get(agent.group_id) if agent.group_id is not None else None
+        where = f" ({group.name})" if group else ""
+        lines.append(f"{agent.display_name}{where}{suffix(group)}")
+    for group in routing.groups:
+        if group.bal:
+            lines.append(f"la boîte partagée de {group.name} ({group.bal}){suffix(group)}")
+    return lines

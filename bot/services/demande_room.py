@@ -57,6 +57,11 @@ from bot.store.repository import Tx
 log = logging.getLogger(__name__)
 
 
+# Not offered by email: the help (its answer is the list itself) and the companion room
+# (Matrix only).
+NOT_BY_EMAIL = frozenset({"aide", "entreinstructeurs"})
+
+
 @dataclass(frozen=True, slots=True)
 class ParticipantMessage:
     """What a participant wrote: a command line, free text, or both (an email's first
@@ -397,6 +402,21 @@ class DemandeRooms:
                     await self._offer_clicks(tx, demande, message.key)
                 if answered == "clore" and not reply.is_error:
                     await self._end_poll(tx, demande, message.key)
+                text = reply.text
+                if answered == "?" and message.author.via == "email":
+                    # No !aide in a mailbox: the answer lists what may be written.
+                    text += "\nCommandes possibles par courriel : " + ", ".join(
+                        f"!{spec.name}" for spec in ROOM.specs if spec.name not in NOT_BY_EMAIL
+                    )
+                await self.email.command_answered(
+                    tx,
+                    demande,
+                    author=message.author,
+                    command=answered,
+                    text=text,
+                    error=reply.is_error,
+                    key=message.key,
+                )
             if message.text:
                 # The sentence after an email's quick answer: to the others, no status.
                 await self.email.room_message(

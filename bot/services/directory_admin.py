@@ -28,7 +28,7 @@ from bot.domain.model import Agent, Demande, Role
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
 from bot.matrix.gateway import MatrixGateway
-from bot.ports import ConsoleTx, Departure, Sender
+from bot.ports import ConsoleTx, Departure, EmailHooks, Sender
 from bot.services.clock import Clock
 from bot.services.directory import apply_import, plan_import, record_refusal, taking_part
 from bot.services.failures import homeserver_outage
@@ -53,10 +53,12 @@ class DirectoryAdmin:
         clock: Clock,
         sync_admin_room: Callable[[], Awaitable[None]],
         welcomes: Welcomes,
+        email: EmailHooks,
         account_of: Callable[[str], Awaitable[str | None]] | None = None,
     ) -> None:
         """`account_of`: the local Matrix account carrying this verified email (the
         homeserver's admin API); None when no admin token is configured."""
+        self.email = email
         self.store = store
         self.gateway = gateway
         self.guard = guard
@@ -241,6 +243,13 @@ class DirectoryAdmin:
                 demande = await tx.get_demande_by_reference(departure.reference)
                 assert demande is not None
                 await tx.remove_participant(demande_id=demande.id, agent_id=agent.id, now=now)
+                await self.email.participant_removed(
+                    tx,
+                    demande,
+                    agent,
+                    why="compte désactivé",
+                    key=f"{departure.reference}-{agent.id}-{now.isoformat()}",
+                )
                 await tx.audit(
                     "participant_removed",
                     actor=actor,

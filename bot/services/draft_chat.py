@@ -18,8 +18,8 @@ from bot.domain import dossier as texts
 from bot.domain import drafting
 from bot.domain import form as form_rules
 from bot.domain.model import Agent, DemandeForm
-from bot.domain.routing import RoutingResult, route
-from bot.ports import PoliciesRef
+from bot.domain.routing import RoutingResult, email_copies, route
+from bot.ports import EmailHooks, PoliciesRef
 from bot.services import drafts
 from bot.services.clock import Clock
 from bot.services.dossier_view import view_of
@@ -53,6 +53,7 @@ class DraftChat:
     clock: Clock
     policies: PoliciesRef
     specs: RoomSpecs
+    email: EmailHooks
 
     def _route(self, form: DemandeForm, groups: Any, agents: Any) -> RoutingResult:
         return route(
@@ -164,6 +165,7 @@ class DraftChat:
             files=[file_line(x) for x in await tx.draft_files(saved.id)],
             advice=assessment.advice,
             categorie_label=category.label if category else None,
+            by_email=email_copies(routing, groups_by_id, policies) if self.email.enabled else (),
         )
         await tx.audit("draft_saved", actor=msg.sender, details={"draft": draft.id}, now=now)
         return Reply(recap.body, recap.formatted_body)

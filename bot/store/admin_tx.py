@@ -254,6 +254,7 @@ class AdminTx(TxBase):
         for name, columns in (
             ("email_outbox", {"message_enc": WIPED}),
             ("email_inbox", {"raw_enc": WIPED, "uploads_enc": None, "parsed_enc": None}),
+            ("email_digest_items", {"body_enc": WIPED}),  # held for a digest: never sent
         ):
             table = tables.get(name)
             if table is None or any(c not in table.c for c in columns):

@@ -108,10 +108,38 @@ class EmailFailureRow(Base):
 
 
 class EmailPreferenceRow(Base):
-    """A Matrix agent's choice to be told of new messages by email (notice only)."""
+    """An agent's email choices: a Matrix agent's notices of new messages (notice only);
+    how often an agent gets a demande's emails (revision 0016)."""
 
     __tablename__ = "email_preferences"
 
     agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
     notify: Mapped[bool] = mapped_column(Boolean)
     updated_at: Mapped[datetime]
+    # None: every email at once; an hour (Paris time): one digest a day per demande.
+    digest_hour: Mapped[int | None] = mapped_column(Integer)
+
+
+class EmailDemandeMuteRow(Base):
+    """An agent who stopped the emails of one demande (`!notifications non` by email)."""
+
+    __tablename__ = "email_demande_mutes"
+
+    demande_id: Mapped[int] = mapped_column(ForeignKey("demandes.id"), primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"), primary_key=True)
+    created_at: Mapped[datetime]
+
+
+class EmailDigestItemRow(Base):
+    """One email held for an agent's daily digest; the body sealed like the outbox's."""
+
+    __tablename__ = "email_digest_items"
+    __table_args__ = (UniqueConstraint("event_key", "agent_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    agent_id: Mapped[int] = mapped_column(ForeignKey("agents.id"))
+    demande_id: Mapped[int] = mapped_column(ForeignKey("demandes.id"))
+    event_key: Mapped[str]
+    body_enc: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None] = mapped_column(index=True)

@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from bot.store.email_models import (
     INBOX_STATES,
+    EmailDemandeMuteRow,
+    EmailDigestItemRow,
     EmailFailureRow,
     EmailInboxRow,
     EmailOutboxRow,
@@ -52,6 +54,18 @@ class OutgoingEmail:
     message: bytes
     created_at: datetime
     attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class DigestItem:
+    """One email held for an agent's daily digest (`body`: what the bridge sealed)."""
+
+    id: int
+    agent_id: int
+    demande_id: int
+    event_key: str
+    body: bytes
+    created_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,3 +527,111 @@ class EmailTx(TxBase):
             )
         )
         return set(rows)
+
+    # ------------------------------------------------------------ volume (revision 0016)
+
+    async def set_demande_muted(
+        self, demande_id: int, agent_id: int, muted: bool, now: datetime
+    ) -> None:
+        """`!notifications non|oui` by email: this demande's emails stopped or resumed."""
+        if not muted:
+            await self._s.execute(
+                delete(EmailDemandeMuteRow).where(
+                    EmailDemandeMuteRow.demande_id == demande_id,
+                    EmailDemandeMuteRow.agent_id == agent_id,
+                )
+            )
+            return
+        stmt = (
+            self._insert(EmailDemandeMuteRow)
+            .values(demande_id=demande_id, agent_id=agent_id, created_at=now)
+            .on_conflict_do_nothing()
+        )
+        await self._s.execute(stmt)
+
+    async def muted_agents(self, demande_id: int) -> set[int]:
+        rows = await self._s.scalars(
+            select(EmailDemandeMuteRow.agent_id).where(EmailDemandeMuteRow.demande_id == demande_id)
+        )
+        return set(rows)
+
+    async def set_email_digest(self, agent_id: int, hour: int | None, now: datetime) -> None:
+        """How often the agent gets a demande's emails: None every one, else a digest at
+        `hour` (Paris time) each day."""
+        stmt = (
+            self._insert(EmailPreferenceRow)
+            .values(agent_id=agent_id, notify=False, updated_at=now, digest_hour=hour)
+            .on_conflict_do_update(
+                index_elements=["agent_id"], set_={"digest_hour": hour, "updated_at": now}
+            )
+        )
+        await self._s.execute(stmt)
+
+    async def email_digest_hours(self, agent_ids: Iterable[int] | None = None) -> dict[int, int]:
+        """Agents who chose the daily digest, and its hour (all of them if `agent_ids` is None)."""
+        query = select(EmailPreferenceRow.agent_id, EmailPreferenceRow.digest_hour).where(
+            EmailPreferenceRow.digest_hour.is_not(None)
+        )
+        if agent_ids is not None:
+            ids = list(agent_ids)
+            if not ids:
+                return {}
+            query = query.where(EmailPreferenceRow.agent_id.in_(ids))
+        return {a: int(h) for a, h in (await self._s.execute(query)).all() if h is not None}
+
+    async def add_digest_item(
+        self, *, agent_id: int, demande_id: int, event_key: str, body: bytes, now: datetime
+    ) -> bool:
+        """Hold one email for the agent's digest; False if already held."""
+        stmt = (
+            self._insert(EmailDigestItemRow)
+            .values(
+                agent_id=agent_id,
+                demande_id=demande_id,
+                event_key=event_key,
+                body_enc=self._cipher.encrypt(body, _digest_aad(event_key, agent_id)),
+                created_at=now,
+            )
+            .on_conflict_do_nothing()
+            .returning(EmailDigestItemRow.id)
+        )
+        return (await self._s.execute(stmt)).scalar() is not None
+
+    async def pending_digest_items(self) -> list[DigestItem]:
+        rows = await self._s.scalars(
+            select(EmailDigestItemRow)
+            # A wiped demande's held emails (empty body) are never sent.
+            .where(EmailDigestItemRow.sent_at.is_(None), EmailDigestItemRow.body_enc != b"")
+            .order_by(EmailDigestItemRow.id)
+        )
+        return [
+            DigestItem(
+                id=r.id,
+                agent_id=r.agent_id,
+                demande_id=r.demande_id,
+                event_key=r.event_key,
+                body=self._cipher.decrypt(r.body_enc, _digest_aad(r.event_key, r.agent_id)),
+                created_at=r.created_at,
+            )
+            for r in rows
+        ]
+
+    async def drop_digest_items(self, event_key: str) -> int:
+        """A withdrawn message held for a digest: it never goes out."""
+        result = await self._s.execute(
+            delete(EmailDigestItemRow)
+            .where(EmailDigestItemRow.event_key == event_key, EmailDigestItemRow.sent_at.is_(None))
+            .returning(EmailDigestItemRow.id)
+        )
+        return len(result.all())
+
+    async def mark_digest_sent(self, item_ids: Iterable[int], now: datetime) -> None:
+        ids = list(item_ids)
+        if ids:
+            await self._s.execute(
+                update(EmailDigestItemRow).where(EmailDigestItemRow.id.in_(ids)).values(sent_at=now)
+            )
+
+
+def _digest_aad(event_key: str, agent_id: int) -> bytes:
+    return f"email_digest_items\x00{event_key}\x00{agent_id}".encode()

@@ -316,7 +316,11 @@ class InboundHandler:
                 log.info("inbound: duplicate reply for demande %s accepted", binding.reference)
             else:
                 empty = not (
-                    mail.text or mail.command or mail.attachments or mail.refused_attachments
+                    mail.text
+                    or mail.command
+                    or mail.command_line
+                    or mail.attachments
+                    or mail.refused_attachments
                 )
                 # What was parsed here is what will be posted: no second parse.
                 await keep("empty" if empty else "pending", Kind.HUMAN, stored.encode(mail))

@@ -96,3 +96,6 @@ class InboundMail:
     auth: AuthVerdict
     bounce_recipients: tuple[BounceRecipient, ...] = ()
     bounced_message_id: str | None = None
+    # Any other command on the first line (« !inviter CPAM 95 »), as written, one line;
+    # the room's command set reads it (`command` stays the quick answers).
+    command_line: str | None = None

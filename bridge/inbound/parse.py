@@ -54,14 +54,22 @@ from bridge.inbound.text import clean_text, defang, one_line
 __all__ = ["MAX_TEXT_CHARS", "parse_inbound"]
 
 MAX_TEXT_CHARS = 20_000  # longest reply text handed to Matrix
+MAX_COMMAND_CHARS = 200  # longest command line read from a reply's first line
 _MAX_SUBJECT_CHARS = 300
 _TRUNCATED_NOTE = "[… message tronqué]"
 
 
-def _content_hash(text: str, command: Command | None, attachments: list[InboundAttachment]) -> str:
+def _content_hash(
+    text: str,
+    command: Command | None,
+    attachments: list[InboundAttachment],
+    command_line: str | None = None,
+) -> str:
     h = hashlib.sha256(b"aplus-inbound-v1\x00")
     h.update(unicodedata.normalize("NFC", text).encode("utf-8", "surrogatepass"))
     h.update(b"\x00" + (command.value if command else "").encode("ascii"))
+    if command_line:
+        h.update(b"\x00!" + command_line.encode("utf-8", "surrogatepass"))
     for att in attachments:
         h.update(b"\x00" + att.sha256.encode("ascii"))
     return h.hexdigest()
@@ -179,11 +187,14 @@ def _parse(
     text = defang(clean_text(strip_quoted(body)))
 
     command: Command | None = None
+    command_line: str | None = None
     lines = text.split("\n")
     first = next((i for i, line in enumerate(lines) if line.strip()), None)
     if first is not None:
         command = command_of(lines[first])
-        if command is not None:
+        if command is None and lines[first].strip().startswith("!"):
+            command_line = one_line(lines[first], MAX_COMMAND_CHARS)
+        if command is not None or command_line is not None:
             text = "\n".join(lines[first + 1 :]).strip()
     if len(text) > MAX_TEXT_CHARS:
         text = text[:MAX_TEXT_CHARS].rstrip() + "\n" + _TRUNCATED_NOTE
@@ -209,9 +220,10 @@ def _parse(
         command=command,
         attachments=tuple(attachments),
         refused_attachments=tuple(refused),
-        content_hash=_content_hash(text, command, attachments),
+        content_hash=_content_hash(text, command, attachments, command_line),
         defects=tuple(dict.fromkeys(defects)),
         auth=auth_results(msg, trusted),
         bounce_recipients=bounce_recipients,
         bounced_message_id=bounced_id,
+        command_line=command_line,
     )

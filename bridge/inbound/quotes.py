@@ -29,7 +29,14 @@ def _is_attribution(lines: list[str], i: int) -> bool:
         if extra:
             if i + extra >= len(lines):
                 break
-            joined = f"{joined} {lines[i + extra].strip()}"
+            following = lines[i + extra].strip()
+            # A wrapped attribution goes on without a blank line, a full stop, or a new
+            # « Le … »: otherwise the agent's own sentence would be taken for it.
+            if not following or joined.endswith((".", "!", "?", "…")):
+                break
+            if re.match(r"(?i)(le|on)\s", following):
+                break
+            joined = f"{joined} {following}"
         if re.search(r"\d", joined) and (
             _ATTRIBUTION_FR_RE.match(joined) or _ATTRIBUTION_EN_RE.match(joined)
         ):

@@ -38,6 +38,7 @@ def encode(mail: InboundMail) -> bytes:
         "kind_reason": mail.kind_reason,
         "text": mail.text,
         "command": mail.command.value if mail.command else None,
+        "command_line": mail.command_line,
         "attachments": [
             {"filename": a.filename, "content_type": a.content_type, "size": len(a.data),
              "sha256": a.sha256}
@@ -83,6 +84,7 @@ def decode(blob: bytes) -> InboundMail:
         kind_reason=head["kind_reason"],
         text=head["text"],
         command=Command(head["command"]) if head["command"] else None,
+        command_line=head.get("command_line"),
         attachments=tuple(attachments),
         refused_attachments=tuple(
             RefusedAttachment(

@@ -32,7 +32,8 @@ from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, filled_form, reply_with, say
 from tests.support.clock import FakeClock
-from tests.support.world import World, demande_of, make_world, open_demande
+from tests.support.email import relay
+from tests.support.world import World, audit_actions, demande_of, make_world, open_demande
 
 REPO_POLICIES = Path(__file__).resolve().parents[2] / "policies"
 
@@ -632,3 +633,23 @@ async def test_retention_deletes_only_the_media_of_the_demande(
         again = await runner.app.admin.retention.run(actor="test")  # type: ignore[union-attr]
         assert again.attachments_deleted == 0 and local(avatar)
         await runner.check_alive()
+
+
+async def test_the_operator_sets_an_agents_mail_volume(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    async with relay() as sink, admin_bot(synapse, tmp_path / "bot") as runner:
+        runner.email = {"relay_port": sink.port}
+        await runner.start()
+        admin = await _admin(clients, runner)
+        sophie = admin.world.directory.agents["mailonly"]
+        assert sophie.email is not None
+        await admin.command(f"!agent-courriels {sophie.email} quotidien 8h", "chaque jour à 8 h")
+        async with runner.store.transaction() as tx:
+            assert await tx.email_digest_hours([sophie.id]) == {sophie.id: 8}
+        await admin.command(f"!agent-courriels {sophie.id} immediat", "aussitôt")
+        async with runner.store.transaction() as tx:
+            assert await tx.email_digest_hours([sophie.id]) == {}
+        refused = await admin.command(f"!agent-courriels {sophie.id} quotidien midi", "Heure")
+        assert "non comprise" in refused
+        assert "email_volume_set" in await audit_actions(admin.world)

@@ -121,3 +121,40 @@ async def test_audit_purge_only_through_the_permit(store: Store) -> None:
     with pytest.raises(DBAPIError, match="append-only"):
         async with store.engine.begin() as conn:
             await conn.execute(text("UPDATE audit SET actor = 'forged'"))
+
+
+async def test_held_digest_emails_are_wiped_with_the_demande_and_never_sent(store: Store) -> None:
+    agent, _, _, g_caf = await seed(store)
+    demande_id = await new_demande(store, agent, [g_caf])
+    aidant = agent.id
+    async with store.transaction() as tx:
+        await tx.set_email_digest(aidant, 17, NOW)
+        assert await tx.email_digest_hours([aidant]) == {aidant: 17}
+        await tx.set_demande_muted(demande_id, aidant, True, NOW)
+        await tx.set_demande_muted(demande_id, aidant, True, NOW)  # idempotent
+        assert await tx.muted_agents(demande_id) == {aidant}
+        await tx.set_demande_muted(demande_id, aidant, False, NOW)
+        assert await tx.muted_agents(demande_id) == set()
+        body = b'{"text": "Dupontel Jeanne"}'
+        assert await tx.add_digest_item(
+            agent_id=aidant, demande_id=demande_id, event_key="ev1", body=body, now=NOW
+        )
+        assert not await tx.add_digest_item(
+            agent_id=aidant, demande_id=demande_id, event_key="ev1", body=body, now=NOW
+        )  # held once
+        [held] = await tx.pending_digest_items()
+        assert held.body == body
+        assert await tx.add_digest_item(
+            agent_id=aidant, demande_id=demande_id, event_key="ev2", body=body, now=NOW
+        )
+        assert await tx.drop_digest_items("ev2") == 1  # withdrawn before the digest
+        assert [i.event_key for i in await tx.pending_digest_items()] == ["ev1"]
+    sealed = await raw_rows(store, "SELECT body_enc FROM email_digest_items")
+    assert b"Dupontel" not in bytes(sealed[0][0])  # type: ignore[arg-type]
+    async with store.transaction() as tx:
+        await tx.update_status(
+            demande_id, Status.CLOTUREE, StatusTimes(created_at=NOW, closed_at=NOW)
+        )
+        await tx.wipe_demande(demande_id, now=NOW)
+        assert await tx.pending_digest_items() == []
+    assert await raw_rows(store, "SELECT body_enc FROM email_digest_items") == [(b"",)]

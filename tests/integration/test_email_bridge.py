@@ -393,6 +393,11 @@ async def test_conversation_edits_redactions_files_status_and_notifications(
         await sink.wait_for(lambda: sink.to(paul) and sink.to(bal), what="the dossiers")
         assert "Dupontel" in sink.to(paul)[0].text and reply_to(sink.to(paul)[0])
         assert "Dupontel" in sink.to(bal)[0].text and sink.to(bal)[0].header("Reply-To") == ""
+        # Sophie, already there, is told who came.
+        await sink.wait_for(
+            lambda: any("participant invité" in m.header("Subject") for m in sink.to(sophie)),
+            what="the invitation told to Sophie",
+        )
 
         # Nothing was sent twice.
         async with runner.store.transaction() as tx:

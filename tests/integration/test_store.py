@@ -125,7 +125,7 @@ async def raw(store: Store, sql: str, **params: object) -> None:
 async def test_open_upgrades_to_head_and_is_idempotent(
     store: Store, store_url: str, field_cipher: FieldCipher
 ) -> None:
-    assert head_revision() == "0015_onboarding"
+    assert head_revision() == "0016_email_only"
     assert await store.current_revision() == head_revision()
     again = await Store.open(store_url, field_cipher)  # already at head: no-op
     try:

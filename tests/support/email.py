@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
@@ -69,3 +73,55 @@ def bridged(client: Any, room_id: str, bot_id: str) -> list[Any]:
         for e in matrix.inbox(client).events(room_id)
         if e.sender == bot_id and "bridged" in (e.source.get("content", {}).get(APLUS_KEY) or {})
     ]
+
+
+@dataclass(frozen=True)
+class Eml:
+    """An email as a mail client shows it: headers, the plain text and the HTML part."""
+
+    subject: str
+    message_id: str
+    in_reply_to: str
+    references: str
+    reply_to: str
+    text: str
+    html: str
+
+
+def as_eml(received: Received, reference: str, *, room_id: str | None, root: str) -> Eml:
+    """Checks what every email of a demande must be, and returns what it shows.
+
+    One thread (`root` first in References, or the root itself); a subject with the
+    reference and no usager data; a text part and an HTML part; links in the HTML only,
+    one of them to the demande's room when `room_id` is given."""
+    msg = BytesParser(policy=policy.default).parsebytes(received.data)
+    assert isinstance(msg, EmailMessage)
+    subject = str(msg["Subject"])
+    assert subject.startswith(f"[A+] Demande {reference}"), subject
+    for personal in USAGER_WORDS:
+        assert personal not in subject, subject
+    message_id = str(msg["Message-ID"])
+    references = str(msg.get("References", ""))
+    if message_id != root:
+        assert references.split()[0] == root, references
+        assert str(msg["In-Reply-To"]) == references.split()[-1]
+    plain = msg.get_body(preferencelist=("plain",))
+    html = msg.get_body(preferencelist=("html",))
+    assert plain is not None and html is not None, "a text part and an HTML part"
+    text, markup = str(plain.get_content()), str(html.get_content())
+    assert "http://" not in text and "https://" not in text, "a link-free text part"
+    if room_id is not None:
+        assert f'href="https://matrix.to/#/{room_id}"' in markup, markup[-600:]
+    return Eml(
+        subject=subject,
+        message_id=message_id,
+        in_reply_to=str(msg.get("In-Reply-To", "")),
+        references=references,
+        reply_to=str(msg.get("Reply-To", "")),
+        text=text,
+        html=markup,
+    )
+
+
+# What `tests.support.bot.filled_form` puts in the dossier about the usager.
+USAGER_WORDS = ("Dupontel", "Jeanne")

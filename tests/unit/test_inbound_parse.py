@@ -225,9 +225,19 @@ def test_commands_on_first_line(first_line: str, command: Command | None) -> Non
     mail = parse(plain(f"\n{first_line}\nLe reste."))
     assert mail.command is command
     if command is not None:
-        assert mail.text == "Le reste."
+        assert mail.text == "Le reste." and mail.command_line is None
+    elif first_line.strip().startswith("!"):
+        # Any other command line is the room's to read (it answers unknown ones).
+        assert mail.command_line == first_line.strip() and mail.text == "Le reste."
     else:
-        assert mail.text.startswith(first_line.strip())
+        assert mail.text.startswith(first_line.strip()) and mail.command_line is None
+
+
+def test_a_command_line_changes_what_counts_as_a_duplicate() -> None:
+    one = parse(plain("!inviter CPAM 95\nMerci."))
+    other = parse(plain("!inviter CAF 95\nMerci."))
+    assert one.command_line == "!inviter CPAM 95" and one.text == "Merci."
+    assert one.content_hash != other.content_hash
 
 
 def test_command_on_second_line_is_text() -> None:
@@ -600,3 +610,19 @@ def test_any_plain_text_comes_out_inert(body: str) -> None:
 def test_any_html_comes_out_inert(body: str) -> None:
     raw = f"{HEAD}Content-Type: text/html; charset=utf-8\n\n<p>{body}</p><script>{body}</script>"
     assert_invariants(parse(raw))
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Le versement reprend le mois prochain.",
+        "Le dossier est complet depuis le 3 mars.",
+        "Le dossier est complet.\nLe reste suit.",
+    ],
+)
+def test_an_answer_starting_with_le_is_not_taken_for_the_attribution(answer: str) -> None:
+    """A reply beginning « Le … » was joined with the attribution line below it and cut."""
+    body = f"{answer}\n\nLe 2 mars 2026 à 10:00, Administration+ a écrit :\n> Bonjour"
+    assert strip_quoted(body) == answer
+    tight = f"{answer}\nLe 2 mars 2026 à 10:00, Administration+ a écrit :\n> Bonjour"
+    assert strip_quoted(tight) == answer

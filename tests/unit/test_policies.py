@@ -497,3 +497,20 @@ def test_duplicate_ids_and_codes_are_refused_by_toml_with_their_line(tmp_path: P
     assert len(problems) == 2
     assert problems[0].startswith("organisations.toml: syntaxe TOML invalide ligne 10")
     assert problems[1].startswith("departements.toml: syntaxe TOML invalide ligne 5")
+
+
+def test_an_organisation_may_keep_the_optional_identifiers_out_of_emails(tmp_path: Path) -> None:
+    shipped = load_policies(default_policies_dir())
+    cpam, caf = shipped.organisation("cpam"), shipped.organisation("caf")
+    assert cpam is not None and cpam.withholds_identifiers
+    assert caf is not None and not caf.withholds_identifiers  # the default: in full
+    organisations = """
+[organisations.caf]
+name = "CAF"
+kind = "operateur"
+email_identifiers = "partial"
+"""
+    assert problems_of(write(tmp_path, organisations=organisations)) == [
+        "organisations.toml: organisations.caf.email_identifiers: valeur « partial » inconnue "
+        "(attendu : full, withheld)",
+    ]

@@ -18,11 +18,14 @@ from bridge.render import (
     LOOP_HEADER,
     MAX_BODY_CHARS,
     Attachment,
+    Footer,
     UnsupportedContent,
+    action_email,
     build_email,
     clean_header_value,
     closed_email,
     edited_message_email,
+    finish,
     footer,
     mailbox,
     matrix_to_email_html,
@@ -356,7 +359,32 @@ def test_message_templates() -> None:
     reopened = reopened_email(reference="A-1", by_name="Paul", by_affiliation="FS")
     assert "rouverte par Paul (FS)" in reopened.text
     for r in (msg, edit, gone, closed, reopened):
-        assert "!jemenoccupe" in r.text and r.html.startswith("<!DOCTYPE html>")
+        text, html = finish(r, kind=Footer.REPLY, reference="A-1", room_id="!r:srv.test")
+        assert "!jemenoccupe" in text and html.startswith("<!DOCTYPE html>")
+
+
+def test_the_room_link_is_in_the_html_only_and_each_footer_promises_what_it_can() -> None:
+    body = action_email("prise en charge", "Marie Durand s'occupe de la demande.")
+    text, html = finish(body, kind=Footer.REPLY, reference="A-1", room_id="!abc:srv.test")
+    assert 'href="https://matrix.to/#/!abc:srv.test"' in html
+    assert "http" not in text and "salon de la demande A-1" in text
+    for cmd in ("!statut", "!inviter", "!notifications non", "!courriels"):
+        assert cmd in text and cmd in html
+    shared, shared_html = finish(body, kind=Footer.SHARED, reference="A-1", room_id=None)
+    assert "répondre directement" not in shared and "on ne peut pas y répondre" in shared
+    assert "!jemenoccupe" in shared and "matrix.to" not in shared_html
+    notice, _ = finish(body, kind=Footer.NOTICE, reference="A-1", room_id=None)
+    assert "répondre directement" not in notice and "Ne répondez pas" in notice
+
+
+def test_the_dossier_lists_the_participants() -> None:
+    rendered = new_demande_email(
+        reference="A-2026-000042", form=FORM, organisation_names=["CAF"],
+        aidant_name="Paul Leroy", aidant_affiliation="France Services 95",
+        participants=["Paul Leroy (France Services 95)", "Sophie Test (CAF 95), par courriel"],
+    )  # fmt: skip
+    assert "Participants :\n  - Paul Leroy (France Services 95)\n  - Sophie Test" in rendered.text
+    assert "<li>Sophie Test (CAF 95), par courriel</li>" in rendered.html
 
 
 def test_template_names_cannot_inject_html() -> None:
@@ -455,3 +483,51 @@ def test_encoded_words_in_our_strings_are_not_decoded(evil: str) -> None:
     for value in reparsed.values():
         assert "\r" not in str(value) and "\n" not in str(value)
     assert "Bcc" not in reparsed
+
+
+FULL_FORM = DemandeForm(
+    territoire="95",
+    organisations=("cpam",),
+    categorie=None,
+    objet="Carte Vitale",
+    usager=Usager(
+        prenom="Jeanne",
+        nom="Martin",
+        date_naissance=date(1980, 2, 1),
+        nir="2 80 02 95 123 456 78",
+        adresse="12 rue des Lilas, 95000 Cergy",
+        telephone="06 12 34 56 78",
+    ),
+    description="Carte perdue.",
+    mandat=Mandat(type=MandatType.PAPIER, date=date(2026, 3, 1), attestation=True),
+)
+
+
+@pytest.mark.parametrize("can_reply", [True, False])
+def test_a_withheld_dossier_leaves_out_nir_address_and_phone_and_says_how_to_ask(
+    can_reply: bool,
+) -> None:
+    full = new_demande_email(
+        reference="A-1", form=FULL_FORM, organisation_names=["CPAM"], aidant_name="Paul",
+        aidant_affiliation="FS",
+    )  # fmt: skip
+    assert "2 80 02 95 123 456 78" in full.text and "rue des Lilas" in full.text
+    kept = new_demande_email(
+        reference="A-1", form=FULL_FORM, organisation_names=["CPAM"], aidant_name="Paul",
+        aidant_affiliation="FS", withhold_identifiers=True, can_reply=can_reply,
+    )  # fmt: skip
+    for value in ("2 80 02 95", "rue des Lilas", "06 12 34"):
+        assert value not in kept.text and value not in kept.html
+    assert "Jeanne" in kept.text  # the name stays: the demande is about her
+    line = "ne contient pas le NIR, l'adresse ni le téléphone de l'usager"
+    assert line in kept.text and line.replace("'", "&#x27;") in kept.html
+    assert ("en répondant à ce courriel" in kept.text) is can_reply
+
+
+def test_the_room_link_opens_the_configured_client() -> None:
+    body = action_email("prise en charge", "Marie Durand s'occupe de la demande.")
+    _, html = finish(
+        body, kind=Footer.REPLY, reference="A-1", room_id="!abc:srv.test",
+        client_url="https://element.example.fr/#/room/",
+    )  # fmt: skip
+    assert 'href="https://element.example.fr/#/room/!abc:srv.test"' in html

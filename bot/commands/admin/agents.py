@@ -17,6 +17,7 @@ from bot.commands.admin.lookups import find_agent, group_named
 from bot.commands.framework import Arg, CommandSpec, Flag, Listing, Reply, listing_reply, page_word
 from bot.domain.directory_csv import is_valid_email
 from bot.domain.directory_search import agent_matches, search_words, unquoted
+from bot.domain.mail_volume import digest_hour
 from bot.domain.model import Agent, DirectoryConflict, Group, Role
 from bot.domain.policies import fold, is_valid_matrix_user_id
 from bot.ports import ConsoleTx
@@ -247,6 +248,43 @@ async def _agent_modifier(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
             now=ctx.clock.now(),
         )
     return await _after_change(ctx, changed, f"Agent n° {agent.id} modifié ({field}).")
+
+
+@ADMIN.command(
+    CommandSpec(
+        "agent-courriels",
+        (
+            Arg("agent", "text", "L'agent : identifiant Matrix, adresse e-mail ou n°."),
+            Arg("rythme", "choice", "immediat ou quotidien", choices=("immediat", "quotidien")),
+            Arg("heure", "rest", "L'heure du résumé quotidien (par exemple 17).", optional=True),
+        ),
+        "Régler les courriels d'un agent : chaque message (immediat) ou un résumé par jour "
+        "et par demande (quotidien) ; dossier, invitations et rappels restent immédiats.",
+        section=SECTION_DIRECTORY,
+    )
+)
+async def _agent_courriels(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
+    daily = str(args["rythme"]).lower() == "quotidien"
+    hour = digest_hour(str(args.get("heure") or "")) if daily else None
+    if daily and hour is None:
+        return Reply.error("Heure non comprise : écrivez par exemple quotidien 17.")
+    async with ctx.store.transaction() as tx:
+        agent = await find_agent(tx, args["agent"])
+        if agent is None:
+            return Reply.error(f"Agent « {args['agent']} » introuvable (voir !agents --tous).")
+        if not agent.email:
+            return Reply.error(f"{agent.display_name} n'a pas d'adresse électronique.")
+        now = ctx.clock.now()
+        await tx.set_email_digest(agent.id, hour, now)
+        await tx.audit(
+            "email_volume_set",
+            actor=ctx.sender,
+            details={"agent": agent.id, "digest_hour": hour},
+            now=now,
+        )
+    if hour is None:
+        return Reply(f"{agent.display_name} recevra chaque courriel aussitôt.")
+    return Reply(f"{agent.display_name} recevra chaque jour à {hour} h un résumé par demande.")
 
 
 async def _changed(tx: ConsoleTx, agent: Agent, field: str, value: str) -> Agent:
