@@ -113,15 +113,18 @@ def _backends(metafunc: pytest.Metafunc) -> tuple[str, ...] | None:
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     backends = _backends(metafunc)
-    if backends is not None:
-        metafunc.parametrize(
-            "db_backend",
-            [
-                pytest.param(b, id=b, marks=[pytest.mark.postgres] if b == "postgres" else [])
-                for b in backends
-            ],
-            indirect=True,
-        )
+    if backends is None:
+        return
+    params = [
+        pytest.param(b, id=b, marks=[pytest.mark.postgres] if b == "postgres" else [])
+        for b in backends
+    ]
+    if getattr(metafunc.module, "DB_BACKEND_SCOPE", None) == "module":
+        # The module's bot lives in a module-scoped fixture: it asks for `db_backend`
+        # (a plain value here, no database made for it) and chooses its database itself.
+        metafunc.parametrize("db_backend", params, scope="module")
+    else:
+        metafunc.parametrize("db_backend", params, indirect=True)
 
 
 @pytest.fixture(autouse=True)
