@@ -22,8 +22,13 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check bot bridge synapse_module deploy tests
 	$(VENV)/bin/mypy bot bridge synapse_module deploy
 
+# Every test on SQLite and on PostgreSQL (tests/support/databases.py), in TEST_WORKERS
+# processes, each with its own Synapse: most of a test's time is waiting on Synapse.
+# One backend: APLUS_TEST_DB=sqlite make test (or postgres).
+TEST_WORKERS ?= 3
+
 test: $(STAMP) lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadgroup
 
 bench: $(STAMP)
 	$(VENV)/bin/pytest -q -s -p no:cacheprovider tests/bench

@@ -1,4 +1,4 @@
-"""Session-wide real homeserver, Matrix client fixtures and automatic markers."""
+"""Session-wide real homeserver, Matrix client fixtures, the database backend, markers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.devserver import LocalSynapse
-from tests.support import guard, matrix
+from tests.support import databases, guard, matrix
 
 try:
     from tests.db_fixtures import *  # noqa: F403
@@ -42,18 +42,39 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
 
 
 @pytest.fixture(scope="session")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[guard.GuardedHomeserver]:
+def _guarded_homeservers(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, guard.GuardedHomeserver]]:
+    started: dict[str, guard.GuardedHomeserver] = {}
+    try:
+        yield started
+    finally:
+        for env in started.values():
+            _run_in_own_loop(env.synapse.stop())
+
+
+@pytest.fixture
+def guarded(
+    _guarded_homeservers: dict[str, guard.GuardedHomeserver],
+    tmp_path_factory: pytest.TempPathFactory,
+    db_backend: str,
+) -> guard.GuardedHomeserver:
     """A second Synapse with the homeserver guard loaded, started on first use.
 
     Its module names one bot account and fixed endpoint ports, chosen before it starts
-    (tests/support/guard.py); the session's `synapse` stays without the module.
+    (tests/support/guard.py); the session's `synapse` stays without the module. The
+    account's one data folder is shared by the tests of the session, so each backend has
+    its own guarded homeserver, bot account and database.
     """
-    env = guard.prepare(tmp_path_factory.mktemp("guarded"))
-    _run_in_own_loop(guard.start(env))
-    try:
-        yield env
-    finally:
-        _run_in_own_loop(env.synapse.stop())
+    env = _guarded_homeservers.get(db_backend)
+    if env is None:
+        url = None
+        if db_backend == "postgres":
+            url = databases.create_database(for_session=True)
+        env = guard.prepare(tmp_path_factory.mktemp(f"guarded-{db_backend}"), database_url=url)
+        _run_in_own_loop(guard.start(env))
+        _guarded_homeservers[db_backend] = env
+    return env
 
 
 @pytest.fixture
@@ -66,7 +87,67 @@ async def clients(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[matrix
         await pool.aclose()
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# -- the database backend of every bot a test starts (tests/support/databases.py) -----
+
+TESTS_DIR = Path(__file__).parent
+# Where tests start bots or open the bot's database: each such test runs on each backend.
+# tests/unit (pure), tests/deploy (templates; Synapse on its own PostgreSQL, no bot) and
+# tests/bench (reads the SQLite file) never reach a bot's database: they run once.
+BACKEND_DIRS = frozenset({"integration", "mta"})
+STORE_FIXTURES = frozenset({"store", "store_url"})
+
+
+def _backends(metafunc: pytest.Metafunc) -> tuple[str, ...] | None:
+    names = set(metafunc.fixturenames)
+    if not names & STORE_FIXTURES:
+        # A test of one backend's own behaviour runs once, on that backend.
+        if "postgres_url" in names:
+            return ("postgres",)
+        if "sqlite_url" in names:
+            return ("sqlite",)
+    if names & STORE_FIXTURES:
+        return databases.BACKENDS
+    parts = metafunc.definition.path.relative_to(TESTS_DIR).parts
+    return databases.BACKENDS if parts[0] in BACKEND_DIRS else None
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    backends = _backends(metafunc)
+    if backends is None:
+        return
+    params = [
+        pytest.param(b, id=b, marks=[pytest.mark.postgres] if b == "postgres" else [])
+        for b in backends
+    ]
+    if getattr(metafunc.module, "DB_BACKEND_SCOPE", None) == "module":
+        # The module's bot lives in a module-scoped fixture: it asks for `db_backend`
+        # (a plain value here, no database made for it) and chooses its database itself.
+        metafunc.parametrize("db_backend", params, scope="module")
+    else:
+        metafunc.parametrize("db_backend", params, indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The backend of this test's bots; their PostgreSQL databases are dropped after it."""
+    backend: str = getattr(request, "param", databases.DEFAULT_BACKEND)
+    with databases.backend_for_test(backend):
+        yield backend
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    databases.close()
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    selected = databases.selected_backends()
+    kept, deselected = [], []
     for item in items:
         if {"synapse", "guarded"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.synapse)
+        callspec = getattr(item, "callspec", None)
+        backend = callspec.params.get("db_backend") if callspec is not None else None
+        (deselected if backend is not None and backend not in selected else kept).append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = kept

@@ -3,26 +3,31 @@
 Use from a conftest with ``from tests.db_fixtures import *``. Everything is
 function-scoped: an async engine must not outlive the event loop of its test.
 
-- ``store``: an opened `Store`, run once on a fresh SQLite file and once on a
-  fresh PostgreSQL database (ids ``sqlite`` / ``postgres``).
-- ``sqlite_url`` / ``postgres_url``: the URL of a fresh, empty database.
+The backend is the test's ``db_backend`` (tests/conftest.py, tests/support/databases.py):
+a test using these fixtures runs once on SQLite and once on PostgreSQL (ids ``sqlite`` /
+``postgres``), unless ``APLUS_TEST_DB`` keeps one.
+
+- ``store``: an opened `Store` on a fresh database of the test's backend.
+- ``store_url``: the URL of a fresh, empty database of the test's backend.
+- ``sqlite_url`` / ``postgres_url``: a fresh database of that backend, for a test about
+  that backend only (it then runs once, with that backend's id).
 - ``field_cipher``: a `FieldCipher` with a random key.
-- ``fresh_postgres_database()``: the context manager behind ``postgres_url``.
+- ``fresh_postgres_database()``: a fresh PostgreSQL database as an async context manager.
 """
 
 from __future__ import annotations
 
-import os
-import secrets
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-import asyncpg
 import pytest
 
 from bot.store.crypto import FieldCipher, generate_key
 from bot.store.db import Store
+from tests.support import databases
+from tests.support.databases import PG_ADMIN_DSN
 
 __all__ = [
     "PG_ADMIN_DSN",
@@ -34,32 +39,15 @@ __all__ = [
     "store_url",
 ]
 
-PG_ADMIN_DSN = os.environ.get("APLUS_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-
-
-def _sqlalchemy_url(dsn: str, database: str) -> str:
-    base = dsn.rsplit("/", 1)[0]
-    return base.replace("postgresql://", "postgresql+asyncpg://", 1) + "/" + database
-
 
 @asynccontextmanager
 async def fresh_postgres_database() -> AsyncIterator[str]:
-    """Creates ``aplus_t_<random>``, yields its SQLAlchemy URL, drops it afterwards."""
-    name = "aplus_t_" + secrets.token_hex(6)
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    """Creates ``aplus_t_<random>`` from template0, yields its SQLAlchemy URL, drops it."""
+    url = await asyncio.to_thread(databases.create_database)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield url
     finally:
-        await admin.close()
-    try:
-        yield _sqlalchemy_url(PG_ADMIN_DSN, name)
-    finally:
-        admin = await asyncpg.connect(PG_ADMIN_DSN)
-        try:
-            # FORCE: a test that failed may have left a connection open.
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await asyncio.to_thread(databases.drop_database, databases.database_name(url))
 
 
 @pytest.fixture
@@ -78,15 +66,10 @@ def field_cipher() -> FieldCipher:
     return FieldCipher.from_secret(generate_key())
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-async def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
-    """URL of a fresh empty database, once per backend."""
-    if request.param == "sqlite":
+@pytest.fixture
+async def store_url(db_backend: str, tmp_path: Path) -> AsyncIterator[str]:
+    """URL of a fresh empty database of the test's backend."""
+    if db_backend == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'aplus.db'}"
         return
     async with fresh_postgres_database() as url:

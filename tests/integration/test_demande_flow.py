@@ -365,21 +365,3 @@ async def test_invitations_to_foreign_rooms_are_declined(
         members = await runner.app.gateway.members(group_room)  # type: ignore[union-attr]
         assert members.get(world.bot_id) == "leave"
         await runner.check_alive()
-
-
-@pytest.mark.postgres
-async def test_open_demande_on_postgresql(
-    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path, postgres_url: str
-) -> None:
-    async with botsupport.running_bot(
-        synapse, tmp_path / "bot", database_url=postgres_url
-    ) as runner:
-        await runner.start()
-        assert runner.store.dialect == "postgresql"
-        world = await make_world(clients, runner)
-        _, reference = await open_demande(world)
-        demande = await demande_of(world, reference)
-        assert demande.creation_step == "ready"
-        texts = await matrix.join_and_read(world.instr1, demande.room_id, 1)
-        assert "Dupontel" in texts[0]
-        await runner.check_alive()

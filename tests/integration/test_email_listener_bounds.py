@@ -25,6 +25,7 @@ from bridge.inbound import InboundHandler, listener, start_listener
 from bridge.inbound.server import MAX_UNTERMINATED_BYTES
 from tests.integration.test_email_store import _bridge, _reply, _settings
 from tests.integration.test_store import NOW, new_demande, seed
+from tests.support import databases
 from tests.support.smtp import TRUSTED_AUTHSERV_ID, send_mail
 
 PARTS = 40_000
@@ -42,14 +43,12 @@ class Listening:
 
 @contextlib.asynccontextmanager
 async def listening(
-    sqlite_url: str,
     tmp_path: Path,
     held: Callable[[], bool] = lambda: True,
     **email: Any,
 ) -> AsyncIterator[Listening]:
     # A database of its own each time (a test may start two listeners).
-    url = sqlite_url.replace(".db", f"-{len(list(tmp_path.glob('*.db*')))}.db")
-    store = await Store.open(url, FieldCipher.from_secret(generate_key()))
+    store = await Store.open(databases.fresh_url(tmp_path), FieldCipher.from_secret(generate_key()))
     try:
         aidant, instructeur, _, g_caf = await seed(store)
         demande_id = await new_demande(store, aidant, [g_caf])
@@ -125,9 +124,9 @@ async def _audits(store: Store, reference: str) -> list[tuple[str, str]]:
 
 
 async def test_a_hostile_mail_of_40000_parts_is_refused_without_being_parsed(
-    sqlite_url: str, tmp_path: Path, full_parses: list[int]
+    tmp_path: Path, full_parses: list[int]
 ) -> None:
-    async with listening(sqlite_url, tmp_path) as lst:
+    async with listening(tmp_path) as lst:
         # A stranger who knows the address: refused on the headers alone.
         stranger = many_parts("pirate@attaquant.example", authenticated=False)
         assert len(stranger) > 1_400_000
@@ -153,9 +152,9 @@ async def test_a_hostile_mail_of_40000_parts_is_refused_without_being_parsed(
 
 
 async def test_unauthenticated_bounces_and_auto_replies_are_kept_unparsed_and_inert(
-    sqlite_url: str, tmp_path: Path, full_parses: list[int]
+    tmp_path: Path, full_parses: list[int]
 ) -> None:
-    async with listening(sqlite_url, tmp_path) as lst:
+    async with listening(tmp_path) as lst:
         dsn = (
             b"From: MAILER-DAEMON@mx.attaquant.example\r\nSubject: Undelivered\r\n"
             b"Message-ID: <dsn@mx.attaquant.example>\r\n"
@@ -189,9 +188,9 @@ def _rss_kib() -> int:
 
 
 async def test_a_data_line_without_crlf_is_cut_before_it_grows_memory(
-    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with listening(sqlite_url, tmp_path, max_message_bytes=1024 * 1024) as lst:
+    async with listening(tmp_path, max_message_bytes=1024 * 1024) as lst:
         reader, writer = await asyncio.open_connection(lst.host, lst.port)
         try:
 
@@ -230,22 +229,20 @@ async def test_a_data_line_without_crlf_is_cut_before_it_grows_memory(
 
 
 async def test_only_allowed_peers_and_a_bounded_number_of_connections(
-    sqlite_url: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def greeting(lst: Listening) -> tuple[bytes, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(lst.host, lst.port)
         return await asyncio.wait_for(reader.readline(), 30), writer
 
-    async with listening(
-        sqlite_url, tmp_path, listen_allowed_peers=["192.0.2.0/24", "2001:db8::/32"]
-    ) as lst:
+    async with listening(tmp_path, listen_allowed_peers=["192.0.2.0/24", "2001:db8::/32"]) as lst:
         with caplog.at_level(logging.WARNING, logger="bridge.inbound.server"):
             line, writer = await greeting(lst)
             writer.close()
         assert line == b"554 5.7.1 Connection refused: not an allowed peer\r\n"
         assert "connection from 127.0.0.1 refused: not in listen_allowed_peers" in caplog.text
 
-    async with listening(sqlite_url, tmp_path, listen_max_connections=2) as lst:
+    async with listening(tmp_path, listen_max_connections=2) as lst:
         first, w1 = await greeting(lst)
         second, w2 = await greeting(lst)
         third, w3 = await greeting(lst)
@@ -269,8 +266,8 @@ async def test_only_allowed_peers_and_a_bounded_number_of_connections(
         w2.close()
 
 
-async def test_an_idle_connection_is_closed(sqlite_url: str, tmp_path: Path) -> None:
-    async with listening(sqlite_url, tmp_path, listen_idle_timeout_seconds=5) as lst:
+async def test_an_idle_connection_is_closed(tmp_path: Path) -> None:
+    async with listening(tmp_path, listen_idle_timeout_seconds=5) as lst:
         reader, writer = await asyncio.open_connection(lst.host, lst.port)
         try:
             assert (await reader.readline()).startswith(b"220")
@@ -281,11 +278,11 @@ async def test_an_idle_connection_is_closed(sqlite_url: str, tmp_path: Path) -> 
 
 
 async def test_a_bot_that_does_not_hold_the_lease_answers_451_and_keeps_nothing(
-    sqlite_url: str, tmp_path: Path
+    tmp_path: Path,
 ) -> None:
     """Two processes, one active (`bot.services.lease`): no 250 from the other one."""
     holding = [False]
-    async with listening(sqlite_url, tmp_path, held=lambda: holding[0]) as lst:
+    async with listening(tmp_path, held=lambda: holding[0]) as lst:
         mail = many_parts(lst.agent, authenticated=True, parts=3)
         refused = await send_mail(lst.host, lst.port, mail, rcpt=lst.rcpt, mail_from=lst.agent)
         assert refused == (451, "4.3.0 Temporary failure, please try again later")

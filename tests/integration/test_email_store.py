@@ -160,11 +160,11 @@ async def test_inbox_dedup_and_sealed_bodies(store: Store) -> None:
 
 
 async def test_lmtp_listener_refuses_unknown_and_takes_a_live_address(
-    sqlite_url: str, tmp_path: Path
+    store_url: str, tmp_path: Path
 ) -> None:
     from bot.store.crypto import FieldCipher, generate_key
 
-    store = await Store.open(sqlite_url, FieldCipher.from_secret(generate_key()))
+    store = await Store.open(store_url, FieldCipher.from_secret(generate_key()))
     try:
         aidant, instructeur, _, g_caf = await seed(store)
         demande_id = await new_demande(store, aidant, [g_caf])
@@ -228,14 +228,14 @@ async def _reply(reader: asyncio.StreamReader) -> str:
             return line
 
 
-async def test_listener_checks_dkim_itself_when_configured(sqlite_url: str, tmp_path: Path) -> None:
+async def test_listener_checks_dkim_itself_when_configured(store_url: str, tmp_path: Path) -> None:
     import dkim
 
     from bot.store.crypto import FieldCipher, generate_key
     from tests.support.smtp import send_mail
     from tests.unit.test_email_settings_dkim import _dns, _key
 
-    store = await Store.open(sqlite_url, FieldCipher.from_secret(generate_key()))
+    store = await Store.open(store_url, FieldCipher.from_secret(generate_key()))
     try:
         aidant, instructeur, _, g_caf = await seed(store)
         demande_id = await new_demande(store, aidant, [g_caf])

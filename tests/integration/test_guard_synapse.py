@@ -37,6 +37,10 @@ from tests.support import bot as botsupport
 from tests.support import guard, matrix
 from tests.support.bot import filled_form, next_reply, reply_with, say
 
+# One worker runs them all (make test: --dist loadgroup): each worker would start its
+# own guarded homeserver per backend.
+pytestmark = pytest.mark.xdist_group("guarded")
+
 SYNAPSE_VERSION = importlib.metadata.version("matrix-synapse")
 # A bound on a request, not a measure: the module gives up after its timeout (2 s);
 # had it waited for Synapse's own HTTP client (60 s), the request would exceed this.

@@ -36,7 +36,7 @@ from bot.devserver import LocalSynapse
 from bot.domain.model import Role
 from deploy import render as deploy_render
 from tests.support import bot as botsupport
-from tests.support import deploy, matrix
+from tests.support import databases, deploy, matrix
 from tests.support.email import bridged
 from tests.support.mta import Delivered, DkimKey, Dns, Postfix, Rspamd, Sink, as_bytes, swaks
 from tests.support.proconnect import ScratchCA
@@ -45,10 +45,14 @@ from tests.support.world import World, demande_of, make_world, open_demande
 
 pytestmark = [
     pytest.mark.asyncio(loop_scope="module"),
+    # One worker (make test: --dist loadgroup): one gateway for the module.
+    pytest.mark.xdist_group("mta"),
     # The first test may install Debian packages and compile rspamd's expressions.
     pytest.mark.timeout(900),
 ]
 
+# The bot is the module's (`scene`): each backend's tests share one (tests/conftest.py).
+DB_BACKEND_SCOPE = "module"
 AUTHSERV_ID = "mx.aplus.test"
 REPLY_DOMAIN = "reponse.aplus.test"
 PACKAGES = ("postfix", "postfix-pcre", "rspamd", "dnsmasq-base", "swaks")
@@ -195,10 +199,14 @@ async def until(predicate: Callable[[], Any], what: str, wait: float = 60) -> An
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def scene(
-    gateway: Gateway, synapse: LocalSynapse, tmp_path_factory: pytest.TempPathFactory
+    gateway: Gateway,
+    synapse: LocalSynapse,
+    tmp_path_factory: pytest.TempPathFactory,
+    db_backend: str,
 ) -> AsyncIterator[Scene]:
     base = tmp_path_factory.mktemp("mta-bot")
-    runner = await botsupport.new_bot(synapse, base / "bot")
+    database = databases.create_database(for_session=True) if db_backend == "postgres" else None
+    runner = await botsupport.new_bot(synapse, base / "bot", database_url=database)
     runner.secrets["APLUS_DKIM_PRIVATE_KEY"] = gateway.keys["bot"].private_pem.decode()
     runner.email = {
         "reply_domain": REPLY_DOMAIN,

@@ -1,9 +1,10 @@
 """The real bot, in the test's event loop, against the session's real Synapse.
 
 Each test gets its own bot account, database and crypto store, so tests never
-see each other's rooms. `BotRunner.restart()` stops the bot like a process
-exit (tasks cancelled, connections closed) and starts it again on the same
-data: same account, same device, same database.
+see each other's rooms. The database is of the test's backend (tests/support/databases.py):
+SQLite in the data folder, or a fresh PostgreSQL database. `BotRunner.restart()` stops the
+bot like a process exit (tasks cancelled, connections closed) and starts it again on the
+same data: same account, same device, same database.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from bot.domain.model import Agent, Group, MandatType, Role
 from bot.services.clock import Clock, SystemClock
 from bot.settings import Settings
 from bot.store.db import Store
-from tests.support import matrix
+from tests.support import databases, matrix
 
 
 @dataclass
@@ -124,7 +125,7 @@ async def new_bot(
         data_dir,
         user,
         password,
-        database_url=database_url,
+        database_url=database_url or databases.bot_database_url(),
         secrets={
             "APLUS_BOT_PASSWORD": password,
             "APLUS_PICKLE_KEY": secrets.token_urlsafe(24),

@@ -52,6 +52,8 @@ class GuardedHomeserver:
     standby_port: int
     bot_dir: Path
     bot_secrets: dict[str, str] = field(repr=False)
+    # The bot's database, kept for the session like its data folder; None: SQLite there.
+    database_url: str | None = None
     bot: RegisteredUser | None = None
 
     @property
@@ -67,12 +69,13 @@ class GuardedHomeserver:
             self.bot_dir,
             self.bot,
             self.bot_password,
+            database_url=self.database_url,
             secrets=dict(self.bot_secrets),
             guard={"port": self.primary_port, "shared_secret_file": str(self.secret_path)},
         )
 
 
-def prepare(root: Path) -> GuardedHomeserver:
+def prepare(root: Path, *, database_url: str | None = None) -> GuardedHomeserver:
     """Everything chosen before Synapse starts: the bot's account name, ports, secret."""
     localpart = matrix.unique("guardbot")
     secret = ensure_guard_secret(root / "guard_shared_secret")
@@ -99,6 +102,7 @@ def prepare(root: Path) -> GuardedHomeserver:
         primary_port=primary,
         standby_port=standby,
         bot_dir=root / "bot",
+        database_url=database_url,
         bot_secrets={
             "APLUS_PICKLE_KEY": secrets.token_urlsafe(24),
             "APLUS_DATA_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),

@@ -38,7 +38,7 @@ from bot.devserver import LocalSynapse, RegisteredUser
 from bot.settings import Settings, load_settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
-from tests.support import matrix
+from tests.support import databases, matrix
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # A child process gets this long to exit after SIGINT/SIGTERM before the test fails.
@@ -116,9 +116,16 @@ def write_bot_config(
     server_name: str,
     user_id: str,
     password: str,
+    database_url: str | None = None,
 ) -> BotFiles:
-    """Write `root/config.toml` and its secret files (0600) the way an operator would."""
+    """Write `root/config.toml` and its secret files (0600) the way an operator would.
+
+    The database is `database_url`, else one of the test's backend (SQLite in the data
+    folder, or a fresh PostgreSQL database: tests/support/databases.py).
+    """
     root.mkdir(parents=True, exist_ok=True)
+    database_url = database_url or databases.bot_database_url()
+    database = ["[database]", f"url = {toml_string(database_url)}", ""] if database_url else []
     pickle_key = secrets.token_urlsafe(24)
     data_key = base64.b64encode(secrets.token_bytes(32)).decode()
     secret_dir = root / "secrets"
@@ -142,6 +149,7 @@ def write_bot_config(
                 "[data]",
                 'dir = "data"',
                 "",
+                *database,
                 "[logging]",
                 'level = "INFO"',
                 "",

@@ -132,6 +132,8 @@ def test_from_secret_accepts_standard_and_urlsafe_with_or_without_padding() -> N
         (base64.b64encode(os.urandom(16)).decode(), "32 octets"),
         (base64.b64encode(os.urandom(33)).decode(), "must be 32 bytes"),
     ],
+    # Fixed ids: random keys in them would differ between pytest-xdist workers.
+    ids=["empty", "blank", "not-base64", "16-bytes", "33-bytes"],
 )
 def test_from_secret_rejects_bad_keys(secret: str, message: str) -> None:
     with pytest.raises(InvalidKeyError, match=message):
