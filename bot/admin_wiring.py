@@ -11,7 +11,7 @@ from bot.commands.admin import ADMIN, AdminCtx
 from bot.domain import schedule
 from bot.domain.followup import FollowUpRules
 from bot.domain.retention import RetentionRules
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.policy_loader import load_policies
 from bot.ports import Clock, EmailHooks, PoliciesRef, ReceivedFile, Sender
 from bot.services.admin_room import AdminConsole, AdminRoom
@@ -63,7 +63,7 @@ def build_admin(
     *,
     settings: Settings,
     store: Store,
-    gateway: MatrixGateway,
+    gateway: Gateway,
     sender: Sender,
     clock: Clock,
     policies: PoliciesRef,

@@ -29,7 +29,7 @@ from nio import (
 )
 
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.services.event_retries import EventRetries
 from bot.services.failures import database_unavailable, describe
 from bot.services.undecryptable import Undecryptables
@@ -151,7 +151,7 @@ class SyncLoop:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         router: EventRouter,
         undecryptables: Undecryptables,
         retries: EventRetries,

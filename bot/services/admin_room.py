@@ -39,7 +39,7 @@ from bot.domain.model import Role
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import ReceivedFile, Sender
 from bot.services.clock import Clock
 from bot.store.db import Store
@@ -108,7 +108,7 @@ class AdminRoom:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         sender: Sender,
         clock: Clock,
         bot_user_id: str,

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import DemandeTx, Ledger
 from bot.services.clock import Clock
 from bot.services.failures import database_unavailable, describe, homeserver_outage
@@ -71,7 +71,7 @@ class Outbox:
     def __init__(
         self,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         clock: Clock,
         ledger: Ledger,
         *,
