@@ -8,19 +8,24 @@ homeserver, no socket: a test runs in milliseconds.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import secrets
+import shutil
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email import policy
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nio import Event
+from aiosmtpd.smtp import Envelope
 
 from bot.app import Parts, assemble
 from bot.domain.model import Agent, Demande, Group, Role
+from bot.matrix.events import parse_stored
 from bot.policy_loader import load_policies
 from bot.ports import PoliciesRef
 from bot.settings import Settings
@@ -29,6 +34,7 @@ from bot.store.db import Store
 from tests.services.fakes import RecordingGateway, RecordingRelay, Sent
 from tests.support.bot import filled_form
 from tests.support.clock import FakeClock
+from tests.support.smtp import Received, build_reply
 
 SERVER = "localhost"
 BOT = f"@bot:{SERVER}"
@@ -69,9 +75,9 @@ class World:
             "content": content,
             **extra,
         }
-        event = Event.parse_event(source)
-        event.decrypted = True  # as nio marks what it decrypted
-        return event
+        if "state_key" in source:
+            return parse_stored(source, decrypted=False)  # state is never encrypted
+        return parse_stored(source, decrypted=True)  # as nio gives what it decrypted
 
     def text(self, room_id: str, sender: str, body: str) -> Any:
         return self.event(room_id, sender, {"msgtype": "m.text", "body": body})
@@ -92,6 +98,36 @@ class World:
     async def flush(self) -> int:
         return await self.parts.outbox.flush()
 
+    # -- email
+    async def deliver_emails(self) -> int:
+        assert self.parts.email is not None
+        return await self.parts.email.delivery.flush()
+
+    def emails_to(self, address: str) -> list[Received]:
+        return [
+            Received(d.sender, list(d.recipients), d.message, 0.0)
+            for d in self.relay.delivered
+            if address in d.recipients
+        ]
+
+    async def email_reply(self, original: Received, sender: str, text: str) -> str:
+        """An agent answers `original`: through the listener's own SMTP handler, then the
+        inbox poster and the Matrix outbox. Returns the listener's answer."""
+        email = self.parts.email
+        assert email is not None
+        message = build_reply(original, sender=sender, text=text)
+        envelope = Envelope()
+        envelope.mail_from = sender
+        answer = await email.handler.handle_RCPT(None, None, envelope, str(message["To"]), [])
+        if not answer.startswith("250"):
+            return answer
+        envelope.original_content = message.as_bytes(policy=policy.SMTP)
+        envelope.content = envelope.original_content
+        answer = await email.handler.handle_DATA(None, None, envelope)
+        await email.poster.flush()
+        await self.flush()
+        return answer
+
     # -- what the bot did
     def replies(self, room_id: str) -> list[Sent]:
         return self.gw.sent_to(room_id)
@@ -108,8 +144,10 @@ class World:
 
     # -- the aidant's side
     async def direct_chat(self, user: str = AIDANT) -> str:
-        room_id = await self.gw.create_room({"is_direct": True, "invite": []})
-        self.gw.join_as(room_id, user)
+        """A direct chat the agent made and the bot joined (as Element makes it)."""
+        self._ids += 1
+        room_id = f"!dm{self._ids}:{SERVER}"
+        self.gw.server[room_id] = {user: "join", BOT: "join"}
         await self.gw.refresh_members(room_id)
         return room_id
 
@@ -130,7 +168,24 @@ class World:
         return demande
 
 
-async def make_world(tmp_path: Path, *, email: bool) -> AsyncIterator[World]:
+@pytest.fixture(scope="session")
+def migrated_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SQLite file at the latest migration, copied for each test (migrating takes
+    most of a second; a copy, a millisecond)."""
+    path = tmp_path_factory.mktemp("services-db") / "template.db"
+    cipher = FieldCipher.from_secret(base64.b64encode(secrets.token_bytes(32)).decode())
+
+    async def migrate() -> None:
+        store = await Store.open(f"sqlite+aiosqlite:///{path}", cipher)
+        await store.close()
+
+    # Its own loop, in a thread: pytest-asyncio's loops are per test.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(asyncio.run, migrate()).result()
+    return path
+
+
+async def make_world(tmp_path: Path, template: Path, *, email: bool) -> AsyncIterator[World]:
     values = {
         "APLUS_BOT_PASSWORD": "not-used-by-the-fakes",
         "APLUS_PICKLE_KEY": secrets.token_urlsafe(24),
@@ -140,7 +195,8 @@ async def make_world(tmp_path: Path, *, email: bool) -> AsyncIterator[World]:
     settings = Settings.for_dev(
         tmp_path, "http://127.0.0.1:1", SERVER, BOT, values, email={} if email else None
     )
-    store = await Store.open(
+    shutil.copyfile(template, tmp_path / "aplus.db")
+    store = await Store.connect(
         settings.database.url.reveal(),
         FieldCipher.from_secret(settings.secrets.data_key.reveal()),
     )
@@ -190,12 +246,12 @@ async def _directory(world: World) -> None:
 
 
 @pytest.fixture
-async def world(tmp_path: Path) -> AsyncIterator[World]:
-    async for w in make_world(tmp_path, email=False):
+async def world(tmp_path: Path, migrated_db: Path) -> AsyncIterator[World]:
+    async for w in make_world(tmp_path, migrated_db, email=False):
         yield w
 
 
 @pytest.fixture
-async def email_world(tmp_path: Path) -> AsyncIterator[World]:
-    async for w in make_world(tmp_path, email=True):
+async def email_world(tmp_path: Path, migrated_db: Path) -> AsyncIterator[World]:
+    async for w in make_world(tmp_path, migrated_db, email=True):
         yield w

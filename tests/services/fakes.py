@@ -182,6 +182,9 @@ class RecordingGateway:
             self.server[room_id][user] = "invite"
         for ev in body.get("initial_state", []):
             self.state[room_id][(ev["type"], ev.get("state_key", ""))] = dict(ev["content"])
+        for field_name, etype in (("name", "m.room.name"), ("topic", "m.room.topic")):
+            if field_name in body:
+                self.state[room_id][(etype, "")] = {field_name: body[field_name]}
         if "power_level_content_override" in body:
             pl = dict(body["power_level_content_override"])
             self.state[room_id][("m.room.power_levels", "")] = pl
