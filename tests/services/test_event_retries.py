@@ -129,3 +129,23 @@ def _sync_response(token: str, room: str, events: list[Any]) -> SyncResponse:
     assert isinstance(resp, SyncResponse), resp
     resp.rooms.join[room].timeline.events = events
     return resp
+
+
+async def test_a_malformed_event_is_audited_once_and_the_room_goes_on(world: World) -> None:
+    """A message nio cannot read (a body that is not text, a file object that is not one):
+    nothing is done with it, but it is accounted for, once; the next message is handled."""
+    demande = await world.open_demande()
+    room = demande.room_id
+    assert room
+    bad_text = world.event(room, INSTR1, {"msgtype": "m.text", "body": 5})
+    bad_file = world.event(room, INSTR1, {"msgtype": "m.file", "body": "x.pdf", "file": "nope"})
+    good = world.text(room, INSTR1, "!jemenoccupe")
+    handled = await world.receive(room, bad_text, bad_file, good, bad_text)
+    assert good.event_id in handled
+    async with world.store.transaction() as tx:
+        entries = [e for e in await tx.audit_entries(reference=demande.reference)]
+    malformed = [e for e in entries if e.action == "event_malformed"]
+    assert sorted(e.details["event_id"] for e in malformed) == sorted(
+        [bad_text.event_id, bad_file.event_id]
+    )
+    assert "status_en_cours" in [e.action for e in entries]
