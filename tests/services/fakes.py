@@ -85,15 +85,29 @@ class RecordingGateway:
         self.decryptable: dict[str, Event] = {}
         self.syncs: asyncio.Queue[SyncResponse] = asyncio.Queue()
         self._view: dict[str, MatrixRoom] = {}
-        self._script: dict[str, list[BaseException]] = defaultdict(list)
+        self._script: dict[str, list[tuple[BaseException, dict[str, Any]]]] = defaultdict(list)
         self._by_txn: dict[tuple[str, str], str] = {}
         self._ids = itertools.count(1)
         self._trust = _Trust()
+        self._stalls: list[tuple[str, dict[str, Any], asyncio.Event]] = []
 
     # ------------------------------------------------------------------ scripting
-    def fail(self, method: str, exc: BaseException, times: int = 1) -> None:
-        """The next `times` calls of `method` raise `exc` (after being recorded)."""
-        self._script[method].extend([exc] * times)
+    def fail(self, method: str, exc: BaseException, times: int = 1, **match: Any) -> None:
+        """The next `times` calls of `method` raise `exc` (after being recorded); with
+        `match` (e.g. ``room_id=...``), only the calls with those arguments."""
+        self._script[method].extend([(exc, match)] * times)
+
+    def stall(self, method: str, **match: Any) -> asyncio.Event:
+        """Calls of `method` with these arguments wait until the returned event is set
+        (a slow room: a large upload, a slow homeserver for one room)."""
+        release = asyncio.Event()
+        self._stalls.append((method, match, release))
+        return release
+
+    async def _maybe_stall(self, method: str, args: dict[str, Any]) -> None:
+        for name, match, release in self._stalls:
+            if name == method and all(args.get(k) == v for k, v in match.items()):
+                await release.wait()
 
     def force_join(self, room_id: str, user_id: str, *, seen: bool = False) -> None:
         """Someone joins without the bot (a server admin): on the homeserver, and in the
@@ -118,9 +132,11 @@ class RecordingGateway:
 
     def _record(self, method: str, **args: Any) -> None:
         self.calls.append(Call(method, args))
-        script = self._script.get(method)
-        if script:
-            raise script.pop(0)
+        script = self._script.get(method, [])
+        for i, (exc, match) in enumerate(script):
+            if all(args.get(k) == v for k, v in match.items()):
+                del script[i]
+                raise exc
 
     def _event_id(self) -> str:
         return f"$ev{next(self._ids)}"
@@ -348,14 +364,15 @@ class RecordingGateway:
         recipients: Collection[str],
         event_type: str = "m.room.message",
     ) -> str:
-        self._record(
-            "send_encrypted",
-            room_id=room_id,
-            content=content,
-            txn_id=txn_id,
-            recipients=recipients,
-            event_type=event_type,
-        )
+        args = {
+            "room_id": room_id,
+            "content": content,
+            "txn_id": txn_id,
+            "recipients": recipients,
+            "event_type": event_type,
+        }
+        self._record("send_encrypted", **args)
+        await self._maybe_stall("send_encrypted", args)
         return self._sent(
             room_id, content, txn_id, event_type, encrypted=True, recipients=recipients
         )

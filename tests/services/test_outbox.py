@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Callable
+
 from bot.matrix import content as mx
 from bot.matrix.errors import HomeserverUnavailable
 from bot.ports import DemandeTx
@@ -68,3 +72,36 @@ async def test_an_outage_keeps_messages_queued_and_sends_each_once_after(world: 
     await world.flush()
     await world.flush()
     assert [s.txn_id for s in world.replies(room)].count("during") == 1
+
+
+async def test_the_worker_sends_the_other_rooms_while_one_room_is_slow(world: World) -> None:
+    """One room whose send hangs (a slow homeserver for it) never holds back another."""
+    a = await world.open_demande()
+    b = await world.open_demande()
+    assert a.room_id and b.room_id
+    release = world.gw.stall("send_encrypted", room_id=a.room_id)
+    worker = asyncio.create_task(world.parts.outbox.run())
+    try:
+        await _queue(world, a.room_id, "slow-a", "pour A")
+        # Room A's send is under way, and hangs.
+        await _until(
+            lambda: any(c.args["txn_id"] == "slow-a" for c in world.gw.calls_of("send_encrypted"))
+        )
+        await _queue(world, b.room_id, "free-b", "pour B")
+        await _until(lambda: "free-b" in [s.txn_id for s in world.replies(b.room_id or "")])
+        assert "slow-a" not in [s.txn_id for s in world.replies(a.room_id)]
+        release.set()
+        await _until(lambda: "slow-a" in [s.txn_id for s in world.replies(a.room_id or "")])
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
+
+
+async def _until(check: Callable[[], bool], bound: float = 30.0) -> None:
+    """Wait for the worker (a bound against hangs, not a timing assertion)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while not check():
+        assert loop.time() < deadline, "the worker did not get there"
+        await asyncio.sleep(0.01)
