@@ -246,7 +246,9 @@ class Soak:
             group="caf",
         )
         await self.statut_free_command(room, f"!inviter {victim.user_id}")
-        await matrix.accept_invite(victim, room, timeout=60)
+        # Joined and caught up (the dossier re-posted for newcomers decrypted): its client
+        # knows the room's members and devices, so its first message reaches the bot.
+        await matrix.join_and_read(victim, room, 1, timeout=120)
         # One good message of theirs, handled before they leave.
         marker = self.marker()
         sent = await victim.room_send(
