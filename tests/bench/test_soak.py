@@ -18,8 +18,8 @@ replies. Traffic, about one action a second, in rotation over the demandes:
 * faults, one every `APLUS_SOAK_FAULT_SECONDS`, in rotation: a file whose media server
   does not answer; a malformed event (a body that is not text); the relay answering 4xx
   for a few seconds, then 5xx; an intruder brought in by a server admin
-  (`make_room_admin`); an agent deactivated in the middle of a conversation (invited,
-  talks, is deactivated, talks again).
+  (`make_room_admin`); an email-only agent deactivated in the middle of a conversation
+  (invited with their group, answers by email, is deactivated, answers again).
 
 Afterwards (the bot must still be running):
 
@@ -28,7 +28,7 @@ Afterwards (the bot must still be running):
   relay's 5xx is accounted for by its failed email row and `email_delivery_failed`;
 * every bad one is in the audit: `event_given_up` (the media), `event_malformed`,
   `intruder_kicked` / `intruder_banned` (and the intruder is gone), the deactivated
-  agent's later message refused by the homeserver or audited `message_from_unauthorised`,
+  agent's later reply refused by the listener or dropped with `email_reply_dropped`,
   one `email_delivery_failed` per email the relay refused for good;
 * the bot answers `!statut` within a second (a member's send → the answer decrypted by
   that member): measured ten times, printed with PASS/MISS like every bench figure.
@@ -86,8 +86,9 @@ class Ledger:
     media_faults: list[str] = field(default_factory=list)  # event IDs
     malformed: list[str] = field(default_factory=list)  # event IDs
     intruders: list[tuple[str, str]] = field(default_factory=list)  # (room, user)
-    victims: list[str] = field(default_factory=list)  # deactivated agents' Matrix IDs
-    victim_refused: int = 0  # their later message refused by the homeserver
+    victims: list[str] = field(default_factory=list)  # deactivated agents' addresses
+    victim_refused: int = 0  # their later reply refused by the listener
+    victim_accepted: int = 0  # their later reply accepted (then dropped and audited)
     relay_windows: int = 0
     faults: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)  # a send that failed (not a fault)
@@ -235,46 +236,45 @@ class Soak:
         self.ledger.intruders.append((room, intruder.user_id))
 
     async def deactivation(self, room: str) -> None:
-        """An agent invited, who talks, is deactivated, and talks again."""
-        victim = await self.clients.client("partant")
+        """An email-only agent invited (their group, by `!inviter`), who answers by email,
+        is deactivated, and answers again (no fresh E2EE device: no client race)."""
+        n = len(self.ledger.victims)
+        store, directory = self.runner.store, self.world.directory
+        group = await botsupport.add_group(store, directory, f"partants{n}", "caf", ["95"])
+        address = f"partant{n}-{secrets.token_hex(3)}@caf95.example.test"
         agent = await botsupport.add_agent(
-            self.runner.store,
-            self.world.directory,
-            f"partant-{len(self.ledger.victims)}",
-            matrix_id=victim.user_id,
+            store,
+            directory,
+            f"partant{n}",
+            matrix_id=None,
+            email=address,
             roles=[Role.INSTRUCTEUR],
-            group="caf",
+            group=f"partants{n}",
         )
-        await self.statut_free_command(room, f"!inviter {victim.user_id}")
-        # Joined and caught up (the dossier re-posted for newcomers decrypted): its client
-        # knows the room's members and devices, so its first message reaches the bot.
-        await matrix.join_and_read(victim, room, 1, timeout=120)
-        # One good message of theirs, handled before they leave.
+        await self.statut_free_command(room, f"!inviter {group.name}")
+        await self.sink.wait_for(lambda: bool(self.sink.to(address)), 180, "their dossier")
+        dossier = self.sink.to(address)[0]
+        host, port = listener(self.runner)
         marker = self.marker()
-        sent = await victim.room_send(
-            room,
-            "m.room.message",
-            {"msgtype": "m.text", "body": f"Message {marker}."},
-            ignore_unverified_devices=True,
-        )
-        assert isinstance(sent, nio.RoomSendResponse), sent
-        self.ledger.to_email.append((room, sent.event_id, marker))
-        sophie = mailonly(self.world)
-        await self.sink.wait_for(
-            lambda: any(marker in m.text for m in self.sink.to(sophie)), 120, "their message"
-        )
+        answer = build_reply(dossier, sender=address, text=f"Réponse {marker}.")
+        code, text = await send_mail(host, port, answer, rcpt=reply_to(dossier), mail_from=address)
+        assert code == 250, (code, text)
+        self.ledger.to_room.append((room, marker))
+
+        async def posted() -> bool:
+            async with store.transaction() as tx:
+                return not await tx.pending_inbound()
+
+        await matrix.wait_for(posted, 180, "their reply posted")
         assert self.runner.app is not None
         await self.runner.app.admin.directory.deactivate(agent.id, actor="soak")
-        self.ledger.victims.append(victim.user_id)
-        late = await victim.room_send(
-            room,
-            "m.room.message",
-            {"msgtype": "m.text", "body": "Encore un mot après mon départ."},
-            ignore_unverified_devices=True,
-        )
-        if not isinstance(late, nio.RoomSendResponse):
+        self.ledger.victims.append(address)
+        late = build_reply(dossier, sender=address, text="Encore un mot après mon départ.")
+        code, _ = await send_mail(host, port, late, rcpt=reply_to(dossier), mail_from=address)
+        if code != 250:
             self.ledger.victim_refused += 1
-        await self.clients.close(victim)
+        else:
+            self.ledger.victim_accepted += 1
 
     async def statut_free_command(self, room: str, line: str) -> None:
         resp = await self.world.instr1.room_send(
@@ -536,13 +536,11 @@ async def _check(soak: Soak) -> int:
         assert user in removed, user
         members = await soak.runner.app.gateway.members(room)  # type: ignore[union-attr]
         assert members.get(user) not in ("join", "invite"), (room, user)
-    unauthorised = Counter(actors.get("message_from_unauthorised", []))
-    late_audited = sum(unauthorised[v] for v in ledger.victims)
-    assert late_audited + ledger.victim_refused >= len(ledger.victims), (
-        late_audited,
-        ledger.victim_refused,
-        len(ledger.victims),
-    )
+    # A deactivated agent's later reply: refused by the listener, or accepted and dropped.
+    dropped = len(by_action.get("email_reply_dropped", []))
+    assert ledger.victim_refused + ledger.victim_accepted == len(ledger.victims)
+    assert dropped >= ledger.victim_accepted, (dropped, ledger.victim_accepted)
+    late_audited = dropped
     # One audit entry (and one room notice) per email refused for good.
     assert len(by_action.get("email_delivery_failed", [])) == len(failed)
     return late_audited
@@ -585,8 +583,8 @@ def _print(
         ["faults: relay 4xx then 5xx windows", ledger.relay_windows],
         ["faults: intruders via make_room_admin (removed)", len(ledger.intruders)],
         ["faults: agents deactivated mid-conversation", len(ledger.victims)],
-        ["  their later message refused by the homeserver", ledger.victim_refused],
-        ["  their later message audited message_from_unauthorised", unauthorised],
+        ["  their later reply refused by the listener", ledger.victim_refused],
+        ["  their later reply accepted, then dropped (email_reply_dropped)", unauthorised],
         ["emails delivered by the relay (all kinds)", delivered],
         ["  of which after a 4xx (retried)", retried],
         ["emails refused for good (5xx), each audited email_delivery_failed", failed],
