@@ -13,7 +13,7 @@ from bot.domain.followup import FollowUpRules
 from bot.domain.inactivity import InactivityRules
 from bot.domain.retention import RetentionRules
 from bot.domain.scope import OperatorScope
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.policy_loader import load_policies
 from bot.ports import Clock, EmailHooks, PoliciesRef, ReceivedFile, Sender
 from bot.services.account_links import AccountLinks
@@ -75,7 +75,7 @@ def build_admin(
     *,
     settings: Settings,
     store: Store,
-    gateway: MatrixGateway,
+    gateway: Gateway,
     sender: Sender,
     clock: Clock,
     policies: PoliciesRef,

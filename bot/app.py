@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -19,6 +20,7 @@ from bot.domain.policies import Policies
 from bot.domain.retry import RetryPolicy
 from bot.matrix.cross_signing import ensure_cross_signing
 from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.policy_loader import load_policies
 from bot.ports import EmailHooks, NoEmail, PoliciesRef
 from bot.services import login
@@ -49,6 +51,7 @@ from bot.settings import Settings
 from bot.store.crypto import FieldCipher
 from bot.store.db import Store
 from bot.sync_loop import EventRouter, SyncLoop
+from bridge.delivery import Relay
 from bridge.wiring import EmailRuntime, build_hooks, build_runtime
 
 log = logging.getLogger(__name__)
@@ -68,12 +71,13 @@ class App:
     # production, where the bot always cross-signs its device at start.
     _cross_sign: bool = field(default=True, repr=False)
     _stack: AsyncExitStack = field(init=False, default_factory=AsyncExitStack)
-    _parts: _Parts | None = field(init=False, default=None)
+    _parts: Parts | None = field(init=False, default=None)
+    _gateway: MatrixGateway | None = field(init=False, default=None)
     _lease: Lease | None = field(init=False, default=None)
 
     # -- what tests, `aplus dev` and the CLI look at, once started
     @property
-    def parts(self) -> _Parts:
+    def parts(self) -> Parts:
         assert self._parts is not None, "start() first"
         return self._parts
 
@@ -83,7 +87,8 @@ class App:
 
     @property
     def gateway(self) -> MatrixGateway:
-        return self.parts.gateway
+        assert self._gateway is not None, "start() first"
+        return self._gateway
 
     @property
     def policies(self) -> Policies:
@@ -180,6 +185,7 @@ class App:
             held=held,
         )
         self._stack.push_async_callback(gateway.close)
+        self._gateway = gateway
         await login.connect(s.bot, store, gateway)
         if self._cross_sign:
             async with store.transaction() as tx:
@@ -195,182 +201,21 @@ class App:
         else:
             log.warning("cross-signing skipped (test switch): Element will exclude this bot")
 
-        clock = self.clock
-        bot_id = s.bot.user_id
-        retry = RetryPolicy(
-            attempts=s.bot.event_retry_attempts, base_seconds=s.bot.event_retry_base_seconds
-        )
-        specs = RoomSpecs(policies=policies, bot_user_id=bot_id, room_version=s.bot.room_version)
-        guard_wakeup = Wakeup()
-        outbox = Outbox(
-            store,
-            gateway,
-            clock,
-            StoreLedger(store, bot_id),
-            wake_guard=guard_wakeup.set,
-            wakeup=outbox_wakeup,
-        )
-        guard = RoomGuard(
+        self._parts = parts = await assemble(
+            s,
             store=store,
             gateway=gateway,
-            clock=clock,
-            specs=specs,
-            sender=outbox,
-            invite_retry=retry,
-            wakeup=guard_wakeup,
-        )
-        email_parts = None
-        email: EmailHooks = NoEmail()
-        if s.email.enabled:
-            email_parts = await build_hooks(
-                settings=s.email,
-                store=store,
-                gateway=gateway,
-                sender=outbox,
-                policies=policies,
-                clock=clock,
-                held=held,
-                client_url=s.bot.client_url,
-            )
-            email = email_parts.bridge
-        undecryptables = Undecryptables(
-            store=store,
-            gateway=gateway,
-            clock=clock,
-            sender=outbox,
-            notice_after_seconds=s.bot.undecryptable_notice_after_seconds,
-        )
-        history = HistoryCopies(
-            store=store,
-            gateway=gateway,
+            clock=self.clock,
             policies=policies,
-            clock=clock,
-            bot_user_id=bot_id,
-            sender=outbox,
-        )
-        spaces_wakeup = Wakeup()
-        spaces = Spaces(store=store, gateway=gateway, specs=specs, wakeup=spaces_wakeup)
-        await spaces.load()
-        companions = Companions(
-            store=store, gateway=gateway, specs=specs, sender=outbox, clock=clock, wakeup=Wakeup()
-        )
-        await companions.load()
-        rooms = DemandeRooms(
-            companions=companions,
-            spaces=spaces_wakeup,
-            history=history,
-            store=store,
-            clock=clock,
-            policies=policies,
-            specs=specs,
-            guard=guard,
-            email=email,
-            sender=outbox,
-            undecryptables=undecryptables,
-            max_attachment_bytes=s.bot.max_attachment_bytes,
-        )
-        admin_room = AdminRoom(
-            store=store,
-            gateway=gateway,
-            sender=outbox,
-            clock=clock,
-            bot_user_id=bot_id,
-            configured_room_id=s.admin.room_id,
-            room_name=s.admin.room_name,
-            room_version=s.bot.room_version,
-        )
-        index = DemandeRoomIndex(store)
-        await index.load()
-        opening = Opening(
-            store=store,
-            gateway=gateway,
-            sender=outbox,
-            clock=clock,
-            policies=policies,
-            specs=specs,
-            index=index,
-            email=email,
-            retry=retry,
-            alert_operators=admin_room.alert,
-            followup_rules=followup_rules(s),
-            client_url=s.bot.client_url,
-            spaces=spaces_wakeup,
-        )
-        admin = build_admin(
-            settings=s,
-            store=store,
-            gateway=gateway,
-            sender=outbox,
-            clock=clock,
-            policies=policies,
-            specs=specs,
-            guard=guard,
-            email=email,
-            room=admin_room,
-        )
-        retries = EventRetries(
-            store=store, clock=clock, sender=outbox, policy=retry, bot_user_id=bot_id
-        )
-        dispatcher = Dispatcher(
-            store=store,
-            gateway=gateway,
-            clock=clock,
-            bot_user_id=bot_id,
-            index=index,
-            rooms=rooms,
-            opening=opening,
-            admin=admin.console,
-            group=admin.group_console,
-            retention=admin.retention,
-            undecryptables=undecryptables,
-            spaces=spaces,
-            companions=companions,
-        )
-        router = EventRouter(
-            bot_user_id=bot_id,
-            on_invite=dispatcher.on_invite,
-            on_room_event=dispatcher.on_room_event,
-            retries=retries,
-            concurrency=s.bot.room_concurrency,
-        )
-        sync = SyncLoop(
-            store=store,
-            gateway=gateway,
-            router=router,
-            undecryptables=undecryptables,
-            retries=retries,
-        )
-        email_runtime = None
-        if email_parts is not None:
-            email_runtime = await build_runtime(
-                settings=s.email,
-                parts=email_parts,
-                store=store,
-                gateway=gateway,
-                sender=outbox,
-                rooms=rooms,
-                clock=clock,
-                held=held,
-            )
-            self._stack.push_async_callback(email_runtime.close)
-        self._stack.push_async_callback(admin.close)
-        await admin.start()
-        self._parts = _Parts(
-            store=store,
-            gateway=gateway,
-            policies=policies,
-            outbox=outbox,
-            guard=guard,
-            rooms=rooms,
-            opening=opening,
-            undecryptables=undecryptables,
-            sync=sync,
-            email=email_runtime,
-            admin=admin,
+            outbox_wakeup=outbox_wakeup,
             membership_api=membership_api,
-            spaces=spaces,
-            companions=companions,
+            held=held,
         )
+        if parts.email is not None:
+            self._stack.push_async_callback(parts.email.close)
+            await parts.email.listen()
+        self._stack.push_async_callback(parts.admin.close)
+        await parts.admin.start()
 
     async def run(self) -> None:
         """Serve until cancelled. Unfinished work from a previous run is finished first."""
@@ -384,7 +229,7 @@ class App:
             # Another process is the active bot: end (non-zero), restarted as the standby.
             raise LeaseLost("another bot took the lease over") from None
 
-    async def _serve(self, p: _Parts) -> None:
+    async def _serve(self, p: Parts) -> None:
         async with asyncio.TaskGroup() as tasks:
             if self._lease is not None:
                 tasks.create_task(self._lease.lost(), name="lease")
@@ -445,10 +290,209 @@ class App:
         await self._stack.aclose()
 
 
+async def assemble(
+    s: Settings,
+    *,
+    store: Store,
+    gateway: Gateway,
+    clock: Clock,
+    policies: PoliciesRef,
+    outbox_wakeup: Wakeup | None = None,
+    relay: Relay | None = None,
+    membership_api: MembershipApi | None = None,
+    held: Callable[[], bool] = always_held,
+) -> Parts:
+    """Every service, wired in dependency order, over the given transports.
+
+    No I/O of its own beyond reading the store: `App.start` gives it the real gateway
+    (logged in) and the relay of the settings, then opens the listeners; the service
+    tests (tests/services/) give it a recording gateway and a recording relay.
+    ``outbox_wakeup``: shared with the parts built before the gateway that queue
+    messages (the identity pins, the unverified-session notices).
+    """
+    outbox_wakeup = outbox_wakeup or Wakeup()
+    bot_id = s.bot.user_id
+    retry = RetryPolicy(
+        attempts=s.bot.event_retry_attempts, base_seconds=s.bot.event_retry_base_seconds
+    )
+    specs = RoomSpecs(policies=policies, bot_user_id=bot_id, room_version=s.bot.room_version)
+    guard_wakeup = Wakeup()
+    outbox = Outbox(
+        store,
+        gateway,
+        clock,
+        StoreLedger(store, bot_id),
+        wake_guard=guard_wakeup.set,
+        wakeup=outbox_wakeup,
+    )
+    guard = RoomGuard(
+        store=store,
+        gateway=gateway,
+        clock=clock,
+        specs=specs,
+        sender=outbox,
+        invite_retry=retry,
+        wakeup=guard_wakeup,
+    )
+    email_parts = None
+    email: EmailHooks = NoEmail()
+    if s.email.enabled:
+        email_parts = await build_hooks(
+            settings=s.email,
+            store=store,
+            gateway=gateway,
+            sender=outbox,
+            policies=policies,
+            clock=clock,
+            relay=relay,
+            held=held,
+            client_url=s.bot.client_url,
+        )
+        email = email_parts.bridge
+    undecryptables = Undecryptables(
+        store=store,
+        gateway=gateway,
+        clock=clock,
+        sender=outbox,
+        notice_after_seconds=s.bot.undecryptable_notice_after_seconds,
+    )
+    history = HistoryCopies(
+        store=store,
+        gateway=gateway,
+        policies=policies,
+        clock=clock,
+        bot_user_id=bot_id,
+        sender=outbox,
+    )
+    spaces_wakeup = Wakeup()
+    spaces = Spaces(store=store, gateway=gateway, specs=specs, wakeup=spaces_wakeup)
+    await spaces.load()
+    companions = Companions(
+        store=store, gateway=gateway, specs=specs, sender=outbox, clock=clock, wakeup=Wakeup()
+    )
+    await companions.load()
+    rooms = DemandeRooms(
+        companions=companions,
+        spaces=spaces_wakeup,
+        history=history,
+        store=store,
+        clock=clock,
+        policies=policies,
+        specs=specs,
+        guard=guard,
+        email=email,
+        sender=outbox,
+        undecryptables=undecryptables,
+        max_attachment_bytes=s.bot.max_attachment_bytes,
+    )
+    admin_room = AdminRoom(
+        store=store,
+        gateway=gateway,
+        sender=outbox,
+        clock=clock,
+        bot_user_id=bot_id,
+        configured_room_id=s.admin.room_id,
+        room_name=s.admin.room_name,
+        room_version=s.bot.room_version,
+    )
+    index = DemandeRoomIndex(store)
+    await index.load()
+    opening = Opening(
+        store=store,
+        gateway=gateway,
+        sender=outbox,
+        clock=clock,
+        policies=policies,
+        specs=specs,
+        index=index,
+        email=email,
+        retry=retry,
+        alert_operators=admin_room.alert,
+        followup_rules=followup_rules(s),
+        client_url=s.bot.client_url,
+        spaces=spaces_wakeup,
+    )
+    admin = build_admin(
+        settings=s,
+        store=store,
+        gateway=gateway,
+        sender=outbox,
+        clock=clock,
+        policies=policies,
+        specs=specs,
+        guard=guard,
+        email=email,
+        room=admin_room,
+    )
+    retries = EventRetries(
+        store=store, clock=clock, sender=outbox, policy=retry, bot_user_id=bot_id
+    )
+    dispatcher = Dispatcher(
+        store=store,
+        gateway=gateway,
+        clock=clock,
+        bot_user_id=bot_id,
+        index=index,
+        rooms=rooms,
+        opening=opening,
+        admin=admin.console,
+        group=admin.group_console,
+        retention=admin.retention,
+        undecryptables=undecryptables,
+        spaces=spaces,
+        companions=companions,
+    )
+    router = EventRouter(
+        bot_user_id=bot_id,
+        on_invite=dispatcher.on_invite,
+        on_room_event=dispatcher.on_room_event,
+        retries=retries,
+        concurrency=s.bot.room_concurrency,
+    )
+    sync = SyncLoop(
+        store=store,
+        gateway=gateway,
+        router=router,
+        undecryptables=undecryptables,
+        retries=retries,
+    )
+    email_runtime = None
+    if email_parts is not None:
+        email_runtime = await build_runtime(
+            settings=s.email,
+            parts=email_parts,
+            store=store,
+            gateway=gateway,
+            sender=outbox,
+            rooms=rooms,
+            clock=clock,
+            held=held,
+        )
+    return Parts(
+        store=store,
+        gateway=gateway,
+        policies=policies,
+        outbox=outbox,
+        guard=guard,
+        rooms=rooms,
+        opening=opening,
+        undecryptables=undecryptables,
+        sync=sync,
+        email=email_runtime,
+        admin=admin,
+        membership_api=membership_api,
+        spaces=spaces,
+        companions=companions,
+        dispatcher=dispatcher,
+        router=router,
+        retries=retries,
+    )
+
+
 @dataclass(frozen=True)
-class _Parts:
+class Parts:
     store: Store
-    gateway: MatrixGateway
+    gateway: Gateway
     policies: PoliciesRef
     outbox: Outbox
     guard: RoomGuard
@@ -461,3 +505,6 @@ class _Parts:
     membership_api: MembershipApi | None
     spaces: Spaces
     companions: Companions
+    dispatcher: Dispatcher
+    router: EventRouter
+    retries: EventRetries

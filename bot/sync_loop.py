@@ -30,7 +30,7 @@ from nio import (
 
 from bot.domain.lease import LeaseLost
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.services.event_retries import EventRetries
 from bot.services.failures import database_unavailable, describe
 from bot.services.undecryptable import Undecryptables
@@ -159,7 +159,7 @@ class SyncLoop:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         router: EventRouter,
         undecryptables: Undecryptables,
         retries: EventRetries,

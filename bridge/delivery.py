@@ -20,8 +20,9 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import aiosmtplib
 import dkim
@@ -59,6 +60,57 @@ class _Refused(Exception):
     """The relay refused this email for good (5xx)."""
 
 
+class RelayConnection(Protocol):
+    """One open connection to the relay (the SMTP seam; aiosmtplib's `SMTP` has this
+    shape). Refusals are aiosmtplib's exceptions, as the relay's answers."""
+
+    async def sendmail(self, sender: str, recipients: Sequence[str], message: bytes) -> Any: ...
+    async def quit(self) -> Any: ...
+    def close(self) -> None: ...
+
+
+class Relay(Protocol):
+    async def connect(self) -> RelayConnection: ...
+
+
+class SmtpRelay:
+    """The real relay, over aiosmtplib, as the settings describe it."""
+
+    def __init__(self, settings: EmailSettings) -> None:
+        self.settings = settings
+
+    async def connect(self) -> RelayConnection:
+        s = self.settings
+        client = aiosmtplib.SMTP(
+            hostname=s.relay_host,
+            port=s.relay_port,
+            timeout=s.relay_timeout_seconds,
+            use_tls=s.relay_security == "tls",
+            start_tls=s.relay_security == "starttls",
+            username=s.relay_username,
+            password=s.relay_password.reveal() if s.relay_password else None,
+            local_hostname=s.from_domain,
+        )
+        await client.connect()
+        return SmtpConnection(client)
+
+
+class SmtpConnection:
+    """An aiosmtplib client seen through `RelayConnection`."""
+
+    def __init__(self, client: aiosmtplib.SMTP) -> None:
+        self._client = client
+
+    async def sendmail(self, sender: str, recipients: Sequence[str], message: bytes) -> Any:
+        return await self._client.sendmail(sender, recipients, message)
+
+    async def quit(self) -> Any:
+        return await self._client.quit()
+
+    def close(self) -> None:
+        self._client.close()
+
+
 def failure_notice(name: str, address: str, reason: str) -> str:
     who = f"{name} ({address})" if name else address
     return f"Le courriel à {who} n'a pas pu être remis : {reason}."
@@ -74,11 +126,14 @@ class EmailDelivery:
         wake_matrix: Callable[[], None],
         batch: int = 200,
         held: Callable[[], bool] = always_held,
+        relay: Relay | None = None,
     ) -> None:
         self.store = store
         # Two processes, one active (bot.services.lease): only the active one delivers.
         self._held = held
         self.settings = settings
+        # The relay seam: aiosmtplib in production, a recording relay in service tests.
+        self.relay: Relay = relay or SmtpRelay(settings)
         self.clock = clock
         self.wake_matrix = wake_matrix
         self.batch = batch
@@ -122,7 +177,7 @@ class EmailDelivery:
                 due = await tx.due_emails(self.clock.now(), self.batch)
             if not due:
                 return 0
-            client: aiosmtplib.SMTP | None = None
+            client: RelayConnection | None = None
             done = 0
             try:
                 for index, email in enumerate(due):
@@ -132,7 +187,7 @@ class EmailDelivery:
                         continue
                     try:
                         if client is None:
-                            client = await self._connect()
+                            client = await self.relay.connect()
                         await self._send(client, email)
                     except _Refused as exc:
                         await self._failed(email, "adresse refusée par le serveur", str(exc))
@@ -161,22 +216,7 @@ class EmailDelivery:
 
     # ------------------------------------------------------------------ SMTP
 
-    async def _connect(self) -> aiosmtplib.SMTP:
-        s = self.settings
-        client = aiosmtplib.SMTP(
-            hostname=s.relay_host,
-            port=s.relay_port,
-            timeout=s.relay_timeout_seconds,
-            use_tls=s.relay_security == "tls",
-            start_tls=s.relay_security == "starttls",
-            username=s.relay_username,
-            password=s.relay_password.reveal() if s.relay_password else None,
-            local_hostname=s.from_domain,
-        )
-        await client.connect()
-        return client
-
-    async def _send(self, client: aiosmtplib.SMTP, email: OutgoingEmail) -> None:
+    async def _send(self, client: RelayConnection, email: OutgoingEmail) -> None:
         # Raises out of `flush` untouched: the row stays as it is, for the active bot.
         require_held(self._held(), "SMTP delivery")
         try:

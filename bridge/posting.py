@@ -20,7 +20,7 @@ from typing import Any
 
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import Author, Sender
 from bot.services.clock import Clock
 from bot.services.demande_room import DemandeRooms, ParticipantMessage
@@ -82,7 +82,7 @@ class InboxPoster:
         *,
         store: Store,
         rooms: DemandeRooms,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         sender: Sender,
         settings: EmailSettings,
         clock: Clock,

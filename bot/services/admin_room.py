@@ -40,7 +40,7 @@ from bot.domain.scope import REFUSED_NATIONAL_ONLY, OperatorScope, OutOfScope
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import ReceivedFile, Sender
 from bot.services.clock import Clock
 from bot.store.db import Store
@@ -110,7 +110,7 @@ class AdminRoom:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         sender: Sender,
         clock: Clock,
         bot_user_id: str,

@@ -21,7 +21,7 @@ from bot.domain import room_spec
 from bot.domain.companion import companion_members
 from bot.domain.model import Demande
 from bot.matrix import content as mx
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import Sender
 from bot.services.clock import Clock
 from bot.services.room_specs import RoomSpecs
@@ -53,7 +53,7 @@ class Companions:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         specs: RoomSpecs,
         sender: Sender,
         clock: Clock,

@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from nio import (
+    BadEvent,
     MegolmEvent,
     ReactionEvent,
     RedactionEvent,
     RoomEncryptedMedia,
     RoomMemberEvent,
     RoomMessageText,
+    UnknownBadEvent,
 )
 
 from bot.commands.framework import (
@@ -136,6 +138,8 @@ class DemandeRooms:
             answer = closing.poll_answer(event.source.get("content") or {})
             if answer is not None:
                 await self._on_click(demande, event, answer[0], answer[1], CLOSE_POLL)
+        elif isinstance(event, (BadEvent, UnknownBadEvent)):
+            await self._malformed(demande, event)
         else:
             source = getattr(event, "source", None) or {}
             # Not filtered on the sender: Synapse's make_room_admin writes its power-level
@@ -169,6 +173,23 @@ class DemandeRooms:
             text = str(files.AttachmentTooLarge(size, limit))
             await self._notice(tx, demande, text, txn=f"attachment-{event.event_id}")
         log.info("demande %s: attachment %s refused (too large)", demande.reference, event.event_id)
+
+    async def _malformed(self, demande: Demande, event: BadEvent | UnknownBadEvent) -> None:
+        """An event nio could not read (a body that is not text, a broken file object):
+        nothing is done with it, but it is accounted for in the audit, once."""
+        source = getattr(event, "source", None) or {}
+        now = self.clock.now()
+        async with self.store.transaction() as tx:
+            if not await tx.mark_processed(event.event_id, _room(demande), now):
+                return
+            await tx.audit(
+                "event_malformed",
+                actor=event.sender,
+                reference=demande.reference,
+                details={"event_id": event.event_id, "type": str(source.get("type", "?"))},
+                now=now,
+            )
+        log.warning("demande %s: malformed event %s ignored", demande.reference, event.event_id)
 
     async def _on_member(self, demande: Demande, event: RoomMemberEvent) -> None:
         user = event.state_key

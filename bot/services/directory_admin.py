@@ -27,7 +27,7 @@ from bot.domain.directory_import import ImportOutcome, ImportPlan, ImportRefused
 from bot.domain.model import Agent, Demande, Role
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import ConsoleTx, Departure, EmailHooks, Sender
 from bot.services.clock import Clock
 from bot.services.directory import apply_import, plan_import, record_refusal, taking_part
@@ -47,7 +47,7 @@ class DirectoryAdmin:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         guard: RoomGuard,
         sender: Sender,
         clock: Clock,

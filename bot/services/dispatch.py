@@ -13,7 +13,7 @@ from bot.commands import room as room_commands
 from bot.domain.model import Demande
 from bot.matrix.attachments import is_attachment
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.services.admin_room import AdminConsole
 from bot.services.clock import Clock
 from bot.services.companion import Companions
@@ -35,7 +35,7 @@ class Dispatcher:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         clock: Clock,
         bot_user_id: str,
         index: DemandeRoomIndex,

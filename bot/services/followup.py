@@ -31,7 +31,7 @@ from bot.domain.followup import (
 )
 from bot.domain.model import Agent, Demande, Role, Status
 from bot.matrix import content as mx
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import EmailHooks, Sender
 from bot.services.clock import Clock
 from bot.store.db import Store
@@ -65,7 +65,7 @@ class AgentNotices:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         sender: Sender,
         clock: Clock,
         email: EmailHooks,

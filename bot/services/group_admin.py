@@ -33,7 +33,7 @@ from bot.domain.policies import MembershipRules, fold
 from bot.domain.stats import DemandeStat, Stats
 from bot.matrix import attachments as files
 from bot.matrix import content as mx
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import PoliciesRef, Sender
 from bot.services.chart import render_png
 from bot.services.clock import Clock
@@ -159,7 +159,7 @@ class GroupConsole:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         sender: Sender,
         clock: Clock,
         ops: GroupAdmin,

@@ -23,7 +23,7 @@ from aiohttp import web
 from bot.domain.followup import FollowUpRules
 from bot.domain.metrics import CheckResult, MetricsSnapshot, render_prometheus
 from bot.domain.stats import DemandeFilter, compute
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.services.clock import Clock
 from bot.services.statistics import collect
 from bot.store.db import Store
@@ -45,7 +45,7 @@ class Health:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         clock: Clock,
         rules: FollowUpRules,
         smtp: tuple[str, int] | None = None,

@@ -29,7 +29,7 @@ from bot.domain.history import EarlierMessage, FilePart, history_parts
 from bot.domain.model import Demande
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import PoliciesRef, Sender
 from bot.services.clock import Clock
 from bot.store.db import Store
@@ -52,7 +52,7 @@ class HistoryCopies:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         policies: PoliciesRef,
         clock: Clock,
         bot_user_id: str,

@@ -44,7 +44,7 @@ from bot.faults import crash_point
 from bot.matrix import content as mx
 from bot.matrix.attachments import AttachmentError, file_content
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import EmailHooks, PoliciesRef, Sender
 from bot.services.clock import Clock
 from bot.services.dossier_view import dossier_content
@@ -97,7 +97,7 @@ class Opening(DraftChat):
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         sender: Sender,
         clock: Clock,
         policies: PoliciesRef,

@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import DemandeTx, Ledger
 from bot.services.clock import Clock
 from bot.services.failures import database_unavailable, describe, homeserver_outage
@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 # A message that fails this many times for a reason of its own is set aside.
 MAX_SEND_ATTEMPTS = 5
+# A room whose flush fails (outage) is tried again after at most this long.
+MAX_BACKOFF_SECONDS = 60.0
 
 
 class OutboxTx(Protocol):
@@ -71,7 +73,7 @@ class Outbox:
     def __init__(
         self,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         clock: Clock,
         ledger: Ledger,
         *,
@@ -88,6 +90,10 @@ class Outbox:
         self._soon: set[str] = set()
         self._all = False
         self._limit = asyncio.Semaphore(concurrency)
+        # One task per room being flushed: a room woken while its flush runs is flushed
+        # again right after (`_again`); a room whose flush fails retries on its own.
+        self._flushing: dict[str, asyncio.Task[None]] = {}
+        self._again: set[str] = set()
         # `wakeup`: shared with parts built before the outbox that queue messages in their
         # own transactions (the identity pins, the unverified-session notices).
         self.worker = Worker("outbox", self._step, idle_seconds=30.0, wakeup=wakeup)
@@ -132,19 +138,48 @@ class Outbox:
         return queued
 
     async def run(self) -> None:
-        await self.worker.run()
+        try:
+            await self.worker.run()
+        finally:
+            flushing = list(self._flushing.values())
+            for task in flushing:
+                task.cancel()
+            await asyncio.gather(*flushing, return_exceptions=True)
 
     async def _step(self) -> None:
+        """Start a flush of every room woken (or with pending messages); never wait for
+        one: a room whose send is slow or failing never delays a room woken after it."""
         rooms, self._soon = self._soon, set()
         everything, self._all = self._all, False
         if everything or not rooms:
             async with self.store.transaction() as tx:
                 rooms |= set(await tx.rooms_with_pending_messages())
-        failures = await asyncio.gather(*(self._flush_quietly(r) for r in sorted(rooms)))
-        retry = [room for room, failed in zip(sorted(rooms), failures, strict=True) if failed]
-        if retry:
-            self._soon.update(retry)
-            raise next(f for f in failures if f is not None)
+        for room in sorted(rooms):
+            if room in self._flushing:
+                self._again.add(room)
+            else:
+                self._flushing[room] = asyncio.create_task(
+                    self._room_until_sent(room), name=f"outbox {room}"
+                )
+
+    async def _room_until_sent(self, room_id: str) -> None:
+        """Flush one room until what is queued went out; after a failure (the homeserver
+        or the database unavailable), again with a doubling delay, this room alone."""
+        delay = 1.0
+        try:
+            while True:
+                self._again.discard(room_id)
+                failure = await self._flush_quietly(room_id)
+                if failure is None:
+                    if room_id not in self._again:
+                        return
+                    continue
+                log.warning("outbox: room %s: %s; retry in %.0f s", room_id, describe(failure),
+                            delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF_SECONDS)
+        finally:
+            self._flushing.pop(room_id, None)
 
     async def _flush_quietly(self, room_id: str) -> BaseException | None:
         """Flush one room; a failure of that room is returned, never raised to the others."""

@@ -22,7 +22,7 @@ from bot.domain.model import Demande, Status
 from bot.domain.retry import GiveUp, RetryPolicy, after_failure
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import DemandeTx, Sender
 from bot.services.clock import Clock
 from bot.services.failures import database_unavailable, describe, homeserver_outage
@@ -42,7 +42,7 @@ class RoomGuard:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         clock: Clock,
         specs: RoomSpecs,
         sender: Sender,

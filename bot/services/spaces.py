@@ -35,7 +35,7 @@ from typing import Any
 
 from bot.domain import room_spec
 from bot.domain.model import Demande, Group, Status
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.services.failures import database_unavailable, homeserver_outage
 from bot.services.room_specs import RoomSpecs, server_of
 from bot.services.worker import Wakeup, Worker
@@ -56,7 +56,7 @@ class Spaces:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         specs: RoomSpecs,
         wakeup: Wakeup,
     ) -> None:

@@ -23,7 +23,7 @@ from nio import MegolmEvent
 from bot.domain import undecryptable as rules
 from bot.matrix import content as mx
 from bot.matrix.errors import MatrixError
-from bot.matrix.gateway import MatrixGateway
+from bot.matrix.port import Gateway
 from bot.ports import Sender
 from bot.services.clock import Clock
 from bot.services.failures import database_unavailable, homeserver_outage
@@ -49,7 +49,7 @@ class Undecryptables:
         self,
         *,
         store: Store,
-        gateway: MatrixGateway,
+        gateway: Gateway,
         clock: Clock,
         sender: Sender,
         notice_after_seconds: float,

@@ -167,6 +167,9 @@ class BotDb:
         row: tuple[Any, ...] | None = self._db.execute(sql, args).fetchone()
         return row
 
+    def all(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+        return list(self._db.execute(sql, args).fetchall())
+
     def last_demande_id(self) -> int:
         row = self.one("SELECT max(id) FROM demandes")
         return int(row[0]) if row and row[0] is not None else 0
