@@ -34,9 +34,16 @@ TRAFFIC_EVERY_S = 0.1
 
 def enable_ha(files: proc.BotFiles, database_url: str) -> None:
     """PostgreSQL and `[ha]` in this bot's configuration file (both processes read it)."""
-    text = files.config.read_text()
-    text += f'\n[database]\nurl = "{database_url}"\n\n[ha]\nenabled = true\n'
-    files.config.write_text(text)
+    # The file may already name the test backend's database: this one replaces it.
+    kept: list[str] = []
+    skipping = False
+    for line in files.config.read_text().splitlines():
+        if line.startswith("["):
+            skipping = line.strip() == "[database]"
+        if not skipping:
+            kept.append(line)
+    kept += ["", "[database]", f'url = "{database_url}"', "", "[ha]", "enabled = true", ""]
+    files.config.write_text("\n".join(kept))
 
 
 def asyncpg_dsn(database_url: str) -> str:
