@@ -98,6 +98,8 @@ STORE_FIXTURES = frozenset({"store", "store_url"})
 
 
 def _backends(metafunc: pytest.Metafunc) -> tuple[str, ...] | None:
+    if getattr(metafunc.module, "NO_BOT_DATABASE", False):
+        return None  # the module starts no bot (the homeserver only): once is enough
     names = set(metafunc.fixturenames)
     if not names & STORE_FIXTURES:
         # A test of one backend's own behaviour runs once, on that backend.

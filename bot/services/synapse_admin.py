@@ -96,12 +96,24 @@ class SynapseAdmin:
         raise MatrixError(None, None, f"room purge of {room_id} still running")
 
     async def purge_history(self, room_id: str, up_to_ms: int) -> None:
-        """Delete the events of a room older than `up_to_ms` (local events included)."""
+        """Delete the events of a room older than `up_to_ms` (local events included).
+
+        Synapse purges the events *before* a boundary event and keeps the boundary.
+        Given a timestamp, it takes as boundary the room's last event received before
+        the first event of the whole server received after it: when another room's
+        event comes first, that is the room's last event before `up_to_ms` (the
+        form's confirmation), which then stays. So the boundary is named: the room's
+        first event after `up_to_ms`; the timestamp only when there is none.
+        """
+        boundary = await self._first_event_after(room_id, up_to_ms)
+        body: dict[str, Any] = {"delete_local_events": True}
+        if boundary is None:
+            body["purge_up_to_ts"] = up_to_ms
+        else:
+            body["purge_up_to_event_id"] = boundary
         try:
             data = await self._request(
-                "POST",
-                f"/_synapse/admin/v1/purge_history/{quote(room_id, safe='')}",
-                {"delete_local_events": True, "purge_up_to_ts": up_to_ms},
+                "POST", f"/_synapse/admin/v1/purge_history/{quote(room_id, safe='')}", body
             )
         except MatrixError as exc:
             if exc.status == 404:  # no event that old (or the room is gone): nothing to do
@@ -118,6 +130,20 @@ class SynapseAdmin:
                 raise MatrixError(500, None, "history purge failed")
             await asyncio.sleep(DELETE_POLL_SECONDS)
         raise MatrixError(None, None, f"history purge of {room_id} still running")
+
+    async def _first_event_after(self, room_id: str, ts_ms: int) -> str | None:
+        try:
+            data = await self._request(
+                "GET",
+                f"/_synapse/admin/v1/rooms/{quote(room_id, safe='')}/timestamp_to_event"
+                f"?ts={int(ts_ms)}&dir=f",
+            )
+        except MatrixError as exc:
+            if exc.status == 404:  # nothing after it (or the room is gone)
+                return None
+            raise
+        event_id = data.get("event_id")
+        return event_id if isinstance(event_id, str) else None
 
     async def media_uploader(self, mxc: str) -> str | None:
         """Who uploaded a media of this homeserver (None: not ours, or unknown)."""
