@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.services.conftest import BOT, World
+from tests.services.conftest import AIDANT, BOT, World
 
 INTRUDER = "@mallory:localhost"
 
@@ -67,3 +67,28 @@ async def test_state_changed_while_the_bot_was_away_is_reverted_at_start(world: 
     assert [p[0] for p in world.gw.state_puts] == [demande.room_id]
     # Level-triggered: a second look finds nothing to do.
     assert await world.parts.guard.check_open_rooms() == 0
+
+
+async def test_the_bots_own_earlier_room_name_is_not_reverted(world: World) -> None:
+    """The spaces service renames a room at each status change; when two changes come
+    close, the first rename reaches the sync after the second status is stored: that
+    is the bot's own naming, not a drift (no revert, no audit, no warning)."""
+    demande = await world.open_demande()
+    room = demande.room_id
+    assert room
+    before = len(world.gw.state_puts)
+    stale = {"name": f"Demande {demande.reference} · CAF · 95 · en attente"}
+    await world.receive(room, world.event(room, BOT, stale, type="m.room.name", state_key=""))
+    assert world.gw.state_puts[before:] == []
+    assert "state_reverted" not in await world.audit(demande.reference)
+
+
+async def test_a_room_name_set_by_someone_else_is_reverted(world: World) -> None:
+    demande = await world.open_demande()
+    room = demande.room_id
+    assert room
+    renamed = {"name": "Dossier de Jeanne Dupontel"}
+    await world.receive(room, world.event(room, AIDANT, renamed, type="m.room.name", state_key=""))
+    [put] = [p for p in world.gw.state_puts if p[1] == "m.room.name"][-1:]
+    assert "Dupontel" not in put[3]["name"] and demande.reference in put[3]["name"]
+    assert "state_reverted" in await world.audit(demande.reference)
