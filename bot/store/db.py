@@ -183,13 +183,17 @@ class Store:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Tx]:
         """One transaction: committed on normal exit, rolled back on exception."""
-        async with self._sessions() as session, session.begin():
-            if self._fence is not None:
-                await self._check_fence(session, self._fence())
-            if self._scope is not None:
-                yield ScopedTx(session, self._cipher, self._dialect, self._scope)
-            else:
-                yield Tx(session, self._cipher, self._dialect)
+        async with self._sessions() as session:
+            async with session.begin():
+                if self._fence is not None:
+                    await self._check_fence(session, self._fence())
+                tx = (
+                    ScopedTx(session, self._cipher, self._dialect, self._scope)
+                    if self._scope is not None
+                    else Tx(session, self._cipher, self._dialect)
+                )
+                yield tx
+            tx.committed()  # reached only once the commit succeeded
 
     @staticmethod
     async def _check_fence(session: AsyncSession, epoch: int | None) -> None:

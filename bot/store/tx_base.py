@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -23,6 +22,7 @@ class TxBase:
         self._s = session
         self._cipher = cipher
         self._dialect = dialect
+        self._on_commit: list[Callable[[], None]] = []
 
     @property
     def dialect(self) -> str:
@@ -38,8 +38,16 @@ class TxBase:
         """Run `callback` once this transaction has committed (never if it rolls back).
 
         Workers are woken this way: woken earlier, they could look before the commit.
+        Not SQLAlchemy's `after_commit` event: it also fires when a savepoint is
+        released, before the real commit (on PostgreSQL a worker then finds nothing).
         """
-        event.listen(self._s.sync_session, "after_commit", lambda _s: callback(), once=True)
+        self._on_commit.append(callback)
+
+    def committed(self) -> None:
+        """The store calls this once the outermost transaction has committed."""
+        callbacks, self._on_commit = self._on_commit, []
+        for callback in callbacks:
+            callback()
 
     @asynccontextmanager
     async def savepoint(self) -> AsyncIterator[None]:
@@ -47,6 +55,12 @@ class TxBase:
 
         A command runs in one, so that a handler that fails half-way leaves nothing of
         its work, while the refusal and its audit entry are still committed around it.
+        What it asked to run after the commit goes with it.
         """
-        async with self._s.begin_nested():
-            yield
+        registered = len(self._on_commit)
+        try:
+            async with self._s.begin_nested():
+                yield
+        except BaseException:
+            del self._on_commit[registered:]
+            raise

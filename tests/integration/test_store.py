@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import asyncio
 import dataclasses
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -922,3 +923,25 @@ async def test_migration_0005_moves_the_json_queues_into_their_tables(store_url:
         assert [r[0] for r in state] == ["other"]
     finally:
         await engine.dispose()
+
+
+async def test_commit_hooks_run_after_the_outer_commit_only(store: Store) -> None:
+    """A worker woken when a savepoint (a command) is released, before the real commit,
+    looks too early on PostgreSQL and finds nothing: it then sleeps until its idle
+    timeout (a queued invitation went out a minute late)."""
+    calls: list[str] = []
+    async with store.transaction() as tx:
+        async with tx.savepoint():
+            tx.after_commit(lambda: calls.append("kept"))
+        assert calls == []  # the savepoint is released; the transaction is still open
+        with contextlib.suppress(RuntimeError):
+            async with tx.savepoint():
+                tx.after_commit(lambda: calls.append("rolled back"))
+                raise RuntimeError("the command failed half-way")
+        assert calls == []
+    assert calls == ["kept"]
+    with contextlib.suppress(RuntimeError):
+        async with store.transaction() as tx:
+            tx.after_commit(lambda: calls.append("never"))
+            raise RuntimeError("rolled back")
+    assert calls == ["kept"]
