@@ -108,8 +108,7 @@ async def test_import_cannot_go_around_the_ledger_rules(
         # 3. !agent-reactiver: the new ID joins the open demande and reads the dossier.
         back = await admin.command(f"!agent-reactiver {instr1.id}", "réactivé")
         assert reference in back
-        reposted = await matrix.join_and_read(new_client, demande.room_id, 1)
-        assert "Dupontel" in reposted[0]
+        await matrix.join_and_find(new_client, demande.room_id, "Dupontel")
         members = await runner.app.gateway.members(demande.room_id)
         assert members.get(old_id) == "leave" and members.get(new_id) == "join"
         async with runner.store.transaction() as tx:

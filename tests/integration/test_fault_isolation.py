@@ -350,8 +350,7 @@ async def test_a_profile_change_of_a_late_joiner_never_reposts_the_dossier(
         n = count_from(world.instr1, demande.room_id, world.bot_id)
         await say(world.instr1, demande.room_id, f"!inviter {world.directory.groups['cpam'].name}")
         await reply_with(world.instr1, demande.room_id, world.bot_id, "Invité", after=n)
-        first = await matrix.join_and_read(instr3, demande.room_id, 1)
-        assert "Dupontel" in first[0]
+        await matrix.join_and_find(instr3, demande.room_id, "Dupontel")
         for name in ("Ines", "Ines T.", "Ines Test"):
             resp = await instr3.set_displayname(name)
             assert isinstance(resp, nio.ProfileSetDisplayNameResponse), resp

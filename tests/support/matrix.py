@@ -414,6 +414,32 @@ async def join_and_read(
     return await read_texts(client, room_id, count, timeout)
 
 
+async def join_and_find(
+    client: nio.AsyncClient, room_id: str, needle: str, timeout: float = 30
+) -> str:
+    """Join (accepting the invite if needed) and return the first decrypted text that
+    holds `needle`, whatever the bot posted before it (notices come in any order)."""
+    await accept_invite(client, room_id, timeout)
+    box = inbox(client)
+
+    def found() -> bool:
+        _fail_on_undecryptable(client, room_id)
+        return any(needle in t for t in box.texts[room_id])
+
+    await sync_until(client, found, timeout, f"a decrypted message with {needle!r} in {room_id}")
+    return next(t for t in texts(client, room_id) if needle in t)
+
+
+def _fail_on_undecryptable(client: nio.AsyncClient, room_id: str) -> None:
+    box = inbox(client)
+    if box.undecryptable[room_id]:
+        event = box.undecryptable[room_id][0]
+        raise AssertionError(
+            f"{client.user_id} cannot decrypt {event.event_id} in {room_id} "
+            f"(session {event.session_id} from {event.sender}/{event.device_id})"
+        )
+
+
 async def read_texts(
     client: nio.AsyncClient, room_id: str, count: int = 1, timeout: float = 30
 ) -> list[str]:
@@ -424,12 +450,7 @@ async def read_texts(
     box = inbox(client)
 
     def enough() -> bool:
-        if box.undecryptable[room_id]:
-            event = box.undecryptable[room_id][0]
-            raise AssertionError(
-                f"{client.user_id} cannot decrypt {event.event_id} in {room_id} "
-                f"(session {event.session_id} from {event.sender}/{event.device_id})"
-            )
+        _fail_on_undecryptable(client, room_id)
         return len(box.texts[room_id]) >= count
 
     await sync_until(client, enough, timeout, f"{count} decrypted message(s) in {room_id}")

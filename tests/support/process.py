@@ -278,7 +278,8 @@ class AplusProcess:
     def describe(self) -> str:
         return (
             f"{' '.join(self.args)} (pid {self.process.pid if self.process else '-'})\n"
-            f"--- stdout ---\n{self.output()[-3000:]}\n--- stderr ---\n{self.log()[-6000:]}"
+            f"--- stdout ---\n{self.output()[-3000:]}\n"
+            f"--- stderr (library frames left out) ---\n{_readable(self.log())[-8000:]}"
         )
 
     def returncode(self) -> int | None:
@@ -486,3 +487,25 @@ def sent_by(timeline: Sequence[dict[str, Any]], sender: str, event_type: str) ->
         for e in timeline
         if e.get("sender") == sender and e.get("type") == event_type and "state_key" not in e
     ]
+
+
+def _readable(log: str) -> str:
+    """The log without the frames of installed libraries and the standard library (and
+    their source and caret lines): what is left names our code and the error."""
+    kept: list[str] = []
+    skip_source = False
+    for line in log.splitlines():
+        stripped = line.strip()
+        if stripped.startswith('File "'):
+            skip_source = "site-packages" in stripped or "/lib/python3" in stripped
+            if skip_source:
+                continue
+        elif skip_source and not stripped.startswith(("Traceback", "During", "The above")):
+            if line.startswith((" ", "\t")) and not stripped.endswith(("Error", "Exception")):
+                continue
+            skip_source = False
+        if stripped and set(stripped) <= set("^~ "):
+            continue
+        kept.append(line)
+    return "\n".join(kept)
+
