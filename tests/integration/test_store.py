@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import asyncio
+import contextlib
 import dataclasses
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path

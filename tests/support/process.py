@@ -508,4 +508,3 @@ def _readable(log: str) -> str:
             continue
         kept.append(line)
     return "\n".join(kept)
-
