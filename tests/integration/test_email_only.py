@@ -207,6 +207,15 @@ async def test_an_email_only_instructeur_acts_by_email_with_the_rooms_commands(
         texts = [m.text for m in sink.to(sophie)[before:]]
         assert not any("Premier message" in t or "s'occupe" in t for t in texts), texts
 
+        # !completer is the aidant's: by email too, an instructeur is told so, nothing changes.
+        await reply(runner, dossier, sophie, "!completer nom : Martin")
+        refused = eml((await _answers(sink, sophie, 6))[5])
+        assert "Seul l'aidant" in refused.text and "Martin" not in refused.text
+        async with runner.store.transaction() as tx:
+            assert (await tx.load_form((await demande_of(world, reference)).id)).usager.nom != (
+                "Martin"
+            )
+
         # Each email command is audited like its Matrix twin, marked as sent by email.
         for action in ("command_statut", "command_inviter", "command_notifications"):
             details = await _audit(world, reference, action)
