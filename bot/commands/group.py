@@ -10,17 +10,15 @@ A leaf: declarations, a small context, one handler each; the work is done behind
 from __future__ import annotations
 
 import html
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from bot.commands.framework import Arg, Attachment, CommandSet, CommandSpec, Reply, render_table
+from bot.domain.agent_entry import parse_contacts, parse_roles
 from bot.domain.calendar import PARIS
-from bot.domain.directory_csv import is_valid_email
 from bot.domain.model import Agent, Group, OrganisationKind, Role, Status
-from bot.domain.policies import fold, is_valid_matrix_user_id
 from bot.domain.stats import DemandeFilter, DemandeStat, compute, export_csv, stats_rows
 from bot.ports import GroupOps
 
@@ -136,47 +134,6 @@ async def _mongroupe(ctx: GroupCtx, args: Args, flags: Flags) -> Reply:
     )
 
 
-def _roles(ctx: GroupCtx, text: str) -> frozenset[Role]:
-    words = {fold(r.value): r for r in Role} | {"operateur": Role.OPERATEUR}
-    roles = set()
-    for word in re.split(r"[\s,;+]+", text.strip()):
-        if not word:
-            continue
-        role = words.get(fold(word))
-        if role is None:
-            raise ValueError(f"Rôle inconnu « {word} ».")
-        if role not in ctx.allowed_roles:
-            allowed = ", ".join(sorted(r.value for r in ctx.allowed_roles))
-            raise ValueError(f"Vous ne pouvez pas donner le rôle {role.value} (rôles : {allowed}).")
-        roles.add(role)
-    if not roles:
-        raise ValueError("Au moins un rôle.")
-    return frozenset(roles)
-
-
-def _contacts(ctx: GroupCtx, values: Sequence[str | None]) -> tuple[str | None, str | None]:
-    matrix_id = email = None
-    for value in values:
-        if not value or value == "-":
-            continue
-        if value.startswith("@"):
-            if not is_valid_matrix_user_id(value):
-                raise ValueError(f"« {value} » n'est pas un identifiant Matrix (@nom:serveur).")
-            if not ctx.ops.homeserver_allowed(value.split(":", 1)[1].lower()):
-                raise ValueError(
-                    f"Le serveur de {value} n'est pas autorisé pour ce service : inscrivez "
-                    "l'agent par son adresse e-mail."
-                )
-            matrix_id = value
-        elif is_valid_email(value.lower()):
-            email = value.lower()
-        else:
-            raise ValueError(f"« {value} » n'est ni un identifiant Matrix ni une adresse e-mail.")
-    if matrix_id is None and email is None:
-        raise ValueError("Indiquez un identifiant Matrix et/ou une adresse e-mail.")
-    return matrix_id, email
-
-
 @GROUP.command(
     CommandSpec(
         "agent-ajouter",
@@ -194,8 +151,10 @@ def _contacts(ctx: GroupCtx, values: Sequence[str | None]) -> tuple[str | None, 
 )
 async def _agent_ajouter(ctx: GroupCtx, args: Args, flags: Flags) -> Reply:
     try:
-        roles = _roles(ctx, args["roles"])
-        matrix_id, email = _contacts(ctx, [args["contact"], args["contact2"]])
+        roles = parse_roles(args["roles"], ctx.allowed_roles)
+        matrix_id, email = parse_contacts(
+            [args["contact"], args["contact2"]], ctx.ops.homeserver_allowed
+        )
     except ValueError as exc:
         return Reply.error(str(exc))
     added = await ctx.ops.add_agent(

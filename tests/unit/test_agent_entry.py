@@ -1,10 +1,10 @@
 """`!agent-ajouter`'s roles and contacts, as the operators and a responsable type them.
 
-Each command reads them in its own scope: an operator may give any role and is told of
-a refused homeserver after the contacts are read; a responsable gives only their
-organisation's roles and is stopped at the first Matrix account on a refused
-homeserver. These tests run the declared commands (parse, then dispatch) up to their
-refusals, with no store.
+Both read them with one parser (`bot.domain.agent_entry`), each in its own scope: an
+operator may give any role and is told of a refused homeserver after the contacts are
+read; a responsable gives only their organisation's roles and is stopped at the first
+Matrix account on a refused homeserver. These tests run the declared commands (parse,
+then dispatch) up to their refusals, with no store.
 """
 
 from __future__ import annotations

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 
 from bot.commands.admin.context import (
@@ -15,48 +14,13 @@ from bot.commands.admin.context import (
 )
 from bot.commands.admin.lookups import find_agent, group_named
 from bot.commands.framework import Arg, CommandSpec, Flag, Listing, Reply, listing_reply, page_word
+from bot.domain.agent_entry import parse_contacts, parse_roles
 from bot.domain.directory_csv import is_valid_email
 from bot.domain.directory_search import agent_matches, search_words, unquoted
 from bot.domain.mail_volume import digest_hour
 from bot.domain.model import Agent, DirectoryConflict, Group, Role
-from bot.domain.policies import fold, is_valid_matrix_user_id
+from bot.domain.policies import is_valid_matrix_user_id
 from bot.ports import ConsoleTx
-
-ROLE_WORDS = {fold(r.value): r for r in Role} | {"operateur": Role.OPERATEUR}
-
-
-def _roles(text: str) -> frozenset[Role]:
-    roles = set()
-    for word in re.split(r"[\s,;+]+", text.strip()):
-        if not word:
-            continue
-        role = ROLE_WORDS.get(fold(word))
-        if role is None:
-            raise ValueError(
-                f"Rôle inconnu « {word} » : aidant, instructeur, responsable, operateur."
-            )
-        roles.add(role)
-    if not roles:
-        raise ValueError("Au moins un rôle : aidant, instructeur, responsable, operateur.")
-    return frozenset(roles)
-
-
-def _contacts(values: Sequence[str | None]) -> tuple[str | None, str | None]:
-    matrix_id = email = None
-    for value in values:
-        if not value or value == "-":
-            continue
-        if value.startswith("@"):
-            if not is_valid_matrix_user_id(value):
-                raise ValueError(f"« {value} » n'est pas un identifiant Matrix (@nom:serveur).")
-            matrix_id = value
-        elif is_valid_email(value.lower()):
-            email = value.lower()
-        else:
-            raise ValueError(f"« {value} » n'est ni un identifiant Matrix ni une adresse e-mail.")
-    if matrix_id is None and email is None:
-        raise ValueError("Indiquez un identifiant Matrix et/ou une adresse e-mail.")
-    return matrix_id, email
 
 
 def _agent_row(a: Agent, groups: Mapping[int, Group]) -> list[str]:
@@ -143,8 +107,8 @@ async def _agents(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
 )
 async def _agent_ajouter(ctx: AdminCtx, args: Args, flags: Flags) -> Reply:
     try:
-        roles = _roles(args["roles"])
-        matrix_id, email = _contacts([args["contact"], args["contact2"]])
+        roles = parse_roles(args["roles"])
+        matrix_id, email = parse_contacts([args["contact"], args["contact2"]])
     except ValueError as exc:
         return Reply.error(str(exc))
     if matrix_id and (refusal := _server_refusal(ctx, matrix_id)):
@@ -295,7 +259,7 @@ async def _changed(tx: ConsoleTx, agent: Agent, field: str, value: str) -> Agent
             return replace(agent, first_name=value)
         return replace(agent, last_name=value)
     if field == "roles":
-        return replace(agent, roles=_roles(value))
+        return replace(agent, roles=parse_roles(value))
     if field == "groupe":
         if value == "-":
             return replace(agent, group_id=None)
