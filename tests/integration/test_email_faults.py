@@ -18,14 +18,16 @@ from tests.db_fixtures import PG_ADMIN_DSN
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support import process as proc
-from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
+from tests.support.bot import count_from, reply_with
 from tests.support.email import (
     bridged,
+    dossier_by_email,
     email_bot,
     listener,
     mailonly,
     relay,
     reply,
+    seed_email_only_instructeur,
 )
 from tests.support.smtp import build_reply, reply_to, send_mail
 from tests.support.world import demande_of, make_world, open_demande
@@ -67,32 +69,7 @@ async def test_bot_killed_between_commit_and_post_posts_once_after_restart(
     listen_port = free_port()
     aidant = await clients.client("aidant")
     instr = await clients.client("instr")
-    sophie = f"{matrix.unique('sophie')}@caf95.example.test"
-    directory = botsupport.Directory()
-    async with files.store() as store:
-        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
-        await botsupport.add_group(store, directory, "caf", "caf", ["95"])
-        await botsupport.add_agent(
-            store, directory, "aidant", matrix_id=aidant.user_id, roles=[Role.AIDANT], group="fs"
-        )
-        await botsupport.add_agent(
-            store,
-            directory,
-            "instr",
-            matrix_id=instr.user_id,
-            roles=[Role.INSTRUCTEUR],
-            group="caf",
-        )
-        await botsupport.add_agent(
-            store,
-            directory,
-            "sophie",
-            matrix_id=None,
-            email=sophie,
-            roles=[Role.INSTRUCTEUR],
-            group="caf",
-            first_name="Sophie",
-        )
+    sophie = await seed_email_only_instructeur(files, aidant, instr)
 
     async with relay() as sink:
         with files.config.open("a") as config:
@@ -101,17 +78,7 @@ async def test_bot_killed_between_commit_and_post_posts_once_after_restart(
         second = proc.bot_process(files)
         with proc.killed_at_exit(first, second):
             first.start()
-            dm = await botsupport.open_direct_chat(aidant, files.user_id)
-            await say(aidant, dm, filled_form())
-            await next_reply(aidant, dm, files.user_id, after=0)
-            await say(aidant, dm, "!confirmer")
-            await sink.wait_for(lambda: sink.to(sophie), 60, what="the dossier email")
-            [dossier] = sink.to(sophie)
-            async with files.store() as store, store.transaction() as tx:
-                [demande] = await tx.list_demandes()
-            room_id = demande.room_id
-            assert room_id is not None
-            await matrix.join_and_read(instr, room_id, 1)
+            dossier, room_id = await dossier_by_email(files, aidant, instr, sink, sophie)
 
             # The reply is committed, then the bot dies before answering 250.
             message = build_reply(dossier, sender=sophie, text="Je traite le dossier demain.")

@@ -11,14 +11,12 @@ import aiosmtplib
 import pytest
 
 from bot.devserver import LocalSynapse
-from bot.domain.model import Role
 from tests.integration.test_email_faults import KILLED_BY_CRASH_POINT, email_section, free_port
-from tests.support import bot as botsupport
 from tests.support import failover as ha
 from tests.support import matrix
 from tests.support import process as proc
-from tests.support.bot import count_from, filled_form, next_reply, reply_with, say
-from tests.support.email import bridged, relay
+from tests.support.bot import count_from, reply_with
+from tests.support.email import bridged, dossier_by_email, relay, seed_email_only_instructeur
 from tests.support.smtp import build_reply, reply_to, send_mail
 
 pytestmark = pytest.mark.postgres
@@ -32,32 +30,7 @@ async def test_killed_between_the_inbox_commit_and_the_250_the_standby_posts_onc
     listen_port = free_port()
     aidant = await clients.client("aidant")
     instr = await clients.client("instr")
-    sophie = f"{matrix.unique('sophie')}@caf95.example.test"
-    directory = botsupport.Directory()
-    async with files.store() as store:
-        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
-        await botsupport.add_group(store, directory, "caf", "caf", ["95"])
-        await botsupport.add_agent(
-            store, directory, "aidant", matrix_id=aidant.user_id, roles=[Role.AIDANT], group="fs"
-        )
-        await botsupport.add_agent(
-            store,
-            directory,
-            "instr",
-            matrix_id=instr.user_id,
-            roles=[Role.INSTRUCTEUR],
-            group="caf",
-        )
-        await botsupport.add_agent(
-            store,
-            directory,
-            "sophie",
-            matrix_id=None,
-            email=sophie,
-            roles=[Role.INSTRUCTEUR],
-            group="caf",
-            first_name="Sophie",
-        )
+    sophie = await seed_email_only_instructeur(files, aidant, instr)
 
     async with relay() as sink:
         with files.config.open("a") as config:
@@ -69,17 +42,7 @@ async def test_killed_between_the_inbox_commit_and_the_250_the_standby_posts_onc
             await first.wait_log(r"lease acquired: epoch 1\b", 120)
             second.start()
             await ha.standby_port(second)
-            dm = await botsupport.open_direct_chat(aidant, files.user_id)
-            await say(aidant, dm, filled_form())
-            await next_reply(aidant, dm, files.user_id, after=0)
-            await say(aidant, dm, "!confirmer")
-            await sink.wait_for(lambda: sink.to(sophie), 60, what="the dossier email")
-            [dossier] = sink.to(sophie)
-            async with files.store() as store, store.transaction() as tx:
-                [demande] = await tx.list_demandes()
-            room_id = demande.room_id
-            assert room_id is not None
-            await matrix.join_and_read(instr, room_id, 1)
+            dossier, room_id = await dossier_by_email(files, aidant, instr, sink, sophie)
 
             # The standby never listens: only the active bot answers SMTP.
             assert "email listener" not in second.log()

@@ -15,10 +15,14 @@ from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
+import nio
+
 from bot.devserver import LocalSynapse
+from bot.domain.model import Role
 from bot.matrix.content import APLUS_KEY
 from tests.support import bot as botsupport
 from tests.support import matrix
+from tests.support.process import BotFiles
 from tests.support.smtp import Received, RelaySink, build_reply, send_mail
 from tests.support.world import World
 
@@ -125,3 +129,64 @@ def as_eml(received: Received, reference: str, *, room_id: str | None, root: str
 
 # What `tests.support.bot.filled_form` puts in the dossier about the usager.
 USAGER_WORDS = ("Dupontel", "Jeanne")
+
+
+# -- the bridge of a real `aplus` process (tests/integration/test_email_faults.py and
+# test_failover_email.py): an aidant, a Matrix instructeur and Sophie, email-only.
+
+
+async def seed_email_only_instructeur(
+    files: BotFiles, aidant: nio.AsyncClient, instr: nio.AsyncClient
+) -> str:
+    """The aidant (France services, 95) and two instructeurs of the CAF (95): `instr` on
+    Matrix and Sophie by email only. Returns Sophie's address."""
+    sophie = f"{matrix.unique('sophie')}@caf95.example.test"
+    directory = botsupport.Directory()
+    async with files.store() as store:
+        await botsupport.add_group(store, directory, "fs", "france_services", ["95"])
+        await botsupport.add_group(store, directory, "caf", "caf", ["95"])
+        await botsupport.add_agent(
+            store, directory, "aidant", matrix_id=aidant.user_id, roles=[Role.AIDANT], group="fs"
+        )
+        await botsupport.add_agent(
+            store,
+            directory,
+            "instr",
+            matrix_id=instr.user_id,
+            roles=[Role.INSTRUCTEUR],
+            group="caf",
+        )
+        await botsupport.add_agent(
+            store,
+            directory,
+            "sophie",
+            matrix_id=None,
+            email=sophie,
+            roles=[Role.INSTRUCTEUR],
+            group="caf",
+            first_name="Sophie",
+        )
+    return sophie
+
+
+async def dossier_by_email(
+    files: BotFiles,
+    aidant: nio.AsyncClient,
+    instr: nio.AsyncClient,
+    sink: RelaySink,
+    sophie: str,
+) -> tuple[Received, str]:
+    """The aidant opens a demande with the running bot; returns the dossier email Sophie
+    got and the demande's room, which `instr` has joined and read."""
+    dm = await botsupport.open_direct_chat(aidant, files.user_id)
+    await botsupport.say(aidant, dm, botsupport.filled_form())
+    await botsupport.next_reply(aidant, dm, files.user_id, after=0)
+    await botsupport.say(aidant, dm, "!confirmer")
+    await sink.wait_for(lambda: sink.to(sophie), 60, what="the dossier email")
+    [dossier] = sink.to(sophie)
+    async with files.store() as store, store.transaction() as tx:
+        [demande] = await tx.list_demandes()
+    room_id = demande.room_id
+    assert room_id is not None
+    await matrix.join_and_read(instr, room_id, 1)
+    return dossier, room_id
