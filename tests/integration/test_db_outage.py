@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import re
 import signal
-import socket
 import time
 from email.message import EmailMessage
 from pathlib import Path
@@ -24,7 +23,7 @@ from tests.support import bot as botsupport
 from tests.support import failover as ha
 from tests.support import matrix
 from tests.support import process as proc
-from tests.support.email import relay
+from tests.support.email import email_section, relay
 from tests.support.pgcluster import private_cluster
 from tests.support.smtp import send_mail
 
@@ -33,31 +32,6 @@ pytestmark = pytest.mark.postgres
 OUTAGE_S = 30
 SOMEONE = "sophie.martin@caf95.example.test"
 A_REPLY_ADDRESS = "reply+unknowntoken0123456789@reponse.aplus.test"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _email_section(relay_port: int, listen_port: int) -> str:
-    return "\n".join(
-        [
-            "",
-            "[email]",
-            "enabled = true",
-            'from_address = "ne-pas-repondre@aplus.test"',
-            'reply_domain = "reponse.aplus.test"',
-            'relay_host = "127.0.0.1"',
-            f"relay_port = {relay_port}",
-            'relay_security = "none"',
-            'listen_host = "127.0.0.1"',
-            f"listen_port = {listen_port}",
-            'trusted_authserv_ids = ["aplus-dev"]',
-            "",
-        ]
-    )
 
 
 def _mail() -> EmailMessage:
@@ -75,8 +49,11 @@ async def test_a_30_s_database_outage_under_traffic_loses_and_doubles_nothing(
     async with private_cluster() as cluster, relay() as sink:
         url = cluster.url()
         files, admin, people = await ha.setup(synapse, clients, tmp_path, url)
-        listen_port = _free_port()
-        files.config.write_text(files.config.read_text() + _email_section(sink.port, listen_port))
+        listen_port = proc.free_port()
+        files.config.write_text(
+            files.config.read_text()
+            + email_section(sink.port, listen_port, retry_initial_seconds=None)
+        )
         talker = people["talker"]
         bot = proc.bot_process(files)
         with proc.killed_at_exit(bot):

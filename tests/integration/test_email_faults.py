@@ -3,7 +3,6 @@ the database unavailable (451), and a corpus of hostile mail through the real li
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from tests.support.email import (
     bridged,
     dossier_by_email,
     email_bot,
+    email_section,
     listener,
     mailonly,
     relay,
@@ -36,37 +36,11 @@ KILLED_BY_CRASH_POINT = 137
 CORPUS = Path(__file__).resolve().parents[1] / "unit" / "corpus"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def email_section(relay_port: int, listen_port: int) -> str:
-    return "\n".join(
-        [
-            "",
-            "[email]",
-            "enabled = true",
-            'from_address = "ne-pas-repondre@aplus.test"',
-            'reply_domain = "reponse.aplus.test"',
-            'relay_host = "127.0.0.1"',
-            f"relay_port = {relay_port}",
-            'relay_security = "none"',
-            'listen_host = "127.0.0.1"',
-            f"listen_port = {listen_port}",
-            'trusted_authserv_ids = ["aplus-dev"]',
-            "retry_initial_seconds = 1",
-            "",
-        ]
-    )
-
-
 async def test_bot_killed_between_commit_and_post_posts_once_after_restart(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
     files = await proc.register_bot(synapse, tmp_path / "bot")
-    listen_port = free_port()
+    listen_port = proc.free_port()
     aidant = await clients.client("aidant")
     instr = await clients.client("instr")
     sophie = await seed_email_only_instructeur(files, aidant, instr)

@@ -11,12 +11,18 @@ import aiosmtplib
 import pytest
 
 from bot.devserver import LocalSynapse
-from tests.integration.test_email_faults import KILLED_BY_CRASH_POINT, email_section, free_port
+from tests.integration.test_email_faults import KILLED_BY_CRASH_POINT
 from tests.support import failover as ha
 from tests.support import matrix
 from tests.support import process as proc
 from tests.support.bot import count_from, reply_with
-from tests.support.email import bridged, dossier_by_email, relay, seed_email_only_instructeur
+from tests.support.email import (
+    bridged,
+    dossier_by_email,
+    email_section,
+    relay,
+    seed_email_only_instructeur,
+)
 from tests.support.smtp import build_reply, reply_to, send_mail
 
 pytestmark = pytest.mark.postgres
@@ -27,7 +33,7 @@ async def test_killed_between_the_inbox_commit_and_the_250_the_standby_posts_onc
 ) -> None:
     files = await proc.register_bot(synapse, tmp_path / "bot")
     ha.enable_ha(files, postgres_url)
-    listen_port = free_port()
+    listen_port = proc.free_port()
     aidant = await clients.client("aidant")
     instr = await clients.client("instr")
     sophie = await seed_email_only_instructeur(files, aidant, instr)

@@ -131,6 +131,30 @@ def as_eml(received: Received, reference: str, *, room_id: str | None, root: str
 USAGER_WORDS = ("Dupontel", "Jeanne")
 
 
+def email_section(
+    relay_port: int, listen_port: int, *, retry_initial_seconds: int | None = 1
+) -> str:
+    """The `[email]` section of a bot process's configuration: the relay sink on
+    `relay_port`, the listener on `listen_port`. ``retry_initial_seconds``: the first
+    delivery retry (a second, so that a test sees it); None keeps the bridge's default."""
+    lines = [
+        "",
+        "[email]",
+        "enabled = true",
+        'from_address = "ne-pas-repondre@aplus.test"',
+        'reply_domain = "reponse.aplus.test"',
+        'relay_host = "127.0.0.1"',
+        f"relay_port = {relay_port}",
+        'relay_security = "none"',
+        'listen_host = "127.0.0.1"',
+        f"listen_port = {listen_port}",
+        'trusted_authserv_ids = ["aplus-dev"]',
+    ]
+    if retry_initial_seconds is not None:
+        lines.append(f"retry_initial_seconds = {retry_initial_seconds}")
+    return "\n".join([*lines, ""])
+
+
 # -- the bridge of a real `aplus` process (tests/integration/test_email_faults.py and
 # test_failover_email.py): an aidant, a Matrix instructeur and Sophie, email-only.
 
