@@ -25,6 +25,20 @@ from tests.support.email import email_bot, mailonly, relay
 from tests.support.world import World, demande_of, make_world, open_demande, room_state
 
 
+async def _cpam_instructeur(clients: matrix.Clients, world: World) -> nio.AsyncClient:
+    """An instructeur of the CPAM (95), the second organisation a demande may go to."""
+    cpam = await clients.client("cpam")
+    await botsupport.add_agent(
+        world.runner.store,
+        world.directory,
+        "cpam",
+        matrix_id=cpam.user_id,
+        roles=[Role.INSTRUCTEUR],
+        group="cpam",
+    )
+    return cpam
+
+
 async def test_mesdemandes_in_the_direct_chat_and_for_an_instructeur(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
@@ -32,15 +46,7 @@ async def test_mesdemandes_in_the_direct_chat_and_for_an_instructeur(
         await runner.start()
         world = await make_world(clients, runner)
         aidant, instr1, bot_id = world.aidant, world.instr1, world.bot_id
-        cpam = await clients.client("cpam")
-        await botsupport.add_agent(
-            runner.store,
-            world.directory,
-            "cpam",
-            matrix_id=cpam.user_id,
-            roles=[Role.INSTRUCTEUR],
-            group="cpam",
-        )
+        await _cpam_instructeur(clients, world)  # the other demande goes to the CPAM
         dm, ref_caf = await open_demande(world)
         _, ref_cpam = await open_demande(
             world, filled_form(organismes="CPAM", nom="Martinot", nir="2 61 03 95 123 456 45")
@@ -222,10 +228,7 @@ async def test_inviter_by_organisation_and_departement_by_email_and_suggestions(
         world = await make_world(clients, runner)
         instr1, bot_id = world.instr1, world.bot_id
         store, directory = runner.store, world.directory
-        cpam = await clients.client("cpam")
-        await botsupport.add_agent(
-            store, directory, "cpam", matrix_id=cpam.user_id, roles=[Role.INSTRUCTEUR], group="cpam"
-        )
+        cpam = await _cpam_instructeur(clients, world)
         await botsupport.add_group(store, directory, "cpam75", "cpam", ["75"])
         _, reference = await open_demande(world)
         # A colleague who joined the CAF after the opening (not routed to the demande).
@@ -404,15 +407,7 @@ async def test_companion_room_for_the_instructeurs_only_and_procedure_standard(
         await runner.start()
         world = await make_world(clients, runner)
         aidant, instr1, instr2, bot_id = world.aidant, world.instr1, world.instr2, world.bot_id
-        cpam = await clients.client("cpam")
-        await botsupport.add_agent(
-            runner.store,
-            world.directory,
-            "cpam",
-            matrix_id=cpam.user_id,
-            roles=[Role.INSTRUCTEUR],
-            group="cpam",
-        )
+        cpam = await _cpam_instructeur(clients, world)
         _, reference = await open_demande(world)
         demande = await demande_of(world, reference)
         room = demande.room_id
