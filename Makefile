@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: dev test lint bench clean
+.PHONY: dev dev-standby test lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): $(PY) pyproject.toml
 
 dev: $(STAMP)
 	$(VENV)/bin/aplus dev
+
+# Two bots, one active, on PostgreSQL (127.0.0.1:5432): try a failover by hand (README).
+dev-standby: $(STAMP)
+	$(VENV)/bin/aplus dev --standby
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bot bridge synapse_module deploy tests

@@ -18,6 +18,8 @@ from bot.policy_loader import default_policies_dir, load_policies
 from bot.settings import Settings, SettingsError, load_settings
 
 DEFAULT_DEV_DIR = Path(".aplus-dev")
+# Two bots on PostgreSQL: their own demo (accounts, rooms, device), never mixed with SQLite's.
+DEFAULT_DEV_STANDBY_DIR = Path(".aplus-dev-standby")
 log = logging.getLogger("bot.cli")
 
 
@@ -36,6 +38,7 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         return settings
     data_dir = Path(args.data_dir or DEFAULT_DEV_DIR).resolve()
     accounts = data_dir / "dev-accounts.json"
+    database = data_dir / "standby" / "database_url"  # `aplus dev --standby`
     secrets = data_dir / "secrets.json"
     if not accounts.exists() or not secrets.exists():
         raise SystemExit(
@@ -50,7 +53,10 @@ def _settings_from(args: argparse.Namespace) -> Settings:
         facts["homeserver"],
         bot.split(":", 1)[1],
         bot,
-        {k: v for k, v in values.items() if k.startswith("APLUS_")},
+        {
+            **{k: v for k, v in values.items() if k.startswith("APLUS_")},
+            **({"APLUS_DATABASE_URL": database.read_text().strip()} if database.exists() else {}),
+        },
     )
 
 
@@ -59,6 +65,16 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from bot.dev import run_dev
 
     _setup_logging("INFO")
+    if args.standby:
+        from bot.dev_standby import DEFAULT_DATABASE_URL, run_dev_standby
+
+        data_dir = Path(args.data_dir or DEFAULT_DEV_STANDBY_DIR)
+        asyncio.run(run_dev_standby(data_dir, args.database_url or DEFAULT_DATABASE_URL))
+        return 0
+    if args.database_url:
+        raise SystemExit(
+            "--database-url va avec --standby (sans lui, la démonstration est sur SQLite)."
+        )
     asyncio.run(run_dev(Path(args.data_dir or DEFAULT_DEV_DIR), App))
     return 0
 
@@ -149,7 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="tout le service en local (Synapse, SQLite, démo)")
-    dev.add_argument("--data-dir", help="dossier des données (défaut : .aplus-dev)")
+    dev.add_argument(
+        "--data-dir",
+        help="dossier des données (défaut : .aplus-dev, .aplus-dev-standby avec --standby)",
+    )
+    dev.add_argument(
+        "--standby",
+        action="store_true",
+        help="deux bots sur PostgreSQL, un actif et un secours, pour essayer une bascule",
+    )
+    dev.add_argument(
+        "--database-url",
+        help="avec --standby : la base PostgreSQL, créée si besoin "
+        "(défaut : postgresql://postgres@127.0.0.1:5432/aplus_dev)",
+    )
     dev.set_defaults(func=cmd_dev)
 
     run = sub.add_parser("run", help="le bot, contre un serveur Matrix existant")

@@ -145,8 +145,15 @@ def _load_or_create_secrets(path: Path) -> dict[str, Any]:
     return data
 
 
-async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any]]:
-    """Start Synapse, create accounts and the demo directory; returns what `aplus dev` runs."""
+async def prepare(
+    data_dir: Path, *, database_url: str | None = None, guard_ports: int = 1
+) -> tuple[LocalSynapse, Settings, dict[str, Any]]:
+    """Start Synapse, create accounts and the demo directory; returns what `aplus dev` runs.
+
+    `database_url`: the bot's database (else SQLite in the data folder). `guard_ports`:
+    how many bot processes the guard module asks (`aplus dev --standby`: two, each its
+    own port, `settings.guard.port` the first; `facts["guard_ports"]` lists them all).
+    """
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
     secret_values = _load_or_create_secrets(data_dir / "secrets.json")
@@ -155,7 +162,8 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
     # The production design: Synapse loads the guard module, which asks the bot's
     # membership endpoint about every invite and join in a demande room.
     guard_secret = ensure_guard_secret(data_dir / GUARD_SECRET_FILE)
-    guard_port = _guard_port(data_dir)
+    ports = [_guard_port(data_dir, n) for n in range(guard_ports)]
+    guard_port = ports[0]
     synapse = LocalSynapse(
         data_dir / "synapse",
         fast_hashing=True,
@@ -163,7 +171,7 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
         modules=[
             guard_module(
                 bot_user_id=f"@{BOT_LOCALPART}:{DEV_SERVER_NAME}",
-                api_urls=[f"http://127.0.0.1:{guard_port}"],
+                api_urls=[f"http://127.0.0.1:{port}" for port in ports],
                 shared_secret_path=guard_secret,
             )
         ],
@@ -226,6 +234,7 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
             {
                 **{k: v for k, v in secret_values.items() if k.startswith("APLUS_")},
                 "APLUS_SYNAPSE_ADMIN_TOKEN": retention.access_token,
+                **({"APLUS_DATABASE_URL": database_url} if database_url else {}),
             },
             # The email bridge on loopback; run_dev points its relay at the mail folder.
             email={},
@@ -237,13 +246,23 @@ async def prepare(data_dir: Path) -> tuple[LocalSynapse, Settings, dict[str, Any
         await synapse.stop()
         (synapse.data_dir / SYNAPSE_PID_FILE).unlink(missing_ok=True)
         raise
-    facts = {"homeserver": synapse.base_url, "bot": {"user_id": bot.user_id}, "users": users}
+    facts = {
+        "homeserver": synapse.base_url,
+        "bot": {"user_id": bot.user_id},
+        "users": users,
+        "guard_ports": ports,
+    }
     return synapse, settings, facts
 
 
-def _guard_port(data_dir: Path) -> int:
-    """The membership endpoint's port, kept across runs (Synapse's config names it)."""
-    path = data_dir / GUARD_PORT_FILE
+def _guard_port(data_dir: Path, n: int = 0) -> int:
+    """The membership endpoint's port (of the `n`th bot process), kept across runs
+    (Synapse's config names it)."""
+    return kept_port(data_dir / (GUARD_PORT_FILE if n == 0 else f"{GUARD_PORT_FILE}_{n + 1}"))
+
+
+def kept_port(path: Path) -> int:
+    """A loopback port written in `path`, kept across runs while it is free."""
     try:
         port = int(path.read_text().strip())
     except (OSError, ValueError):
@@ -316,7 +335,7 @@ async def _logout(synapse: LocalSynapse, access_token: str) -> None:
         log.warning("could not log a set-up session out (%s)", response.status)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write a file readable by its owner only, atomically: never briefly 0644, never half."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
@@ -353,7 +372,7 @@ async def _import_demo_directory(settings: Settings, server_name: str) -> None:
         await store.close()
 
 
-def _print_welcome(facts: dict[str, Any], data_dir: Path) -> None:
+def print_welcome(facts: dict[str, Any], data_dir: Path, extra: list[str] | None = None) -> None:
     lines = [
         "",
         "Administration+ sur Matrix — démonstration locale",
@@ -374,6 +393,7 @@ def _print_welcome(facts: dict[str, Any], data_dir: Path) -> None:
         "  Pour ouvrir une demande : connectez-vous comme aidant, démarrez une discussion",
         f"  directe chiffrée avec {facts['bot']['user_id']} et envoyez !demande.",
     ]
+    lines += extra or []
     if "smtp_inbound" in facts:
         smtp = facts["smtp_inbound"]
         lines += [
@@ -396,6 +416,11 @@ def _print_welcome(facts: dict[str, Any], data_dir: Path) -> None:
 async def run_dev(data_dir: Path, make_app: Callable[[Settings], App]) -> None:
     """`make_app` is the composition root (`bot.app.App`), given by the command line."""
     data_dir = data_dir.resolve()
+    if (data_dir / "standby").exists():
+        raise SystemExit(
+            f"{data_dir} est le dossier d'une démonstration à deux bots (PostgreSQL) : "
+            "lancez « aplus dev --standby » ou choisissez un autre --data-dir."
+        )
     # From the very start: Synapse runs in its own session, so if a signal killed us
     # during start-up nobody would stop it. Closing the terminal (SIGHUP) stops too.
     stop = asyncio.Event()
@@ -420,8 +445,8 @@ async def run_dev(data_dir: Path, make_app: Callable[[Settings], App]) -> None:
         if app.admin.server is not None:
             facts["health"] = f"http://127.0.0.1:{app.admin.server.port}/healthz"
         accounts = data_dir / "dev-accounts.json"
-        _write_private(accounts, json.dumps(facts, indent=2, ensure_ascii=False))
-        _print_welcome(facts, data_dir)
+        write_private(accounts, json.dumps(facts, indent=2, ensure_ascii=False))
+        print_welcome(facts, data_dir)
         runner = asyncio.create_task(app.run())
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
