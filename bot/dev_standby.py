@@ -6,8 +6,8 @@ data folder (crypto store) and PostgreSQL database; their two configuration file
 differ only by their ports (`[health]`, `[guard]`, `[email] listen_port`), and the
 homeserver's guard module lists both endpoints. This command writes those files under
 `<data-dir>/standby/`, starts the two processes and plays systemd's part: a process
-that ends (killed, or exit 75 after losing its lease) is started again a second later,
-and waits as the standby. It prints which one is active, their PIDs and `/healthz`
+that ends (killed, or exit 75 after losing its lease) is started again once the other
+took over, and waits as the standby. It prints which one is active, their PIDs and `/healthz`
 URLs, and every change of role, so that a person can try a failover by hand.
 """
 
@@ -37,8 +37,12 @@ DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/aplus_dev"
 STANDBY_DIR = "standby"
 NAMES = ("principal", "secours")
 ACTIVE, STANDBY, SILENT = "actif", "secours", "ne répond pas"
-# systemd's `Restart=on-failure` after `RestartSec` (5 s in deploy/systemd): shorter here.
+# systemd's `Restart=on-failure` after `RestartSec` (deploy/systemd): shorter here, but
+# never before the other bot has taken over (or TAKEOVER_WAIT_S has passed): a process
+# restarted at once could win the expired lease itself, and the demo would show no
+# failover.
 RESTART_DELAY_S = 1.0
+TAKEOVER_WAIT_S = 30.0
 POLL_S = 0.5
 HEALTH_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 180.0
@@ -250,17 +254,30 @@ class Supervisor:
             pid = bot.pid
             bot.role = None
             print(
-                f"[{bot.name}] PID {pid} {_ended(code)} : redémarrage dans "
-                f"{RESTART_DELAY_S:.0f} s (comme systemd) ; il attendra comme secours.",
+                f"[{bot.name}] PID {pid} {_ended(code)} : il redémarre (comme systemd) "
+                "dès que l'autre bot est actif, et attendra comme secours.",
                 flush=True,
             )
             self._on_change()
             await asyncio.sleep(RESTART_DELAY_S)
+            await self._other_active(bot)
             if self.stopping:
                 return
             await bot.start()
             print(f"[{bot.name}] redémarré : PID {bot.pid}.", flush=True)
             self._on_change()
+
+    async def _other_active(self, bot: BotProcess) -> None:
+        """Until another running bot is active, or TAKEOVER_WAIT_S at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + TAKEOVER_WAIT_S
+        while loop.time() < deadline and not self.stopping:
+            others = [b for b in self.bots if b is not bot]
+            if any(b.role == ACTIVE for b in others):
+                return
+            if not any(b.process and b.process.returncode is None for b in others):
+                return  # both ended: no one to wait for
+            await asyncio.sleep(POLL_S / 2)
 
     async def _roles(self, http: aiohttp.ClientSession) -> None:
         while True:
