@@ -172,6 +172,10 @@ class BotProcess:
                 preexec_fn=_end_with_parent,
             )
 
+    def seen_as(self, role: str | None) -> None:
+        """The role its `/healthz` showed last (None: not known since its start)."""
+        self.role = role
+
     async def poll_role(self, http: aiohttp.ClientSession) -> str:
         try:
             async with http.get(self.health_url) as resp:
@@ -230,7 +234,7 @@ class Supervisor:
                     f"({_ended(bot.process.returncode)}) : voir {bot.log_path}."
                 )
             if await bot.poll_role(http) == role:
-                bot.role = role
+                bot.seen_as(role)
                 self._on_change()
                 return
             if loop.time() > deadline:
@@ -252,7 +256,7 @@ class Supervisor:
             if self.stopping:
                 return
             pid = bot.pid
-            bot.role = None
+            bot.seen_as(None)
             print(
                 f"[{bot.name}] PID {pid} {_ended(code)} : il redémarre (comme systemd) "
                 "dès que l'autre bot est actif, et attendra comme secours.",
@@ -290,7 +294,7 @@ class Supervisor:
                     # Silent while starting, or between the standby's endpoint and the
                     # active one's (a takeover): only a silent *active* bot is news.
                     continue
-                bot.role = role
+                bot.seen_as(role)
                 if role == ACTIVE:
                     print(
                         f"[{bot.name}] PID {bot.pid} est maintenant ACTIF ({bot.health_url}).",
