@@ -217,9 +217,12 @@ def _ended(code: int | None) -> str:
 class Supervisor:
     """systemd's part: both processes kept running; their roles watched and printed."""
 
-    def __init__(self, bots: list[BotProcess], on_change: Any) -> None:
+    def __init__(self, bots: list[BotProcess], on_change: Any, stop: asyncio.Event) -> None:
         self.bots = bots
         self._on_change = on_change
+        # Set by the signal handler: a Ctrl-C in the terminal reaches the bots too (one
+        # process group), and the ones it ends must not be started again.
+        self._stop = stop
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -253,7 +256,7 @@ class Supervisor:
         while True:
             assert bot.process is not None
             code = await bot.process.wait()
-            if self.stopping:
+            if self.stopping or self._stop.is_set():
                 return
             pid = bot.pid
             bot.seen_as(None)
@@ -265,7 +268,7 @@ class Supervisor:
             self._on_change()
             await asyncio.sleep(RESTART_DELAY_S)
             await self._other_active(bot)
-            if self.stopping:
+            if self.stopping or self._stop.is_set():
                 return
             await bot.start()
             print(f"[{bot.name}] redémarré : PID {bot.pid}.", flush=True)
@@ -433,7 +436,7 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
         facts["mail_dir"] = str(mail.folder)
         # The listener of the active bot only: the principal's at first (both listed below).
         facts["smtp_inbound"] = {"host": "127.0.0.1", "port": bots[0].smtp_port}
-        supervisor = Supervisor(bots, remember)
+        supervisor = Supervisor(bots, remember, stop)
         timeout = aiohttp.ClientTimeout(total=HEALTH_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout) as http:
             principal, secours = bots
