@@ -389,16 +389,21 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
     try:
         await mail.start()
         write_private(folder / "database_url", bot_url + "\n")
-        # Secrets through the environment (as a unit's EnvironmentFile would), never in
-        # the files; nothing of the caller's environment may override them.
+        # Secrets in files readable by their owner only, named by `*_file` keys, as in
+        # production: the two configuration files are whole (`aplus check --config`,
+        # `aplus run --config` by hand), and no caller's variable may override them.
+        secret_dir = folder / "secrets"
+        secret_dir.mkdir(mode=0o700, exist_ok=True)
+        secret_values = {
+            "bot_password": settings.bot.password,
+            "pickle_key": settings.secrets.pickle_key,
+            "data_key": settings.secrets.data_key,
+            "synapse_admin_token": settings.admin.synapse_admin_token,
+        }
+        for secret_name, secret in secret_values.items():
+            if secret is not None:
+                write_private(secret_dir / secret_name, secret.reveal())
         env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV_VARS}
-        env.update(
-            APLUS_BOT_PASSWORD=settings.bot.password.reveal(),
-            APLUS_PICKLE_KEY=settings.secrets.pickle_key.reveal(),
-            APLUS_DATA_KEY=settings.secrets.data_key.reveal(),
-        )
-        if settings.admin.synapse_admin_token is not None:
-            env["APLUS_SYNAPSE_ADMIN_TOKEN"] = settings.admin.synapse_admin_token.reveal()
         guard_secret = data_dir / "guard_shared_secret"
         bots = []
         for name, guard_port in zip(NAMES, facts["guard_ports"], strict=True):
@@ -407,7 +412,11 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
             config = folder / f"{name}.toml"
             doc: dict[str, dict[str, Any]] = {
                 "homeserver": {"url": settings.homeserver.url, "server_name": synapse.server_name},
-                "bot": {"user_id": settings.bot.user_id},
+                "bot": {"user_id": settings.bot.user_id, "password_file": "secrets/bot_password"},
+                "secrets": {
+                    "pickle_key_file": "secrets/pickle_key",
+                    "data_key_file": "secrets/data_key",
+                },
                 "data": {"dir": str(data_dir)},
                 "database": {"url_file": "database_url"},
                 "health": {"port": health_port},
@@ -419,6 +428,8 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
                 "email": {**DEV_EMAIL, "relay_port": mail.port, "listen_port": smtp_port},
                 "ha": {"enabled": True},
             }
+            if settings.admin.synapse_admin_token is not None:
+                doc["admin"] = {"synapse_admin_token_file": "secrets/synapse_admin_token"}
             config.write_text(_toml(doc))
             os.chmod(config, 0o600)
             load_settings(config, env)  # every mistake here, before any process starts

@@ -108,6 +108,11 @@ async def test_aplus_dev_standby_two_bots_the_active_killed_the_other_takes_over
             await dev.wait_output(r"\[secours\] PID \d+ est maintenant ACTIF", 30)
             await dev.wait_output(rf"\[principal\] PID {again} attend comme secours", 30)
             assert "tué par SIGKILL" in dev.output()
+            # The written files are whole production configurations (secrets in 0600
+            # files): `aplus check` on either names the active bot, the former standby.
+            report = await proc.run_aplus_async("check", "--config", principal["config"])
+            [active] = [line for line in report.stdout.splitlines() if "bot actif :" in line]
+            assert f"/{secours['pid']}/" in active and "(époque 2)" in active, report.stdout
 
             # Ctrl-C stops everything: both bots and Synapse.
             assert await dev.stop(signal.SIGINT) == 0, dev.describe()
