@@ -21,11 +21,13 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from sqlalchemy.engine import URL
 
 from bot.dev import SYNAPSE_PID_FILE, kept_port, prepare, print_welcome, write_private
 from bot.settings import DEV_EMAIL, SECRET_ENV_VARS, load_settings
@@ -61,12 +63,20 @@ class PostgresUnavailable(SystemExit):
     pass
 
 
-async def ensure_database(raw_url: str) -> str:
-    """The demo's database on that PostgreSQL server, created if missing; the bot's URL.
+class BotFailed(RuntimeError):
+    """A bot did not reach its role at start (French message); the demo stops."""
 
-    A clear French error (exit) when the server does not answer or refuses.
-    """
-    import asyncpg
+
+def _last_line(path: Path) -> str:
+    """The last line of a bot's log: at a failed start, its error (in French if ours)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def _postgres_url(raw_url: str) -> URL:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -79,7 +89,23 @@ async def ensure_database(raw_url: str) -> str:
             f"--database-url {raw_url!r} : une URL PostgreSQL est attendue "
             "(postgresql://UTILISATEUR@HÔTE:PORT/BASE)."
         )
-    name = url.database or "aplus_dev"
+    return url.set(drivername="postgresql+asyncpg", database=url.database or "aplus_dev")
+
+
+def bot_database_url(raw_url: str) -> str:
+    """The bot's URL (asyncpg driver) of the demo's database; exit if not PostgreSQL."""
+    return _postgres_url(raw_url).render_as_string(hide_password=False)
+
+
+async def ensure_database(raw_url: str) -> str:
+    """The demo's database on that PostgreSQL server, created if missing; the bot's URL.
+
+    A clear French error (exit) when the server does not answer or refuses.
+    """
+    import asyncpg
+
+    url = _postgres_url(raw_url)
+    name = str(url.database)
     host, port = url.host or "127.0.0.1", url.port or 5432
     where = f"{host}:{port}"
     try:
@@ -110,8 +136,12 @@ async def ensure_database(raw_url: str) -> str:
         ) from None
     finally:
         await conn.close()
-    bot_url = url.set(drivername="postgresql+asyncpg", database=name)
-    return bot_url.render_as_string(hide_password=False)
+    return url.render_as_string(hide_password=False)
+
+
+def _where(url: str) -> str:
+    """Server and database of a URL, never its password."""
+    return url.rsplit("@", 1)[-1]
 
 
 def _toml(doc: dict[str, dict[str, Any]]) -> str:
@@ -232,16 +262,17 @@ class Supervisor:
         while True:
             assert bot.process is not None
             if bot.process.returncode is not None:
-                raise SystemExit(
+                raise BotFailed(
                     f"Le bot « {bot.name} » s'est arrêté au démarrage "
-                    f"({_ended(bot.process.returncode)}) : voir {bot.log_path}."
+                    f"({_ended(bot.process.returncode)}) : voir {bot.log_path}.\n"
+                    f"{_last_line(bot.log_path)}"
                 )
             if await bot.poll_role(http) == role:
                 bot.seen_as(role)
                 self._on_change()
                 return
             if loop.time() > deadline:
-                raise SystemExit(
+                raise BotFailed(
                     f"Le bot « {bot.name} » n'est pas {role} après {START_TIMEOUT_S:.0f} s : "
                     f"voir {bot.log_path}."
                 )
@@ -338,6 +369,23 @@ class Supervisor:
                 await process.wait()
 
 
+async def _unless_stopped(step: Coroutine[Any, Any, None], stop: asyncio.Event) -> bool:
+    """Run `step` to its end (True), unless a stop is asked first (False, step cancelled)."""
+    task = asyncio.create_task(step)
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    if task.done():
+        task.result()  # its error, if any
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
+
+
 def _failover_help(bots: list[BotProcess]) -> list[str]:
     active = next((b for b in bots if b.role == ACTIVE), bots[0])
     standby = next((b for b in bots if b is not active), bots[1])
@@ -378,7 +426,16 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
             f"{data_dir} est le dossier d'une démonstration sur SQLite (« aplus dev ») : "
             "choisissez un autre --data-dir pour la démonstration à deux bots."
         )
-    bot_url = await ensure_database(database_url)
+    bot_url = bot_database_url(database_url)
+    known = data_dir / STANDBY_DIR / "database_url"
+    if known.exists() and known.read_text().strip() != bot_url:
+        # The folder's bot device and crypto store go with the database it used.
+        raise SystemExit(
+            f"{data_dir} est la démonstration de la base {_where(known.read_text().strip())}, "
+            f"pas de {_where(bot_url)} : relancez avec cette base ou choisissez un autre "
+            "--data-dir."
+        )
+    await ensure_database(database_url)
     synapse, settings, facts = await prepare(data_dir, database_url=bot_url, guard_ports=2)
     mail = MailFolderSink(data_dir / "mail")
     folder = data_dir / STANDBY_DIR
@@ -389,6 +446,7 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
     try:
         await mail.start()
         write_private(folder / "database_url", bot_url + "\n")
+
         # Secrets in files readable by their owner only, named by `*_file` keys, as in
         # production: the two configuration files are whole (`aplus check --config`,
         # `aplus run --config` by hand), and no caller's variable may override them.
@@ -443,7 +501,7 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
             facts["bots"] = {b.name: b.describe() for b in bots}
             write_private(accounts, json.dumps(facts, indent=2, ensure_ascii=False))
 
-        facts["database"] = bot_url.split("@")[-1]  # server and database, no password
+        facts["database"] = _where(bot_url)
         facts["mail_dir"] = str(mail.folder)
         # The listener of the active bot only: the principal's at first (both listed below).
         facts["smtp_inbound"] = {"host": "127.0.0.1", "port": bots[0].smtp_port}
@@ -453,26 +511,17 @@ async def run_dev_standby(data_dir: Path, database_url: str) -> None:
             principal, secours = bots
             print("Démarrage du bot « principal » (il prendra le bail)…", flush=True)
             await principal.start()
-            starting = asyncio.create_task(supervisor.wait_role(principal, ACTIVE, http))
-            waiter = asyncio.create_task(stop.wait())
-            await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not stop.is_set():
-                await starting
+            if await _unless_stopped(supervisor.wait_role(principal, ACTIVE, http), stop):
                 print("Démarrage du bot « secours »…", flush=True)
                 await secours.start()
-                starting = asyncio.create_task(supervisor.wait_role(secours, STANDBY, http))
-                await asyncio.wait({starting, waiter}, return_when=asyncio.FIRST_COMPLETED)
-            if not stop.is_set():
-                await starting
-                supervisor.watch(http)
-                print_welcome(facts, data_dir, _failover_help(bots))
-                await stop.wait()
-            starting.cancel()
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await starting
+                if await _unless_stopped(supervisor.wait_role(secours, STANDBY, http), stop):
+                    supervisor.watch(http)
+                    print_welcome(facts, data_dir, _failover_help(bots))
+                    await stop.wait()
             print("Arrêt demandé : les deux bots s'arrêtent proprement.", flush=True)
             await supervisor.stop()
+    except BotFailed as exc:
+        raise SystemExit(str(exc)) from None
     finally:
         if supervisor is not None and not supervisor.stopping:
             await supervisor.stop()

@@ -33,3 +33,23 @@ async def test_a_database_url_without_standby_is_refused(tmp_path: Path) -> None
     )
     assert done.returncode != 0, done
     assert "--database-url va avec --standby" in done.stderr, done
+
+
+async def test_the_standby_demo_keeps_to_the_database_it_started_with(tmp_path: Path) -> None:
+    # Its bot device and crypto store go with that database: another one would find no
+    # saved login and clash with the account's cross-signing identity.
+    (tmp_path / "standby").mkdir()
+    (tmp_path / "standby" / "database_url").write_text(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/aplus_dev\n"
+    )
+    done = await proc.run_aplus_async(
+        "dev",
+        "--standby",
+        "--data-dir",
+        str(tmp_path),
+        "--database-url",
+        "postgresql://postgres@127.0.0.1:5432/une_autre_base",
+    )
+    assert done.returncode != 0, done
+    assert "démonstration de la base 127.0.0.1:5432/aplus_dev" in done.stderr, done
+    assert "une_autre_base" in done.stderr and not (tmp_path / "synapse").exists(), done
