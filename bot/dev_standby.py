@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -247,7 +247,9 @@ def _ended(code: int | None) -> str:
 class Supervisor:
     """systemd's part: both processes kept running; their roles watched and printed."""
 
-    def __init__(self, bots: list[BotProcess], on_change: Any, stop: asyncio.Event) -> None:
+    def __init__(
+        self, bots: list[BotProcess], on_change: Callable[[], None], stop: asyncio.Event
+    ) -> None:
         self.bots = bots
         self._on_change = on_change
         # Set by the signal handler: a Ctrl-C in the terminal reaches the bots too (one
