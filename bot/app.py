@@ -37,7 +37,7 @@ from bot.services.identity_pins import IdentityPins
 from bot.services.lease import Lease
 from bot.services.ledger import StoreLedger
 from bot.services.membership_api import MembershipApi, RefusalAudit, start_membership_api
-from bot.services.opening import Opening
+from bot.services.opening import CREATION_RETRY, Opening
 from bot.services.outbox import Outbox
 from bot.services.room_guard import RoomGuard
 from bot.services.room_index import DemandeRoomIndex
@@ -406,7 +406,8 @@ async def assemble(
         specs=specs,
         index=index,
         email=email,
-        retry=retry,
+        # A refused createRoom: a few attempts, then the aidant and the operators told.
+        retry=CREATION_RETRY,
         alert_operators=admin_room.alert,
         followup_rules=followup_rules(s),
         client_url=s.bot.client_url,

@@ -313,9 +313,27 @@ CANCELLED = "Demande annulée : rien n'a été envoyé. Envoyez !demande pour re
 
 
 def demande_opened(reference: str) -> str:
+    """To the aidant, once the room exists and they are invited (never before)."""
     return (
         f"Demande {reference} ouverte. Vous avez été invité(e) dans son salon : "
         "la suite des échanges se fait là-bas."
+    )
+
+
+def demande_recorded(reference: str) -> str:
+    """To the aidant, when the room could not be made at once (the service tries again)."""
+    return (
+        f"Demande {reference} enregistrée : son salon est en cours de création, "
+        "vous y serez invité(e) dès qu'il sera prêt."
+    )
+
+
+def already_confirmed(reference: str, *, opened: bool) -> str:
+    if opened:
+        return f"La demande {reference} est déjà ouverte : il n'y a plus rien à confirmer."
+    return (
+        f"La demande {reference} est déjà enregistrée : il n'y a plus rien à confirmer, "
+        "son salon est en cours de création."
     )
 
 
@@ -358,12 +376,31 @@ def event_given_up(sender_name: str, reference: str, *, is_file: bool) -> str:
     )
 
 
-def opening_problem(reference: str) -> str:
-    """To the aidant, when the room of their demande cannot be built for now."""
+def opening_problem(reference: str, *, room_made: bool = False) -> str:
+    """To the aidant, when the service stopped trying to make the room on its own."""
+    what = "n'a pas pu être préparé jusqu'au bout" if room_made else "n'a pas pu être créé"
     return (
-        f"Le salon de la demande {reference} n'a pas encore pu être créé. Votre demande "
-        "est bien enregistrée ; l'équipe du service est prévenue et le salon sera créé "
-        "dès que le problème sera réglé. Vous n'avez rien à renvoyer."
+        f"Le salon de la demande {reference} {what}. Votre demande est bien enregistrée "
+        "et l'équipe du service est prévenue : vous serez invité(e) dans son salon dès "
+        "que le problème sera réglé. Vous n'avez rien à renvoyer."
+    )
+
+
+def opening_given_up_alert(reference: str, attempts: int, cause: str) -> str:
+    """To the operators (admin room): the reference and the error code, no personal data."""
+    return (
+        f"Le salon de la demande {reference} n'a pas pu être créé ({cause} ; "
+        f"{attempts} tentative(s)). L'aidant est prévenu qu'il n'a rien à renvoyer. Le "
+        "service réessaiera toutes les heures ; vérifiez l'annuaire, les politiques "
+        "(serveurs autorisés, comptes des instructeurs) et la configuration du bot "
+        "(version de salon)."
+    )
+
+
+def opening_solved_alert(reference: str) -> str:
+    return (
+        f"Le salon de la demande {reference} a finalement été créé : l'aidant et les "
+        "instructeurs y sont invités."
     )
 
 

@@ -39,7 +39,7 @@ from bot.domain import drafting
 from bot.domain import form as form_rules
 from bot.domain.followup import FollowUpRules
 from bot.domain.model import Agent, Demande
-from bot.domain.retry import RetryPolicy, after_failure
+from bot.domain.retry import GiveUp, Retry, RetryPolicy, after_failure
 from bot.faults import crash_point
 from bot.matrix import content as mx
 from bot.matrix.attachments import AttachmentError, file_content
@@ -162,7 +162,10 @@ class Opening(DraftChat):
                 assert isinstance(result, Reply)
                 reply = result
                 created = drafts.created
-            if reply is not None:
+            # A demande just confirmed is answered by the room's building instead: «
+            # ouverte » in the commit that makes it ready, « enregistrée, en cours de
+            # création » if an attempt ends without it (never a promise of a room).
+            if reply is not None and created is None:
                 await self.sender.enqueue(
                     tx,
                     txn_id=f"reply-{msg.event_id}",
@@ -170,9 +173,6 @@ class Opening(DraftChat):
                     content=mx.notice(reply.text, reply.html),
                     recipients=[msg.sender],
                     encrypted=msg.encrypted,
-                    # « ouverte, vous avez été invité(e) » goes once the room exists (after
-                    # a crash: the restart builds the rooms before the outbox sends).
-                    hold=created is not None,
                 )
         if created is not None:
             try:
@@ -273,7 +273,12 @@ class Opening(DraftChat):
             last = await tx.last_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
             if last is not None and last.state == "confirmed" and last.demande_id is not None:
                 demande = await tx.get_demande(last.demande_id)
-                return Reply(already_confirmed(demande.reference if demande else "?")), None
+                return Reply(
+                    texts.already_confirmed(
+                        demande.reference if demande else "?",
+                        opened=demande is not None and demande.creation_step == "ready",
+                    )
+                ), None
             return Reply(texts.NOTHING_TO_CONFIRM), None
         # The directory may have changed since the recap: route again, refuse if it broke.
         routing = self._route(draft.form, await tx.list_groups(), await tx.list_agents())
@@ -334,7 +339,8 @@ class Opening(DraftChat):
                 details={"agent": skipped.id, "why": why},
                 now=now,
             )
-        return Reply(texts.demande_opened(reference)), int(demande.id)
+        # Not sent (see `on_direct_message`): the room's building tells the aidant.
+        return Reply(texts.demande_recorded(reference)), int(demande.id)
 
     async def cancel(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
         now = self.clock.now()
@@ -376,37 +382,60 @@ class Opening(DraftChat):
             await self._advance_or_record(demande.id, recovering=True)
 
     async def _advance_or_record(self, demande_id: int, *, recovering: bool = False) -> None:
-        """Build the room; an outage is left for the next round, anything else recorded."""
+        """Build the room; an outage is left for the next round, anything else counted.
+
+        Either way the aidant, if the attempt ends without the room, is told once that
+        the demande is recorded and its room on the way (« ouverte » comes with the room).
+        """
         try:
             await self.advance(demande_id, recovering=recovering)
         except Exception as exc:
             if database_unavailable(exc):
                 raise
-            if homeserver_outage(exc):
+            if creation_outage(exc):
                 # Committed: the room is finished by the recovery once the homeserver is back.
                 log.warning("demande %d: room not finished yet: %s", demande_id, exc)
+                async with self.store.transaction() as tx:
+                    demande = await tx.get_demande(demande_id)
+                    if demande is not None:
+                        await self._tell_recorded(tx, demande)
                 return
             await self._opening_problem(demande_id, exc)
             return
         async with self.store.transaction() as tx:
+            problem = await tx.work_problem(OPENING_PROBLEM, str(demande_id))
             solved = await tx.work_problem_resolved(
                 OPENING_PROBLEM, str(demande_id), self.clock.now()
             )
+            demande = await tx.get_demande(demande_id)
         if solved:
             log.info("demande %d: its room is finished after all", demande_id)
+        if problem is not None and problem.notified_at is not None and demande is not None:
+            # The operators were told it had failed for good: tell them it is over.
+            await self.alert_operators(
+                f"opening-solved-{demande.reference}", texts.opening_solved_alert(demande.reference)
+            )
 
     async def _opening_problem(self, demande_id: int, exc: Exception) -> None:
+        """A refused createRoom: counted, tried again with a doubling delay; past the
+        budget, reported for good and tried again only hourly, silently (the cause, a
+        directory entry or a policy, may be fixed). A failure of our own (the room's body
+        cannot be built from the demande's data) would fail the same way: reported at once.
+        """
         now = self.clock.now()
         log.error("demande %d: its room cannot be built (%s)", demande_id, describe(exc),
                   exc_info=exc)  # fmt: skip
+        alert: tuple[str, str] | None = None
         async with self.store.transaction() as tx:
             demande = await tx.get_demande(demande_id)
+            if demande is not None and demande.creation_step == "ready":
+                # Its files failed, after the room was finished: `resume_all` posts them.
+                return
             current = await tx.work_problem(OPENING_PROBLEM, str(demande_id))
             attempts = current.attempts if current else 0
             outcome = after_failure(self.retry, attempts, now, outage=False)
-            # Past its budget the demande is still retried, at the longest delay: the cause
-            # (a directory entry, a policy) may be fixed any time.
-            next_at = getattr(outcome, "at", None) or now + _longest(self.retry)
+            spent = isinstance(outcome, GiveUp) or not isinstance(exc, MatrixError)
+            next_at = outcome.at if isinstance(outcome, Retry) else now + _longest(self.retry)
             problem = await tx.record_work_problem(
                 OPENING_PROBLEM,
                 str(demande_id),
@@ -415,8 +444,9 @@ class Opening(DraftChat):
                 next_at=next_at,
                 now=now,
             )
-            first = problem.notified_at is None
-            if first and demande is not None:
+            if demande is None:
+                return
+            if current is None:
                 await tx.audit(
                     "demande_opening_problem",
                     actor=self.bot_user_id,
@@ -424,23 +454,52 @@ class Opening(DraftChat):
                     details={"error": describe(exc)},
                     now=now,
                 )
-                draft_room = await self._draft_room(tx, demande)
-                aidant = await tx.get_agent(demande.aidant_agent_id)
-                if draft_room is not None and aidant is not None and aidant.matrix_id:
-                    await self.sender.enqueue(
-                        tx,
-                        txn_id=f"opening-problem-{demande.reference}",
-                        room_id=draft_room,
-                        content=mx.notice(texts.opening_problem(demande.reference)),
-                        recipients=[aidant.matrix_id],
-                    )
+                await self._tell_recorded(tx, demande)
+            if spent and problem.notified_at is None:
+                await tx.audit(
+                    "demande_opening_given_up",
+                    actor=self.bot_user_id,
+                    reference=demande.reference,
+                    details={"error": describe(exc), "attempts": problem.attempts},
+                    now=now,
+                )
+                await self._tell_aidant(
+                    tx,
+                    demande,
+                    f"opening-problem-{demande.reference}",
+                    texts.opening_problem(demande.reference, room_made=demande.room_id is not None),
+                )
                 await tx.work_problem_notified(OPENING_PROBLEM, str(demande_id), now)
-        if first and demande is not None:
-            await self.alert_operators(
-                f"opening-problem-{demande.reference}",
-                f"Le salon de la demande {demande.reference} n'a pas pu être créé "
-                f"({describe(exc)}). Le service réessaiera ; vérifiez l'annuaire et les "
-                "politiques (serveurs autorisés, comptes des instructeurs).",
+                alert = (
+                    f"opening-problem-{demande.reference}",
+                    texts.opening_given_up_alert(
+                        demande.reference, problem.attempts, describe(exc)
+                    ),
+                )
+        if alert is not None:
+            await self.alert_operators(*alert)
+
+    async def _tell_recorded(self, tx: Tx, demande: Demande) -> None:
+        """Once per demande: recorded, its room on the way (an attempt ended without it)."""
+        if demande.creation_step != "ready":
+            await self._tell_aidant(
+                tx,
+                demande,
+                f"opening-recorded-{demande.reference}",
+                texts.demande_recorded(demande.reference),
+            )
+
+    async def _tell_aidant(self, tx: Tx, demande: Demande, txn_id: str, text: str) -> None:
+        """A notice in the direct chat where the demande was confirmed (idempotent)."""
+        draft_room = await self._draft_room(tx, demande)
+        aidant = await tx.get_agent(demande.aidant_agent_id)
+        if draft_room is not None and aidant is not None and aidant.matrix_id:
+            await self.sender.enqueue(
+                tx,
+                txn_id=txn_id,
+                room_id=draft_room,
+                content=mx.notice(text),
+                recipients=[aidant.matrix_id],
             )
 
     @staticmethod
@@ -472,7 +531,15 @@ class Opening(DraftChat):
                 if not marked:
                     async with self.store.transaction() as tx:
                         await self._mark_creating(tx, demande)
-                room_id = await self._create_room(demande, invitees)
+                try:
+                    room_id = await self._create_room(demande, invitees)
+                except Exception as exc:
+                    if not creation_outage(exc) and not database_unavailable(exc):
+                        # Answered (or never sent): no request left in flight, so the next
+                        # attempt looks for a room of this one once, without waiting.
+                        async with self.store.transaction() as tx:
+                            await tx.set_state(_creating_key(demande.id), CREATE_ROOM_ANSWERED)
+                    raise
                 # The invitations were in the createRoom body, which the homeserver
                 # performs within the request: its 200 means every one was sent, so the
                 # room is recorded as "invited", with its dossier queued in the same
@@ -528,6 +595,13 @@ class Opening(DraftChat):
                     )
                 event_id = sent or await tx.message_event_id(dossier_txn(demande.reference))
                 await tx.set_creation_step(demande.id, "ready", dossier_event_id=event_id)
+                # The room exists and the invitations went: now « ouverte » is true.
+                await self._tell_aidant(
+                    tx,
+                    demande,
+                    f"opening-opened-{demande.reference}",
+                    texts.demande_opened(demande.reference),
+                )
                 tx.after_commit(self.spaces.set)
                 await self.email.demande_ready(tx, demande)
                 demande = await tx.get_demande(demande_id)
@@ -607,6 +681,10 @@ class Opening(DraftChat):
             attempted = await tx.get_state(_creating_key(demande.id))
         if attempted is None:
             return None
+        if attempted == CREATE_ROOM_ANSWERED:
+            # Refused: the homeserver may still have made the room before refusing an
+            # invitation, but it had finished with it when it answered.
+            return await self._search_rooms_for(demande)
         deadline = asyncio.get_running_loop().time() + ORPHAN_SEARCH_SECONDS
         while True:
             room_id = await self._search_rooms_for(demande)
@@ -720,12 +798,20 @@ class _Drafts:
         return await self._opening.organisations_in(self._tx, departement)
 
 
-def already_confirmed(reference: str) -> str:
-    return f"La demande {reference} est déjà ouverte : il n'y a plus rien à confirmer."
-
-
 # How long a restarted bot looks for a room whose creation it had requested.
 ORPHAN_SEARCH_SECONDS = 10.0
+# The createRoom marker once the homeserver has answered it (refused): nothing in flight.
+CREATE_ROOM_ANSWERED = "answered"
+
+# A refused createRoom: tried again after 30 s, 1 min, 2 min, then reported for good and
+# tried again hourly (`_opening_problem`).
+CREATION_RETRY = RetryPolicy(attempts=4, base_seconds=30.0, cap_seconds=3600.0)
+
+
+def creation_outage(exc: BaseException) -> bool:
+    """The homeserver could not answer (down, overloaded, a 5xx, the guard unanswered):
+    the attempt is not counted, the room is made once it is back."""
+    return homeserver_outage(exc) or (isinstance(exc, MatrixError) and exc.transient)
 
 
 def _longest(policy: RetryPolicy) -> timedelta:

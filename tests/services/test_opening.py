@@ -48,6 +48,8 @@ async def _confirm(world: World) -> str:
     dm = await world.direct_chat()
     form = filled_form(date_mandat=world.clock.now().strftime("%d/%m/%Y"))
     await world.receive(dm, world.text(dm, AIDANT, form))
+    await world.flush()
+    world.later(seconds=1)
     await world.receive(dm, world.text(dm, AIDANT, "!confirmer"))
     await world.flush()
     return dm
@@ -150,6 +152,7 @@ async def test_an_outage_at_creation_is_not_counted_as_a_refusal(world: World) -
         assert len(world.gw.calls_of("create_room")) == attempt
     async with world.store.transaction() as tx:
         assert await tx.work_problems("opening") == []
+    world.later(seconds=1)
     await world.parts.opening.resume_all()
     await world.flush()
     assert (await world.demande(ref)).creation_step == "ready"
