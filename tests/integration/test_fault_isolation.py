@@ -8,7 +8,7 @@ send time. Each failed on the code before the fault-isolation work.
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,7 @@ import nio
 import pytest
 from nio.crypto.attachments import encrypt_attachment
 
+from bot import app as bot_app
 from bot.devserver import LocalSynapse
 from bot.domain import form as form_rules
 from bot.domain.model import DemandeForm, Role, Status
@@ -188,6 +189,70 @@ async def test_a_demande_that_cannot_be_opened_never_blocks_the_others_nor_the_s
         await matrix.wait_for(operators_told, 30, "the operators told")
         await runner.restart()
         assert (await audit_actions(world, "A-2026-0900002")).count("demande_opening_problem") == 1
+        await runner.check_alive()
+
+
+async def test_a_room_the_homeserver_refuses_is_retried_then_reported_never_ouverte(
+    synapse: LocalSynapse,
+    clients: matrix.Clients,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Defect 2 follow-up: Synapse refuses the createRoom (400, a room version it does not
+    support). Before, the aidant was told « ouverte » at once, with no room ever coming,
+    and every recovery pass waited 10 s for an orphan room before asking again."""
+    # The test runs the recovery passes itself, moving the clock past each delay.
+    monkeypatch.setattr(bot_app, "RECOVERY_EVERY_SECONDS", 24 * 3600.0)
+    clock = FakeClock(None)
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        runner.clock = clock
+        await runner.start()  # the admin room, made with the usual room version
+        world = await make_world(clients, runner)
+        await runner.stop()
+        runner.bot_settings = {"room_version": "aplus-refused"}
+        await runner.start()
+
+        dm = await botsupport.open_direct_chat(world.aidant, world.bot_id)
+        await say(world.aidant, dm, filled_form())
+        assert "!confirmer" in await next_reply(world.aidant, dm, world.bot_id, after=0)
+        await say(world.aidant, dm, "!confirmer")
+        recorded = await next_reply(world.aidant, dm, world.bot_id, after=1)
+        assert "ouverte" not in recorded, recorded
+        assert "enregistrée" in recorded and "en cours de création" in recorded, recorded
+        reference = recorded.split("Demande ", 1)[1].split(" ", 1)[0]
+
+        opening = runner.app.parts.opening  # type: ignore[union-attr]
+        for _ in range(3):  # attempts 2, 3 and 4, each past its delay
+            clock.offset += timedelta(minutes=5)
+            await opening.resume_all()
+        given_up = await next_reply(world.aidant, dm, world.bot_id, after=2)
+        assert reference in given_up and "n'a pas pu être créé" in given_up, given_up
+        assert "rien à renvoyer" in given_up
+        demande = await demande_of(world, reference)
+        assert demande.creation_step == "pending" and demande.room_id is None
+        actions = await audit_actions(world, reference)
+        assert actions.count("demande_opening_problem") == 1
+        assert actions.count("demande_opening_given_up") == 1
+        admin_room = runner.app.admin.room.room_id  # type: ignore[union-attr]
+
+        async def operators_told() -> bool:
+            async with runner.store.transaction() as tx:
+                sent = await tx.message_event_id(f"alert-opening-problem-{reference}")
+                queued = await tx.pending_messages(admin_room)
+            return sent is not None or any(reference in m.txn_id for m in queued)
+
+        await matrix.wait_for(operators_told, 30, "the operators told")
+
+        # The operators fix the configuration and restart: the hourly attempt makes the room.
+        await runner.stop()
+        runner.bot_settings = {}
+        clock.offset += timedelta(hours=2)
+        await runner.start()
+        opened = await next_reply(world.aidant, dm, world.bot_id, after=3)
+        assert reference in opened and "ouverte" in opened, opened
+        demande = await demande_of(world, reference)
+        assert demande.creation_step == "ready" and demande.room_id
+        await matrix.join_and_read(world.instr1, demande.room_id, 1)
         await runner.check_alive()
 
 
