@@ -12,9 +12,13 @@ The only step the homeserver cannot make idempotent is createRoom. A bot killed
 right after it, before recording the room ID, finds the room again on restart
 through its `fr.aplus.demande` state event (see `_find_orphan_room`).
 
-One demande that cannot be finished never holds back the others: the recovery works
-demande by demande, records the problem (`work_problems`), tells the aidant and the
-operators once, in French, and tries again later with a doubling delay.
+The aidant is told « ouverte » in the commit that makes the room ready, never before;
+an attempt that ends without the room tells them once that the demande is recorded and
+its room on the way. One demande that cannot be finished never holds back the others:
+the recovery works demande by demande. An outage (homeserver unreachable, a 5xx) is
+tried again every round, never counted; a refusal is recorded (`work_problems`), tried
+again with a doubling delay (`CREATION_RETRY`), then reported once, in French, to the
+aidant, the operators and the audit, and tried again hourly after that.
 """
 
 from __future__ import annotations
@@ -159,6 +163,7 @@ class Opening(DraftChat):
                     if cause is not None and database_unavailable(cause):
                         raise cause from failed
                     result = failure_reply(failed.reference, rolled_back=True)
+                    drafts.created = None  # rolled back with the savepoint
                 assert isinstance(result, Reply)
                 reply = result
                 created = drafts.created
@@ -454,7 +459,8 @@ class Opening(DraftChat):
                     details={"error": describe(exc)},
                     now=now,
                 )
-                await self._tell_recorded(tx, demande)
+                if not spent:  # reported at once: that message says it is recorded
+                    await self._tell_recorded(tx, demande)
             if spent and problem.notified_at is None:
                 await tx.audit(
                     "demande_opening_given_up",
