@@ -11,8 +11,12 @@ from bot.domain.dossier import (
     REFUSAL_NOT_AIDANT,
     REFUSAL_UNENCRYPTED_ROOM,
     ParticipantView,
+    already_confirmed,
     demande_opened,
+    demande_recorded,
     intruder_removed,
+    opening_given_up_alert,
+    opening_problem,
     plain,
     render_dossier,
     render_form_errors,
@@ -210,3 +214,17 @@ def test_short_texts() -> None:
     assert "annulée" in CANCELLED
     assert "@x:hs" in intruder_removed("@x:hs", banned=False)
     assert "bloqué" in intruder_removed("@x:hs", banned=True)
+
+
+def test_the_opening_texts_never_promise_a_room_that_is_not_there() -> None:
+    recorded = demande_recorded("A-2026-000042")
+    assert recorded.startswith("Demande A-2026-000042 enregistrée")
+    assert "ouverte" not in recorded and "en cours de création" in recorded
+    assert "déjà ouverte" in already_confirmed("A-2026-000042", opened=True)
+    waiting = already_confirmed("A-2026-000042", opened=False)
+    assert "ouverte" not in waiting and "déjà enregistrée" in waiting
+    for room_made in (False, True):
+        told = opening_problem("A-2026-000042", room_made=room_made)
+        assert "bien enregistrée" in told and "prévenue" in told and "rien à renvoyer" in told
+    alert = opening_given_up_alert("A-2026-000042", 4, "MatrixError(403 M_FORBIDDEN)")
+    assert "A-2026-000042" in alert and "4 tentative(s)" in alert and "M_FORBIDDEN" in alert
