@@ -32,7 +32,7 @@ from bot.domain.lease import LeaseLost
 from bot.matrix.errors import MatrixError
 from bot.matrix.port import Gateway
 from bot.services.event_retries import EventRetries
-from bot.services.failures import database_unavailable, describe
+from bot.services.failures import database_unavailable, describe, stop_requested
 from bot.services.undecryptable import Undecryptables
 from bot.store.db import Store
 
@@ -226,7 +226,7 @@ class SyncLoop:
                 except asyncio.CancelledError:
                     # A clean stop never leaves a batch half-handled (a kill -9 can;
                     # idempotent handlers cover that case).
-                    await handling
+                    await _finish_before_stopping(handling)
                     raise
                 since = resp.next_batch
                 if first:
@@ -236,17 +236,29 @@ class SyncLoop:
                 self.synced.set()
             except asyncio.CancelledError:
                 raise
-            except MatrixError as exc:
-                log.warning("sync failed (%s); retry in %.0f s", exc, delay)
+            except Exception as exc:
+                if stop_requested():
+                    # The stop came while this failed (a rollback on a busy or lost
+                    # database took the place of the cancellation): no failure to
+                    # retry, the stop goes on.
+                    log.warning("sync: stopping (%s)", describe(exc))
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, MatrixError):
+                    log.warning("sync failed (%s); retry in %.0f s", exc, delay)
+                elif isinstance(exc, LeaseLost):
+                    # Not the active bot for now (bot.services.lease): nothing is fetched.
+                    log.warning("sync paused: the lease is not held; retry in %.0f s", delay)
+                else:
+                    # The database is down: do not advance, try the batch again.
+                    log.exception("handling a sync batch failed; retry in %.0f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
-            except LeaseLost:
-                # Not the active bot for now (bot.services.lease): nothing is fetched.
-                log.warning("sync paused: the lease is not held; retry in %.0f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
-            except Exception:
-                # The database is down: do not advance, try the batch again.
-                log.exception("handling a sync batch failed; retry in %.0f s", delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 30.0)
+
+
+async def _finish_before_stopping(handling: asyncio.Future[None]) -> None:
+    """The stop waits for the batch in hand; whatever becomes of it, the stop goes on
+    (a batch that failed is fetched again at the next start: its token is not saved)."""
+    try:
+        await handling
+    except Exception as exc:
+        log.warning("sync: the batch in hand at the stop failed (%s)", describe(exc))

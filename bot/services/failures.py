@@ -8,6 +8,8 @@ wrong while handling one event stays with that event (`bot.services.event_retrie
 
 from __future__ import annotations
 
+import asyncio
+
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from bot.domain.lease import LeaseLost
@@ -67,3 +69,12 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, MatrixError):
         return f"{type(exc).__name__}({exc.status} {exc.errcode})"
     return type(exc).__name__
+
+
+def stop_requested() -> bool:
+    """The current task was asked to stop (cancelled), even if what it was doing then
+    raised another exception in place of the `CancelledError` (a rollback on a busy or
+    lost database, a batch that failed while the stop waited for it). A loop that
+    retries failures must end then, not retry: the process would never exit."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0

@@ -26,7 +26,7 @@ from bot.matrix.errors import MatrixError
 from bot.matrix.port import Gateway
 from bot.ports import Sender
 from bot.services.clock import Clock
-from bot.services.failures import database_unavailable, homeserver_outage
+from bot.services.failures import database_unavailable, homeserver_outage, stop_requested
 from bot.store.crypto_tx import UndecryptableEvent
 from bot.store.db import Store
 from bot.store.repository import Tx
@@ -222,7 +222,9 @@ class Undecryptables:
                 await self.retry(decrypt=False)
             except asyncio.CancelledError:
                 raise
-            except Exception:
+            except Exception as exc:
+                if stop_requested():  # a failed cleanup after the stop: the stop goes on
+                    raise asyncio.CancelledError from exc
                 log.exception("undecryptable events: check failed; retry in %.0f s", IDLE_SECONDS)
                 await asyncio.sleep(IDLE_SECONDS)
 

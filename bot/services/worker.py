@@ -8,7 +8,12 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from bot.services.failures import database_unavailable, describe, homeserver_outage
+from bot.services.failures import (
+    database_unavailable,
+    describe,
+    homeserver_outage,
+    stop_requested,
+)
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +64,11 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                if stop_requested():
+                    # The stop came, and cleaning up failed (a rollback on a busy or lost
+                    # database): not a failure of the work, the stop goes on.
+                    log.warning("%s: stopping (%s)", self.name, describe(exc))
+                    raise asyncio.CancelledError from exc
                 # Homeserver, relay or database unavailable, or a bug: the work stays
                 # queued; the worker lives on.
                 if database_unavailable(exc) or homeserver_outage(exc):

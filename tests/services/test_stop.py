@@ -1,0 +1,98 @@
+"""A stop (SIGINT, SIGTERM) ends the loops of the bot, even when what they do then fails.
+
+A stop lets the batch in hand finish (never half-handled). That batch can fail in the
+meantime: the database is busy (`database is locked` after SQLite's busy timeout), or
+gone. The stop must go on: before, the failure took the place of the cancellation, the
+loop logged it, waited, and synced again, and `aplus run` never exited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from typing import Any
+
+from sqlalchemy.exc import OperationalError
+
+from bot.services.worker import Worker
+from bot.sync_loop import SYNC_TOKEN_KEY, SyncLoop
+from tests.services.conftest import World
+from tests.services.test_event_retries import _sync_response
+
+# A bound against a hang, not a timing: the loop ends as soon as the batch has failed.
+STOP_BOUND_S = 10.0
+
+
+class _BatchThatFailsOnceStopped:
+    """A router whose batch waits until it is let go, then fails as a busy SQLite does."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.let_go = asyncio.Event()
+
+    async def handle(self, resp: Any, missed: Any = None) -> None:
+        self.entered.set()
+        await self.let_go.wait()
+        raise OperationalError(
+            "BEGIN IMMEDIATE", {}, sqlite3.OperationalError("database is locked")
+        )
+
+
+async def test_a_stop_during_a_batch_that_then_fails_still_ends_the_loop(world: World) -> None:
+    router = _BatchThatFailsOnceStopped()
+    sync = SyncLoop(
+        store=world.store,
+        gateway=world.gw,
+        router=router,  # type: ignore[arg-type]
+        undecryptables=world.parts.undecryptables,
+        retries=world.parts.retries,
+    )
+    await world.gw.syncs.put(_sync_response("s1", "!room:localhost", []))
+    loop = asyncio.create_task(sync.run())
+    try:
+        await asyncio.wait_for(router.entered.wait(), STOP_BOUND_S)
+        loop.cancel()  # the stop, while the batch is in hand
+        await asyncio.sleep(0)
+        router.let_go.set()  # the batch fails
+        await asyncio.wait({loop}, timeout=STOP_BOUND_S)
+        assert loop.done(), "the sync loop went on after the stop"
+        assert loop.cancelled()
+    finally:
+        loop.cancel()
+        await asyncio.wait({loop}, timeout=STOP_BOUND_S)
+    # The failed batch is not saved as handled: the next start fetches it again.
+    async with world.store.transaction() as tx:
+        assert await tx.get_state(SYNC_TOKEN_KEY) is None
+
+
+async def test_a_stop_whose_rollback_fails_still_ends_a_worker() -> None:
+    """A worker cancelled in a transaction whose rollback then fails (SQLite busy, the
+    connection lost): the rollback's error takes the cancellation's place. The worker
+    stops all the same; before, it took it for a failure of its step and went on."""
+    entered = asyncio.Event()
+    rollbacks_failed: list[bool] = []
+
+    async def step() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # in a transaction, waiting
+        except asyncio.CancelledError:
+            if rollbacks_failed:
+                raise  # once is the case; then a stop that works, for the cleanup
+            rollbacks_failed.append(True)
+            raise OperationalError(
+                "ROLLBACK", {}, sqlite3.OperationalError("database is locked")
+            ) from None
+
+    worker = asyncio.create_task(Worker("outbox", step, idle_seconds=3600).run())
+    try:
+        await asyncio.wait_for(entered.wait(), STOP_BOUND_S)
+        entered.clear()
+        worker.cancel()
+        await asyncio.wait({worker}, timeout=STOP_BOUND_S)
+        assert worker.done(), "the worker went on after the stop"
+        assert worker.cancelled()
+        assert not entered.is_set()  # its step was not run again
+    finally:
+        worker.cancel()
+        await asyncio.wait({worker}, timeout=STOP_BOUND_S)
