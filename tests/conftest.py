@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from bot.devserver import LocalSynapse
-from tests.support import databases, guard, matrix
+from tests.support import databases, guard, matrix, sqlite_leaks
+
+sqlite_leaks.install()
 
 try:
     from tests.db_fixtures import *  # noqa: F403
@@ -135,6 +137,19 @@ def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     backend: str = getattr(request, "param", databases.DEFAULT_BACKEND)
     with databases.backend_for_test(backend):
         yield backend
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    """Once the test's fixtures (and its event loop) are gone: no SQLite connection of a
+    closed loop is left open (tests/support/sqlite_leaks.py)."""
+    result = yield
+    found = sqlite_leaks.leaked()
+    if found:
+        raise AssertionError(
+            f"{len(found)} SQLite connection(s) outlived their event loop:\n" + "\n".join(found)
+        )
+    return result
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
