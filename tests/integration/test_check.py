@@ -307,7 +307,11 @@ async def test_the_guard_endpoint_answers_the_module_questions(
         [refused] = await checks._guard_endpoint(wrong, runner.store, None)
         assert refused.ok is False and "secret" in refused.text
         await runner.stop()
-        [stopped] = await checks._guard_endpoint(settings, await _reopen(runner), None)
+        reopened = await _reopen(runner)
+        try:
+            [stopped] = await checks._guard_endpoint(settings, reopened, None)
+        finally:
+            await reopened.close()
         assert stopped.ok is None and "démarré" in stopped.text
 
 
