@@ -77,7 +77,13 @@ class BotRunner:
                 settings, bot=dataclasses.replace(settings.bot, **self.bot_settings)
             )
         app = App(settings, clock=self.clock or SystemClock(), _cross_sign=self.cross_sign)
-        await app.start()
+        try:
+            await app.start()
+        except BaseException:
+            # What it opened before it failed (its store, its endpoint, its client) is
+            # closed here, in this test's loop: `stop()` never sees an app not started.
+            await app.close()
+            raise
         self.app = app
         task = asyncio.create_task(app.run(), name="bot")
         self.task = task
@@ -87,14 +93,18 @@ class BotRunner:
         return app
 
     async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-            self.task = None
-        if self.app is not None:
-            await self.app.close()
-            self.app = None
+        """Like a process exit: the tasks cancelled, then everything closed, even when
+        the bot had failed (its error is raised once it is closed)."""
+        try:
+            if self.task is not None:
+                task, self.task = self.task, None
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        finally:
+            if self.app is not None:
+                app, self.app = self.app, None
+                await app.close()
 
     async def restart(self) -> App:
         await self.stop()
