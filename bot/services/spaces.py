@@ -183,14 +183,19 @@ class Spaces:
             )
             await self.gateway.put_state(room, "m.space.parent", {}, there)
         # A group no longer concerned (a participant removed) lets the room go.
+        # Read first, then ask the homeserver: a transaction held over a request holds
+        # SQLite's write lock that long (every other write waits, then fails).
         kept = {g.id for g in groups}
+        left: list[str] = []
         async with self.store.transaction() as tx:
             for group_id in set(before) - kept:
                 for key in (SPACE_KEY, ARCHIVE_KEY):
                     space_id = await tx.get_state(key.format(group_id=group_id))
                     if space_id:
-                        await self.gateway.put_state(space_id, "m.space.child", {}, room)
-                        await self.gateway.put_state(room, "m.space.parent", {}, space_id)
+                        left.append(space_id)
+        for space_id in left:
+            await self.gateway.put_state(space_id, "m.space.child", {}, room)
+            await self.gateway.put_state(room, "m.space.parent", {}, space_id)
         async with self.store.transaction() as tx:
             await tx.set_state(
                 PLACED_KEY.format(demande_id=demande.id), _signature(demande.status, groups)
