@@ -26,7 +26,12 @@ from bot.matrix.errors import MatrixError
 from bot.matrix.port import Gateway
 from bot.ports import DemandeTx, Ledger
 from bot.services.clock import Clock
-from bot.services.failures import database_unavailable, describe, homeserver_outage
+from bot.services.failures import (
+    database_unavailable,
+    describe,
+    homeserver_outage,
+    stop_requested,
+)
 from bot.services.worker import Wakeup, Worker
 from bot.store.db import Store
 
@@ -189,6 +194,11 @@ class Outbox:
         except RoomNotClean:
             return None  # the guard wakes us once the room is clean
         except Exception as exc:
+            if stop_requested():
+                # The stop came, and cleaning up failed (a rollback on a busy or lost
+                # database): no failure to retry, the stop goes on (`Outbox.run` waits
+                # for this room; a retry here held the whole process up).
+                raise asyncio.CancelledError from exc
             if not (homeserver_outage(exc) or database_unavailable(exc)):
                 log.exception("outbox: room %s could not be flushed", room_id)
             return exc

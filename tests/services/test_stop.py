@@ -14,10 +14,12 @@ from typing import Any
 
 from sqlalchemy.exc import OperationalError
 
+from bot.matrix import content as mx
 from bot.services.worker import Worker
 from bot.sync_loop import SYNC_TOKEN_KEY, SyncLoop
 from tests.services.conftest import World
 from tests.services.test_event_retries import _sync_response
+from tests.services.test_outbox import _until
 
 # A bound against a hang, not a timing: the loop ends as soon as the batch has failed.
 STOP_BOUND_S = 10.0
@@ -96,3 +98,47 @@ async def test_a_stop_whose_rollback_fails_still_ends_a_worker() -> None:
     finally:
         worker.cancel()
         await asyncio.wait({worker}, timeout=STOP_BOUND_S)
+
+
+async def test_a_stop_whose_rollback_fails_still_ends_the_outbox(world: World) -> None:
+    """The outbox at a stop cancels its rooms' flushes and waits for them. A flush whose
+    cleanup then fails (the rollback's error in place of the cancellation) must end all
+    the same: before, the room took it for a failed send, retried, and the outbox (then
+    the whole process) waited for it forever."""
+    demande = await world.open_demande()
+    room = demande.room_id
+    assert room
+    release = world.gw.stall("send_encrypted", room_id=room)
+    flush_room = world.parts.outbox.flush_room
+    failed_once: list[bool] = []
+
+    async def flush_whose_rollback_fails(room_id: str) -> Any:
+        try:
+            return await flush_room(room_id)
+        except asyncio.CancelledError:
+            if failed_once:
+                raise
+            failed_once.append(True)
+            raise OperationalError(
+                "ROLLBACK", {}, sqlite3.OperationalError("database is locked")
+            ) from None
+
+    world.parts.outbox.flush_room = flush_whose_rollback_fails  # type: ignore[method-assign]
+    outbox = asyncio.create_task(world.parts.outbox.run())
+    try:
+        async with world.store.transaction() as tx:
+            await world.parts.outbox.enqueue(
+                tx, txn_id="stuck", room_id=room, content=mx.notice("pendant l'arrêt")
+            )
+        world.parts.outbox.flush_soon(room)
+        await _until(
+            lambda: any(c.args["txn_id"] == "stuck" for c in world.gw.calls_of("send_encrypted"))
+        )
+        outbox.cancel()  # the stop, while the room's send hangs
+        await asyncio.wait({outbox}, timeout=STOP_BOUND_S)
+        assert outbox.done(), "the outbox went on after the stop"
+        assert outbox.cancelled()
+    finally:
+        release.set()
+        outbox.cancel()
+        await asyncio.wait({outbox}, timeout=STOP_BOUND_S)
