@@ -31,6 +31,7 @@ from bot.domain.lease import LeaseLost, always_held, require_held
 from bot.matrix import content as mx
 from bot.services import outbox as matrix_outbox
 from bot.services.clock import Clock
+from bot.services.failures import stop_requested
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import OutgoingEmail
@@ -164,7 +165,9 @@ class EmailDelivery:
                 log.warning("email delivery: not the active bot; retry in %.0f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
-            except Exception:
+            except Exception as exc:
+                if stop_requested():  # a failed cleanup after the stop: the stop goes on
+                    raise asyncio.CancelledError from exc
                 # Database unavailable or a bug: the rows stay queued.
                 log.exception("email delivery: unexpected failure; retry in %.0f s", delay)
                 await asyncio.sleep(delay)

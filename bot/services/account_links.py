@@ -20,7 +20,7 @@ import logging
 
 from bot.matrix.errors import MatrixError
 from bot.services.directory_admin import DirectoryAdmin
-from bot.services.failures import homeserver_outage
+from bot.services.failures import homeserver_outage, stop_requested
 from bot.services.synapse_admin import SynapseAdmin
 from bot.store.db import Store
 
@@ -89,6 +89,8 @@ class AccountLinks:
             except MatrixError as exc:
                 level = logging.INFO if homeserver_outage(exc) else logging.WARNING
                 log.log(level, "account links: %s %s", exc.status, exc.errcode)
-            except Exception:
+            except Exception as exc:
+                if stop_requested():  # a failed cleanup after the stop: the stop goes on
+                    raise asyncio.CancelledError from exc
                 log.exception("account links failed; next look in %s s", self.every_seconds)
             await asyncio.sleep(self.every_seconds)

@@ -16,6 +16,7 @@ from datetime import date, datetime
 
 from bot.domain import schedule
 from bot.services.clock import Clock
+from bot.services.failures import stop_requested
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,9 @@ class Jobs:
             log.info("job %s: running (occurrence %s)", job.name, occurrence)
             try:
                 await job.run()
-            except Exception:
+            except Exception as exc:
+                if stop_requested():  # a failed cleanup after the stop: the stop goes on
+                    raise asyncio.CancelledError from exc
                 log.exception("job %s failed; it will run again at the next tick", job.name)
                 continue
             async with self.store.transaction() as tx:
@@ -63,6 +66,8 @@ class Jobs:
         while True:
             try:
                 await self.tick()
-            except Exception:
+            except Exception as exc:
+                if stop_requested():  # a failed cleanup after the stop: the stop goes on
+                    raise asyncio.CancelledError from exc
                 log.exception("jobs: tick failed")
             await asyncio.sleep(poll_seconds)

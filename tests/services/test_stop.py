@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy.exc import OperationalError
 
 from bot.matrix import content as mx
+from bot.services.jobs import Job, Jobs
 from bot.services.worker import Worker
 from bot.sync_loop import SYNC_TOKEN_KEY, SyncLoop
 from tests.services.conftest import World
@@ -142,3 +143,34 @@ async def test_a_stop_whose_rollback_fails_still_ends_the_outbox(world: World) -
         release.set()
         outbox.cancel()
         await asyncio.wait({outbox}, timeout=STOP_BOUND_S)
+
+
+async def test_a_stop_whose_rollback_fails_still_ends_the_daily_jobs(world: World) -> None:
+    """A daily job cancelled at a stop, whose rollback then fails: the jobs stop all the
+    same; before, the failure was the job's, and the jobs looked again a minute later."""
+    entered = asyncio.Event()
+    failed_once: list[bool] = []
+
+    async def job() -> None:
+        entered.set()
+        try:
+            await asyncio.Event().wait()  # a long job, in a transaction
+        except asyncio.CancelledError:
+            if failed_once:
+                raise
+            failed_once.append(True)
+            raise OperationalError(
+                "ROLLBACK", {}, sqlite3.OperationalError("database is locked")
+            ) from None
+
+    daily = Job("retention", lambda now: now.date(), job)
+    jobs = asyncio.create_task(Jobs(store=world.store, clock=world.clock, jobs=[daily]).run())
+    try:
+        await asyncio.wait_for(entered.wait(), STOP_BOUND_S)
+        jobs.cancel()
+        await asyncio.wait({jobs}, timeout=STOP_BOUND_S)
+        assert jobs.done(), "the jobs went on after the stop"
+        assert jobs.cancelled()
+    finally:
+        jobs.cancel()
+        await asyncio.wait({jobs}, timeout=STOP_BOUND_S)
