@@ -90,8 +90,8 @@ async def create_rooms(runner: botsupport.BotRunner, member: RegisteredUser, cou
                     name=room_name(reference, ["CAF"], "95"),
                     bot_user_id=runner.user_id,
                     invitees=[member.user_id],
-                    allowed_servers=app.opening.allowed_servers,
-                    room_version=app.opening.room_version,
+                    allowed_servers=app.opening.specs.allowed_servers,
+                    room_version=app.opening.specs.room_version,
                 )
                 room_id = await gateway.create_room(body)
                 async with http.post(
