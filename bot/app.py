@@ -211,6 +211,8 @@ class App:
             membership_api=membership_api,
             held=held,
         )
+        # Only demande rooms leave nio's memory when idle: they are the ~100,000.
+        gateway.forgettable = parts.opening.index.__contains__
         if parts.email is not None:
             self._stack.push_async_callback(parts.email.close)
             await parts.email.listen()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,6 +73,14 @@ SYNC_FILTER: dict[str, Any] = {
 # Events per page when filling a gap left by a limited sync timeline.
 GAP_PAGE = 100
 
+# Demande rooms kept in nio's memory (members, name, power levels, ~3 KB each): the most
+# recently active ones. Any other is rebuilt from the homeserver when it is needed
+# (`refresh_members`, one `GET /members`), exactly as after a restart, so that the bot's
+# memory does not grow with the ~100,000 rooms it is a member of (tests/bench/
+# test_bench_rooms.py). Sessions and trust decisions never depended on nio's view: the
+# key plan compares the session's recipients with a fresh member list.
+ROOM_CACHE = 2000
+
 
 @dataclass(frozen=True, slots=True)
 class SavedLogin:
@@ -96,6 +105,7 @@ class MatrixGateway:
         identity_pins: IdentityCheck | None = None,
         on_unverified: UnverifiedFn | None = None,
         held: Callable[[], bool] = always_held,
+        room_cache: int | None = ROOM_CACHE,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         # Two processes, one active (bot.services.lease): nothing that changes anything
@@ -120,6 +130,11 @@ class MatrixGateway:
         self.max_attachment_bytes = max_attachment_bytes
         self._http: aiohttp.ClientSession | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
+        # Rooms in nio's memory, least recently active first; which of them may be
+        # forgotten (demande rooms: `App` wires the index in); None: never forget.
+        self.room_cache = room_cache
+        self.forgettable: Callable[[str], bool] = lambda _room_id: False
+        self._recent: OrderedDict[str, None] = OrderedDict()
         # Who gets room keys: our own check of cross-signing, then the domain's decision.
         self.device_trust = DeviceTrust(
             self._raw_keys_query, on_response=self._feed_nio_keys, pins=identity_pins
@@ -217,7 +232,37 @@ class MatrixGateway:
         if not isinstance(resp, SyncResponse):
             raise _as_error(resp)
         self._note_device_changes(resp)
+        for room_id in resp.rooms.join:
+            self._touch(room_id)
+        self.forget_idle_rooms()
         return resp
+
+    def _touch(self, room_id: str) -> None:
+        self._recent[room_id] = None
+        self._recent.move_to_end(room_id)
+
+    def forget_idle_rooms(self, keep: int | None = None) -> int:
+        """Drop nio's view of the least recently active forgettable rooms beyond
+        `keep` (default `room_cache`) rooms in memory; how many were dropped. A room
+        with a send in progress (its lock held) stays."""
+        limit = self.room_cache if keep is None else keep
+        rooms = self.client.rooms
+        if limit is None or len(rooms) <= limit:
+            return 0
+        excess = len(rooms) - limit
+        dropped = 0
+        for room_id in list(self._recent):
+            if dropped >= excess:
+                break
+            lock = self._room_locks.get(room_id)
+            if room_id not in rooms:
+                del self._recent[room_id]
+            elif self.forgettable(room_id) and (lock is None or not lock.locked()):
+                del rooms[room_id]
+                del self._recent[room_id]
+                self._room_locks.pop(room_id, None)
+                dropped += 1
+        return dropped
 
     def _note_device_changes(self, resp: SyncResponse) -> None:
         """Forget what we know of the devices of users whose devices or membership changed."""
@@ -431,6 +476,7 @@ class MatrixGateway:
         room.members_synced = True
         self.client.rooms[room_id] = room
         self.client.encrypted_rooms.add(room_id)
+        self._touch(room_id)
 
     def _forget_member(self, room_id: str, user_id: str) -> None:
         room = self.client.rooms.get(room_id)
@@ -453,6 +499,7 @@ class MatrixGateway:
             if membership in ("join", "invite") and user not in room.users:
                 room.add_member(user, None, None, invited=membership == "invite")
         room.members_synced = True
+        self._touch(room_id)
         return room
 
     def note_invited(self, room_id: str, user_id: str) -> None:
