@@ -1,0 +1,379 @@
+"""Room-count probe: what the bot costs as the number of rooms it is in grows (issue 15.2).
+
+Run: `APLUS_ROOMS_PROBE=1000,5000 .venv/bin/pytest -s -p no:cacheprovider
+tests/bench/test_bench_rooms.py` (checkpoints in one run, rooms added between them;
+`APLUS_ROOMS_PROBE=50,100` for a quick try).
+
+Rooms (nothing is reused from an earlier run): the running bot's own client creates
+encrypted rooms with the exact body of a demande room (`create_room_body`: name, topic,
+power levels, join rules, history visibility, encryption), one helper account invited in
+the request, `APLUS_ROOMS_CONCURRENCY` at a time. What differs from a real demande room:
+the invitee never joins, nobody writes (about 9 state events, no messages, so no Megolm
+session per room), and the rooms are not demandes in the bot's database.
+
+At each checkpoint N, the bot caught up (an `!aide` answered after the last room):
+
+* memory: the process's RSS, the rooms in nio's memory, and their size (a walk of every
+  object reachable from `client.rooms`, shared types and modules excluded): bytes per
+  room. *Before* is HEAD's behaviour (every room stays); *after* is the same bot once
+  `forget_idle_rooms()` keeps its cache (`ROOM_CACHE`), measured right after.
+* per-event latency in the one busy room (the aidant's direct chat, every other room
+  quiet): the aidant's `PUT` of `!aide` returned → the bot's reply recorded as sent
+  (bot database, polled every 2 ms); `APLUS_ROOMS_SAMPLES` samples.
+* Synapse's `/sync` for the bot account, from a second device of it (so that the bot's
+  own to-device messages are not consumed), with the bot's filter (`SYNC_FILTER`), raw
+  HTTP, after each sample: incremental with the sample's two events, then incremental
+  with nothing new; and one initial `/sync` with the same filter while N ≤
+  `APLUS_ROOMS_INITIAL_MAX` (it is long).
+* restart: as `test_bench_restart.py` (an `!aide` sent while the bot is down; a new
+  `App` on the same data: `start()`, then `run()` until the reply is sent and decrypted),
+  `APLUS_ROOMS_RESTARTS` times.
+
+Each figure is extrapolated to 100,000 rooms by a least-squares line through the
+checkpoints (the cost assumed linear in N; with two checkpoints, the line through them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import sys
+import time
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import nio
+
+from bot.devserver import LocalSynapse, RegisteredUser
+from bot.domain.model import Role
+from bot.domain.reference import format_reference, room_name
+from bot.domain.room_spec import create_room_body
+from bot.matrix.gateway import ROOM_CACHE, SYNC_FILTER
+from tests.bench.conftest import (
+    BotDb,
+    Progress,
+    bound,
+    env_int,
+    machine,
+    poll_until,
+    reply_after,
+    report,
+    summarize,
+    table,
+)
+from tests.bench.test_bench_restart import aide_answered, timed_restart
+from tests.support import bot as botsupport
+from tests.support import matrix
+from tests.support.bot import count_from, say
+
+CHECKPOINTS = sorted(
+    int(n) for n in os.environ.get("APLUS_ROOMS_PROBE", "1000,5000").split(",") if n.strip()
+)
+CONCURRENCY = env_int("APLUS_ROOMS_CONCURRENCY", 4)
+SAMPLES = env_int("APLUS_ROOMS_SAMPLES", 10)
+RESTARTS = env_int("APLUS_ROOMS_RESTARTS", 2)
+INITIAL_MAX = env_int("APLUS_ROOMS_INITIAL_MAX", 5000)
+TARGET_ROOMS = 100_000
+WAIT_S = 120.0
+# Seconds per room made, generous (measured ~0.1–0.25 s on 2 shared cores), plus the
+# initial syncs (~20 ms a room) and fixed costs per checkpoint.
+PER_ROOM_S = 0.6
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+_SHARED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+
+
+def deep_size(roots: list[Any]) -> int:
+    """Bytes of every object reachable from `roots` (each counted once), types, modules
+    and functions excluded: what nio's rooms hold."""
+    seen: set[int] = set()
+    stack = list(roots)
+    total = 0
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, _SHARED):
+            continue
+        seen.add(id(obj))
+        total += sys.getsizeof(obj)
+        stack.extend(gc.get_referents(obj))
+    return total
+
+
+async def create_rooms(
+    runner: botsupport.BotRunner, invitee: RegisteredUser, first: int, count: int
+) -> list[str]:
+    """`count` demande-like encrypted rooms made by the running bot's own client."""
+    app = runner.app
+    assert app is not None
+    gateway = app.gateway
+    progress = Progress("rooms created", count, every=max(1, count // 10))
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(first + i)
+    made: list[str] = []
+
+    async def worker() -> None:
+        while not queue.empty():
+            seq = queue.get_nowait()
+            reference = format_reference(2097, seq)
+            body = create_room_body(
+                reference=reference,
+                name=room_name(reference, ["CAF"], "95"),
+                bot_user_id=runner.user_id,
+                invitees=[invitee.user_id],
+                allowed_servers=app.opening.specs.allowed_servers,
+                room_version=app.opening.specs.room_version,
+            )
+            made.append(await gateway.create_room(body))
+            progress.step()
+
+    async with asyncio.timeout(max(600.0, count * PER_ROOM_S * 2)):
+        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    return made
+
+
+class ProbeDevice:
+    """A second device of the bot account that times raw `/sync` requests."""
+
+    def __init__(self, synapse: LocalSynapse, login: RegisteredUser) -> None:
+        self.synapse = synapse
+        self.login = login
+        self.filter = json.dumps(SYNC_FILTER, separators=(",", ":"))
+        self.since: str | None = None
+        self.http = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {login.access_token}"},
+            timeout=aiohttp.ClientTimeout(total=3600),
+        )
+
+    async def sync(self, since: str | None) -> tuple[float, int, str]:
+        """(seconds, response bytes, next_batch) of one `/sync` with the bot's filter."""
+        query = {"filter": self.filter, "timeout": "0"}
+        if since is not None:
+            query["since"] = since
+        started = time.perf_counter()
+        async with self.http.get(
+            f"{self.synapse.base_url}/_matrix/client/v3/sync", params=query
+        ) as resp:
+            body = await resp.read()
+            assert resp.status == 200, body[:300]
+        took = time.perf_counter() - started
+        return took, len(body), str(json.loads(body)["next_batch"])
+
+    async def close(self) -> None:
+        async with self.http.post(f"{self.synapse.base_url}/_matrix/client/v3/logout") as resp:
+            assert resp.status == 200, await resp.text()
+        await self.http.close()
+
+
+@dataclass
+class Checkpoint:
+    rooms: int
+    rss_mb: float = 0.0
+    nio_rooms_before: int = 0
+    nio_bytes_before: int = 0
+    nio_rooms_after: int = 0
+    nio_bytes_after: int = 0
+    latency: list[float] = field(default_factory=list)
+    sync_busy: list[float] = field(default_factory=list)
+    sync_quiet: list[float] = field(default_factory=list)
+    initial_s: float | None = None
+    initial_mb: float | None = None
+    restart_answered: list[float] = field(default_factory=list)
+    restart_first_sync: list[float] = field(default_factory=list)
+    load: str = ""
+
+    @property
+    def bytes_per_room(self) -> float:
+        return self.nio_bytes_before / max(1, self.nio_rooms_before)
+
+
+def fit(points: list[tuple[float, float]], at: float) -> tuple[float, float, float]:
+    """(intercept, slope, value at `at`) of the least-squares line through `points`."""
+    n = len(points)
+    if n == 1:
+        x, y = points[0]
+        return 0.0, y / x if x else 0.0, y / x * at if x else y
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else 0.0
+    intercept = my - slope * mx
+    return intercept, slope, intercept + slope * at
+
+
+async def busy_room_samples(
+    runner: botsupport.BotRunner,
+    aidant: nio.AsyncClient,
+    dm: str,
+    probe: ProbeDevice,
+    point: Checkpoint,
+) -> None:
+    """`!aide` → reply sent, then the probe device's incremental syncs, SAMPLES times."""
+    settings = runner.settings()
+    db = BotDb(settings.database.url.reveal())
+    try:
+        for _ in range(SAMPLES):
+            n = count_from(aidant, dm, runner.user_id)
+            event_id = await say(aidant, dm, "!aide")
+            put_returned = time.perf_counter()
+            sent = await poll_until(
+                lambda e=event_id: db.message_sent(f"reply-{e}"), WAIT_S, "the reply sent"
+            )
+            point.latency.append(sent - put_returned)
+            reply = await reply_after(aidant, dm, runner.user_id, n, WAIT_S)
+            assert "!demande" in reply, reply
+            took, _, probe.since = await probe.sync(probe.since)
+            point.sync_busy.append(took)
+            took, _, probe.since = await probe.sync(probe.since)
+            point.sync_quiet.append(took)
+    finally:
+        db.close()
+
+
+def nio_rooms(runner: botsupport.BotRunner) -> tuple[int, int]:
+    assert runner.app is not None
+    rooms = runner.app.gateway.client.rooms
+    gc.collect()
+    return len(rooms), deep_size(list(rooms.values()))
+
+
+@bound(1200 + max(CHECKPOINTS) * PER_ROOM_S + len(CHECKPOINTS) * (600 + RESTARTS * 120))
+async def test_room_count_probe(
+    synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
+) -> None:
+    report(f"\nRoom-count probe: checkpoints {CHECKPOINTS}, {SAMPLES} samples; {machine()}")
+    points: list[Checkpoint] = []
+    async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
+        await runner.start()
+        directory = botsupport.Directory()
+        aidant = await clients.client("aidant")
+        invitee = await clients.user("invitee")
+        await botsupport.add_group(runner.store, directory, "fs", "france_services", ["95"])
+        await botsupport.add_agent(
+            runner.store,
+            directory,
+            "aidant",
+            matrix_id=aidant.user_id,
+            roles=[Role.AIDANT],
+            group="fs",
+        )
+        dm = await botsupport.open_direct_chat(aidant, runner.user_id)
+        await aide_answered(aidant, dm, runner.user_id, WAIT_S)
+        localpart = runner.user_id.split(":")[0].removeprefix("@")
+        probe = ProbeDevice(synapse, await synapse.login(localpart, runner.password))
+        try:
+            _, _, probe.since = await probe.sync(None)
+            assert runner.app is not None
+            base = len(await runner.app.gateway.joined_rooms())
+            made = 0
+            for target in CHECKPOINTS:
+                if runner.app is None:
+                    await runner.start()
+                assert runner.app is not None
+                # HEAD's behaviour while the rooms come: every room stays in nio's memory.
+                runner.app.gateway.room_cache = None
+                started = time.perf_counter()
+                report(f"checkpoint {target}: creating {target - made} rooms; {machine()}")
+                await create_rooms(runner, invitee, made + 1, target - made)
+                made = target
+                await aide_answered(aidant, dm, runner.user_id, max(WAIT_S, target * 0.2))
+                joined = len(await runner.app.gateway.joined_rooms())
+                assert joined == base + target, (joined, base, target)
+                rate = (target - (points[-1].rooms if points else 0)) / (
+                    time.perf_counter() - started
+                )
+                report(f"  {joined} rooms joined, {rate:.1f} rooms/s; {machine()}")
+                point = Checkpoint(rooms=joined, load=machine())
+                gc.collect()
+                point.rss_mb = rss_bytes() / 2**20
+                point.nio_rooms_before, point.nio_bytes_before = nio_rooms(runner)
+                # After: the same bot, its cache applied (every probe room but the busy
+                # one stands for a demande room).
+                gateway = runner.app.gateway
+                gateway.forgettable = lambda room_id: room_id != dm
+                gateway.room_cache = ROOM_CACHE
+                gateway.forget_idle_rooms()
+                point.nio_rooms_after, point.nio_bytes_after = nio_rooms(runner)
+                report(
+                    f"  memory: RSS {point.rss_mb:.0f} MB; nio rooms {point.nio_rooms_before}"
+                    f" = {point.nio_bytes_before / 2**20:.1f} MB"
+                    f" ({point.bytes_per_room:.0f} B/room); with the cache "
+                    f"{point.nio_rooms_after} = {point.nio_bytes_after / 2**20:.1f} MB"
+                )
+                await busy_room_samples(runner, aidant, dm, probe, point)
+                report(
+                    f"  busy room: reply sent median "
+                    f"{summarize(point.latency).median * 1000:.0f} ms; /sync incremental "
+                    f"{summarize(point.sync_busy).median * 1000:.0f} ms (1 room changed), "
+                    f"{summarize(point.sync_quiet).median * 1000:.0f} ms (nothing); {machine()}"
+                )
+                if target <= INITIAL_MAX:
+                    took, size, _ = await probe.sync(None)
+                    point.initial_s, point.initial_mb = took, size / 2**20
+                    report(f"  initial /sync (bot filter): {took:.1f} s, {size / 2**20:.1f} MB")
+                await runner.stop()
+                for _ in range(RESTARTS):
+                    r = await timed_restart(runner, aidant, dm)
+                    await runner.stop()
+                    point.restart_answered.append(max(r.reply_sent, r.reply_received))
+                    point.restart_first_sync.append(r.first_sync)
+                report(
+                    f"  restart → answered: {', '.join(f'{s:.2f}' for s in point.restart_answered)}"
+                    f" s; {machine()}"
+                )
+                points.append(point)
+        finally:
+            await probe.close()
+
+    def med(values: list[float]) -> float:
+        return summarize(values).median
+
+    measures: list[tuple[str, str, Any]] = [
+        ("nio rooms in memory, MB (HEAD)", "MB", lambda p: p.nio_bytes_before / 2**20),
+        ("nio rooms in memory, MB (cache)", "MB", lambda p: p.nio_bytes_after / 2**20),
+        ("process RSS, MB", "MB", lambda p: p.rss_mb),
+        ("busy room: !aide → reply sent, ms", "ms", lambda p: med(p.latency) * 1000),
+        ("/sync incremental, 1 room changed, ms", "ms", lambda p: med(p.sync_busy) * 1000),
+        ("/sync incremental, nothing new, ms", "ms", lambda p: med(p.sync_quiet) * 1000),
+        ("restart → first event answered, s", "s", lambda p: med(p.restart_answered)),
+        ("restart → first sync returned, s", "s", lambda p: med(p.restart_first_sync)),
+    ]
+    rows: list[list[str]] = []
+    for label, _, get in measures:
+        values = [(float(p.rooms), float(get(p))) for p in points]
+        _, slope, at = fit(values, TARGET_ROOMS)
+        rows.append(
+            [label, *(f"{v:.1f}" for _, v in values), f"{slope * 1000:.3f}", f"{at:.1f}"]
+        )
+    initial = [(float(p.rooms), p.initial_s) for p in points if p.initial_s is not None]
+    if initial:
+        _, slope, at = fit([(x, y) for x, y in initial if y is not None], TARGET_ROOMS)
+        cells = [f"{p.initial_s:.1f}" if p.initial_s is not None else "–" for p in points]
+        rows.append(["initial /sync (bot filter), s", *cells, f"{slope * 1000:.3f}", f"{at:.0f}"])
+    report(
+        table(
+            f"Room-count probe (medians; per 1,000 rooms = slope of the line; {machine()})",
+            [
+                "measure",
+                *(f"{p.rooms} rooms" for p in points),
+                "per 1,000 rooms",
+                f"at {TARGET_ROOMS:,}",
+            ],
+            rows,
+        )
+    )
+    for p in points:
+        report(f"  {p.rooms} rooms measured at: {p.load}")
