@@ -18,6 +18,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -130,8 +131,8 @@ class MatrixGateway:
         self.max_attachment_bytes = max_attachment_bytes
         self._http: aiohttp.ClientSession | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
-        # Rooms in nio's memory, least recently active first; which of them may be
-        # forgotten (demande rooms: `App` wires the index in); None: never forget.
+        # The forgettable rooms in nio's memory (demande rooms: `App` wires the index in),
+        # least recently active first, and how many to keep (None: all).
         self.room_cache = room_cache
         self.forgettable: Callable[[str], bool] = lambda _room_id: False
         self._recent: OrderedDict[str, None] = OrderedDict()
@@ -238,30 +239,26 @@ class MatrixGateway:
         return resp
 
     def _touch(self, room_id: str) -> None:
-        self._recent[room_id] = None
-        self._recent.move_to_end(room_id)
+        if self.forgettable(room_id):
+            self._recent[room_id] = None
+            self._recent.move_to_end(room_id)
 
     def forget_idle_rooms(self, keep: int | None = None) -> int:
-        """Drop nio's view of the least recently active forgettable rooms beyond
-        `keep` (default `room_cache`) rooms in memory; how many were dropped. A room
-        with a send in progress (its lock held) stays."""
+        """Drop nio's view of the least recently active forgettable rooms beyond `keep`
+        (default `room_cache`) of them; how many were dropped. A room with a send in
+        progress (its lock held) stays."""
         limit = self.room_cache if keep is None else keep
-        rooms = self.client.rooms
-        if limit is None or len(rooms) <= limit:
+        if limit is None or len(self._recent) <= limit:
             return 0
-        excess = len(rooms) - limit
         dropped = 0
-        for room_id in list(self._recent):
-            if dropped >= excess:
-                break
+        for room_id in list(islice(self._recent, len(self._recent) - limit)):
             lock = self._room_locks.get(room_id)
-            if room_id not in rooms:
-                del self._recent[room_id]
-            elif self.forgettable(room_id) and (lock is None or not lock.locked()):
-                del rooms[room_id]
-                del self._recent[room_id]
-                self._room_locks.pop(room_id, None)
-                dropped += 1
+            if lock is not None and lock.locked():
+                continue
+            del self._recent[room_id]
+            self.client.rooms.pop(room_id, None)
+            self._room_locks.pop(room_id, None)
+            dropped += 1
         return dropped
 
     def _note_device_changes(self, resp: SyncResponse) -> None:

@@ -13,10 +13,12 @@ session per room), and the rooms are not demandes in the bot's database.
 
 At each checkpoint N, the bot caught up (an `!aide` answered after the last room):
 
-* memory: the process's RSS, the rooms in nio's memory, and their size (a walk of every
-  object reachable from `client.rooms`, shared types and modules excluded): bytes per
-  room. *Before* is HEAD's behaviour (every room stays); *after* is the same bot once
-  `forget_idle_rooms()` keeps its cache (`ROOM_CACHE`), measured right after.
+* memory: the process's RSS (and its growth per room over the first segment, before any
+  restart), the rooms in nio's memory (those a sync mentioned since the bot's last
+  restart) and their size (a walk of every object reachable from `client.rooms`, types,
+  modules and functions excluded): bytes per room. *HEAD* is the old behaviour (every
+  room stays: `room_cache = None` while the rooms are made); *cache* is the same bot
+  right after `forget_idle_rooms()` applied `ROOM_CACHE`.
 * per-event latency in the one busy room (the aidant's direct chat, every other room
   quiet): the aidant's `PUT` of `!aide` returned → the bot's reply recorded as sent
   (bot database, polled every 2 ms); `APLUS_ROOMS_SAMPLES` samples.
@@ -29,8 +31,11 @@ At each checkpoint N, the bot caught up (an `!aide` answered after the last room
   `App` on the same data: `start()`, then `run()` until the reply is sent and decrypted),
   `APLUS_ROOMS_RESTARTS` times.
 
-Each figure is extrapolated to 100,000 rooms by a least-squares line through the
-checkpoints (the cost assumed linear in N; with two checkpoints, the line through them).
+Times are extrapolated to 100,000 rooms by a least-squares line through the
+checkpoints (the cost assumed linear in N; with two checkpoints, the line through them);
+memory as bytes per room × 100,000. `APLUS_ROOMS_BUDGET_S` (3600) bounds the run: a
+checkpoint that would not fit, at the creation rate measured so far, is skipped and said
+so; the table is printed after every checkpoint.
 """
 
 from __future__ import annotations
@@ -78,10 +83,11 @@ CONCURRENCY = env_int("APLUS_ROOMS_CONCURRENCY", 4)
 SAMPLES = env_int("APLUS_ROOMS_SAMPLES", 10)
 RESTARTS = env_int("APLUS_ROOMS_RESTARTS", 2)
 INITIAL_MAX = env_int("APLUS_ROOMS_INITIAL_MAX", 5000)
+# The run's own time limit: a checkpoint that would not fit is skipped (and said so).
+BUDGET_S = float(env_int("APLUS_ROOMS_BUDGET_S", 3600))
 TARGET_ROOMS = 100_000
 WAIT_S = 120.0
-# Seconds per room made, generous (measured ~0.1–0.25 s on 2 shared cores), plus the
-# initial syncs (~20 ms a room) and fixed costs per checkpoint.
+# Seconds per room made, generous (measured ~0.25–0.5 s on 2 shared cores).
 PER_ROOM_S = 0.6
 
 
@@ -229,9 +235,8 @@ async def busy_room_samples(
             n = count_from(aidant, dm, runner.user_id)
             event_id = await say(aidant, dm, "!aide")
             put_returned = time.perf_counter()
-            sent = await poll_until(
-                lambda e=event_id: db.message_sent(f"reply-{e}"), WAIT_S, "the reply sent"
-            )
+            txn = f"reply-{event_id}"
+            sent = await poll_until(lambda: db.message_sent(txn), WAIT_S, "the reply sent")  # noqa: B023
             point.latency.append(sent - put_returned)
             reply = await reply_after(aidant, dm, runner.user_id, n, WAIT_S)
             assert "!demande" in reply, reply
@@ -250,12 +255,74 @@ def nio_rooms(runner: botsupport.BotRunner) -> tuple[int, int]:
     return len(rooms), deep_size(list(rooms.values()))
 
 
-@bound(1200 + max(CHECKPOINTS) * PER_ROOM_S + len(CHECKPOINTS) * (600 + RESTARTS * 120))
+def med(values: list[float]) -> float:
+    return summarize(values).median
+
+
+def summary(points: list[Checkpoint], grown_per_room: float | None) -> str:
+    """The table so far (printed after each checkpoint: a run stopped early keeps it)."""
+    mb = 2**20
+    per_room = [p.bytes_per_room for p in points]
+    held = med(per_room)
+    rows: list[list[str]] = [
+        ["rooms in nio's memory (since the last restart)"]
+        + [str(p.nio_rooms_before) for p in points]
+        + ["", ""],
+        ["nio's rooms, bytes per room"] + [f"{b:.0f}" for b in per_room] + ["", f"{held:.0f}"],
+        ["nio's rooms, MB, HEAD (every room stays)"]
+        + [f"{p.nio_bytes_before / mb:.1f}" for p in points]
+        + [f"{held * 1000 / mb:.2f}", f"{held * TARGET_ROOMS / mb:.0f}"],
+        [f"nio's rooms, MB, cache of {ROOM_CACHE}"]
+        + [f"{p.nio_bytes_after / mb:.1f}" for p in points]
+        + ["0", f"{held * min(ROOM_CACHE, TARGET_ROOMS) / mb:.1f}"],
+        ["process RSS, MB"] + [f"{p.rss_mb:.0f}" for p in points] + ["", ""],
+    ]
+    if grown_per_room is not None:
+        rows.append(
+            ["RSS growth per room made (1st segment)"]
+            + [f"{grown_per_room:.0f} B"]
+            + ["" for _ in points[1:]]
+            + [f"{grown_per_room * 1000 / mb:.2f}", f"{grown_per_room * TARGET_ROOMS / mb:.0f}"]
+        )
+    timed: list[tuple[str, Any, str]] = [
+        ("busy room: !aide PUT → reply sent, ms", lambda p: med(p.latency) * 1000, ".0f"),
+        ("/sync incremental, 1 room changed, ms", lambda p: med(p.sync_busy) * 1000, ".0f"),
+        ("/sync incremental, nothing new, ms", lambda p: med(p.sync_quiet) * 1000, ".0f"),
+        ("restart → first event answered, s", lambda p: med(p.restart_answered), ".2f"),
+        ("restart → first /sync returned, s", lambda p: med(p.restart_first_sync), ".2f"),
+    ]
+    for label, get, fmt in timed:
+        values = [(float(p.rooms), float(get(p))) for p in points]
+        _, slope, at = fit(values, TARGET_ROOMS)
+        rows.append(
+            [label, *(format(v, fmt) for _, v in values), f"{slope * 1000:+.2f}", format(at, fmt)]
+        )
+    initial = [(float(p.rooms), p.initial_s) for p in points if p.initial_s is not None]
+    if initial:
+        _, slope, at = fit([(x, y) for x, y in initial if y is not None], TARGET_ROOMS)
+        cells = [f"{p.initial_s:.1f}" if p.initial_s is not None else "–" for p in points]
+        rows.append(["initial /sync, bot filter, s", *cells, f"{slope * 1000:+.2f}", f"{at:.0f}"])
+        sizes = [f"{p.initial_mb:.1f}" if p.initial_mb is not None else "–" for p in points]
+        rows.append(["initial /sync, bot filter, MB", *sizes, "", ""])
+    return table(
+        f"Room-count probe (medians; the last two columns: slope per 1,000 rooms and the "
+        f"line at {TARGET_ROOMS:,}; {machine()})",
+        ["measure", *(f"{p.rooms} rooms" for p in points), "/1,000", f"{TARGET_ROOMS:,}"],
+        rows,
+    )
+
+
+@bound(BUDGET_S + 900)
 async def test_room_count_probe(
     synapse: LocalSynapse, clients: matrix.Clients, tmp_path: Path
 ) -> None:
-    report(f"\nRoom-count probe: checkpoints {CHECKPOINTS}, {SAMPLES} samples; {machine()}")
+    report(
+        f"\nRoom-count probe: checkpoints {CHECKPOINTS}, {SAMPLES} samples, budget "
+        f"{BUDGET_S:.0f} s; {machine()}"
+    )
+    began = time.perf_counter()
     points: list[Checkpoint] = []
+    grown_per_room: float | None = None
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
         directory = botsupport.Directory()
@@ -278,32 +345,44 @@ async def test_room_count_probe(
             _, _, probe.since = await probe.sync(None)
             assert runner.app is not None
             base = len(await runner.app.gateway.joined_rooms())
+            gc.collect()
+            rss_start = rss_bytes()
             made = 0
+            rate = 0.0  # rooms per second, measured
+            overhead = 0.0  # seconds of measures per checkpoint, measured
             for target in CHECKPOINTS:
+                left = BUDGET_S - (time.perf_counter() - began)
+                if rate and (target - made) / rate + overhead * 1.5 > left:
+                    report(
+                        f"checkpoint {target} skipped: ~{(target - made) / rate + overhead:.0f}"
+                        f" s needed at {rate:.1f} rooms/s, {left:.0f} s left in the budget"
+                    )
+                    break
                 if runner.app is None:
                     await runner.start()
                 assert runner.app is not None
                 # HEAD's behaviour while the rooms come: every room stays in nio's memory.
+                # Every probe room but the busy one stands for a demande room.
                 runner.app.gateway.room_cache = None
+                runner.app.gateway.forgettable = lambda room_id: room_id != dm
                 started = time.perf_counter()
                 report(f"checkpoint {target}: creating {target - made} rooms; {machine()}")
                 await create_rooms(runner, invitee, made + 1, target - made)
-                made = target
                 await aide_answered(aidant, dm, runner.user_id, max(WAIT_S, target * 0.2))
                 joined = len(await runner.app.gateway.joined_rooms())
                 assert joined == base + target, (joined, base, target)
-                rate = (target - (points[-1].rooms if points else 0)) / (
-                    time.perf_counter() - started
-                )
+                rate = (target - made) / (time.perf_counter() - started)
                 report(f"  {joined} rooms joined, {rate:.1f} rooms/s; {machine()}")
+                measured = time.perf_counter()
                 point = Checkpoint(rooms=joined, load=machine())
                 gc.collect()
                 point.rss_mb = rss_bytes() / 2**20
+                if made == 0:
+                    grown_per_room = (rss_bytes() - rss_start) / target
+                made = target
                 point.nio_rooms_before, point.nio_bytes_before = nio_rooms(runner)
-                # After: the same bot, its cache applied (every probe room but the busy
-                # one stands for a demande room).
+                # After: the same bot, its cache applied.
                 gateway = runner.app.gateway
-                gateway.forgettable = lambda room_id: room_id != dm
                 gateway.room_cache = ROOM_CACHE
                 gateway.forget_idle_rooms()
                 point.nio_rooms_after, point.nio_bytes_after = nio_rooms(runner)
@@ -316,64 +395,30 @@ async def test_room_count_probe(
                 await busy_room_samples(runner, aidant, dm, probe, point)
                 report(
                     f"  busy room: reply sent median "
-                    f"{summarize(point.latency).median * 1000:.0f} ms; /sync incremental "
-                    f"{summarize(point.sync_busy).median * 1000:.0f} ms (1 room changed), "
-                    f"{summarize(point.sync_quiet).median * 1000:.0f} ms (nothing); {machine()}"
+                    f"{med(point.latency) * 1000:.0f} ms; /sync incremental "
+                    f"{med(point.sync_busy) * 1000:.0f} ms (1 room changed), "
+                    f"{med(point.sync_quiet) * 1000:.0f} ms (nothing); {machine()}"
                 )
                 if target <= INITIAL_MAX:
                     took, size, _ = await probe.sync(None)
                     point.initial_s, point.initial_mb = took, size / 2**20
-                    report(f"  initial /sync (bot filter): {took:.1f} s, {size / 2**20:.1f} MB")
+                    report(
+                        f"  initial /sync (bot filter): {took:.2f} s, {size / 2**20:.1f} MB; "
+                        f"{machine()}"
+                    )
                 await runner.stop()
                 for _ in range(RESTARTS):
                     r = await timed_restart(runner, aidant, dm)
                     await runner.stop()
                     point.restart_answered.append(max(r.reply_sent, r.reply_received))
                     point.restart_first_sync.append(r.first_sync)
-                report(
-                    f"  restart → answered: {', '.join(f'{s:.2f}' for s in point.restart_answered)}"
-                    f" s; {machine()}"
-                )
+                answered = ", ".join(f"{s:.2f}" for s in point.restart_answered)
+                report(f"  restart → answered: {answered} s; {machine()}")
                 points.append(point)
+                overhead = time.perf_counter() - measured
+                report(summary(points, grown_per_room))
         finally:
             await probe.close()
-
-    def med(values: list[float]) -> float:
-        return summarize(values).median
-
-    measures: list[tuple[str, str, Any]] = [
-        ("nio rooms in memory, MB (HEAD)", "MB", lambda p: p.nio_bytes_before / 2**20),
-        ("nio rooms in memory, MB (cache)", "MB", lambda p: p.nio_bytes_after / 2**20),
-        ("process RSS, MB", "MB", lambda p: p.rss_mb),
-        ("busy room: !aide → reply sent, ms", "ms", lambda p: med(p.latency) * 1000),
-        ("/sync incremental, 1 room changed, ms", "ms", lambda p: med(p.sync_busy) * 1000),
-        ("/sync incremental, nothing new, ms", "ms", lambda p: med(p.sync_quiet) * 1000),
-        ("restart → first event answered, s", "s", lambda p: med(p.restart_answered)),
-        ("restart → first sync returned, s", "s", lambda p: med(p.restart_first_sync)),
-    ]
-    rows: list[list[str]] = []
-    for label, _, get in measures:
-        values = [(float(p.rooms), float(get(p))) for p in points]
-        _, slope, at = fit(values, TARGET_ROOMS)
-        rows.append(
-            [label, *(f"{v:.1f}" for _, v in values), f"{slope * 1000:.3f}", f"{at:.1f}"]
-        )
-    initial = [(float(p.rooms), p.initial_s) for p in points if p.initial_s is not None]
-    if initial:
-        _, slope, at = fit([(x, y) for x, y in initial if y is not None], TARGET_ROOMS)
-        cells = [f"{p.initial_s:.1f}" if p.initial_s is not None else "–" for p in points]
-        rows.append(["initial /sync (bot filter), s", *cells, f"{slope * 1000:.3f}", f"{at:.0f}"])
-    report(
-        table(
-            f"Room-count probe (medians; per 1,000 rooms = slope of the line; {machine()})",
-            [
-                "measure",
-                *(f"{p.rooms} rooms" for p in points),
-                "per 1,000 rooms",
-                f"at {TARGET_ROOMS:,}",
-            ],
-            rows,
-        )
-    )
+    assert points, "no checkpoint fitted in the budget"
     for p in points:
         report(f"  {p.rooms} rooms measured at: {p.load}")
