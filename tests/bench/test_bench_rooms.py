@@ -59,6 +59,7 @@ from bot.domain.model import Role
 from bot.domain.reference import format_reference, room_name
 from bot.domain.room_spec import create_room_body
 from bot.matrix.gateway import ROOM_CACHE, SYNC_FILTER
+from bot.services.room_guard import STATE_CHECK_CONCURRENCY
 from tests.bench.conftest import (
     BotDb,
     Progress,
@@ -86,6 +87,7 @@ INITIAL_MAX = env_int("APLUS_ROOMS_INITIAL_MAX", 5000)
 # The run's own time limit: a checkpoint that would not fit is skipped (and said so).
 BUDGET_S = float(env_int("APLUS_ROOMS_BUDGET_S", 3600))
 TARGET_ROOMS = 100_000
+STATE_SAMPLE = 200  # rooms whose state is read as the start-up check reads it
 WAIT_S = 120.0
 # Seconds per room made, generous (measured ~0.25–0.5 s on 2 shared cores).
 PER_ROOM_S = 0.6
@@ -159,16 +161,24 @@ class ProbeDevice:
         self.login = login
         self.filter = json.dumps(SYNC_FILTER, separators=(",", ":"))
         self.since: str | None = None
+        self.initial_syncs = 0
         self.http = aiohttp.ClientSession(
             headers={"Authorization": f"Bearer {login.access_token}"},
             timeout=aiohttp.ClientTimeout(total=3600),
         )
 
     async def sync(self, since: str | None) -> tuple[float, int, str]:
-        """(seconds, response bytes, next_batch) of one `/sync` with the bot's filter."""
+        """(seconds, response bytes, next_batch) of one `/sync` with the bot's filter.
+
+        Synapse keeps a response for 2 minutes under (user, timeout, since, filter,
+        device…): each initial sync gets a timeout of its own (never waited for without
+        `since`), so that it is computed, not served from that cache."""
         query = {"filter": self.filter, "timeout": "0"}
         if since is not None:
             query["since"] = since
+        else:
+            self.initial_syncs += 1
+            query["timeout"] = str(self.initial_syncs)
         started = time.perf_counter()
         async with self.http.get(
             f"{self.synapse.base_url}/_matrix/client/v3/sync", params=query
@@ -199,6 +209,7 @@ class Checkpoint:
     initial_mb: float | None = None
     restart_answered: list[float] = field(default_factory=list)
     restart_first_sync: list[float] = field(default_factory=list)
+    state_check_s: float = 0.0  # per room, as the start-up check reads it
     load: str = ""
 
     @property
@@ -246,6 +257,23 @@ async def busy_room_samples(
             point.sync_quiet.append(took)
     finally:
         db.close()
+
+
+async def state_check(runner: botsupport.BotRunner, rooms: list[str]) -> float:
+    """Seconds per room of `GET /state`, `STATE_CHECK_CONCURRENCY` at a time: what the
+    guard's start-up check (`check_open_rooms`) spends on every open demande room."""
+    assert runner.app is not None
+    gateway = runner.app.gateway
+    limit = asyncio.Semaphore(STATE_CHECK_CONCURRENCY)
+
+    async def one(room_id: str) -> None:
+        async with limit:
+            state = await gateway.room_state(room_id)
+            assert ("fr.aplus.demande", "") in state, room_id
+
+    started = time.perf_counter()
+    await asyncio.gather(*(one(r) for r in rooms))
+    return (time.perf_counter() - started) / len(rooms)
 
 
 def nio_rooms(runner: botsupport.BotRunner) -> tuple[int, int]:
@@ -297,6 +325,15 @@ def summary(points: list[Checkpoint], grown_per_room: float | None) -> str:
         rows.append(
             [label, *(format(v, fmt) for _, v in values), f"{slope * 1000:+.2f}", format(at, fmt)]
         )
+    _, slope, at = fit([(float(p.rooms), p.state_check_s * 1000) for p in points], TARGET_ROOMS)
+    rows.append(
+        [
+            "start-up state check, ms per open room",
+            *(f"{p.state_check_s * 1000:.1f}" for p in points),
+            f"{slope * 1000:+.2f}",
+            f"{at:.1f}",
+        ]
+    )
     initial = [(float(p.rooms), p.initial_s) for p in points if p.initial_s is not None]
     if initial:
         _, slope, at = fit([(x, y) for x, y in initial if y is not None], TARGET_ROOMS)
@@ -348,6 +385,7 @@ async def test_room_count_probe(
             gc.collect()
             rss_start = rss_bytes()
             made = 0
+            all_rooms: list[str] = []
             rate = 0.0  # rooms per second, measured
             overhead = 0.0  # seconds of measures per checkpoint, measured
             for target in CHECKPOINTS:
@@ -367,7 +405,7 @@ async def test_room_count_probe(
                 runner.app.gateway.forgettable = lambda room_id: room_id != dm
                 started = time.perf_counter()
                 report(f"checkpoint {target}: creating {target - made} rooms; {machine()}")
-                await create_rooms(runner, invitee, made + 1, target - made)
+                all_rooms += await create_rooms(runner, invitee, made + 1, target - made)
                 await aide_answered(aidant, dm, runner.user_id, max(WAIT_S, target * 0.2))
                 joined = len(await runner.app.gateway.joined_rooms())
                 assert joined == base + target, (joined, base, target)
@@ -398,6 +436,11 @@ async def test_room_count_probe(
                     f"{med(point.latency) * 1000:.0f} ms; /sync incremental "
                     f"{med(point.sync_busy) * 1000:.0f} ms (1 room changed), "
                     f"{med(point.sync_quiet) * 1000:.0f} ms (nothing); {machine()}"
+                )
+                point.state_check_s = await state_check(runner, all_rooms[-STATE_SAMPLE:])
+                report(
+                    f"  start-up state check: {point.state_check_s * 1000:.1f} ms per open "
+                    f"room ({STATE_CHECK_CONCURRENCY} at a time); {machine()}"
                 )
                 if target <= INITIAL_MAX:
                     took, size, _ = await probe.sync(None)
