@@ -47,6 +47,7 @@ import os
 import sys
 import time
 import types
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,11 @@ def rss_bytes() -> int:
 
 
 _SHARED = (type, types.ModuleType, types.FunctionType, types.BuiltinFunctionType)
+
+
+def object_counts() -> Counter[str]:
+    gc.collect()
+    return Counter(type(o).__qualname__ for o in gc.get_objects())
 
 
 def deep_size(roots: list[Any]) -> int:
@@ -384,6 +390,7 @@ async def test_room_count_probe(
             base = len(await runner.app.gateway.joined_rooms())
             gc.collect()
             rss_start = rss_bytes()
+            objects_start = object_counts()
             made = 0
             all_rooms: list[str] = []
             rate = 0.0  # rooms per second, measured
@@ -417,6 +424,10 @@ async def test_room_count_probe(
                 point.rss_mb = rss_bytes() / 2**20
                 if made == 0:
                     grown_per_room = (rss_bytes() - rss_start) / target
+                    # Where it went: the object types that grew most, per room made.
+                    grown = object_counts() - objects_start
+                    top = ", ".join(f"{k} {v / target:.1f}" for k, v in grown.most_common(12))
+                    report(f"  objects grown per room (gc-tracked types): {top}")
                 made = target
                 point.nio_rooms_before, point.nio_bytes_before = nio_rooms(runner)
                 # After: the same bot, its cache applied.
