@@ -74,12 +74,13 @@ SYNC_FILTER: dict[str, Any] = {
 # Events per page when filling a gap left by a limited sync timeline.
 GAP_PAGE = 100
 
-# Demande rooms kept in nio's memory (members, name, power levels, ~3 KB each): the most
-# recently active ones. Any other is rebuilt from the homeserver when it is needed
-# (`refresh_members`, one `GET /members`), exactly as after a restart, so that the bot's
-# memory does not grow with the ~100,000 rooms it is a member of (tests/bench/
-# test_bench_rooms.py). Sessions and trust decisions never depended on nio's view: the
-# key plan compares the session's recipients with a fresh member list.
+# Demande rooms kept in memory (nio's view: members, name, power levels, ~3 KB each; the
+# room's outbound Megolm session): the most recently active ones. Any other is rebuilt
+# from the homeserver when it is needed (`refresh_members`, one `GET /members`) and gets a
+# new session at its next message, exactly as after a restart, so that the bot's memory
+# does not grow with the ~100,000 rooms it is a member of (tests/bench/
+# test_bench_rooms.py). Trust never depended on nio's view: the key plan compares the
+# session's recipients with a fresh member list.
 ROOM_CACHE = 2000
 
 
@@ -258,6 +259,7 @@ class MatrixGateway:
             del self._recent[room_id]
             self.client.rooms.pop(room_id, None)
             self._room_locks.pop(room_id, None)
+            self.room_keys.forget(room_id)
             dropped += 1
         return dropped
 

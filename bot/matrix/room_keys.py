@@ -152,6 +152,16 @@ class RoomKeySharer:
             return None
         return session
 
+    def forget(self, room_id: str) -> None:
+        """The room left the bot's memory (the gateway's room cache): its outbound session
+        goes too, so that nothing is kept per idle room; the next message starts a new
+        session, shared with the members present then, as after a restart."""
+        session = self._olm.outbound_group_sessions.pop(room_id, None)
+        if session is not None:
+            self._archived.pop(session.id, None)
+        self._told.pop(room_id, None)
+        self.last.pop(room_id, None)
+
     async def share(
         self, room_id: str, recipients: Collection[str], present: Collection[str]
     ) -> ShareResult | None:

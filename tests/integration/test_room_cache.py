@@ -53,6 +53,9 @@ async def test_forgotten_demande_room_still_served_and_its_key_rotated_after_a_l
         # answered from a view rebuilt from the homeserver, then forgot it again.
         first = await command(instr1, "!statut", reference)
         await matrix.wait_for(lambda: room_id not in gateway.client.rooms, 10, "room forgotten")
+        # Its outbound session too: nothing is kept per idle room.
+        olm = gateway.client.olm
+        assert olm is not None and room_id not in olm.outbound_group_sessions
         # The direct chat is not a demande room: it stays.
         assert dm in gateway.client.rooms
 
