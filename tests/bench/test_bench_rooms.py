@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 import json
 import os
 import sys
@@ -226,9 +227,8 @@ class Checkpoint:
 def fit(points: list[tuple[float, float]], at: float) -> tuple[float, float, float]:
     """(intercept, slope, value at `at`) of the least-squares line through `points`."""
     n = len(points)
-    if n == 1:
-        x, y = points[0]
-        return 0.0, y / x if x else 0.0, y / x * at if x else y
+    if n == 1:  # no line through one point
+        return math.nan, math.nan, math.nan
     mx = sum(x for x, _ in points) / n
     my = sum(y for _, y in points) / n
     sxx = sum((x - mx) ** 2 for x, _ in points)
