@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import math
 import json
+import math
 import os
 import sys
 import time
