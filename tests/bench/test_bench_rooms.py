@@ -215,6 +215,9 @@ class Checkpoint:
     latency: list[float] = field(default_factory=list)
     sync_busy: list[float] = field(default_factory=list)
     sync_quiet: list[float] = field(default_factory=list)
+    # The same request, same moment, for an account in one room: the machine's load,
+    # so that a growth with N can be told from a busier machine.
+    sync_control: list[float] = field(default_factory=list)
     initial_s: float | None = None
     initial_mb: float | None = None
     restart_answered: list[float] = field(default_factory=list)
@@ -246,6 +249,7 @@ async def busy_room_samples(
     dm: str,
     probe: ProbeDevice,
     point: Checkpoint,
+    control: ProbeDevice | None = None,
 ) -> None:
     """`!aide` → reply sent, then the probe device's incremental syncs, SAMPLES times."""
     settings = runner.settings()
@@ -264,6 +268,9 @@ async def busy_room_samples(
             point.sync_busy.append(took)
             took, _, probe.since = await probe.sync(probe.since)
             point.sync_quiet.append(took)
+            if control is not None:
+                took, _, control.since = await control.sync(control.since)
+                point.sync_control.append(took)
     finally:
         db.close()
 
@@ -328,6 +335,12 @@ def summary(points: list[Checkpoint], grown_per_room: float | None) -> str:
         ("busy room: !aide PUT → reply sent, ms", lambda p: med(p.latency) * 1000, ".0f"),
         ("/sync incremental, 1 room changed, ms", lambda p: med(p.sync_busy) * 1000, ".0f"),
         ("/sync incremental, nothing new, ms", lambda p: med(p.sync_quiet) * 1000, ".0f"),
+        ("control: same, account in 1 room, ms", lambda p: med(p.sync_control) * 1000, ".0f"),
+        (
+            "nothing new / control (load removed)",
+            lambda p: med([q / c for q, c in zip(p.sync_quiet, p.sync_control, strict=True)]),
+            ".2f",
+        ),
         ("restart → first event answered, s", lambda p: med(p.restart_answered), ".2f"),
         ("restart → first /sync returned, s", lambda p: med(p.restart_first_sync), ".2f"),
     ]
@@ -390,8 +403,15 @@ async def test_room_count_probe(
         await aide_answered(aidant, dm, runner.user_id, WAIT_S)
         localpart = runner.user_id.split(":")[0].removeprefix("@")
         probe = ProbeDevice(synapse, await synapse.login(localpart, runner.password))
+        # The control: an account in one room, its own device, same filter.
+        control = ProbeDevice(synapse, await clients.user("lone"))
+        async with control.http.post(
+            f"{synapse.base_url}/_matrix/client/v3/createRoom", json={"preset": "private_chat"}
+        ) as resp:
+            assert resp.status == 200, await resp.text()
         try:
             _, _, probe.since = await probe.sync(None)
+            _, _, control.since = await control.sync(None)
             assert runner.app is not None
             base = len(await runner.app.gateway.joined_rooms())
             gc.collect()
@@ -447,7 +467,7 @@ async def test_room_count_probe(
                     f" ({point.bytes_per_room:.0f} B/room); with the cache "
                     f"{point.nio_rooms_after} = {point.nio_bytes_after / 2**20:.1f} MB"
                 )
-                await busy_room_samples(runner, aidant, dm, probe, point)
+                await busy_room_samples(runner, aidant, dm, probe, point, control)
                 report(
                     f"  busy room: reply sent median "
                     f"{med(point.latency) * 1000:.0f} ms; /sync incremental "
@@ -479,6 +499,7 @@ async def test_room_count_probe(
                 report(summary(points, grown_per_room))
         finally:
             await probe.close()
+            await control.close()
     assert points, "no checkpoint fitted in the budget"
     for p in points:
         report(f"  {p.rooms} rooms measured at: {p.load}")
