@@ -159,8 +159,8 @@ async def make_world(
         instr1=instr1,
         invitees=sorted(c.user_id for c in (aidant, instr1, instr2)),
         dm=dm,
-        allowed_servers=app.opening.allowed_servers,
-        room_version=app.opening.room_version,
+        allowed_servers=app.opening.specs.allowed_servers,
+        room_version=app.opening.specs.room_version,
     )
 
 
