@@ -32,6 +32,7 @@ from bot.matrix import content as mx
 from bot.services import outbox as matrix_outbox
 from bot.services.clock import Clock
 from bot.services.failures import stop_requested
+from bot.services.waits import woken_within
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import OutgoingEmail
@@ -158,8 +159,7 @@ class EmailDelivery:
                     due = await tx.next_email_due()
                 if due is not None:
                     timeout = min(idle_seconds, max(0.05, (due - self.clock.now()).total_seconds()))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+                await woken_within(self._wake.wait(), timeout)
                 delay = 1.0
             except LeaseLost:
                 log.warning("email delivery: not the active bot; retry in %.0f s", delay)

@@ -26,6 +26,7 @@ from bot.domain.stats import DemandeFilter, compute
 from bot.matrix.port import Gateway
 from bot.services.clock import Clock
 from bot.services.statistics import collect
+from bot.services.waits import within
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Health:
     @staticmethod
     async def _timed(check: Check) -> CheckResult:
         try:
-            return await asyncio.wait_for(check(), CHECK_TIMEOUT_S)
+            return await within(check(), CHECK_TIMEOUT_S)
         except TimeoutError:
             return CheckResult(FAILING, f"pas de réponse en {CHECK_TIMEOUT_S:.0f} s")
         except Exception as exc:

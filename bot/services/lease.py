@@ -37,6 +37,7 @@ from collections.abc import Callable
 from sqlalchemy.exc import DBAPIError
 
 from bot.domain.lease import LeaseLost, LeaseTiming
+from bot.services.waits import within
 from bot.store import lease as lease_sql
 from bot.store.db import create_engine
 
@@ -102,7 +103,7 @@ class Lease:
         while True:
             started = self._monotonic()
             try:
-                got = await asyncio.wait_for(self._try_acquire(), self.timing.ttl_seconds)
+                got = await within(self._try_acquire(), self.timing.ttl_seconds)
             except Exception as exc:
                 if _lock_timeout(exc):
                     # The lease expired but its holder's open transaction (frozen, or
@@ -184,7 +185,7 @@ class Lease:
             self._beat = self._monotonic()
             started = self._monotonic()
             try:
-                still_ours = await asyncio.wait_for(self._renew(self._epoch), renew)
+                still_ours = await within(self._renew(self._epoch), renew)
             except Exception as exc:
                 log.warning("lease: renewal failed (%s)", type(exc).__name__)
             else:

@@ -9,13 +9,13 @@ no jobs. Once it holds the lease, `bot.app` goes on exactly as a restart does.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from aiohttp import web
 
 from bot.services.health import FAILING, OK
 from bot.services.lease import Lease
+from bot.services.waits import within
 from bot.settings import HealthSettings
 from bot.store.db import Store
 
@@ -40,7 +40,7 @@ class StandbyHealth:
 
     async def _healthz(self, _request: web.Request) -> web.Response:
         try:
-            await asyncio.wait_for(self._store.ping(), CHECK_TIMEOUT_S)
+            await within(self._store.ping(), CHECK_TIMEOUT_S)
             database = OK
         except Exception:
             database = FAILING

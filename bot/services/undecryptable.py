@@ -13,7 +13,6 @@ notice asks the room to send the message again (one per event, by transaction ID
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import timedelta
 from typing import Any
@@ -27,6 +26,7 @@ from bot.matrix.port import Gateway
 from bot.ports import Sender
 from bot.services.clock import Clock
 from bot.services.failures import database_unavailable, homeserver_outage, stop_requested
+from bot.services.waits import woken_within
 from bot.store.crypto_tx import UndecryptableEvent
 from bot.store.db import Store
 from bot.store.repository import Tx
@@ -216,8 +216,7 @@ class Undecryptables:
                 if due is not None:
                     wait = max(0.0, min(wait, (due - self.clock.now()).total_seconds()))
                 if wait > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), timeout=wait)
+                    await woken_within(self._wake.wait(), wait)
                 self._wake.clear()
                 await self.retry(decrypt=False)
             except asyncio.CancelledError:

@@ -4,7 +4,6 @@ after a failure, wait with a doubling delay (the work stays queued in the databa
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -14,6 +13,7 @@ from bot.services.failures import (
     homeserver_outage,
     stop_requested,
 )
+from bot.services.waits import woken_within
 
 log = logging.getLogger(__name__)
 
@@ -79,5 +79,4 @@ class Worker:
                 delay = min(delay * 2, self.max_backoff_seconds)
                 continue
             delay = 1.0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.idle_seconds)
+            await woken_within(self._wake.wait(), self.idle_seconds)

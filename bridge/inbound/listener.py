@@ -52,6 +52,7 @@ import bridge.inbound.stored as stored
 from bot.domain.lease import always_held
 from bot.faults import crash_point
 from bot.services.clock import Clock
+from bot.services.waits import within
 from bot.settings import EmailSettings
 from bot.store.db import Store
 from bot.store.email_tx import ReplyBinding
@@ -191,7 +192,7 @@ class InboundHandler:
         """`fn` in the listener's parser thread, bounded in time (`TimeoutError`: 451)."""
         loop = asyncio.get_running_loop()
         call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.wait_for(loop.run_in_executor(self._parser, call), self.parse_timeout)
+        return await within(loop.run_in_executor(self._parser, call), self.parse_timeout)
 
     async def _authenticated(self, raw: bytes, view: Outline) -> bool:
         if view.auth.authenticated:

@@ -347,6 +347,11 @@ class RecordingGateway:
         if room is not None and user_id not in room.users:
             room.add_member(user_id, None, None, invited=True)
 
+    def forget_idle_rooms(self, keep: int | None = None) -> int:
+        """The real gateway's memory bound; the fake keeps every view (nothing to save)."""
+        self.calls.append(Call("forget_idle_rooms", {"keep": keep}))
+        return 0
+
     def member_count(self, room_id: str) -> int | None:
         room = self._view.get(room_id)
         if room is not None:

@@ -174,3 +174,26 @@ async def test_a_stop_whose_rollback_fails_still_ends_the_daily_jobs(world: Worl
     finally:
         jobs.cancel()
         await asyncio.wait({jobs}, timeout=STOP_BOUND_S)
+
+
+async def test_a_stop_that_comes_with_a_wakeup_still_ends_a_worker() -> None:
+    """Python 3.11's `asyncio.wait_for` returns normally when the task is cancelled just
+    as the awaited event completes: the cancellation is lost, the worker goes round again
+    and the stop waits for ever (a bot fixture's teardown hung so, with a delivery waiting
+    on its wake-up while cancelling)."""
+    stepped = asyncio.Event()
+
+    async def step() -> None:
+        stepped.set()
+
+    worker = Worker("test", step, idle_seconds=30.0)
+    task = asyncio.create_task(worker.run())
+    await stepped.wait()
+    for _ in range(5):
+        await asyncio.sleep(0)  # the worker now waits for its wake-up
+    worker.wake()
+    await asyncio.sleep(0)  # the wake-up's waiter completes: wait_for is about to return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=STOP_BOUND_S)
+    assert task in done, "the worker went on after the stop"
+    assert task.cancelled()
