@@ -171,6 +171,9 @@ class App:
         notices = UnverifiedSessionNotices(
             store=store, clock=self.clock, bot_user_id=s.bot.user_id, wake_outbox=outbox_wakeup.set
         )
+        # The demande rooms: only they leave nio's memory when idle (the ~100,000).
+        index = DemandeRoomIndex(store)
+        await index.load()
         gateway = MatrixGateway(
             homeserver=s.homeserver.url,
             user_id=s.bot.user_id,
@@ -183,6 +186,7 @@ class App:
             identity_pins=identity_pins,
             on_unverified=notices.withheld,
             held=held,
+            forgettable=index.__contains__,
         )
         self._stack.push_async_callback(gateway.close)
         self._gateway = gateway
@@ -210,9 +214,8 @@ class App:
             outbox_wakeup=outbox_wakeup,
             membership_api=membership_api,
             held=held,
+            index=index,
         )
-        # Only demande rooms leave nio's memory when idle: they are the ~100,000.
-        gateway.forgettable = parts.opening.index.__contains__
         if parts.email is not None:
             self._stack.push_async_callback(parts.email.close)
             await parts.email.listen()
@@ -307,6 +310,7 @@ async def assemble(
     relay: Relay | None = None,
     membership_api: MembershipApi | None = None,
     held: Callable[[], bool] = always_held,
+    index: DemandeRoomIndex | None = None,
 ) -> Parts:
     """Every service, wired in dependency order, over the given transports.
 
@@ -314,7 +318,8 @@ async def assemble(
     (logged in) and the relay of the settings, then opens the listeners; the service
     tests (tests/services/) give it a recording gateway and a recording relay.
     ``outbox_wakeup``: shared with the parts built before the gateway that queue
-    messages (the identity pins, the unverified-session notices).
+    messages (the identity pins, the unverified-session notices); ``index``: the demande
+    rooms' index, when the gateway was given it (which rooms it may forget).
     """
     outbox_wakeup = outbox_wakeup or Wakeup()
     bot_id = s.bot.user_id
@@ -401,8 +406,9 @@ async def assemble(
         room_name=s.admin.room_name,
         room_version=s.bot.room_version,
     )
-    index = DemandeRoomIndex(store)
-    await index.load()
+    if index is None:
+        index = DemandeRoomIndex(store)
+        await index.load()
     opening = Opening(
         store=store,
         gateway=gateway,

@@ -108,6 +108,7 @@ class MatrixGateway:
         on_unverified: UnverifiedFn | None = None,
         held: Callable[[], bool] = always_held,
         room_cache: int | None = ROOM_CACHE,
+        forgettable: Callable[[str], bool] = lambda _room_id: False,
     ) -> None:
         self.homeserver = homeserver.rstrip("/")
         # Two processes, one active (bot.services.lease): nothing that changes anything
@@ -132,10 +133,10 @@ class MatrixGateway:
         self.max_attachment_bytes = max_attachment_bytes
         self._http: aiohttp.ClientSession | None = None
         self._room_locks: dict[str, asyncio.Lock] = {}
-        # The forgettable rooms in nio's memory (demande rooms: `App` wires the index in),
-        # least recently active first, and how many to keep (None: all).
+        # The forgettable rooms in nio's memory (demande rooms: `App` gives the index's
+        # membership test), least recently active first, and how many to keep (None: all).
         self.room_cache = room_cache
-        self.forgettable: Callable[[str], bool] = lambda _room_id: False
+        self.forgettable = forgettable
         self._recent: OrderedDict[str, None] = OrderedDict()
         # Who gets room keys: our own check of cross-signing, then the domain's decision.
         self.device_trust = DeviceTrust(

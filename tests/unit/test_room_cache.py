@@ -6,12 +6,17 @@ tests/integration/test_room_cache.py; here only the bookkeeping.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from bot.matrix.gateway import MatrixGateway
 
 
-def gateway(tmp_path: Path, cache: int) -> MatrixGateway:
+def gateway(
+    tmp_path: Path,
+    cache: int | None,
+    forgettable: Callable[[str], bool] = lambda room_id: room_id.startswith("!demande"),
+) -> MatrixGateway:
     gw = MatrixGateway(
         homeserver="http://127.0.0.1:1",
         user_id="@bot:localhost",
@@ -19,9 +24,9 @@ def gateway(tmp_path: Path, cache: int) -> MatrixGateway:
         store_dir=tmp_path,
         pickle_key="k" * 32,
         room_cache=cache,
+        forgettable=forgettable,
     )
     gw.client.restore_login("@bot:localhost", "DEVICE", "token")  # loads the crypto store
-    gw.forgettable = lambda room_id: room_id.startswith("!demande")
     return gw
 
 
@@ -53,15 +58,7 @@ async def test_a_room_with_a_send_in_progress_stays(tmp_path: Path) -> None:
 
 
 def test_no_cache_keeps_every_room(tmp_path: Path) -> None:
-    gw = MatrixGateway(
-        homeserver="http://127.0.0.1:1",
-        user_id="@bot:localhost",
-        device_name="test",
-        store_dir=tmp_path,
-        pickle_key="k" * 32,
-        room_cache=None,
-    )
-    gw.forgettable = lambda _room_id: True
+    gw = gateway(tmp_path, cache=None, forgettable=lambda _room_id: True)
     for i in range(5):
         gw.track_new_room(f"!demande{i}:x", invited=[])
     assert gw.forget_idle_rooms() == 0 and len(gw.client.rooms) == 5
