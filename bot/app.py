@@ -31,7 +31,7 @@ from bot.services.demande_room import DemandeRooms
 from bot.services.device_notices import UnverifiedSessionNotices
 from bot.services.dispatch import Dispatcher
 from bot.services.event_retries import EventRetries
-from bot.services.failures import database_unavailable, stop_requested
+from bot.services.failures import database_unavailable, stop_if_requested
 from bot.services.history import HistoryCopies
 from bot.services.identity_pins import IdentityPins
 from bot.services.lease import Lease
@@ -259,8 +259,7 @@ class App:
         try:
             await p.opening.resume_all()
         except Exception as exc:
-            if stop_requested():  # a failed cleanup after the stop: the stop goes on
-                raise asyncio.CancelledError from exc
+            stop_if_requested(exc)  # a failed cleanup after the stop: the stop goes on
             if not database_unavailable(exc):
                 log.exception("recovery of the openings failed; next round in a minute")
             else:
@@ -270,8 +269,7 @@ class App:
             if p.rooms.history is not None:
                 await p.rooms.history.run_pending()
         except Exception as exc:
-            if stop_requested():
-                raise asyncio.CancelledError from exc
+            stop_if_requested(exc)
             if not database_unavailable(exc):
                 log.exception("history copies failed; next round in a minute")
         p.guard.wake()

@@ -31,7 +31,7 @@ from bot.domain.lease import LeaseLost, always_held, require_held
 from bot.matrix import content as mx
 from bot.services import outbox as matrix_outbox
 from bot.services.clock import Clock
-from bot.services.failures import stop_requested
+from bot.services.failures import stop_if_requested
 from bot.services.waits import woken_within
 from bot.settings import EmailSettings
 from bot.store.db import Store
@@ -166,8 +166,7 @@ class EmailDelivery:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 60.0)
             except Exception as exc:
-                if stop_requested():  # a failed cleanup after the stop: the stop goes on
-                    raise asyncio.CancelledError from exc
+                stop_if_requested(exc)  # a failed cleanup after the stop: the stop goes on
                 # Database unavailable or a bug: the rows stay queued.
                 log.exception("email delivery: unexpected failure; retry in %.0f s", delay)
                 await asyncio.sleep(delay)

@@ -20,7 +20,7 @@ import logging
 
 from bot.matrix.errors import MatrixError
 from bot.services.directory_admin import DirectoryAdmin
-from bot.services.failures import homeserver_outage, stop_requested
+from bot.services.failures import homeserver_outage, stop_if_requested
 from bot.services.synapse_admin import SynapseAdmin
 from bot.store.db import Store
 
@@ -90,7 +90,6 @@ class AccountLinks:
                 level = logging.INFO if homeserver_outage(exc) else logging.WARNING
                 log.log(level, "account links: %s %s", exc.status, exc.errcode)
             except Exception as exc:
-                if stop_requested():  # a failed cleanup after the stop: the stop goes on
-                    raise asyncio.CancelledError from exc
+                stop_if_requested(exc)  # a failed cleanup after the stop: the stop goes on
                 log.exception("account links failed; next look in %s s", self.every_seconds)
             await asyncio.sleep(self.every_seconds)

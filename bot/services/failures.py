@@ -78,3 +78,10 @@ def stop_requested() -> bool:
     retries failures must end then, not retry: the process would never exit."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def stop_if_requested(exc: BaseException) -> None:
+    """In a loop's `except Exception`: if the task was asked to stop, end it (the stop's
+    `CancelledError`, caused by `exc`) instead of treating `exc` as a failure to retry."""
+    if stop_requested():
+        raise asyncio.CancelledError from exc

@@ -16,7 +16,7 @@ from datetime import date, datetime
 
 from bot.domain import schedule
 from bot.services.clock import Clock
-from bot.services.failures import stop_requested
+from bot.services.failures import stop_if_requested
 from bot.store.db import Store
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ class Jobs:
             try:
                 await job.run()
             except Exception as exc:
-                if stop_requested():  # a failed cleanup after the stop: the stop goes on
-                    raise asyncio.CancelledError from exc
+                stop_if_requested(exc)  # a failed cleanup after the stop: the stop goes on
                 log.exception("job %s failed; it will run again at the next tick", job.name)
                 continue
             async with self.store.transaction() as tx:
@@ -67,7 +66,6 @@ class Jobs:
             try:
                 await self.tick()
             except Exception as exc:
-                if stop_requested():  # a failed cleanup after the stop: the stop goes on
-                    raise asyncio.CancelledError from exc
+                stop_if_requested(exc)  # a failed cleanup after the stop: the stop goes on
                 log.exception("jobs: tick failed")
             await asyncio.sleep(poll_seconds)

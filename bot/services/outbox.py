@@ -30,7 +30,7 @@ from bot.services.failures import (
     database_unavailable,
     describe,
     homeserver_outage,
-    stop_requested,
+    stop_if_requested,
 )
 from bot.services.worker import Wakeup, Worker
 from bot.store.db import Store
@@ -194,11 +194,9 @@ class Outbox:
         except RoomNotClean:
             return None  # the guard wakes us once the room is clean
         except Exception as exc:
-            if stop_requested():
-                # The stop came, and cleaning up failed (a rollback on a busy or lost
-                # database): no failure to retry, the stop goes on (`Outbox.run` waits
-                # for this room; a retry here held the whole process up).
-                raise asyncio.CancelledError from exc
+            # A failed cleanup after the stop (`Outbox.run` waits for this room: a
+            # retry here held the whole process up).
+            stop_if_requested(exc)
             if not (homeserver_outage(exc) or database_unavailable(exc)):
                 log.exception("outbox: room %s could not be flushed", room_id)
             return exc

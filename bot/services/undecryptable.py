@@ -25,7 +25,7 @@ from bot.matrix.errors import MatrixError
 from bot.matrix.port import Gateway
 from bot.ports import Sender
 from bot.services.clock import Clock
-from bot.services.failures import database_unavailable, homeserver_outage, stop_requested
+from bot.services.failures import database_unavailable, homeserver_outage, stop_if_requested
 from bot.services.waits import woken_within
 from bot.store.crypto_tx import UndecryptableEvent
 from bot.store.db import Store
@@ -222,8 +222,7 @@ class Undecryptables:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if stop_requested():  # a failed cleanup after the stop: the stop goes on
-                    raise asyncio.CancelledError from exc
+                stop_if_requested(exc)  # a failed cleanup after the stop: the stop goes on
                 log.exception("undecryptable events: check failed; retry in %.0f s", IDLE_SECONDS)
                 await asyncio.sleep(IDLE_SECONDS)
 
