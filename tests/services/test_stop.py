@@ -26,6 +26,20 @@ from tests.services.test_outbox import _until
 STOP_BOUND_S = 10.0
 
 
+class _RollbackFailsOnce:
+    """The first cancellation's rollback fails as a busy SQLite does (its error takes the
+    cancellation's place); later ones cancel as usual, for the test's own cleanup."""
+
+    def __init__(self) -> None:
+        self.failed = False
+
+    def instead_of(self, cancelled: asyncio.CancelledError) -> BaseException:
+        if self.failed:
+            return cancelled
+        self.failed = True
+        return OperationalError("ROLLBACK", {}, sqlite3.OperationalError("database is locked"))
+
+
 class _BatchThatFailsOnceStopped:
     """A router whose batch waits until it is let go, then fails as a busy SQLite does."""
 
@@ -73,19 +87,14 @@ async def test_a_stop_whose_rollback_fails_still_ends_a_worker() -> None:
     connection lost): the rollback's error takes the cancellation's place. The worker
     stops all the same; before, it took it for a failure of its step and went on."""
     entered = asyncio.Event()
-    rollbacks_failed: list[bool] = []
+    rollback = _RollbackFailsOnce()
 
     async def step() -> None:
         entered.set()
         try:
             await asyncio.Event().wait()  # in a transaction, waiting
-        except asyncio.CancelledError:
-            if rollbacks_failed:
-                raise  # once is the case; then a stop that works, for the cleanup
-            rollbacks_failed.append(True)
-            raise OperationalError(
-                "ROLLBACK", {}, sqlite3.OperationalError("database is locked")
-            ) from None
+        except asyncio.CancelledError as cancelled:
+            raise rollback.instead_of(cancelled) from None
 
     worker = asyncio.create_task(Worker("outbox", step, idle_seconds=3600).run())
     try:
@@ -111,18 +120,13 @@ async def test_a_stop_whose_rollback_fails_still_ends_the_outbox(world: World) -
     assert room
     release = world.gw.stall("send_encrypted", room_id=room)
     flush_room = world.parts.outbox.flush_room
-    failed_once: list[bool] = []
+    rollback = _RollbackFailsOnce()
 
     async def flush_whose_rollback_fails(room_id: str) -> Any:
         try:
             return await flush_room(room_id)
-        except asyncio.CancelledError:
-            if failed_once:
-                raise
-            failed_once.append(True)
-            raise OperationalError(
-                "ROLLBACK", {}, sqlite3.OperationalError("database is locked")
-            ) from None
+        except asyncio.CancelledError as cancelled:
+            raise rollback.instead_of(cancelled) from None
 
     world.parts.outbox.flush_room = flush_whose_rollback_fails  # type: ignore[method-assign]
     outbox = asyncio.create_task(world.parts.outbox.run())
@@ -149,19 +153,14 @@ async def test_a_stop_whose_rollback_fails_still_ends_the_daily_jobs(world: Worl
     """A daily job cancelled at a stop, whose rollback then fails: the jobs stop all the
     same; before, the failure was the job's, and the jobs looked again a minute later."""
     entered = asyncio.Event()
-    failed_once: list[bool] = []
+    rollback = _RollbackFailsOnce()
 
     async def job() -> None:
         entered.set()
         try:
             await asyncio.Event().wait()  # a long job, in a transaction
-        except asyncio.CancelledError:
-            if failed_once:
-                raise
-            failed_once.append(True)
-            raise OperationalError(
-                "ROLLBACK", {}, sqlite3.OperationalError("database is locked")
-            ) from None
+        except asyncio.CancelledError as cancelled:
+            raise rollback.instead_of(cancelled) from None
 
     daily = Job("retention", lambda now: now.date(), job)
     jobs = asyncio.create_task(Jobs(store=world.store, clock=world.clock, jobs=[daily]).run())
