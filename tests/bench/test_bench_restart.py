@@ -106,6 +106,22 @@ async def create_rooms(runner: botsupport.BotRunner, member: RegisteredUser, cou
     return len(made)
 
 
+async def aidant_in_direct_chat(
+    runner: botsupport.BotRunner, clients: matrix.Clients, wait: float = WAIT_S
+) -> tuple[nio.AsyncClient, str]:
+    """An aidant of the directory in a direct chat with the bot, answered once."""
+    directory = botsupport.Directory()
+    aidant = await clients.client("aidant")
+    await botsupport.add_group(runner.store, directory, "fs", "france_services", ["95"])
+    await botsupport.add_agent(
+        runner.store, directory, "aidant", matrix_id=aidant.user_id, roles=[Role.AIDANT],
+        group="fs",
+    )  # fmt: skip
+    dm = await botsupport.open_direct_chat(aidant, runner.user_id)
+    await aide_answered(aidant, dm, runner.user_id, wait)
+    return aidant, dm
+
+
 async def aide_answered(aidant: nio.AsyncClient, dm: str, bot_id: str, bound: float) -> None:
     n = count_from(aidant, dm, bot_id)
     await say(aidant, dm, "!aide")
@@ -204,20 +220,8 @@ async def test_restart_in_many_rooms(
     report(f"\nRestart benchmark: {ROOMS} rooms, {RESTARTS} timed restarts; {machine()}")
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        directory = botsupport.Directory()
-        aidant = await clients.client("aidant")
         member = await clients.user("member")
-        await botsupport.add_group(runner.store, directory, "fs", "france_services", ["95"])
-        await botsupport.add_agent(
-            runner.store,
-            directory,
-            "aidant",
-            matrix_id=aidant.user_id,
-            roles=[Role.AIDANT],
-            group="fs",
-        )
-        dm = await botsupport.open_direct_chat(aidant, runner.user_id)
-        await aide_answered(aidant, dm, runner.user_id, WAIT_S)
+        aidant, dm = await aidant_in_direct_chat(runner, clients)
 
         assert runner.app is not None
         # The direct chat, and whatever rooms the bot keeps for itself (e.g. an admin room).

@@ -57,7 +57,6 @@ import aiohttp
 import nio
 
 from bot.devserver import LocalSynapse, RegisteredUser
-from bot.domain.model import Role
 from bot.domain.reference import format_reference, room_name
 from bot.domain.room_spec import create_room_body
 from bot.matrix.gateway import ROOM_CACHE, SYNC_FILTER
@@ -74,7 +73,7 @@ from tests.bench.conftest import (
     summarize,
     table,
 )
-from tests.bench.test_bench_restart import aide_answered, timed_restart
+from tests.bench.test_bench_restart import aidant_in_direct_chat, aide_answered, timed_restart
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.bot import count_from, say
@@ -387,20 +386,8 @@ async def test_room_count_probe(
     grown_per_room: float | None = None
     async with botsupport.running_bot(synapse, tmp_path / "bot") as runner:
         await runner.start()
-        directory = botsupport.Directory()
-        aidant = await clients.client("aidant")
         invitee = await clients.user("invitee")
-        await botsupport.add_group(runner.store, directory, "fs", "france_services", ["95"])
-        await botsupport.add_agent(
-            runner.store,
-            directory,
-            "aidant",
-            matrix_id=aidant.user_id,
-            roles=[Role.AIDANT],
-            group="fs",
-        )
-        dm = await botsupport.open_direct_chat(aidant, runner.user_id)
-        await aide_answered(aidant, dm, runner.user_id, WAIT_S)
+        aidant, dm = await aidant_in_direct_chat(runner, clients, WAIT_S)
         localpart = runner.user_id.split(":")[0].removeprefix("@")
         probe = ProbeDevice(synapse, await synapse.login(localpart, runner.password))
         # The control: an account in one room, its own device, same filter.
