@@ -377,10 +377,15 @@ class MatrixGateway:
         return [str(r) for r in data.get("joined_rooms", [])]
 
     async def invite(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        """Invite, never in the middle of a send to the room: a message encrypted before
+        the invitation but delivered after it would be shown to the newcomer (history
+        « invited ») without its key. Once invited, they are in our view of the room."""
         body: dict[str, Any] = {"user_id": user_id}
         if reason:
             body["reason"] = reason
-        await self.request("POST", self._room(room_id) + "/invite", body)
+        async with self._lock(room_id):
+            await self.request("POST", self._room(room_id) + "/invite", body)
+            self.note_invited(room_id, user_id)
 
     async def kick(self, room_id: str, user_id: str, reason: str) -> None:
         await self.request(
@@ -554,7 +559,9 @@ class MatrixGateway:
                 _, encrypted = self.client.encrypt(room_id, event_type, dict(content))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise HomeserverUnavailable(str(exc)) from exc
-        return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
+            # Still under the room's lock: an invitation waits until this message is in
+            # the room, so that it is before the newcomer's invite or shared with them.
+            return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
 
     # ---------------------------------------------------------- attachments
     async def fetch_attachment(
