@@ -257,8 +257,13 @@ async def test_inviter_by_organisation_and_departement_by_email_and_suggestions(
         assert directory.groups["cpam75"].name not in unknown  # only the 95's groups
         assert "Cpam Test" in await command("!inviter cpam 95", "Invité")
         assert "Élise Test" in await command(f"!inviter {mail.upper()}", "Invité")
-        members = await runner.app.gateway.members(room)  # type: ignore[union-attr]
-        assert members[cpam.user_id] == "invite" and members[colleague.user_id] == "invite"
+
+        # « Invité » is said once the invitations are decided; the guard sends them next.
+        async def both_invited() -> bool:
+            members = await runner.app.gateway.members(room)  # type: ignore[union-attr]
+            return members.get(cpam.user_id) == members.get(colleague.user_id) == "invite"
+
+        await matrix.wait_for(both_invited, 30, "both agents invited")
 
 
 async def _sent_event(world: World, key: str, demande_id: int) -> str:
