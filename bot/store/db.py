@@ -7,6 +7,8 @@ loop that created them.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +20,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -31,6 +34,8 @@ from bot.store import tables  # noqa: F401 (registers every table)
 from bot.store.crypto import FieldCipher
 from bot.store.repository import Tx
 from bot.store.scoped_tx import ScopedTx
+
+log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -120,6 +125,9 @@ class Store:
         self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._fence = fence
         self._scope = scope
+        # SQLite: this process's open transactions (task, start), named when one of
+        # them finds the write lock held past busy_timeout (by whom is then the question).
+        self._open: dict[int, tuple[asyncio.Task[Any] | None, float]] = {}
 
     def scoped(self, scope: OperatorScope) -> Store:
         """The same database seen by a territorial operator (`ScopedTx`); a national
@@ -184,16 +192,45 @@ class Store:
     async def transaction(self) -> AsyncIterator[Tx]:
         """One transaction: committed on normal exit, rolled back on exception."""
         async with self._sessions() as session:
-            async with session.begin():
-                if self._fence is not None:
-                    await self._check_fence(session, self._fence())
-                tx = (
-                    ScopedTx(session, self._cipher, self._dialect, self._scope)
-                    if self._scope is not None
-                    else Tx(session, self._cipher, self._dialect)
-                )
-                yield tx
+            key = id(session)
+            self._open[key] = (asyncio.current_task(), time.monotonic())
+            try:
+                async with session.begin():
+                    if self._fence is not None:
+                        await self._check_fence(session, self._fence())
+                    tx = (
+                        ScopedTx(session, self._cipher, self._dialect, self._scope)
+                        if self._scope is not None
+                        else Tx(session, self._cipher, self._dialect)
+                    )
+                    yield tx
+            except OperationalError as exc:
+                if self._dialect == "sqlite" and "locked" in str(exc.orig):
+                    log.warning("database locked; open transactions: %s", self._holders(key))
+                raise
+            finally:
+                del self._open[key]
             tx.committed()  # reached only once the commit succeeded
+
+    def _holders(self, waiting: int) -> str:
+        """The other open transactions: task name, age, where each one waits now (code
+        locations only: no data)."""
+        now = time.monotonic()
+        described = []
+        for key, (task, started) in self._open.items():
+            if key == waiting:
+                continue
+            where = "?"
+            if task is not None:
+                frames = task.get_stack()
+                ours = [f for f in frames if "site-packages" not in f.f_code.co_filename]
+                if frames:
+                    frame = (ours or frames)[-1]
+                    code = frame.f_code
+                    where = f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}"
+            name = task.get_name() if task is not None else "?"
+            described.append(f"{name} ({now - started:.1f} s, at {where})")
+        return "; ".join(described) or "none in this process"
 
     @staticmethod
     async def _check_fence(session: AsyncSession, epoch: int | None) -> None:

@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, StatementError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, StatementError
 
 from bot.domain.model import (
     Agent,
@@ -31,6 +31,7 @@ from bot.store import (
     NotFound,
     Store,
     current_revision,
+    db,
     generate_key,
     head_revision,
     upgrade,
@@ -160,6 +161,40 @@ async def test_sqlite_pragmas(sqlite_url: str, field_cipher: FieldCipher) -> Non
             assert (await conn.execute(text("PRAGMA foreign_keys"))).scalar() == 1
             assert (await conn.execute(text("PRAGMA busy_timeout"))).scalar() == 10_000
     finally:
+        await store.close()
+
+
+async def test_a_locked_sqlite_transaction_names_the_one_holding_it(
+    sqlite_url: str, field_cipher: FieldCipher, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """« database is locked » says which of this process's transactions held the lock,
+    and where it was waiting: the one clue a rare lock-up leaves."""
+    monkeypatch.setattr(db, "SQLITE_BUSY_TIMEOUT_MS", 100)
+    store = await Store.open(sqlite_url, field_cipher)
+    holding, release = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async with store.transaction() as tx:
+            await tx.set_state("held", "1")
+            holding.set()
+            await release.wait()
+
+    task = asyncio.create_task(holder(), name="the-holder")
+    try:
+        await holding.wait()
+        with pytest.raises(OperationalError, match="locked"):
+            async with store.transaction() as tx:
+                await tx.set_state("waiting", "1")
+        warning = next(r.getMessage() for r in caplog.records if "locked" in r.getMessage())
+        assert "the-holder" in warning and "test_store.py" in warning and "holder" in warning
+        release.set()
+        await task
+        async with store.transaction() as tx:  # the lock is free again
+            await tx.set_state("waiting", "1")
+    finally:
+        release.set()
+        await task
         await store.close()
 
 
