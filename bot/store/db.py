@@ -134,7 +134,9 @@ class Store:
         scope is the store itself. Never closed: the engine is this store's."""
         if scope.national:
             return self
-        return Store(self._engine, self._cipher, self._fence, scope)
+        scoped = Store(self._engine, self._cipher, self._fence, scope)
+        scoped._open = self._open  # one account of the engine's open transactions
+        return scoped
 
     @classmethod
     async def open(
@@ -212,14 +214,21 @@ class Store:
                 del self._open[key]
             tx.committed()  # reached only once the commit succeeded
 
+    def open_transactions(self) -> list[str]:
+        """This store's transactions not ended yet (none once the app is closed)."""
+        return self._describe(self._open)
+
     def _holders(self, waiting: int) -> str:
         """The other open transactions: task name, age, where each one waits now (code
         locations only: no data)."""
+        others = {k: v for k, v in self._open.items() if k != waiting}
+        return "; ".join(self._describe(others)) or "none in this process"
+
+    @staticmethod
+    def _describe(open_: dict[int, tuple[asyncio.Task[Any] | None, float]]) -> list[str]:
         now = time.monotonic()
         described = []
-        for key, (task, started) in self._open.items():
-            if key == waiting:
-                continue
+        for task, started in open_.values():
             where = "?"
             if task is not None:
                 frames = task.get_stack()
@@ -230,7 +239,7 @@ class Store:
                     where = f"{Path(code.co_filename).name}:{frame.f_lineno} {code.co_name}"
             name = task.get_name() if task is not None else "?"
             described.append(f"{name} ({now - started:.1f} s, at {where})")
-        return "; ".join(described) or "none in this process"
+        return described
 
     @staticmethod
     async def _check_fence(session: AsyncSession, epoch: int | None) -> None:

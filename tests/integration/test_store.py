@@ -188,8 +188,10 @@ async def test_a_locked_sqlite_transaction_names_the_one_holding_it(
                 await tx.set_state("waiting", "1")
         warning = next(r.getMessage() for r in caplog.records if "locked" in r.getMessage())
         assert "the-holder" in warning and "test_store.py" in warning and "holder" in warning
+        assert [t for t in store.open_transactions() if t.startswith("the-holder")]
         release.set()
         await task
+        assert store.open_transactions() == []
         async with store.transaction() as tx:  # the lock is free again
             await tx.set_state("waiting", "1")
     finally:

@@ -105,6 +105,10 @@ class BotRunner:
             if self.app is not None:
                 app, self.app = self.app, None
                 await app.close()
+                # A transaction left open holds a connection (on SQLite, the write lock:
+                # the next start finds « database is locked »): named here, where it leaked.
+                leaked = app.store.open_transactions()
+                assert not leaked, f"transactions still open after the bot closed: {leaked}"
 
     async def restart(self) -> App:
         await self.stop()
