@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from bot.devserver import LocalSynapse
-from tests.support import databases, guard, matrix, sqlite_leaks
+from tests.support import databases, guard, hangs, matrix, sqlite_leaks
 
 sqlite_leaks.install()
 
@@ -137,6 +137,19 @@ def db_backend(request: pytest.FixtureRequest) -> Iterator[str]:
     backend: str = getattr(request, "param", databases.DEFAULT_BACKEND)
     with databases.backend_for_test(backend):
         yield backend
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """A hung test's asyncio tasks are printed before pytest-timeout ends it."""
+    marker = item.get_closest_marker("timeout")
+    timeout = (
+        float(marker.args[0])
+        if marker and marker.args
+        else float(item.config.getini("timeout") or 0)
+    )
+    with hangs.dump_tasks_before(timeout):
+        return (yield)
 
 
 @pytest.hookimpl(wrapper=True, trylast=True)

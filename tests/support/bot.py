@@ -99,12 +99,12 @@ class BotRunner:
             if self.task is not None:
                 task, self.task = self.task, None
                 task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                await _stopped(task)
         finally:
             if self.app is not None:
                 app, self.app = self.app, None
-                await app.close()
+                async with _bounded("closing the bot"):
+                    await app.close()
                 # A transaction left open holds a connection (on SQLite, the write lock:
                 # the next start finds « database is locked »): named here, where it leaked.
                 leaked = app.store.open_transactions()
@@ -122,6 +122,45 @@ class BotRunner:
     async def check_alive(self) -> None:
         if self.task is not None and self.task.done():
             self.task.result()
+
+
+# A stop that does not end is a defect: named, with every task's stack, long before the
+# test's own timeout (whose dump shows only an idle event loop).
+STOP_BOUND_S = 90.0
+
+
+def _task_stacks() -> str:
+    lines = []
+    for t in asyncio.all_tasks():
+        frames = t.get_stack()
+        where = " <- ".join(
+            f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}"
+            for f in reversed(frames)
+        )
+        lines.append(f"  {t.get_name()}: {where or '(not started or done)'}")
+    return "\n".join(sorted(lines))
+
+
+@contextlib.asynccontextmanager
+async def _bounded(what: str) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(STOP_BOUND_S):
+            yield
+    except TimeoutError:
+        raise AssertionError(
+            f"{what}: not done after {STOP_BOUND_S:.0f} s; tasks:\n{_task_stacks()}"
+        ) from None
+
+
+async def _stopped(task: asyncio.Task[None]) -> None:
+    """Wait for the cancelled bot task to end (its error, if any, is raised)."""
+    done, _ = await asyncio.wait({task}, timeout=STOP_BOUND_S)
+    if not done:
+        raise AssertionError(
+            f"the bot did not stop within {STOP_BOUND_S:.0f} s; tasks:\n{_task_stacks()}"
+        )
+    with contextlib.suppress(asyncio.CancelledError):
+        task.result()
 
 
 async def new_bot(
