@@ -544,24 +544,37 @@ class MatrixGateway:
         error gives back the same event instead of a duplicate.
         """
         async with self._lock(room_id):
-            room = self.client.rooms.get(room_id)
-            if room is None or not room.members_synced:
-                room = await self.refresh_members(room_id)
-            olm = self.client.olm
-            assert olm is not None
-            olm.update_tracked_users(room)
+            await self._share_locked(room_id, recipients)
             try:
-                if self.client.should_query_keys:
-                    q = await self.client.keys_query()
-                    if isinstance(q, KeysQueryError):
-                        raise _as_error(q)
-                await self.room_keys.share(room_id, recipients, set(room.users))
                 _, encrypted = self.client.encrypt(room_id, event_type, dict(content))
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise HomeserverUnavailable(str(exc)) from exc
             # Still under the room's lock: an invitation waits until this message is in
             # the room, so that it is before the newcomer's invite or shared with them.
             return await self.send_plain(room_id, encrypted, txn_id, event_type="m.room.encrypted")
+
+    async def share_room_key(self, room_id: str, recipients: Collection[str]) -> None:
+        """What `send_encrypted` does before it encrypts: the room's current key to the
+        authorised recipients' devices. Done ahead (while the caller does something else),
+        the next `send_encrypted` finds nothing left to share."""
+        async with self._lock(room_id):
+            await self._share_locked(room_id, recipients)
+
+    async def _share_locked(self, room_id: str, recipients: Collection[str]) -> None:
+        room = self.client.rooms.get(room_id)
+        if room is None or not room.members_synced:
+            room = await self.refresh_members(room_id)
+        olm = self.client.olm
+        assert olm is not None
+        olm.update_tracked_users(room)
+        try:
+            if self.client.should_query_keys:
+                q = await self.client.keys_query()
+                if isinstance(q, KeysQueryError):
+                    raise _as_error(q)
+            await self.room_keys.share(room_id, recipients, set(room.users))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise HomeserverUnavailable(str(exc)) from exc
 
     # ---------------------------------------------------------- attachments
     async def fetch_attachment(

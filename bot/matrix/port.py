@@ -80,6 +80,7 @@ class Gateway(Protocol):
         recipients: Collection[str],
         event_type: str = "m.room.message",
     ) -> str: ...
+    async def share_room_key(self, room_id: str, recipients: Collection[str]) -> None: ...
 
     # -- attachments
     async def fetch_attachment(

@@ -136,19 +136,21 @@ class Dispatcher:
         if isinstance(event, RoomMessageText):
             if event.sender == self.bot_user_id:
                 return
-            await self._active(event.sender)
             if not self._is_direct_chat(room_id):
+                await self._active(event.sender)
                 # Not a demande room, not a one-to-one chat: the bot does not act here.
                 log.info("message in %s ignored: not a direct chat", room_id)
                 return
-            if await self.group.handles(room_id, event):
-                return  # a responsable's command in their follow-up room
-            if await self.admin.refuse_elsewhere(
+            # Neither looks at the database for a form or a direct chat's own command.
+            if await self.group.handles(room_id, event) or await self.admin.refuse_elsewhere(
                 room_id, event, own_commands=direct_commands.DIRECT, recipients=[event.sender]
             ):
+                # A responsable's command in their follow-up room, or an admin command
+                # refused here.
+                await self._active(event.sender)
                 return
-            msg = Incoming.of(room_id, event)
-            await self.opening.on_direct_message(msg)
+            # The direct chat's own handling records the activity in its transaction.
+            await self.opening.on_direct_message(Incoming.of(room_id, event))
         elif _is_media(event):
             # A file in a direct chat: the usager's letter, kept with the draft.
             if event.sender == self.bot_user_id or not self._is_direct_chat(room_id):

@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -135,12 +135,16 @@ class Opening(DraftChat):
     # ---------------------------------------------------------- direct chat
     async def on_direct_message(self, msg: Incoming) -> None:
         """A message in a direct chat: a command, or maybe a form."""
-        created: int | None = None
+        created: _Prepared | None = None
         now = self.clock.now()
         async with self.store.transaction() as tx:
             if not await tx.mark_processed(msg.event_id, msg.room_id, now):
                 return
             agent = await tx.get_agent_by_matrix_id(msg.sender)
+            if agent is not None and agent.active:
+                # A directory agent wrote to the bot: their account is in use (inactivity),
+                # recorded with what the message does rather than in a transaction of its own.
+                await tx.touch_activity(agent.id, now)
             drafts = _Drafts(self, tx, agent, msg)
             ctx = await self._direct_ctx(tx, agent, msg, drafts)
             parsed = DIRECT.parse(msg.body)
@@ -181,7 +185,7 @@ class Opening(DraftChat):
                 )
         if created is not None:
             try:
-                await self._advance_or_record(created)
+                await self._advance_or_record(created.demande.id, prepared=created)
             finally:
                 self.sender.flush_soon(msg.room_id)
 
@@ -266,7 +270,7 @@ class Opening(DraftChat):
         assert ctx.agent is not None
         return await self._take_form(tx, ctx.agent, msg)
 
-    async def confirm(self, tx: Tx, agent: Agent, msg: Incoming) -> tuple[Reply, int | None]:
+    async def confirm(self, tx: Tx, agent: Agent, msg: Incoming) -> tuple[Reply, _Prepared | None]:
         now = self.clock.now()
         draft = await tx.pending_draft(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
         current = await tx.draft_input(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
@@ -345,7 +349,9 @@ class Opening(DraftChat):
                 now=now,
             )
         # Not sent (see `on_direct_message`): the room's building tells the aidant.
-        return Reply(texts.demande_recorded(reference)), int(demande.id)
+        # What the room needs, read and marked in this same commit: the opening that
+        # follows goes straight to createRoom, without a transaction of its own first.
+        return Reply(texts.demande_recorded(reference)), await self._prepare(tx, demande)
 
     async def cancel(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
         now = self.clock.now()
@@ -386,14 +392,16 @@ class Opening(DraftChat):
                 continue
             await self._advance_or_record(demande.id, recovering=True)
 
-    async def _advance_or_record(self, demande_id: int, *, recovering: bool = False) -> None:
+    async def _advance_or_record(
+        self, demande_id: int, *, recovering: bool = False, prepared: _Prepared | None = None
+    ) -> None:
         """Build the room; an outage is left for the next round, anything else counted.
 
         Either way the aidant, if the attempt ends without the room, is told once that
         the demande is recorded and its room on the way (« ouverte » comes with the room).
         """
         try:
-            await self.advance(demande_id, recovering=recovering)
+            await self.advance(demande_id, recovering=recovering, prepared=prepared)
         except Exception as exc:
             if database_unavailable(exc):
                 raise
@@ -515,22 +523,37 @@ class Opening(DraftChat):
         found = await tx.draft_room(demande.draft_id)
         return found[0] if found else None
 
-    async def advance(self, demande_id: int, *, recovering: bool = False) -> Demande:
-        async with self.store.transaction() as tx:
-            demande = await tx.get_demande(demande_id)
-            assert demande is not None
-            ledger = sorted({p.matrix_id for p in await tx.participants(demande_id) if p.matrix_id})
-            # An account on a homeserver outside the room's ACL could never take part
-            # (data of an older version, a policy changed since): left out, and told.
-            invitees = [user for user in ledger if self.specs.may_take_part(user)]
-            left_out = [user for user in ledger if user not in invitees]
-            # A first attempt records that createRoom is about to be sent in the same
-            # transaction; a recovery must first look for the room of an earlier attempt.
-            marked = demande.creation_step == "pending" and not recovering
-            if marked:
-                await self._mark_creating(tx, demande)
+    async def _prepare(self, tx: Tx, demande: Demande, *, mark: bool = True) -> _Prepared:
+        """The room's invitees from the ledger; with `mark`, recorded in `tx` that
+        createRoom is about to be sent (a first attempt: a bot killed while the request
+        is in flight then waits for that room on restart rather than make a second one)."""
+        ledger = sorted({p.matrix_id for p in await tx.participants(demande.id) if p.matrix_id})
+        # An account on a homeserver outside the room's ACL could never take part
+        # (data of an older version, a policy changed since): left out, and told.
+        invitees = [user for user in ledger if self.specs.may_take_part(user)]
+        left_out = [user for user in ledger if user not in invitees]
+        marked = mark and demande.creation_step == "pending"
+        if marked:
+            await self._mark_creating(tx, demande)
+        return _Prepared(demande, invitees, left_out, marked)
+
+    async def advance(
+        self, demande_id: int, *, recovering: bool = False, prepared: _Prepared | None = None
+    ) -> Demande:
+        """Take the demande's room one step at a time to `ready`. `prepared`: what
+        `!confirmer` read and marked in its own commit (the hot path)."""
+        if prepared is None:
+            async with self.store.transaction() as tx:
+                demande = await tx.get_demande(demande_id)
+                assert demande is not None
+                # A first attempt records that createRoom is about to be sent in the same
+                # transaction; a recovery must first look for the room of an earlier attempt.
+                prepared = await self._prepare(tx, demande, mark=not recovering)
+        demande = prepared.demande
+        invitees, left_out, marked = prepared.invitees, prepared.left_out, prepared.marked
         fresh = False
         dossier: dict[str, Any] = {}
+        recipients = {*invitees, self.bot_user_id}
         if demande.creation_step == "pending":
             room_id = await self._find_orphan_room(demande) if recovering else None
             if room_id is None:
@@ -553,23 +576,41 @@ class Opening(DraftChat):
                 fresh = True
             crash_point("after_create_room")
             self.index.add(room_id)
-            async with self.store.transaction() as tx:
-                await tx.set_creation_step(
-                    demande.id, "invited" if fresh else "room_created", room_id=room_id
-                )
-                await tx.audit(
-                    "room_created",
-                    actor=self.bot_user_id,
-                    reference=demande.reference,
-                    details={"room_id": room_id},
-                    now=self.clock.now(),
-                )
-                demande = await tx.get_demande(demande_id)
-                assert demande is not None
-                for user in left_out:
-                    await self._left_out(tx, demande, user)
-                if fresh:
-                    dossier = await self._enqueue_dossier(tx, demande)
+            # On the hot path the room key goes to the invitees' devices while the room
+            # is recorded: the two do not depend on each other, and the dossier is
+            # encrypted only once both are done (a key shared for a room whose record a
+            # crash lost is unused: the recovery finds the room and sends its dossier).
+            sharing = (
+                asyncio.ensure_future(self.gateway.share_room_key(room_id, recipients))
+                if fresh
+                else None
+            )
+            try:
+                async with self.store.transaction() as tx:
+                    await tx.set_creation_step(
+                        demande.id, "invited" if fresh else "room_created", room_id=room_id
+                    )
+                    await tx.audit(
+                        "room_created",
+                        actor=self.bot_user_id,
+                        reference=demande.reference,
+                        details={"room_id": room_id},
+                        now=self.clock.now(),
+                    )
+                    demande = replace(
+                        demande, creation_step="invited" if fresh else "room_created",
+                        room_id=room_id,
+                    )  # fmt: skip
+                    for user in left_out:
+                        await self._left_out(tx, demande, user)
+                    if fresh:
+                        dossier = await self._enqueue_dossier(tx, demande)
+            except BaseException:
+                if sharing is not None:
+                    await asyncio.gather(sharing, return_exceptions=True)
+                raise
+            if sharing is not None:
+                await sharing
             if fresh:
                 crash_point("after_invites")
         if demande.creation_step == "room_created":
@@ -587,10 +628,7 @@ class Opening(DraftChat):
                 # outbox row, which a crash here leaves for the outbox worker).
                 assert demande.room_id is not None
                 sent = await self.gateway.send_encrypted(
-                    demande.room_id,
-                    dossier,
-                    dossier_txn(demande.reference),
-                    recipients={*invitees, self.bot_user_id},
+                    demande.room_id, dossier, dossier_txn(demande.reference), recipients=recipients
                 )
             async with self.store.transaction() as tx:
                 if sent is None:
@@ -609,9 +647,8 @@ class Opening(DraftChat):
                     texts.demande_opened(demande.reference),
                 )
                 tx.after_commit(self.spaces.set)
+                demande = replace(demande, creation_step="ready", dossier_event_id=event_id)
                 await self.email.demande_ready(tx, demande)
-                demande = await tx.get_demande(demande_id)
-            assert demande is not None
         if demande.creation_step == "ready":
             crash_point("before_draft_files")
             await self._post_files(demande)
@@ -766,6 +803,17 @@ class Opening(DraftChat):
         return content
 
 
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A demande about to get its room: its invitees (and the accounts left out), read
+    from its ledger; `marked`: "createRoom about to be sent" is recorded."""
+
+    demande: Demande
+    invitees: list[str]
+    left_out: list[str]
+    marked: bool
+
+
 class _Drafts:
     """`DraftOps` for one direct message: what `!confirmer` and `!annuler` act on."""
 
@@ -774,7 +822,7 @@ class _Drafts:
         self._tx = tx
         self._agent = agent
         self._msg = msg
-        self.created: int | None = None
+        self.created: _Prepared | None = None
 
     async def confirm(self) -> Reply:
         assert self._agent is not None  # the command's audience is the aidant

@@ -389,6 +389,9 @@ class RecordingGateway:
             room_id, content, txn_id, event_type, encrypted=True, recipients=recipients
         )
 
+    async def share_room_key(self, room_id: str, recipients: Collection[str]) -> None:
+        self._record("share_room_key", room_id=room_id, recipients=recipients)
+
     # ------------------------------------------------------------------ attachments
     async def fetch_attachment(
         self, content: Mapping[str, Any], *, max_bytes: int | None = None
