@@ -313,21 +313,20 @@ class Opening(DraftChat):
             draft_id=draft.id,
             now=now,
         )
-        await tx.add_participant(
-            demande_id=demande.id, agent=agent, kind="aidant", added_by=msg.sender, now=now
+        routed = (*routing.matrix_instructeurs, *routing.email_instructeurs)
+        await tx.add_first_participants(
+            demande_id=demande.id,
+            entries=[
+                (agent, "aidant", msg.sender),
+                *((instructeur, "instructeur", self.bot_user_id) for instructeur in routed),
+            ],
+            now=now,
         )
-        for instructeur in (*routing.matrix_instructeurs, *routing.email_instructeurs):
-            await tx.add_participant(
-                demande_id=demande.id,
-                agent=instructeur,
-                kind="instructeur",
-                added_by=self.bot_user_id,
-                now=now,
-            )
         await tx.set_draft_state(draft.id, "confirmed", demande_id=demande.id, now=now)
+        files = 0
         if current is not None:
             # The files go with the demande (posted in its room once it is ready).
-            await tx.hand_draft_files_to(current.id, demande.id)
+            files = await tx.hand_draft_files_to(current.id, demande.id)
             await tx.drop_draft_input(aidant_agent_id=agent.id, dm_room_id=msg.room_id)
         await tx.audit("demande_opened", actor=msg.sender, reference=reference, now=now)
         await tx.audit(
@@ -349,9 +348,12 @@ class Opening(DraftChat):
                 now=now,
             )
         # Not sent (see `on_direct_message`): the room's building tells the aidant.
-        # What the room needs, read and marked in this same commit: the opening that
-        # follows goes straight to createRoom, without a transaction of its own first.
-        return Reply(texts.demande_recorded(reference)), await self._prepare(tx, demande)
+        # What the room needs, marked in this same commit: the opening that follows goes
+        # straight to createRoom, without a transaction of its own first. The ledger is
+        # the participants just added (a new demande has no other).
+        ledger = {a.matrix_id for a in (agent, *routed) if a.matrix_id}
+        prepared = await self._prepare(tx, demande, ledger=ledger, files=files > 0)
+        return Reply(texts.demande_recorded(reference)), prepared
 
     async def cancel(self, tx: Tx, agent: Agent, msg: Incoming) -> Reply:
         now = self.clock.now()
@@ -523,19 +525,30 @@ class Opening(DraftChat):
         found = await tx.draft_room(demande.draft_id)
         return found[0] if found else None
 
-    async def _prepare(self, tx: Tx, demande: Demande, *, mark: bool = True) -> _Prepared:
-        """The room's invitees from the ledger; with `mark`, recorded in `tx` that
-        createRoom is about to be sent (a first attempt: a bot killed while the request
-        is in flight then waits for that room on restart rather than make a second one)."""
-        ledger = sorted({p.matrix_id for p in await tx.participants(demande.id) if p.matrix_id})
+    async def _prepare(
+        self,
+        tx: Tx,
+        demande: Demande,
+        *,
+        mark: bool = True,
+        ledger: set[str] | None = None,
+        files: bool = True,
+    ) -> _Prepared:
+        """The room's invitees from the ledger (read, unless given); with `mark`, recorded
+        in `tx` that createRoom is about to be sent (a first attempt: a bot killed while
+        the request is in flight then waits for that room on restart rather than make a
+        second one). `files`: False when the demande is known to have none to post."""
+        if ledger is None:
+            ledger = {p.matrix_id for p in await tx.participants(demande.id) if p.matrix_id}
+        users = sorted(ledger)
         # An account on a homeserver outside the room's ACL could never take part
         # (data of an older version, a policy changed since): left out, and told.
-        invitees = [user for user in ledger if self.specs.may_take_part(user)]
-        left_out = [user for user in ledger if user not in invitees]
+        invitees = [user for user in users if self.specs.may_take_part(user)]
+        left_out = [user for user in users if user not in invitees]
         marked = mark and demande.creation_step == "pending"
         if marked:
             await self._mark_creating(tx, demande)
-        return _Prepared(demande, invitees, left_out, marked)
+        return _Prepared(demande, invitees, left_out, marked, files)
 
     async def advance(
         self, demande_id: int, *, recovering: bool = False, prepared: _Prepared | None = None
@@ -560,15 +573,23 @@ class Opening(DraftChat):
                 if not marked:
                     async with self.store.transaction() as tx:
                         await self._mark_creating(tx, demande)
+                # The dossier is read and rendered while createRoom is in flight (the
+                # demande does not change meanwhile: its room does not exist yet).
+                reading = asyncio.ensure_future(self._read_dossier(demande))
                 try:
                     room_id = await self._create_room(demande, invitees)
                 except Exception as exc:
+                    await asyncio.gather(reading, return_exceptions=True)
                     if not creation_outage(exc) and not database_unavailable(exc):
                         # Answered (or never sent): no request left in flight, so the next
                         # attempt looks for a room of this one once, without waiting.
                         async with self.store.transaction() as tx:
                             await tx.set_state(_creating_key(demande.id), CREATE_ROOM_ANSWERED)
                     raise
+                except BaseException:
+                    await asyncio.gather(reading, return_exceptions=True)
+                    raise
+                dossier = await reading
                 # The invitations were in the createRoom body, which the homeserver
                 # performs within the request: its 200 means every one was sent, so the
                 # room is recorded as "invited", with its dossier queued in the same
@@ -604,7 +625,7 @@ class Opening(DraftChat):
                     for user in left_out:
                         await self._left_out(tx, demande, user)
                     if fresh:
-                        dossier = await self._enqueue_dossier(tx, demande)
+                        await self._enqueue_dossier(tx, demande, dossier)
             except BaseException:
                 if sharing is not None:
                     await asyncio.gather(sharing, return_exceptions=True)
@@ -651,7 +672,8 @@ class Opening(DraftChat):
                 await self.email.demande_ready(tx, demande)
         if demande.creation_step == "ready":
             crash_point("before_draft_files")
-            await self._post_files(demande)
+            if prepared.files:
+                await self._post_files(demande)
         return demande
 
     async def _post_files(self, demande: Demande) -> None:
@@ -780,16 +802,31 @@ class Opening(DraftChat):
                     now=now,
                 )
 
-    async def _enqueue_dossier(self, tx: Tx, demande: Demande) -> dict[str, Any]:
-        """Queue the dossier and return its content; idempotent (a second call keeps the first)."""
+    async def _enqueue_dossier(
+        self, tx: Tx, demande: Demande, content: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Queue the dossier (`content`: already rendered) and return its content;
+        idempotent (a second call keeps the first)."""
         assert demande.room_id is not None
+        if content is None:
+            content = await self._dossier_content(tx, demande)
+        await self.sender.enqueue(
+            tx, txn_id=dossier_txn(demande.reference), room_id=demande.room_id, content=content
+        )
+        return content
+
+    async def _read_dossier(self, demande: Demande) -> dict[str, Any]:
+        async with self.store.transaction() as tx:
+            return await self._dossier_content(tx, demande)
+
+    async def _dossier_content(self, tx: Tx, demande: Demande) -> dict[str, Any]:
         # The routed instructeurs are the ones asked to act on a new demande.
         instructeurs = [
             p.matrix_id
             for p in await tx.participants(demande.id)
             if p.matrix_id and p.kind == "instructeur"
         ]
-        content = await dossier_content(
+        return await dossier_content(
             tx,
             demande,
             self.policies.current,
@@ -797,10 +834,6 @@ class Opening(DraftChat):
             repost=False,
             ask=instructeurs,
         )
-        await self.sender.enqueue(
-            tx, txn_id=dossier_txn(demande.reference), room_id=demande.room_id, content=content
-        )
-        return content
 
 
 @dataclass(frozen=True, slots=True)
@@ -812,6 +845,7 @@ class _Prepared:
     invitees: list[str]
     left_out: list[str]
     marked: bool
+    files: bool = True
 
 
 class _Drafts:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, insert, or_, select, update
 
 import bot.store.codec as codec
 from bot.domain.model import (
@@ -523,6 +523,35 @@ class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx, LoopTx, OnboardingTx):
         row.removed_at = None
         await self._s.flush()
         return True
+
+    async def add_first_participants(
+        self, *, demande_id: int, entries: Sequence[tuple[Agent, str, str]], now: datetime
+    ) -> None:
+        """The participants of a demande created in this transaction, which has none yet:
+        (agent, kind, added by) each, in one INSERT; an agent listed twice keeps its first
+        entry (what `add_participant` one by one would do)."""
+        rows: dict[int, dict[str, Any]] = {}
+        for agent, kind, added_by in entries:
+            _check(kind, PARTICIPANT_KINDS, "Type de participant")
+            rows.setdefault(
+                agent.id,
+                {
+                    "demande_id": demande_id,
+                    "agent_id": agent.id,
+                    "matrix_id": agent.matrix_id,
+                    "email": agent.email,
+                    "group_id": agent.group_id,
+                    "kind": kind,
+                    "added_at": now,
+                    "added_by": added_by,
+                    "removed_at": None,
+                },
+            )
+        if rows:
+            # Core, one executemany: every row has the same columns (the ORM would group
+            # the rows by which of them are None).
+            table = cast(Table, ParticipantRow.__table__)
+            await self._s.execute(insert(table), list(rows.values()))
 
     async def participants(self, demande_id: int, *, active_only: bool = True) -> list[Participant]:
         stmt = select(ParticipantRow).where(ParticipantRow.demande_id == demande_id)
