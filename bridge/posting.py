@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 _REFUSALS = REFUSAL_LABELS
 
 
+# How long after a post its event ID is recorded on the inbox row (see `_record_later`).
+RECORD_AFTER_S = 1.0
+
+
 def txn_of(key: str) -> str:
     """The Matrix transaction ID of the message bridging inbox row `key`."""
     return f"email-{key}"
@@ -95,6 +99,10 @@ class InboxPoster:
         self.clock = clock
         self._lock = asyncio.Lock()
         self.worker = Worker("email posting", self.flush, idle_seconds=30.0, max_backoff_seconds=10)
+        # The event IDs of what was posted are recorded a moment later (`RECORD_AFTER_S`),
+        # once the outbox has sent it: not in the way of the send itself.
+        self._record_timer: asyncio.TimerHandle | None = None
+        self._record_due = False
 
     def wake(self) -> None:
         self.worker.wake()
@@ -108,18 +116,38 @@ class InboxPoster:
         posted = 0
         async with self._lock:
             async with self.store.transaction() as tx:
-                pending = await tx.pending_inbound()
-            for record in pending:
-                if await self._post(record):
+                pending = await tx.pending_inbound_parsed()
+            for record, parsed in pending:
+                if await self._post(record, parsed):
                     posted += 1
-            async with self.store.transaction() as tx:
-                waiting = await tx.inbound_awaiting_event()
-            if waiting:
-                await self._record_event_ids(waiting)
+            if posted:
+                self._record_later()
+            if not posted or self._record_due:
+                self._record_due = False
+                async with self.store.transaction() as tx:
+                    waiting = await tx.inbound_awaiting_event()
+                if waiting:
+                    await self._record_event_ids(waiting)
         return posted
 
-    async def _parse(self, record: InboundRecord) -> InboundMail:
-        """The mail as the listener parsed it when it accepted it."""
+    def _record_later(self) -> None:
+        """A flush soon, to record the event IDs of what was just posted: right after the
+        commit, the outbox is sending it, and these transactions would only delay it."""
+        if self._record_timer is not None:
+            return
+
+        def due() -> None:
+            self._record_timer = None
+            self._record_due = True
+            self.wake()
+
+        self._record_timer = asyncio.get_running_loop().call_later(RECORD_AFTER_S, due)
+
+    async def _parse(self, record: InboundRecord, parsed: bytes | None) -> InboundMail:
+        """The mail as the listener parsed it when it accepted it (`parsed`, read with the
+        pending rows)."""
+        if parsed is not None:
+            return stored.decode(parsed)
         async with self.store.transaction() as tx:
             parsed = await tx.inbound_parsed(record.key)
             raw = await tx.inbound_raw(record.key) if parsed is None else b""
@@ -135,8 +163,8 @@ class InboxPoster:
             trusted_authserv_ids=s.trusted_authserv_ids,
         )
 
-    async def _post(self, record: InboundRecord) -> str | None:
-        mail = await self._parse(record)
+    async def _post(self, record: InboundRecord, parsed: bytes | None) -> str | None:
+        mail = await self._parse(record, parsed)
         uploads = record.uploads
         if uploads is None and mail.attachments:
             uploads = []

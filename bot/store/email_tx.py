@@ -432,6 +432,25 @@ class EmailTx(TxBase):
         )
         return [self._to_inbound(r) for r in await self._s.scalars(stmt)]
 
+    async def pending_inbound_parsed(
+        self, limit: int = 50
+    ) -> list[tuple[InboundRecord, bytes | None]]:
+        """`pending_inbound`, each with what the listener parsed (`inbound_parsed`), from
+        the same rows: one read for what the poster needs."""
+        stmt = (
+            select(EmailInboxRow)
+            .where(EmailInboxRow.state == "pending")
+            .order_by(EmailInboxRow.id)
+            .limit(limit)
+        )
+        rows = await self._s.scalars(stmt)
+        return [(self._to_inbound(r), self._parsed_of(r)) for r in rows]
+
+    def _parsed_of(self, row: EmailInboxRow) -> bytes | None:
+        if row.parsed_enc is None:
+            return None
+        return self._cipher.decrypt(row.parsed_enc, _parsed_aad(row.key))
+
     async def inbound_awaiting_event(self, limit: int = 200) -> list[InboundRecord]:
         """Posted to the Matrix outbox, but the homeserver has not given the event yet."""
         stmt = (
