@@ -670,13 +670,15 @@ class Tx(EmailTx, AdminTx, CryptoTx, WorkTx, DraftTx, LoopTx, OnboardingTx):
 
     async def mark_message_sent(self, txn_id: str, event_id: str, now: datetime) -> None:
         """The first recorded event ID wins: a retried send returns the same event anyway."""
-        row = await self._s.get(OutboxMessageRow, txn_id)
-        if row is None:
+        # One UPDATE in the usual case (the message is queued and not yet marked sent).
+        marked = await self._s.scalar(
+            update(OutboxMessageRow)
+            .where(OutboxMessageRow.txn_id == txn_id, OutboxMessageRow.sent_at.is_(None))
+            .values(sent_at=now, event_id=event_id)
+            .returning(OutboxMessageRow.txn_id)
+        )
+        if marked is None and await self._s.get(OutboxMessageRow, txn_id) is None:
             raise NotFound(f"outbox message {txn_id}")
-        if row.sent_at is None:
-            row.sent_at = now
-            row.event_id = event_id
-            await self._s.flush()
 
     async def message_event_id(self, txn_id: str) -> str | None:
         return await self._s.scalar(
