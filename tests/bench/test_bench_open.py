@@ -27,7 +27,7 @@ the ratio and adds noise. The poller runs during every variant, so its small cos
 shared event loop is paid by all.
 
 Runs are interleaved (the order rotates every round) after warm-ups, so drift of the
-shared machine hits every variant alike. The target (median bot ≤ 1.3 × median raw) is
+shared machine hits every variant alike. The target (median bot ≤ 1.1 × median raw, issue 15) is
 printed as PASS/MISS; the run fails only on a wrong result (a room not ready, a reply
 missing, a dossier an instructeur cannot decrypt).
 
@@ -90,7 +90,7 @@ from tests.support.bot import count_from, filled_form
 RUNS = env_int("BENCH_OPEN_RUNS", 30)
 WARMUPS = env_int("BENCH_OPEN_WARMUPS", 3)
 TRACED_RUNS = env_int("BENCH_OPEN_TRACED", 10)
-TARGET_RATIO = 1.3
+TARGET_RATIO = 1.1
 # Before each timed run: lets the previous run's tail (the bot digesting its new room's
 # events, the aidant's reply) finish, so it does not land on the next variant.
 SETTLE_S = 0.4
