@@ -12,6 +12,7 @@ The session's real Synapse (`synapse`) and the E2EE client pool (`clients`) come
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import os
 import sqlite3
@@ -22,9 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import nio
 import pytest
 
+from bot.devserver import LocalSynapse, RegisteredUser
+from bot.matrix.gateway import SYNC_FILTER
 from tests.support import matrix
 from tests.support.matrix import WaitTimeout
 
@@ -143,6 +147,23 @@ async def reply_after(
     return body
 
 
+async def keep_syncing(client: nio.AsyncClient, stop: asyncio.Event) -> None:
+    """A member's client, as Element runs it: always syncing (its inbox collects the
+    messages), with the key housekeeping after each sync, until `stop` is set."""
+    while not stop.is_set():
+        resp = await client.sync(timeout=1000, full_state=False)
+        if isinstance(resp, nio.SyncResponse):
+            if client.should_upload_keys:
+                await client.keys_upload()
+            if client.should_query_keys:
+                await client.keys_query()
+            if client.should_claim_keys:
+                await client.keys_claim(client.get_users_for_key_claiming())
+            await client.send_to_device_messages()
+        else:
+            await asyncio.sleep(0.5)
+
+
 # -- the bot's database, seen from outside -----------------------------------------
 
 
@@ -197,3 +218,47 @@ async def poll_until(check: Callable[[], bool], bound: float, what: str) -> floa
         if time.perf_counter() > deadline:
             raise WaitTimeout(f"still waiting after {bound} s for {what}")
         await asyncio.sleep(POLL_S)
+
+
+# -- Synapse's `/sync`, timed from a second device -------------------------------------
+
+
+class ProbeDevice:
+    """A second device of the bot account that times raw `/sync` requests."""
+
+    def __init__(self, synapse: LocalSynapse, login: RegisteredUser) -> None:
+        self.synapse = synapse
+        self.login = login
+        self.filter = json.dumps(SYNC_FILTER, separators=(",", ":"))
+        self.since: str | None = None
+        self.initial_syncs = 0
+        self.http = aiohttp.ClientSession(
+            headers={"Authorization": f"Bearer {login.access_token}"},
+            timeout=aiohttp.ClientTimeout(total=3600),
+        )
+
+    async def sync(self, since: str | None) -> tuple[float, int, str]:
+        """(seconds, response bytes, next_batch) of one `/sync` with the bot's filter.
+
+        Synapse keeps a response for 2 minutes under (user, timeout, since, filter,
+        device…): each initial sync gets a timeout of its own (never waited for without
+        `since`), so that it is computed, not served from that cache."""
+        query = {"filter": self.filter, "timeout": "0"}
+        if since is not None:
+            query["since"] = since
+        else:
+            self.initial_syncs += 1
+            query["timeout"] = str(self.initial_syncs)
+        started = time.perf_counter()
+        async with self.http.get(
+            f"{self.synapse.base_url}/_matrix/client/v3/sync", params=query
+        ) as resp:
+            body = await resp.read()
+            assert resp.status == 200, body[:300]
+        took = time.perf_counter() - started
+        return took, len(body), str(json.loads(body)["next_batch"])
+
+    async def close(self) -> None:
+        async with self.http.post(f"{self.synapse.base_url}/_matrix/client/v3/logout") as resp:
+            assert resp.status == 200, await resp.text()
+        await self.http.close()

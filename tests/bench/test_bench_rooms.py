@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import math
 import os
 import sys
@@ -53,16 +52,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import nio
 
 from bot.devserver import LocalSynapse, RegisteredUser
 from bot.domain.reference import format_reference, room_name
 from bot.domain.room_spec import create_room_body
-from bot.matrix.gateway import ROOM_CACHE, SYNC_FILTER
+from bot.matrix.gateway import ROOM_CACHE
 from bot.services.room_guard import STATE_CHECK_CONCURRENCY
 from tests.bench.conftest import (
     BotDb,
+    ProbeDevice,
     Progress,
     bound,
     env_int,
@@ -160,47 +159,6 @@ async def create_rooms(
     async with asyncio.timeout(max(600.0, count * PER_ROOM_S * 2)):
         await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
     return made
-
-
-class ProbeDevice:
-    """A second device of the bot account that times raw `/sync` requests."""
-
-    def __init__(self, synapse: LocalSynapse, login: RegisteredUser) -> None:
-        self.synapse = synapse
-        self.login = login
-        self.filter = json.dumps(SYNC_FILTER, separators=(",", ":"))
-        self.since: str | None = None
-        self.initial_syncs = 0
-        self.http = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {login.access_token}"},
-            timeout=aiohttp.ClientTimeout(total=3600),
-        )
-
-    async def sync(self, since: str | None) -> tuple[float, int, str]:
-        """(seconds, response bytes, next_batch) of one `/sync` with the bot's filter.
-
-        Synapse keeps a response for 2 minutes under (user, timeout, since, filter,
-        device…): each initial sync gets a timeout of its own (never waited for without
-        `since`), so that it is computed, not served from that cache."""
-        query = {"filter": self.filter, "timeout": "0"}
-        if since is not None:
-            query["since"] = since
-        else:
-            self.initial_syncs += 1
-            query["timeout"] = str(self.initial_syncs)
-        started = time.perf_counter()
-        async with self.http.get(
-            f"{self.synapse.base_url}/_matrix/client/v3/sync", params=query
-        ) as resp:
-            body = await resp.read()
-            assert resp.status == 200, body[:300]
-        took = time.perf_counter() - started
-        return took, len(body), str(json.loads(body)["next_batch"])
-
-    async def close(self) -> None:
-        async with self.http.post(f"{self.synapse.base_url}/_matrix/client/v3/logout") as resp:
-            assert resp.status == 200, await resp.text()
-        await self.http.close()
 
 
 @dataclass

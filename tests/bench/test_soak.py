@@ -56,7 +56,7 @@ from nio.crypto.attachments import encrypt_attachment
 from bot.devserver import LocalSynapse
 from bot.domain.model import Role
 from bot.matrix.content import APLUS_KEY
-from tests.bench.conftest import BotDb, bound, machine, report, table, verdict
+from tests.bench.conftest import BotDb, bound, keep_syncing, machine, report, table, verdict
 from tests.support import bot as botsupport
 from tests.support import matrix
 from tests.support.email import email_bot, listener, mailonly, relay
@@ -293,20 +293,6 @@ class Soak:
         self._tasks.clear()
 
 
-async def _keep_syncing(client: nio.AsyncClient, stop: asyncio.Event) -> None:
-    """A member's client, as Element runs it: always syncing (it collects the messages)."""
-    while not stop.is_set():
-        resp = await client.sync(timeout=1000, full_state=False)
-        if isinstance(resp, nio.SyncResponse):
-            if client.should_query_keys:
-                await client.keys_query()
-            if client.should_claim_keys:
-                await client.keys_claim(client.get_users_for_key_claiming())
-            await client.send_to_device_messages()
-        else:
-            await asyncio.sleep(0.5)
-
-
 def _bridged(world: World, room: str) -> list[str]:
     return [
         e.body
@@ -392,7 +378,7 @@ async def test_soak_mixed_traffic_with_faults(
         )
         stop = asyncio.Event()
         syncers = [
-            asyncio.ensure_future(_keep_syncing(c, stop)) for c in (world.instr1, world.aidant)
+            asyncio.ensure_future(keep_syncing(c, stop)) for c in (world.instr1, world.aidant)
         ]
         good: list[Callable[[str], Awaitable[None]]] = [
             lambda r: soak.message(r, world.aidant),
