@@ -184,8 +184,11 @@ def write_bot_config(
     )
 
 
-async def register_bot(synapse: LocalSynapse, root: Path) -> BotFiles:
-    """A fresh bot account with no device at all, and its configuration.
+async def register_bot(
+    synapse: LocalSynapse, root: Path, *, database_url: str | None = None
+) -> BotFiles:
+    """A fresh bot account with no device at all, and its configuration (its database:
+    `database_url`, else one of the test's backend).
 
     Shared-secret registration logs the account in (one device); that session is
     logged out at once, so every device the account has later is the bot's own doing.
@@ -199,6 +202,7 @@ async def register_bot(synapse: LocalSynapse, root: Path) -> BotFiles:
         server_name=synapse.server_name,
         user_id=user.user_id,
         password=password,
+        database_url=database_url,
     )
 
 
