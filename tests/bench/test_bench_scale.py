@@ -769,7 +769,8 @@ async def replay(
         point.per_min = (target - previous.demandes) / seg_s * 60
         points.append(point)
         previous = point
-        report(segment_table(points, base))
+        if target != CHECKPOINTS[-1]:  # the last one is in the summary
+            report(segment_table(points, base))
     return points, base
 
 
