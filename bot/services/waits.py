@@ -9,6 +9,7 @@ have that flaw: every timed wait of the bot's loops goes through `within`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Awaitable
 from typing import TypeVar
 
@@ -16,7 +17,18 @@ T = TypeVar("T")
 
 
 async def within(awaitable: Awaitable[T], seconds: float | None) -> T:
-    """`await awaitable`, or TimeoutError after `seconds`; a stop always goes through."""
+    """`await awaitable`, or TimeoutError after `seconds`; a stop always goes through.
+
+    Also a stop already swallowed: a library that waits with 3.11's `wait_for`
+    (aiosmtplib does, around every SMTP command) can eat the `CancelledError` while the
+    task stays marked as cancelling; `asyncio.timeout` would then take that mark for its
+    own and turn its time limit into a TimeoutError, and a loop would go round for ever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()  # never awaited: closed, not left to warn
+        raise asyncio.CancelledError("stop requested earlier, its cancellation was lost")
     async with asyncio.timeout(seconds):
         return await awaitable
 

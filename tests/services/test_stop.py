@@ -9,6 +9,7 @@ loop logged it, waited, and synced again, and `aplus run` never exited.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from typing import Any
 
@@ -192,6 +193,28 @@ async def test_a_stop_that_comes_with_a_wakeup_still_ends_a_worker() -> None:
         await asyncio.sleep(0)  # the worker now waits for its wake-up
     worker.wake()
     await asyncio.sleep(0)  # the wake-up's waiter completes: wait_for is about to return
+    task.cancel()
+    done, _ = await asyncio.wait({task}, timeout=STOP_BOUND_S)
+    assert task in done, "the worker went on after the stop"
+    assert task.cancelled()
+
+
+async def test_a_stop_swallowed_inside_a_step_still_ends_the_worker() -> None:
+    """A library that waits with Python 3.11's `asyncio.wait_for` (aiosmtplib, around
+    every SMTP command) can swallow the stop's `CancelledError`: the step returns, the task
+    is still marked as cancelling, and the worker's next timed wait turned its own time
+    limit into a plain TimeoutError, so the worker went round for ever (an email
+    delivery kept a bot fixture's stop waiting 90 s, caught by the stop's bound)."""
+    stepping = asyncio.Event()
+
+    async def step() -> None:
+        stepping.set()
+        with contextlib.suppress(asyncio.CancelledError):  # as a library's wait_for can
+            await asyncio.sleep(3600)
+
+    worker = Worker("test", step, idle_seconds=0.05)
+    task = asyncio.create_task(worker.run())
+    await stepping.wait()
     task.cancel()
     done, _ = await asyncio.wait({task}, timeout=STOP_BOUND_S)
     assert task in done, "the worker went on after the stop"
