@@ -28,7 +28,7 @@ from bot.domain.model import Agent, Group, MandatType, Role
 from bot.services.clock import Clock, SystemClock
 from bot.settings import Settings
 from bot.store.db import Store
-from tests.support import databases, matrix
+from tests.support import databases, hangs, matrix
 
 
 @dataclass
@@ -129,18 +129,6 @@ class BotRunner:
 STOP_BOUND_S = 90.0
 
 
-def _task_stacks() -> str:
-    lines = []
-    for t in asyncio.all_tasks():
-        frames = t.get_stack()
-        where = " <- ".join(
-            f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}"
-            for f in reversed(frames)
-        )
-        lines.append(f"  {t.get_name()}: {where or '(not started or done)'}")
-    return "\n".join(sorted(lines))
-
-
 @contextlib.asynccontextmanager
 async def _bounded(what: str) -> AsyncIterator[None]:
     try:
@@ -148,7 +136,7 @@ async def _bounded(what: str) -> AsyncIterator[None]:
             yield
     except TimeoutError:
         raise AssertionError(
-            f"{what}: not done after {STOP_BOUND_S:.0f} s; tasks:\n{_task_stacks()}"
+            f"{what}: not done after {STOP_BOUND_S:.0f} s; tasks:\n{hangs.task_stacks()}"
         ) from None
 
 
@@ -157,7 +145,7 @@ async def _stopped(task: asyncio.Task[None]) -> None:
     done, _ = await asyncio.wait({task}, timeout=STOP_BOUND_S)
     if not done:
         raise AssertionError(
-            f"the bot did not stop within {STOP_BOUND_S:.0f} s; tasks:\n{_task_stacks()}"
+            f"the bot did not stop within {STOP_BOUND_S:.0f} s; tasks:\n{hangs.task_stacks()}"
         )
     with contextlib.suppress(asyncio.CancelledError):
         task.result()

@@ -15,19 +15,36 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import FrameType
 
 # Printed this long before the timeout, so the dump is in the report of the failure.
 MARGIN_S = 20.0
 
 
+def _awaiting(task: asyncio.Task[object]) -> list[FrameType]:
+    """The task's frames from its coroutine down to the innermost await."""
+    frames: list[FrameType] = []
+    coro: object = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return frames
+
+
 def task_stacks() -> str:
+    """Every asyncio task not done (all loops), with where it waits: our frames, then
+    the innermost one."""
     lines = []
     for obj in gc.get_objects():
         if isinstance(obj, asyncio.Task) and not obj.done():
-            frames = obj.get_stack()
-            where = " <- ".join(
-                f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}"
-                for f in reversed(frames)
+            frames = _awaiting(obj)
+            shown = [f for f in frames if "site-packages" not in f.f_code.co_filename]
+            if frames and (not shown or shown[-1] is not frames[-1]):
+                shown.append(frames[-1])
+            where = " -> ".join(
+                f"{Path(f.f_code.co_filename).name}:{f.f_lineno} {f.f_code.co_name}" for f in shown
             )
             lines.append(f"  {obj.get_name()}: {where or '(not started)'}")
     return "\n".join(sorted(lines)) or "  (no task)"
