@@ -791,7 +791,6 @@ class Opening(DraftChat):
                 # Left queued: the guard retries it, and reports it if it never goes.
                 log.warning("demande %s: invite refused: %s", demande.reference, exc.errcode)
                 continue
-            self.gateway.note_invited(demande.room_id, user)
             async with self.store.transaction() as tx:
                 await tx.invite_done(demande.room_id, user)
                 await tx.audit(

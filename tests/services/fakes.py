@@ -221,6 +221,9 @@ class RecordingGateway:
         self._record("invite", room_id=room_id, user_id=user_id, reason=reason)
         self.invited.append((room_id, user_id))
         self.server[room_id][user_id] = "invite"
+        room = self._view.get(room_id)  # as the real gateway: the invitee is in our view
+        if room is not None and user_id not in room.users:
+            room.add_member(user_id, None, None, invited=True)
 
     async def kick(self, room_id: str, user_id: str, reason: str) -> None:
         self._record("kick", room_id=room_id, user_id=user_id, reason=reason)
